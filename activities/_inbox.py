@@ -1,0 +1,152 @@
+"""Exactly-once effects: the inbox of processed operations, and tombstones.
+
+Every operation has a key, ``"<order id>:<operation>"``. Its outcome (result or business
+error) is inserted into ``inbox`` in the same transaction as its effect, so a repeat of the
+same command reads the first outcome back and changes nothing. Two concurrent deliveries race
+on the inbox primary key: the loser's transaction fails on the duplicate key, is rolled back
+whole (its effect with it) and, run again, reads the winner's outcome.
+
+A compensation first looks up its forward operation's row. If there is none, the forward
+operation never ran: the compensation inserts a *tombstone* in its place, and the forward
+command, should it arrive late, finds the tombstone and raises :class:`AlreadyCompensated`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from pydantic import BaseModel
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from activities.commands import Compensation
+from activities.db import Database
+from activities.errors import AlreadyCompensated, DomainError, from_wire
+from activities.tables import inbox
+
+R = TypeVar("R", bound=BaseModel)
+_RACE_RETRIES = 5
+
+
+def now() -> datetime:
+    """The timestamp the activities write (UTC, naive: both dialects store it alike)."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def operation_key(order_id: str, operation: str) -> str:
+    return f"{order_id}:{operation}"
+
+
+class _Raced(Exception):
+    """Another transaction recorded the same operation first; run again to read its outcome."""
+
+
+async def _recorded(conn: AsyncConnection, key: str) -> dict[str, Any] | None:
+    row = await conn.scalar(sa.select(inbox.c.outcome).where(inbox.c.message_key == key))
+    return None if row is None else dict(json.loads(row))
+
+
+async def _record(
+    conn: AsyncConnection, order_id: str, operation: str, outcome: dict[str, Any]
+) -> None:
+    try:
+        await conn.execute(
+            inbox.insert().values(
+                message_key=operation_key(order_id, operation),
+                order_id=order_id,
+                operation=operation,
+                outcome=json.dumps(outcome, default=str),
+                created_at=now(),
+            )
+        )
+    except IntegrityError as exc:
+        raise _Raced from exc
+
+
+def _encode(outcome: BaseModel | DomainError) -> dict[str, Any]:
+    if isinstance(outcome, DomainError):
+        return {"error": outcome.to_wire()}
+    return {"result": outcome.model_dump(mode="json")}
+
+
+def _decode(outcome: dict[str, Any], result_type: type[R], operation: str) -> R:
+    if "result" in outcome:
+        return result_type.model_validate(outcome["result"])
+    if "tombstone" in outcome:
+        raise AlreadyCompensated(
+            f"{operation} was compensated by {outcome['tombstone']} before it ran; nothing done",
+            compensated_by=outcome["tombstone"],
+        )
+    raise from_wire(outcome["error"])
+
+
+async def _until_settled(db: Database, work: Callable[[AsyncConnection], Awaitable[Any]]) -> Any:
+    for _ in range(_RACE_RETRIES):
+        try:
+            return await db.transaction(work)
+        except _Raced:
+            continue
+    raise RuntimeError("inbox race did not settle")  # pragma: no cover - needs 5 lost races
+
+
+async def run_once(
+    db: Database,
+    order_id: str,
+    operation: str,
+    result_type: type[R],
+    effect: Callable[[AsyncConnection], Awaitable[R | DomainError]],
+) -> R:
+    """Run a forward operation at most once per (order id, operation).
+
+    ``effect`` returns the result, or a :class:`DomainError` describing a business refusal
+    whose writes (e.g. a FAILED payment row) are committed with it. It may raise a
+    ``DomainError`` instead when nothing should be written; that refusal is not recorded,
+    so a later repeat is judged afresh (used for unknown ids).
+    """
+    key = operation_key(order_id, operation)
+
+    async def work(conn: AsyncConnection) -> dict[str, Any]:
+        seen = await _recorded(conn, key)
+        if seen is not None:
+            return seen
+        outcome = _encode(await effect(conn))
+        await _record(conn, order_id, operation, outcome)
+        return outcome
+
+    outcome: dict[str, Any] = await _until_settled(db, work)
+    return _decode(outcome, result_type, operation)
+
+
+async def run_compensation(
+    db: Database,
+    order_id: str,
+    operation: str,
+    forward: str,
+    effect: Callable[[AsyncConnection, bool], Awaitable[Compensation]],
+) -> Compensation:
+    """Run compensation ``operation`` of ``forward`` at most once per order.
+
+    ``effect(conn, forward_took_effect)`` undoes what the forward operation did. When the
+    forward operation never ran, a tombstone is left in its place so it never will.
+    """
+    key = operation_key(order_id, operation)
+    forward_key = operation_key(order_id, forward)
+
+    async def work(conn: AsyncConnection) -> dict[str, Any]:
+        seen = await _recorded(conn, key)
+        if seen is not None:
+            return seen
+        forward_outcome = await _recorded(conn, forward_key)
+        if forward_outcome is None:
+            await _record(conn, order_id, forward, {"tombstone": operation})
+        took_effect = forward_outcome is not None and "result" in forward_outcome
+        outcome = _encode(await effect(conn, took_effect))
+        await _record(conn, order_id, operation, outcome)
+        return outcome
+
+    outcome: dict[str, Any] = await _until_settled(db, work)
+    return Compensation.model_validate(outcome["result"])

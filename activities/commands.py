@@ -1,0 +1,194 @@
+"""Inputs and results of the business operations: one pydantic model in, one out.
+
+Inputs are strict: unknown fields, strings for numbers, fractions, out-of-range quantities,
+control characters in text, NaN or infinite money are all refused by validation, so an
+operation only ever sees well-formed data. Everything else in a text field is data: it is
+stored and returned verbatim.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+)
+
+MAX_ITEMS = 50
+MAX_QUANTITY = 100
+INT32_MAX = 2**31 - 1
+
+
+def _no_control_characters(value: str) -> str:
+    if any(unicodedata.category(ch) == "Cc" for ch in value):
+        raise ValueError("control characters are not allowed")
+    return value
+
+
+def _text(max_length: int) -> object:
+    return Annotated[
+        str,
+        StringConstraints(min_length=1, max_length=max_length),
+        AfterValidator(_no_control_characters),
+    ]
+
+
+Name = Annotated[
+    str, StringConstraints(min_length=1, max_length=200), AfterValidator(_no_control_characters)
+]
+Line = Annotated[
+    str, StringConstraints(min_length=1, max_length=300), AfterValidator(_no_control_characters)
+]
+PostalCode = Annotated[
+    str, StringConstraints(min_length=1, max_length=20), AfterValidator(_no_control_characters)
+]
+Country = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Za-z]{2}$", to_upper=True),
+]
+OrderId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+Id = Annotated[int, Field(strict=True, ge=1, le=INT32_MAX)]
+Quantity = Annotated[int, Field(strict=True, ge=1, le=MAX_QUANTITY)]
+Money = Annotated[Decimal, Field(ge=0, max_digits=12, decimal_places=2, allow_inf_nan=False)]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Address(Model):
+    name: Name
+    line1: Line
+    line2: Line | None = None
+    city: Name
+    postal_code: PostalCode
+    country: Country = Field(description="ISO 3166-1 alpha-2 code, e.g. JP.")
+
+
+class OrderItem(Model):
+    book_id: Id
+    quantity: Quantity
+
+
+Items = Annotated[list[OrderItem], Field(min_length=1, max_length=MAX_ITEMS)]
+
+
+def _distinct_books(items: list[OrderItem]) -> list[OrderItem]:
+    seen = {item.book_id for item in items}
+    if len(seen) != len(items):
+        raise ValueError("each book may appear once per order; add up the quantities instead")
+    return items
+
+
+class PlaceOrder(Model):
+    """An order as a customer places it (the body of ``POST /saga/start`` and ``POST /orders``)."""
+
+    customer_id: Id
+    items: Annotated[Items, AfterValidator(_distinct_books)]
+    shipping_address: Address
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "customer_id": 1,
+                    "items": [{"book_id": 1, "quantity": 2}, {"book_id": 3, "quantity": 1}],
+                    "shipping_address": {
+                        "name": "Hanako",
+                        "line1": "1-2-3 Shibuya",
+                        "city": "Tokyo",
+                        "postal_code": "150-0002",
+                        "country": "JP",
+                    },
+                }
+            ]
+        },
+    )
+
+
+class CreateOrder(PlaceOrder):
+    order_id: OrderId
+
+
+class OrderRef(Model):
+    """Names one order: the input of every compensation and of ``complete_order``."""
+
+    order_id: OrderId
+    reason: (
+        Annotated[str, StringConstraints(max_length=500), AfterValidator(_no_control_characters)]
+        | None
+    ) = None
+
+
+class ReserveStock(Model):
+    order_id: OrderId
+    items: Annotated[Items, AfterValidator(_distinct_books)]
+
+
+class ProcessPayment(Model):
+    order_id: OrderId
+    customer_id: Id
+    amount: Money
+
+
+class ArrangeShipping(Model):
+    order_id: OrderId
+    address: Address
+
+
+# Results ---------------------------------------------------------------------------------
+
+
+class OrderView(Model):
+    order_id: str
+    customer_id: int
+    status: Literal["PENDING", "COMPLETED", "CANCELLED"]
+    total_amount: Decimal
+    items: list[OrderItem]
+    shipping_address: Address
+
+
+class StockReservation(Model):
+    order_id: str
+    items: list[OrderItem]
+
+
+class StockView(Model):
+    book_id: int
+    title: str
+    price: Decimal
+    available: int
+    reserved: int
+
+
+class PaymentView(Model):
+    order_id: str
+    customer_id: int
+    amount: Decimal
+    status: Literal["COMPLETED", "FAILED", "CANCELLED", "REFUNDED"]
+
+
+class ShipmentView(Model):
+    order_id: str
+    status: Literal["ARRANGED", "CANCELLED", "FAILED"]
+    country: str
+    tracking_number: str | None
+    reason: str | None = None
+
+
+class Compensation(Model):
+    """What a compensation did: ``undone`` is False when there was nothing to undo."""
+
+    order_id: str
+    operation: str
+    undone: bool
+    amount: Decimal | None = None
+    items: list[OrderItem] = Field(default_factory=list)

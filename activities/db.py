@@ -1,0 +1,117 @@
+"""The one way every process talks to its database.
+
+:class:`Database` owns a SQLAlchemy async engine and runs units of work as transactions that
+are retried, after a full rollback, when the server reports a deadlock (1213) or a lock-wait
+timeout (1205) — or SQLite says it is busy. MySQL/MariaDB sessions run at READ COMMITTED:
+the activities change stock and money through conditional updates, which always read the
+latest committed row, and READ COMMITTED avoids the gap locks that make REPEATABLE READ
+deadlock-prone under concurrent inserts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+T = TypeVar("T")
+log = structlog.get_logger(__name__)
+
+_RETRYABLE_MYSQL_CODES = frozenset({1205, 1213})
+
+
+def is_lock_conflict(exc: BaseException) -> bool:
+    """True for a deadlock or lock-wait timeout (MySQL/MariaDB) or a busy SQLite database."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    orig = exc.orig
+    args = getattr(orig, "args", ())
+    if args and isinstance(args[0], int):
+        return args[0] in _RETRYABLE_MYSQL_CODES
+    return isinstance(exc, OperationalError) and "database is locked" in str(orig)
+
+
+def create_engine(
+    url: str,
+    *,
+    pool_size: int = 5,
+    max_overflow: int = 5,
+    pool_timeout: float = 10.0,
+) -> AsyncEngine:
+    """Build the process's engine: READ COMMITTED on MySQL, one writer at a time on SQLite."""
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        # SQLite allows one writer; a single shared connection serialises the process's
+        # transactions instead of failing them with "database is locked".
+        return create_async_engine(
+            url,
+            pool_size=1,
+            max_overflow=0,
+            pool_timeout=pool_timeout,
+            connect_args={"timeout": 30},
+        )
+    kwargs: dict[str, Any] = {
+        "isolation_level": "READ COMMITTED",
+        "pool_pre_ping": True,
+        "pool_recycle": 3600,
+    }
+    if pool_size == 0:
+        kwargs["poolclass"] = NullPool
+    else:
+        kwargs.update(pool_size=pool_size, max_overflow=max_overflow, pool_timeout=pool_timeout)
+    return create_async_engine(url, **kwargs)
+
+
+class Database:
+    """A pool plus the transaction discipline the activities rely on."""
+
+    def __init__(self, engine: AsyncEngine, *, lock_retries: int = 8) -> None:
+        self.engine = engine
+        self._lock_retries = lock_retries
+
+    @classmethod
+    def from_url(cls, url: str, **pool: Any) -> Database:
+        lock_retries = pool.pop("lock_retries", 8)
+        return cls(create_engine(url, **pool), lock_retries=lock_retries)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    async def transaction(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """Run ``work`` in one transaction; on a lock conflict roll back and run it again."""
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception(is_lock_conflict),
+            stop=stop_after_attempt(self._lock_retries),
+            wait=wait_random_exponential(multiplier=0.005, max=0.2),
+            reraise=True,
+        ):
+            with attempt:
+                if attempt.retry_state.attempt_number > 1:
+                    log.info("db.lock_conflict_retry", attempt=attempt.retry_state.attempt_number)
+                async with self.engine.begin() as conn:
+                    return await work(conn)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def ping(self) -> bool:
+        """True when the database answers; used by ``/health``."""
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(sa.text("SELECT 1"))
+        except (DBAPIError, OSError, TimeoutError):
+            return False
+        return True
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()

@@ -1,0 +1,210 @@
+"""Stock operations: all-or-nothing reservations through conditional updates.
+
+Rows are touched in ascending ``book_id`` order, so two orders listing the same books in
+opposite orders lock them in the same order and cannot deadlock each other. A unit is always
+in exactly one of ``available``, ``reserved`` or shipped (a CONSUMED reservation).
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from activities._inbox import now, run_compensation, run_once
+from activities.commands import (
+    Compensation,
+    OrderItem,
+    OrderRef,
+    ReserveStock,
+    StockReservation,
+    StockView,
+)
+from activities.db import Database
+from activities.errors import (
+    BookNotFound,
+    DomainError,
+    OrderNotFound,
+    ReservationShipped,
+    StockUnavailable,
+)
+from activities.tables import books, inventory, orders, stock_reservations
+
+
+async def reserve_stock(db: Database, cmd: ReserveStock) -> StockReservation:
+    """Move every item's quantity from available to reserved, or none of them.
+
+    Fails with StockUnavailable (recorded, so a repeat fails alike) when any book is short.
+    """
+    items = sorted(cmd.items, key=lambda i: i.book_id)
+
+    async def effect(conn: AsyncConnection) -> StockReservation | DomainError:
+        if (
+            await conn.scalar(sa.select(orders.c.order_id).where(orders.c.order_id == cmd.order_id))
+            is None
+        ):
+            raise OrderNotFound(f"order {cmd.order_id} does not exist", order_id=cmd.order_id)
+        taken: list[OrderItem] = []
+        for item in items:
+            moved = await conn.execute(
+                inventory.update()
+                .where(inventory.c.book_id == item.book_id, inventory.c.available >= item.quantity)
+                .values(
+                    available=inventory.c.available - item.quantity,
+                    reserved=inventory.c.reserved + item.quantity,
+                )
+            )
+            if moved.rowcount != 1:
+                await _put_back(conn, taken)
+                return await _shortage(conn, cmd.order_id, item)
+            taken.append(item)
+        stamp = now()
+        await conn.execute(
+            stock_reservations.insert(),
+            [
+                {
+                    "order_id": cmd.order_id,
+                    "book_id": i.book_id,
+                    "quantity": i.quantity,
+                    "status": "RESERVED",
+                    "updated_at": stamp,
+                }
+                for i in items
+            ],
+        )
+        return StockReservation(order_id=cmd.order_id, items=items)
+
+    return await run_once(db, cmd.order_id, "reserve_stock", StockReservation, effect)
+
+
+async def _put_back(conn: AsyncConnection, taken: list[OrderItem]) -> None:
+    for item in taken:
+        await conn.execute(
+            inventory.update()
+            .where(inventory.c.book_id == item.book_id)
+            .values(
+                available=inventory.c.available + item.quantity,
+                reserved=inventory.c.reserved - item.quantity,
+            )
+        )
+
+
+async def _shortage(conn: AsyncConnection, order_id: str, item: OrderItem) -> DomainError:
+    available = await conn.scalar(
+        sa.select(inventory.c.available).where(inventory.c.book_id == item.book_id)
+    )
+    if available is None:
+        raise BookNotFound(f"book {item.book_id} is not stocked", book_id=item.book_id)
+    return StockUnavailable(
+        f"book {item.book_id}: {item.quantity} wanted, {available} available",
+        order_id=order_id,
+        book_id=item.book_id,
+        wanted=item.quantity,
+        available=available,
+    )
+
+
+async def release_stock(db: Database, cmd: OrderRef) -> Compensation:
+    """Compensate reserve_stock: reserved units go back to available, once.
+
+    Refused (ReservationShipped, retry later) while the units are consumed by a live shipment:
+    the shipment must be cancelled first, which the reverse order of compensation ensures.
+    """
+
+    async def effect(conn: AsyncConnection, took_effect: bool) -> Compensation:
+        rows = (
+            await conn.execute(
+                sa.select(
+                    stock_reservations.c.book_id,
+                    stock_reservations.c.quantity,
+                    stock_reservations.c.status,
+                )
+                .where(stock_reservations.c.order_id == cmd.order_id)
+                .order_by(stock_reservations.c.book_id)
+            )
+        ).all()
+        if any(r.status == "CONSUMED" for r in rows):
+            raise ReservationShipped(
+                f"order {cmd.order_id}: stock is shipped; cancel the shipment first",
+                order_id=cmd.order_id,
+            )
+        released = [
+            OrderItem(book_id=r.book_id, quantity=r.quantity)
+            for r in rows
+            if r.status == "RESERVED"
+        ]
+        stamp = now()
+        for item in released:
+            await conn.execute(
+                inventory.update()
+                .where(inventory.c.book_id == item.book_id)
+                .values(
+                    available=inventory.c.available + item.quantity,
+                    reserved=inventory.c.reserved - item.quantity,
+                )
+            )
+            await conn.execute(
+                stock_reservations.update()
+                .where(
+                    stock_reservations.c.order_id == cmd.order_id,
+                    stock_reservations.c.book_id == item.book_id,
+                )
+                .values(status="RELEASED", updated_at=stamp)
+            )
+        return Compensation(
+            order_id=cmd.order_id, operation="release_stock", undone=bool(released), items=released
+        )
+
+    return await run_compensation(db, cmd.order_id, "release_stock", "reserve_stock", effect)
+
+
+async def move_reservation(conn: AsyncConnection, order_id: str, *, ship: bool) -> list[OrderItem]:
+    """Consume an order's reserved units into a shipment (``ship``) or put them back in reserve.
+
+    Called inside the shipping operations' transactions, so a unit leaves ``reserved`` exactly
+    when a shipment is arranged and comes back exactly when it is cancelled.
+    """
+    source, target = ("RESERVED", "CONSUMED") if ship else ("CONSUMED", "RESERVED")
+    rows = (
+        await conn.execute(
+            sa.select(stock_reservations.c.book_id, stock_reservations.c.quantity)
+            .where(stock_reservations.c.order_id == order_id, stock_reservations.c.status == source)
+            .order_by(stock_reservations.c.book_id)
+        )
+    ).all()
+    delta = -1 if ship else 1
+    stamp = now()
+    for book_id, quantity in rows:
+        await conn.execute(
+            inventory.update()
+            .where(inventory.c.book_id == book_id)
+            .values(reserved=inventory.c.reserved + delta * quantity)
+        )
+        await conn.execute(
+            stock_reservations.update()
+            .where(
+                stock_reservations.c.order_id == order_id, stock_reservations.c.book_id == book_id
+            )
+            .values(status=target, updated_at=stamp)
+        )
+    return [OrderItem(book_id=b, quantity=q) for b, q in rows]
+
+
+async def get_stock(db: Database, book_id: int) -> StockView:
+    """A book's stock; BookNotFound when it has none."""
+    async with db.engine.connect() as conn:
+        row = (
+            await conn.execute(
+                sa.select(
+                    books.c.book_id,
+                    books.c.title,
+                    books.c.price,
+                    inventory.c.available,
+                    inventory.c.reserved,
+                )
+                .join(inventory, inventory.c.book_id == books.c.book_id)
+                .where(books.c.book_id == book_id)
+            )
+        ).one_or_none()
+    if row is None:
+        raise BookNotFound(f"book {book_id} does not exist", book_id=book_id)
+    return StockView.model_validate(row._asdict())

@@ -1,0 +1,156 @@
+"""Order operations: the order row is the saga's semantic lock (PENDING until the end)."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from activities._inbox import now, run_compensation, run_once
+from activities.commands import Address, Compensation, CreateOrder, OrderItem, OrderRef, OrderView
+from activities.db import Database
+from activities.errors import BookNotFound, CustomerNotFound, InvalidOrderState, OrderNotFound
+from activities.tables import books, customers, order_items, orders
+
+
+async def create_order(db: Database, cmd: CreateOrder) -> OrderView:
+    """Record a PENDING order with its items and total (Σ quantity × price).
+
+    Raises CustomerNotFound / BookNotFound for unknown ids, AlreadyCompensated when the order
+    was cancelled before it was created.
+    """
+
+    async def effect(conn: AsyncConnection) -> OrderView:
+        if (
+            await conn.scalar(
+                sa.select(customers.c.customer_id).where(customers.c.customer_id == cmd.customer_id)
+            )
+            is None
+        ):
+            raise CustomerNotFound(
+                f"customer {cmd.customer_id} does not exist", customer_id=cmd.customer_id
+            )
+        wanted = [item.book_id for item in cmd.items]
+        prices = dict(
+            (
+                await conn.execute(
+                    sa.select(books.c.book_id, books.c.price).where(books.c.book_id.in_(wanted))
+                )
+            ).all()
+        )
+        missing = sorted(set(wanted) - set(prices))
+        if missing:
+            raise BookNotFound(f"unknown book ids: {missing}", book_ids=missing)
+        total = sum((Decimal(prices[i.book_id]) * i.quantity for i in cmd.items), Decimal("0"))
+        stamp = now()
+        await conn.execute(
+            orders.insert().values(
+                order_id=cmd.order_id,
+                customer_id=cmd.customer_id,
+                status="PENDING",
+                total_amount=total,
+                shipping_address=cmd.shipping_address.model_dump_json(),
+                created_at=stamp,
+                updated_at=stamp,
+            )
+        )
+        await conn.execute(
+            order_items.insert(),
+            [
+                {
+                    "order_id": cmd.order_id,
+                    "book_id": i.book_id,
+                    "quantity": i.quantity,
+                    "unit_price": prices[i.book_id],
+                }
+                for i in cmd.items
+            ],
+        )
+        return OrderView(
+            order_id=cmd.order_id,
+            customer_id=cmd.customer_id,
+            status="PENDING",
+            total_amount=total,
+            items=list(cmd.items),
+            shipping_address=cmd.shipping_address,
+        )
+
+    return await run_once(db, cmd.order_id, "create_order", OrderView, effect)
+
+
+async def _set_status(
+    conn: AsyncConnection, order_id: str, new: str, allowed_from: tuple[str, ...]
+) -> str | None:
+    """Move the order to ``new`` if it is in ``allowed_from``; return the status it had."""
+    current = await conn.scalar(sa.select(orders.c.status).where(orders.c.order_id == order_id))
+    if current is None or current == new:
+        return current
+    if current not in allowed_from:
+        raise InvalidOrderState(
+            f"order {order_id} is {current}; it cannot become {new}",
+            order_id=order_id,
+            status=current,
+        )
+    await conn.execute(
+        orders.update()
+        .where(orders.c.order_id == order_id, orders.c.status == current)
+        .values(status=new, updated_at=now())
+    )
+    return current
+
+
+async def cancel_order(db: Database, cmd: OrderRef) -> Compensation:
+    """Compensate create_order: a PENDING order becomes CANCELLED; a COMPLETED one is refused."""
+
+    async def effect(conn: AsyncConnection, took_effect: bool) -> Compensation:
+        previous = (
+            await _set_status(conn, cmd.order_id, "CANCELLED", ("PENDING",))
+            if took_effect
+            else None
+        )
+        return Compensation(
+            order_id=cmd.order_id, operation="cancel_order", undone=previous == "PENDING"
+        )
+
+    return await run_compensation(db, cmd.order_id, "cancel_order", "create_order", effect)
+
+
+async def complete_order(db: Database, cmd: OrderRef) -> OrderView:
+    """Release the semantic lock: PENDING → COMPLETED, once every step has succeeded."""
+
+    async def effect(conn: AsyncConnection) -> OrderView:
+        previous = await _set_status(conn, cmd.order_id, "COMPLETED", ("PENDING",))
+        if previous is None:
+            raise OrderNotFound(f"order {cmd.order_id} does not exist", order_id=cmd.order_id)
+        return await _view(conn, cmd.order_id)
+
+    return await run_once(db, cmd.order_id, "complete_order", OrderView, effect)
+
+
+async def _view(conn: AsyncConnection, order_id: str) -> OrderView:
+    row = (await conn.execute(sa.select(orders).where(orders.c.order_id == order_id))).one_or_none()
+    if row is None:
+        raise OrderNotFound(f"order {order_id} does not exist", order_id=order_id)
+    items = (
+        await conn.execute(
+            sa.select(order_items.c.book_id, order_items.c.quantity)
+            .where(order_items.c.order_id == order_id)
+            .order_by(order_items.c.book_id)
+        )
+    ).all()
+    return OrderView(
+        order_id=row.order_id,
+        customer_id=row.customer_id,
+        status=row.status,
+        total_amount=row.total_amount,
+        items=[OrderItem(book_id=b, quantity=q) for b, q in items],
+        shipping_address=Address.model_validate(json.loads(row.shipping_address)),
+    )
+
+
+async def get_order(db: Database, order_id: str) -> OrderView:
+    """The order as stored; OrderNotFound for an unknown id."""
+    async with db.engine.connect() as conn:
+        return await _view(conn, order_id)

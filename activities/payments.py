@@ -1,0 +1,135 @@
+"""Payment operations: a customer's balance only moves through conditional updates.
+
+``balance - amount`` is applied only ``WHERE balance >= amount``, so no interleaving of
+concurrent payments can take a balance below zero; each order has one payment row whose
+status moves COMPLETED → CANCELLED/REFUNDED at most once, and only that move credits back.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from activities._inbox import now, run_compensation, run_once
+from activities.commands import Compensation, OrderRef, PaymentView, ProcessPayment
+from activities.db import Database
+from activities.errors import CustomerNotFound, DomainError, NotFound, OrderNotFound, PaymentFailed
+from activities.tables import customers, orders, payments
+
+
+async def process_payment(db: Database, cmd: ProcessPayment) -> PaymentView:
+    """Debit the order's amount from the customer's balance; PaymentFailed when it is short.
+
+    A failed payment leaves a FAILED payment row and the balance untouched.
+    """
+
+    async def effect(conn: AsyncConnection) -> PaymentView | DomainError:
+        if (
+            await conn.scalar(sa.select(orders.c.order_id).where(orders.c.order_id == cmd.order_id))
+            is None
+        ):
+            raise OrderNotFound(f"order {cmd.order_id} does not exist", order_id=cmd.order_id)
+        debited = await conn.execute(
+            customers.update()
+            .where(customers.c.customer_id == cmd.customer_id, customers.c.balance >= cmd.amount)
+            .values(balance=customers.c.balance - cmd.amount)
+        )
+        refusal: DomainError | None = None
+        if debited.rowcount != 1:
+            balance = await conn.scalar(
+                sa.select(customers.c.balance).where(customers.c.customer_id == cmd.customer_id)
+            )
+            if balance is None:
+                raise CustomerNotFound(
+                    f"customer {cmd.customer_id} does not exist", customer_id=cmd.customer_id
+                )
+            refusal = PaymentFailed(
+                f"balance {balance} is less than {cmd.amount}",
+                order_id=cmd.order_id,
+                balance=str(balance),
+                amount=str(cmd.amount),
+            )
+        status = "FAILED" if refusal else "COMPLETED"
+        stamp = now()
+        await conn.execute(
+            payments.insert().values(
+                order_id=cmd.order_id,
+                customer_id=cmd.customer_id,
+                amount=cmd.amount,
+                status=status,
+                created_at=stamp,
+                updated_at=stamp,
+            )
+        )
+        return refusal or PaymentView(
+            order_id=cmd.order_id,
+            customer_id=cmd.customer_id,
+            amount=cmd.amount,
+            status="COMPLETED",
+        )
+
+    return await run_once(db, cmd.order_id, "process_payment", PaymentView, effect)
+
+
+async def _credit_back(
+    conn: AsyncConnection, order_id: str, operation: str, new_status: str
+) -> Compensation:
+    """Move a COMPLETED payment to ``new_status`` and credit its amount back, exactly once."""
+    row = (
+        await conn.execute(
+            sa.select(payments.c.customer_id, payments.c.amount).where(
+                payments.c.order_id == order_id, payments.c.status == "COMPLETED"
+            )
+        )
+    ).one_or_none()
+    if row is None:
+        return Compensation(order_id=order_id, operation=operation, undone=False)
+    moved = await conn.execute(
+        payments.update()
+        .where(payments.c.order_id == order_id, payments.c.status == "COMPLETED")
+        .values(status=new_status, updated_at=now())
+    )
+    if moved.rowcount != 1:  # pragma: no cover - the inbox key already serialises compensations
+        return Compensation(order_id=order_id, operation=operation, undone=False)
+    await conn.execute(
+        customers.update()
+        .where(customers.c.customer_id == row.customer_id)
+        .values(balance=customers.c.balance + row.amount)
+    )
+    return Compensation(
+        order_id=order_id, operation=operation, undone=True, amount=Decimal(row.amount)
+    )
+
+
+async def _compensate(db: Database, cmd: OrderRef, operation: str, new_status: str) -> Compensation:
+    async def effect(conn: AsyncConnection, took_effect: bool) -> Compensation:
+        if not took_effect:
+            return Compensation(order_id=cmd.order_id, operation=operation, undone=False)
+        return await _credit_back(conn, cmd.order_id, operation, new_status)
+
+    return await run_compensation(db, cmd.order_id, operation, "process_payment", effect)
+
+
+async def cancel_payment(db: Database, cmd: OrderRef) -> Compensation:
+    """Compensate process_payment: the charge is voided (CANCELLED) and the balance restored."""
+    return await _compensate(db, cmd, "cancel_payment", "CANCELLED")
+
+
+async def refund_payment(db: Database, cmd: OrderRef) -> Compensation:
+    """Compensate a captured payment after a later failure: money back (REFUNDED)."""
+    return await _compensate(db, cmd, "refund_payment", "REFUNDED")
+
+
+async def get_payment(db: Database, order_id: str) -> PaymentView:
+    """The order's payment; NotFound when it has none."""
+    async with db.engine.connect() as conn:
+        row = (
+            await conn.execute(sa.select(payments).where(payments.c.order_id == order_id))
+        ).one_or_none()
+    if row is None:
+        raise NotFound(f"no payment for order {order_id}", order_id=order_id)
+    return PaymentView(
+        order_id=row.order_id, customer_id=row.customer_id, amount=row.amount, status=row.status
+    )

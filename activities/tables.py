@@ -1,0 +1,176 @@
+"""The domain's tables, defined once in SQLAlchemy Core.
+
+This metadata is the single source of truth for the schema: ``init.sql`` is generated from it
+(see :mod:`cloudmart.schema`, pinned by a test) and the embedded SQLite database is created from
+it. Money is ``DECIMAL``; CHECK constraints are a backstop behind the activities' conditional
+updates. Timestamps are written by the application, so both dialects behave alike.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+
+metadata = sa.MetaData()
+
+MYSQL_TABLE_ARGS = {
+    "mysql_engine": "InnoDB",
+    "mysql_charset": "utf8mb4",
+    "mysql_collate": "utf8mb4_bin",
+}
+
+ORDER_STATUSES = ("PENDING", "COMPLETED", "CANCELLED")
+PAYMENT_STATUSES = ("COMPLETED", "FAILED", "CANCELLED", "REFUNDED")
+SHIPMENT_STATUSES = ("ARRANGED", "CANCELLED", "FAILED")
+RESERVATION_STATUSES = ("RESERVED", "RELEASED", "CONSUMED")
+
+Timestamp = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+Money = sa.Numeric(12, 2)
+OrderId = sa.String(64)
+LongText = sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+customers = sa.Table(
+    "customers",
+    metadata,
+    sa.Column("customer_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("email", sa.String(320), nullable=False, unique=True),
+    sa.Column("balance", Money, nullable=False),
+    sa.CheckConstraint("balance >= 0", name="ck_customers_balance"),
+    **MYSQL_TABLE_ARGS,
+)
+
+books = sa.Table(
+    "books",
+    metadata,
+    sa.Column("book_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("title", sa.String(500), nullable=False),
+    sa.Column("price", Money, nullable=False),
+    sa.CheckConstraint("price >= 0", name="ck_books_price"),
+    **MYSQL_TABLE_ARGS,
+)
+
+inventory = sa.Table(
+    "inventory",
+    metadata,
+    sa.Column(
+        "book_id", sa.Integer, sa.ForeignKey("books.book_id"), primary_key=True, autoincrement=False
+    ),
+    sa.Column("available", sa.Integer, nullable=False),
+    sa.Column("reserved", sa.Integer, nullable=False),
+    sa.CheckConstraint("available >= 0", name="ck_inventory_available"),
+    sa.CheckConstraint("reserved >= 0", name="ck_inventory_reserved"),
+    **MYSQL_TABLE_ARGS,
+)
+
+orders = sa.Table(
+    "orders",
+    metadata,
+    sa.Column("order_id", OrderId, primary_key=True),
+    sa.Column("customer_id", sa.Integer, sa.ForeignKey("customers.customer_id"), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("total_amount", Money, nullable=False),
+    sa.Column("shipping_address", LongText, nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("updated_at", Timestamp, nullable=False),
+    sa.CheckConstraint(_in("status", ORDER_STATUSES), name="ck_orders_status"),
+    sa.CheckConstraint("total_amount >= 0", name="ck_orders_total"),
+    sa.Index("ix_orders_status_created", "status", "created_at"),
+    **MYSQL_TABLE_ARGS,
+)
+
+order_items = sa.Table(
+    "order_items",
+    metadata,
+    sa.Column("order_id", OrderId, sa.ForeignKey("orders.order_id"), primary_key=True),
+    sa.Column("book_id", sa.Integer, sa.ForeignKey("books.book_id"), primary_key=True),
+    sa.Column("quantity", sa.Integer, nullable=False),
+    sa.Column("unit_price", Money, nullable=False),
+    sa.CheckConstraint("quantity > 0", name="ck_order_items_quantity"),
+    **MYSQL_TABLE_ARGS,
+)
+
+stock_reservations = sa.Table(
+    "stock_reservations",
+    metadata,
+    sa.Column("order_id", OrderId, sa.ForeignKey("orders.order_id"), primary_key=True),
+    sa.Column("book_id", sa.Integer, sa.ForeignKey("books.book_id"), primary_key=True),
+    sa.Column("quantity", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("updated_at", Timestamp, nullable=False),
+    sa.CheckConstraint("quantity > 0", name="ck_stock_reservations_quantity"),
+    sa.CheckConstraint(_in("status", RESERVATION_STATUSES), name="ck_stock_reservations_status"),
+    **MYSQL_TABLE_ARGS,
+)
+
+payments = sa.Table(
+    "payments",
+    metadata,
+    sa.Column("order_id", OrderId, sa.ForeignKey("orders.order_id"), primary_key=True),
+    sa.Column("customer_id", sa.Integer, sa.ForeignKey("customers.customer_id"), nullable=False),
+    sa.Column("amount", Money, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("updated_at", Timestamp, nullable=False),
+    sa.CheckConstraint("amount >= 0", name="ck_payments_amount"),
+    sa.CheckConstraint(_in("status", PAYMENT_STATUSES), name="ck_payments_status"),
+    **MYSQL_TABLE_ARGS,
+)
+
+shipments = sa.Table(
+    "shipments",
+    metadata,
+    sa.Column("order_id", OrderId, sa.ForeignKey("orders.order_id"), primary_key=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("country", sa.String(2), nullable=False),
+    sa.Column("address", LongText, nullable=False),
+    sa.Column("tracking_number", sa.String(64), nullable=True),
+    sa.Column("reason", sa.String(500), nullable=True),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("updated_at", Timestamp, nullable=False),
+    sa.CheckConstraint(_in("status", SHIPMENT_STATUSES), name="ck_shipments_status"),
+    **MYSQL_TABLE_ARGS,
+)
+
+# Processed operations: one row per (order id, operation), written in the same transaction as
+# the operation's effect. A repeat reads its outcome back; a compensation that finds no row for
+# its forward operation writes a tombstone there, so the late forward operation does nothing.
+inbox = sa.Table(
+    "inbox",
+    metadata,
+    sa.Column("message_key", sa.String(191), primary_key=True),
+    sa.Column("order_id", OrderId, nullable=False),
+    sa.Column("operation", sa.String(64), nullable=False),
+    sa.Column("outcome", LongText, nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Index("ix_inbox_order", "order_id"),
+    **MYSQL_TABLE_ARGS,
+)
+
+# Events a service caused, written in the transaction that caused them and relayed afterwards.
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("event_id", sa.String(36), nullable=False, unique=True),
+    sa.Column("order_id", OrderId, nullable=False),
+    sa.Column("sequence", sa.Integer, nullable=False),
+    sa.Column("topic", sa.String(100), nullable=False),
+    sa.Column("event_type", sa.String(64), nullable=False),
+    sa.Column("payload", LongText, nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("published_at", Timestamp, nullable=True),
+    sa.Index("ix_outbox_unpublished", "published_at", "id"),
+    sa.Index("ix_outbox_order_seq", "order_id", "sequence"),
+    **MYSQL_TABLE_ARGS,
+)

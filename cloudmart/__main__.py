@@ -1,0 +1,3 @@
+from cloudmart.cli import main
+
+main()

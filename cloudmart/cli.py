@@ -1,0 +1,121 @@
+"""The ``cloudmart`` command: database set-up, one service, or the whole system.
+
+::
+
+    cloudmart db init [--seed] [--reset]   create the database and every table
+    cloudmart db sql                       print the schema (the text of init.sql)
+    cloudmart serve SERVICE                one service on its port (real infrastructure)
+    cloudmart up [--pattern P]             every service; embedded when no database is set
+"""
+
+from __future__ import annotations
+
+import asyncio
+from enum import StrEnum
+
+import typer
+
+from services._kit.settings import SERVICE_PORTS, Settings, get_settings
+
+app = typer.Typer(
+    help="CloudMart sagas: an online bookstore's order flow as a saga.", no_args_is_help=True
+)
+db_app = typer.Typer(help="Create and fill the database.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+class Pattern(StrEnum):
+    orchestration = "orchestration"
+    choreography = "choreography"
+
+
+class Service(StrEnum):
+    order = "order"
+    inventory = "inventory"
+    payment = "payment"
+    shipping = "shipping"
+
+
+DOMAIN_SERVICES = [s.value for s in Service]
+
+
+@db_app.command("init")
+def db_init(
+    seed: bool = typer.Option(
+        False, "--seed", help="Add the demo catalogue (customers, books, stock)."
+    ),
+    reset: bool = typer.Option(False, "--reset", help="Drop every table first."),
+) -> None:
+    """Create the database named in CLOUDMART_DATABASE_URL (or the SQLite file) and its tables."""
+    settings = get_settings()
+    asyncio.run(_db_init(settings, seed=seed, reset=reset))
+    where = (settings.database_url and _redacted(settings.database_url)) or settings.sqlite_path
+    typer.echo(f"database ready: {where}{' (demo catalogue)' if seed else ''}")
+
+
+async def _db_init(settings: Settings, *, seed: bool, reset: bool) -> None:
+    from activities.db import create_engine
+    from cloudmart.schema import create_schema, ensure_database, seed_demo
+
+    url = settings.effective_database_url
+    await ensure_database(url)
+    engine = create_engine(url, pool_size=1, max_overflow=0)
+    try:
+        await create_schema(engine, reset=reset)
+        if seed:
+            await seed_demo(engine)
+    finally:
+        await engine.dispose()
+
+
+@db_app.command("sql")
+def db_sql() -> None:
+    """Print the schema as MySQL/MariaDB DDL (the content of init.sql)."""
+    from cloudmart.schema import generate_init_sql
+
+    typer.echo(generate_init_sql(), nl=False)
+
+
+@app.command()
+def serve(
+    service: Service = typer.Argument(..., help="Which service to run."),
+    port: int | None = typer.Option(None, help="Port (default: the service's own, 8001-8004)."),
+) -> None:
+    """Run one service on its port against the configured database."""
+    settings = get_settings()
+    if settings.embedded:
+        typer.echo(
+            "cloudmart serve needs real infrastructure: set CLOUDMART_DATABASE_URL "
+            "(e.g. mysql+aiomysql://root@127.0.0.1:3306/cloudmart). "
+            "`cloudmart up` without it runs everything embedded.",
+            err=True,
+        )
+        raise typer.Exit(2)
+    from cloudmart.runner import serve_one
+
+    asyncio.run(serve_one(settings, service.value, port or SERVICE_PORTS[service.value]))
+
+
+@app.command()
+def up(
+    pattern: Pattern = typer.Option(Pattern.orchestration, help="Saga style."),
+) -> None:
+    """Run every service of the pattern until Ctrl-C (one process when embedded)."""
+    settings = get_settings()
+    from cloudmart import runner
+
+    if settings.embedded:
+        typer.echo(f"embedded mode: SQLite at {settings.sqlite_path}, in-process messaging")
+        asyncio.run(runner.run_embedded(settings, DOMAIN_SERVICES))
+    else:
+        raise typer.Exit(runner.supervise(DOMAIN_SERVICES))
+
+
+def _redacted(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,105 @@
+"""Running services: one per process (``serve``), all in one process (embedded), or a
+supervisor that starts one process per service and stops them all on Ctrl-C (``up``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+
+import uvicorn
+
+from services._kit.settings import SERVICE_PORTS, Settings
+
+
+def _server(settings: Settings, service: str, port: int) -> uvicorn.Server:
+    from services.registry import build_service_app
+
+    config = uvicorn.Config(
+        build_service_app(service, settings),
+        host=settings.host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+    )
+    return uvicorn.Server(config)
+
+
+async def serve_one(settings: Settings, service: str, port: int) -> None:
+    await _server(settings, service, port).serve()
+
+
+async def run_embedded(settings: Settings, services: list[str]) -> None:
+    """Every service in this process, on its own port, sharing the SQLite file."""
+    from activities.db import create_engine
+    from cloudmart.schema import create_schema, seed_demo
+
+    engine = create_engine(settings.effective_database_url)
+    await create_schema(engine)
+    await seed_demo(engine)
+    await engine.dispose()
+
+    servers = [_server(settings, name, SERVICE_PORTS[name]) for name in services]
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        for server in servers:
+            server.should_exit = True
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop)
+    for server in servers:
+        # One handler for all servers (above), not one per server fighting over the signal.
+        server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
+    for name in services:
+        print(f"{name:>12}  http://{settings.host}:{SERVICE_PORTS[name]}/docs", flush=True)
+    await asyncio.gather(*(server.serve() for server in servers))
+
+
+def _pump(prefix: str, stream: Iterator[bytes]) -> None:
+    for line in stream:
+        sys.stdout.write(f"{prefix} | {line.decode(errors='replace')}")
+        sys.stdout.flush()
+
+
+def supervise(services: list[str]) -> int:
+    """Start ``cloudmart serve NAME`` for each service, prefix their logs, stop all on Ctrl-C.
+
+    Returns the exit code: 0 after Ctrl-C, else the code of the first process that died.
+    """
+    width = max(len(s) for s in services)
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    for name in services:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cloudmart", "serve", name],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        procs[name] = proc
+        assert proc.stdout is not None
+        threading.Thread(target=_pump, args=(name.ljust(width), proc.stdout), daemon=True).start()
+    try:
+        while True:
+            for name, proc in procs.items():
+                code = proc.poll()
+                if code is not None:
+                    print(f"{name} exited with {code}; stopping the others", flush=True)
+                    return code or 1
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                next(iter(procs.values())).wait(timeout=0.5)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs.values():
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()

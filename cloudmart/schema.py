@@ -1,0 +1,155 @@
+"""The database schema, from one source of truth: the SQLAlchemy metadata of the domain
+(:mod:`activities.tables`) and of the engine's history (:mod:`engine.adapters.sql_tables`).
+
+``init.sql`` is generated from it (``cloudmart db sql > init.sql``; a test keeps the committed
+file equal to the generated one) and runs unchanged on MySQL 8.0 and MariaDB 10.11. SQLite,
+for the embedded mode, gets the same tables through ``metadata.create_all``.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.schema import CreateTable
+
+from activities import tables as domain
+from engine.adapters import sql_tables as history
+
+INIT_SQL = Path(__file__).resolve().parent.parent / "init.sql"
+
+_HEADER = """\
+-- CloudMart sagas: every table, for MySQL 8.0 and MariaDB 10.11.
+-- Generated from activities/tables.py and engine/adapters/sql_tables.py by
+-- `cloudmart db sql`; edit those, not this file (tests/unit/test_schema.py checks they agree).
+"""
+
+
+def all_metadata() -> sa.MetaData:
+    """The domain's and the engine's tables in one metadata, in dependency order."""
+    combined = sa.MetaData()
+    for source in (domain.metadata, history.metadata):
+        for table in source.sorted_tables:
+            table.to_metadata(combined)
+    return combined
+
+
+def _mysql_ddl(table: sa.Table) -> str:
+    """CREATE TABLE IF NOT EXISTS with the table's indexes inline.
+
+    Inline indexes keep the file re-runnable on MySQL 8.0, which has no CREATE INDEX IF NOT EXISTS.
+    """
+    dialect = mysql.dialect()
+    ddl = str(CreateTable(table, if_not_exists=True).compile(dialect=dialect)).strip()
+    extra = []
+    for index in sorted(table.indexes, key=lambda ix: str(ix.name)):
+        cols = ", ".join(dialect.identifier_preparer.quote(c.name) for c in index.columns)
+        kind = "UNIQUE INDEX" if index.unique else "INDEX"
+        extra.append(f"\t{kind} {index.name} ({cols})")
+    if extra:
+        close = ddl.rindex("\n)")
+        ddl = ddl[:close] + ", \n" + ",\n".join(extra) + ddl[close:]
+    ddl = re.sub(r"[ \t]+\n", "\n", ddl)
+    return ddl + ";\n"
+
+
+def generate_init_sql() -> str:
+    """The text of ``init.sql``."""
+    parts = [_HEADER]
+    parts.extend(_mysql_ddl(table) for table in all_metadata().sorted_tables)
+    return "\n".join(parts)
+
+
+def _statements(sql: str) -> list[str]:
+    body = "\n".join(line for line in sql.splitlines() if not line.startswith("--"))
+    return [stmt.strip() for stmt in body.split(";\n") if stmt.strip().rstrip(";")]
+
+
+async def ensure_database(url: str) -> None:
+    """Create the database named in a MySQL/MariaDB URL if it is missing (SQLite: nothing)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" or not parsed.database:
+        return
+    server = create_async_engine(parsed._replace(database=None), isolation_level="AUTOCOMMIT")
+    try:
+        async with server.connect() as conn:
+            await conn.execute(
+                sa.text(
+                    f"CREATE DATABASE IF NOT EXISTS `{parsed.database}` "
+                    "CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+                )
+            )
+    finally:
+        await server.dispose()
+
+
+async def create_schema(engine: AsyncEngine, *, reset: bool = False) -> None:
+    """Create every table (dropping them first when ``reset``).
+
+    MySQL/MariaDB run ``init.sql`` itself, statement by statement; SQLite builds the same
+    metadata with ``create_all``.
+    """
+    metadata = all_metadata()
+    async with engine.begin() as conn:
+        if reset:
+            await conn.run_sync(metadata.drop_all)
+        if engine.dialect.name == "sqlite":
+            await conn.run_sync(metadata.create_all)
+        else:
+            for statement in _statements(generate_init_sql()):
+                await conn.execute(sa.text(statement))
+
+
+DEMO_CUSTOMERS = [
+    {
+        "customer_id": 1,
+        "name": "Hanako Yamada",
+        "email": "hanako@example.jp",
+        "balance": Decimal("50000.00"),
+    },
+    {
+        "customer_id": 2,
+        "name": "Taro Suzuki",
+        "email": "taro@example.jp",
+        "balance": Decimal("3000.00"),
+    },
+    {
+        "customer_id": 3,
+        "name": "Emma Smith",
+        "email": "emma@example.com",
+        "balance": Decimal("20000.00"),
+    },
+]
+DEMO_BOOKS = [
+    (1, "Designing Data-Intensive Applications", "4800.00", 50),
+    (2, "Release It!", "3600.00", 30),
+    (3, "Enterprise Integration Patterns", "6200.00", 20),
+    (4, "Microservices Patterns", "5400.00", 25),
+    (5, "Database Internals", "4400.00", 15),
+    (6, "Kafka: The Definitive Guide", "4000.00", 10),
+    (7, "Site Reliability Engineering", "3900.00", 40),
+    (8, "Building Microservices", "4200.00", 35),
+    (9, "Streaming Systems", "5000.00", 5),
+    (10, "The Art of Computer Programming, Vol. 1", "9800.00", 2),
+]
+
+
+async def seed_demo(engine: AsyncEngine) -> None:
+    """Add the demo catalogue (three customers, ten books with stock) unless it is there."""
+    async with engine.begin() as conn:
+        if await conn.scalar(sa.select(sa.func.count()).select_from(domain.customers)):
+            return
+        await conn.execute(domain.customers.insert(), DEMO_CUSTOMERS)
+        await conn.execute(
+            domain.books.insert(),
+            [{"book_id": b, "title": t, "price": Decimal(p)} for b, t, p, _ in DEMO_BOOKS],
+        )
+        await conn.execute(
+            domain.inventory.insert(),
+            [{"book_id": b, "available": n, "reserved": 0} for b, _, _, n in DEMO_BOOKS],
+        )

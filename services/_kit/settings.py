@@ -1,0 +1,89 @@
+"""One settings object for every CloudMart process, read from the environment.
+
+Every variable carries the ``CLOUDMART_`` prefix (``CLOUDMART_DATABASE_URL``...). A profile is
+chosen with ``CLOUDMART_ENV=dev|test|prod``; values are read, lowest priority first, from
+``.env``, then ``.env.<profile>``, then the process environment. Only :func:`get_settings`
+touches the environment: everything else receives a ``Settings`` instance.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+Profile = Literal["dev", "test", "prod"]
+SERVICE_PORTS: dict[str, int] = {
+    "order": 8001,
+    "inventory": 8002,
+    "payment": 8003,
+    "shipping": 8004,
+    "orchestrator": 8005,
+}
+
+
+class Settings(BaseSettings):
+    """Configuration of one process; plain data, built once in the composition root."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CLOUDMART_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    env: Profile = "dev"
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy async URL, e.g. mysql+aiomysql://root@127.0.0.1:3306/cloudmart. "
+        "Unset: embedded mode (SQLite file, in-process transport).",
+    )
+    rabbitmq_url: str | None = "amqp://guest:guest@127.0.0.1:5672/"
+    redis_url: str | None = "redis://127.0.0.1:6379/0"
+    namespace: str = Field(default="cloudmart", pattern=r"^[A-Za-z0-9_.-]{1,40}$")
+    api_key: SecretStr | None = None
+    host: str = "127.0.0.1"
+
+    sqlite_path: str = "cloudmart.db"
+    db_pool_size: int = Field(default=5, ge=1, le=40)
+    db_max_overflow: int = Field(default=5, ge=0, le=40)
+    db_pool_timeout: float = Field(default=10.0, gt=0)
+    db_lock_retries: int = Field(default=8, ge=1, le=50)
+
+    request_timeout: float = Field(default=10.0, gt=0, description="Seconds per step request.")
+    saga_deadline: float = Field(default=300.0, gt=0, description="Seconds a saga may run.")
+    compensation_alert_attempts: int = Field(default=10, ge=1)
+    max_body_bytes: int = Field(default=1_000_000, ge=1024)
+    served_countries: Annotated[tuple[str, ...], NoDecode] = ("JP",)
+
+    log_level: str = "INFO"
+    log_json: bool | None = Field(default=None, description="JSON logs; default: only in prod.")
+
+    @field_validator("served_countries", mode="before")
+    @classmethod
+    def _split_countries(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip().upper() for part in value.split(",") if part.strip())
+        return value
+
+    @property
+    def embedded(self) -> bool:
+        """True when no database server is configured: SQLite and in-process messaging."""
+        return self.database_url is None
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.sqlite_path}"
+
+    @property
+    def json_logs(self) -> bool:
+        return self.env == "prod" if self.log_json is None else self.log_json
+
+
+class _ProfileOnly(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CLOUDMART_", env_file=".env", extra="ignore")
+    env: Profile = "dev"
+
+
+def get_settings(**overrides: object) -> Settings:
+    """Read settings from ``.env``, ``.env.<profile>`` and the environment (highest wins)."""
+    profile = _ProfileOnly().env
+    return Settings(_env_file=(".env", f".env.{profile}"), **overrides)  # type: ignore[call-arg]

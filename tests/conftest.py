@@ -1,0 +1,99 @@
+"""Shared test fixtures: real MariaDB databases made fresh per test module, and a waiting helper.
+
+The server is named by ``CLOUDMART_TEST_DATABASE_URL`` (default: the local MariaDB as root).
+Each fixture user asks for a database of its own name, so suites never share rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from activities import Database
+
+T = TypeVar("T")
+
+TEST_DATABASE_URL = os.environ.get(
+    "CLOUDMART_TEST_DATABASE_URL", "mysql+aiomysql://root@127.0.0.1:3306/cloudmart_test"
+)
+TEST_RABBITMQ_URL = os.environ.get(
+    "CLOUDMART_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/"
+)
+TEST_REDIS_URL = os.environ.get("CLOUDMART_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def mysql_database_url(name: str) -> str:
+    """Drop and create database ``name`` on the test server; return its async URL."""
+    base = make_url(TEST_DATABASE_URL)
+    sync_url = base._replace(drivername="mysql+pymysql", database=None)
+    engine = sa.create_engine(sync_url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text(f"DROP DATABASE IF EXISTS `{name}`"))
+            conn.execute(sa.text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
+    finally:
+        engine.dispose()
+    return base.set(database=name).render_as_string(hide_password=False)
+
+
+async def until(
+    predicate: Callable[[], Awaitable[T] | T], *, timeout: float = 10.0, interval: float = 0.02
+) -> T:
+    """Poll ``predicate`` until it returns something truthy; fail the test past ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value) or isinstance(value, Awaitable):
+            value = await value  # type: ignore[misc]
+        if value:
+            return value  # type: ignore[return-value]
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)
+
+
+# Databases for the business operations: cleaned and filled with tests/domain_data.py's catalogue.
+
+
+@pytest.fixture(scope="module")
+def mysql_url() -> str:
+    return mysql_database_url("cloudmart_test_activities")
+
+
+@pytest.fixture(params=["mariadb", "sqlite"])
+async def db(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Database]:
+    if request.param == "mariadb":
+        url = request.getfixturevalue("mysql_url")
+        database = Database.from_url(url, pool_size=20, max_overflow=20)
+    else:
+        path = tmp_path_factory.mktemp("sqlite") / "activities.db"
+        database = Database.from_url(f"sqlite+aiosqlite:///{path}")
+    await _prepared(database)
+    yield database
+    await database.dispose()
+
+
+@pytest.fixture
+async def mysql_db(mysql_url: str) -> AsyncIterator[Database]:
+    database = Database.from_url(mysql_url, pool_size=30, max_overflow=30)
+    await _prepared(database)
+    yield database
+    await database.dispose()
+
+
+async def _prepared(database: Database) -> None:
+    from domain_data import clean
+
+    from cloudmart.schema import create_schema
+
+    await create_schema(database.engine)
+    await clean(database)
