@@ -40,22 +40,33 @@ def all_metadata() -> sa.MetaData:
 
 
 def _mysql_ddl(table: sa.Table) -> str:
-    """CREATE TABLE IF NOT EXISTS with the table's indexes inline.
+    """CREATE TABLE IF NOT EXISTS with the table's indexes inline, in a stable order.
 
-    Inline indexes keep the file re-runnable on MySQL 8.0, which has no CREATE INDEX IF NOT EXISTS.
+    Inline indexes keep the file re-runnable on MySQL 8.0, which has no CREATE INDEX IF NOT
+    EXISTS. SQLAlchemy emits constraints in set order, so they are sorted after the columns
+    (primary key first) to make the generated text the same on every run.
     """
     dialect = mysql.dialect()
     ddl = str(CreateTable(table, if_not_exists=True).compile(dialect=dialect)).strip()
-    extra = []
-    for index in sorted(table.indexes, key=lambda ix: str(ix.name)):
-        cols = ", ".join(dialect.identifier_preparer.quote(c.name) for c in index.columns)
-        kind = "UNIQUE INDEX" if index.unique else "INDEX"
-        extra.append(f"\t{kind} {index.name} ({cols})")
-    if extra:
-        close = ddl.rindex("\n)")
-        ddl = ddl[:close] + ", \n" + ",\n".join(extra) + ddl[close:]
-    ddl = re.sub(r"[ \t]+\n", "\n", ddl)
-    return ddl + ";\n"
+    head, rest = ddl.split("(\n", 1)
+    close = rest.rindex("\n)")
+    body, tail = rest[:close], rest[close:]
+    lines = [line.rstrip() for line in re.split(r",[ \t]*\n", body)]
+    columns = [line for line in lines if not line.lstrip().startswith(_CONSTRAINT_WORDS)]
+    constraints = sorted(
+        (line for line in lines if line.lstrip().startswith(_CONSTRAINT_WORDS)),
+        key=lambda line: (not line.lstrip().startswith("PRIMARY KEY"), line),
+    )
+    preparer = dialect.identifier_preparer
+    indexes = [
+        f"\t{'UNIQUE INDEX' if ix.unique else 'INDEX'} {ix.name} "
+        f"({', '.join(preparer.quote(c.name) for c in ix.columns)})"
+        for ix in sorted(table.indexes, key=lambda ix: str(ix.name))
+    ]
+    return head + "(\n" + ",\n".join(columns + constraints + indexes) + tail + ";\n"
+
+
+_CONSTRAINT_WORDS = ("PRIMARY KEY", "UNIQUE", "FOREIGN KEY", "CONSTRAINT", "CHECK")
 
 
 def generate_init_sql() -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import datetime
 from decimal import Decimal
 
@@ -112,3 +113,56 @@ async def test_opposite_item_orders_at_concurrency_50_never_leak_a_deadlock(
         await asyncio.gather(*(reserve(i, oid) for i, oid in enumerate(batch)))
     assert await stock(mysql_db, 1) == (900, 100)
     assert await stock(mysql_db, 2) == (900, 100)
+
+
+async def test_a_real_deadlock_is_rolled_back_and_retried(mysql_db: Database) -> None:
+    first_locked, second_locked = asyncio.Event(), asyncio.Event()
+    attempts = {"a": 0, "b": 0}
+
+    def work(name: str, mine: int, other: int, done: asyncio.Event, wait: asyncio.Event):  # type: ignore[no-untyped-def]
+        async def run(conn: sa.ext.asyncio.AsyncConnection) -> None:
+            attempts[name] += 1
+            bump = inventory.update().values(available=inventory.c.available + 1)
+            await conn.execute(bump.where(inventory.c.book_id == mine))
+            done.set()
+            await wait.wait()
+            await conn.execute(bump.where(inventory.c.book_id == other))
+
+        return run
+
+    await asyncio.gather(
+        mysql_db.transaction(work("a", 1, 2, first_locked, second_locked)),
+        mysql_db.transaction(work("b", 2, 1, second_locked, first_locked)),
+    )
+    assert sorted(attempts.values()) == [1, 2]  # one victim, retried once
+    assert await stock(mysql_db, 1) == (12, 0)
+    assert await stock(mysql_db, 2) == (7, 0)
+
+
+async def test_concurrent_duplicates_of_one_command_take_effect_once(mysql_db: Database) -> None:
+    (oid,) = await _orders(mysql_db, 1)
+    cmd = ReserveStock(order_id=oid, items=[OrderItem(book_id=1, quantity=3)])
+    results = await asyncio.gather(*(reserve_stock(mysql_db, cmd) for _ in range(20)))
+    assert all(r == results[0] for r in results)
+    assert await stock(mysql_db, 1) == (7, 3)
+
+
+async def test_compensation_racing_its_operation_leaves_stock_conserved(mysql_db: Database) -> None:
+    from activities import release_stock
+    from activities.commands import OrderRef
+    from activities.errors import AlreadyCompensated
+
+    ids = await _orders(mysql_db, 40)
+
+    async def reserve(oid: str) -> None:
+        with contextlib.suppress(AlreadyCompensated):
+            await reserve_stock(
+                mysql_db, ReserveStock(order_id=oid, items=[OrderItem(book_id=3, quantity=1)])
+            )
+
+    await asyncio.gather(
+        *(reserve(oid) for oid in ids),
+        *(release_stock(mysql_db, OrderRef(order_id=oid)) for oid in ids),
+    )
+    # whichever came first, every order's stock is back in available and nothing is held
+    assert await stock(mysql_db, 3) == (50, 0)

@@ -1,0 +1,162 @@
+-- CloudMart sagas: every table, for MySQL 8.0 and MariaDB 10.11.
+-- Generated from activities/tables.py and engine/adapters/sql_tables.py by
+-- `cloudmart db sql`; edit those, not this file (tests/unit/test_schema.py checks they agree).
+
+CREATE TABLE IF NOT EXISTS books (
+	book_id INTEGER NOT NULL AUTO_INCREMENT,
+	title VARCHAR(500) NOT NULL,
+	price NUMERIC(12, 2) NOT NULL,
+	PRIMARY KEY (book_id),
+	CONSTRAINT ck_books_price CHECK (price >= 0)
+)ENGINE=InnoDB CHARSET=utf8mb4 COLLATE utf8mb4_bin;
+
+CREATE TABLE IF NOT EXISTS customers (
+	customer_id INTEGER NOT NULL AUTO_INCREMENT,
+	name VARCHAR(200) NOT NULL,
+	email VARCHAR(320) NOT NULL,
+	balance NUMERIC(12, 2) NOT NULL,
+	PRIMARY KEY (customer_id),
+	CONSTRAINT ck_customers_balance CHECK (balance >= 0),
+	UNIQUE (email)
+)ENGINE=InnoDB CHARSET=utf8mb4 COLLATE utf8mb4_bin;
+
+CREATE TABLE IF NOT EXISTS inbox (
+	message_key VARCHAR(191) NOT NULL,
+	order_id VARCHAR(64) NOT NULL,
+	operation VARCHAR(64) NOT NULL,
+	outcome MEDIUMTEXT NOT NULL,
+	created_at DATETIME(6) NOT NULL,
+	PRIMARY KEY (message_key),
+	INDEX ix_inbox_order (order_id)
+)ENGINE=InnoDB CHARSET=utf8mb4 COLLATE utf8mb4_bin;
+
+CREATE TABLE IF NOT EXISTS outbox (
+	id BIGINT NOT NULL AUTO_INCREMENT,
+	event_id VARCHAR(36) NOT NULL,
+	order_id VARCHAR(64) NOT NULL,
+	sequence INTEGER NOT NULL,
+	topic VARCHAR(100) NOT NULL,
+	event_type VARCHAR(64) NOT NULL,
+	payload MEDIUMTEXT NOT NULL,
+	created_at DATETIME(6) NOT NULL,
+	published_at DATETIME(6),
+	PRIMARY KEY (id),
+	UNIQUE (event_id),
+	INDEX ix_outbox_order_seq (order_id, sequence),
+	INDEX ix_outbox_unpublished (published_at, id)
+)ENGINE=InnoDB CHARSET=utf8mb4 COLLATE utf8mb4_bin;
+
+CREATE TABLE IF NOT EXISTS saga_instances (
+	saga_id VARCHAR(36) NOT NULL,
+	order_id VARCHAR(64) NOT NULL,
+	workflow_name VARCHAR(100) NOT NULL,
+	status VARCHAR(32) NOT NULL,
+	current_step VARCHAR(100),
+	input MEDIUMTEXT NOT NULL,
+	result MEDIUMTEXT,
+	failure_reason MEDIUMTEXT,
+	owner VARCHAR(100),
+	lease_expires_at DATETIME(6),
+	version INTEGER NOT NULL,
+	next_seq INTEGER NOT NULL,
+	needs_operator BOOL NOT NULL,
+	cancel_requested BOOL NOT NULL,
+	compensation_attempts INTEGER NOT NULL,
+	created_at DATETIME(6) NOT NULL,
+	updated_at DATETIME(6) NOT NULL,
+	PRIMARY KEY (saga_id),
+	UNIQUE (order_id),
+	INDEX ix_saga_instances_recovery (status, lease_expires_at),
+	INDEX ix_saga_instances_status_created (status, created_at)
+)ENGINE=InnoDB CHARSET=utf8mb4 COLLATE utf8mb4_bin;
+
+CREATE TABLE IF NOT EXISTS saga_step_logs (
+	saga_id VARCHAR(36) NOT NULL,
+	seq INTEGER NOT NULL,
+	event_type VARCHAR(40) NOT NULL,
+	position INTEGER,
+	step_name VARCHAR(100),
+	attempt INTEGER NOT NULL,
+	payload MEDIUMTEXT,
+	owner VARCHAR(100),
+	version INTEGER NOT NULL,
+	created_at DATETIME(6) NOT NULL,
+	PRIMARY KEY (saga_id, seq)
+)ENGINE=InnoDB CHARSET=utf8mb4 COLLATE utf8mb4_bin;
+
+CREATE TABLE IF NOT EXISTS inventory (
+	book_id INTEGER NOT NULL,
+	available INTEGER NOT NULL,
+	reserved INTEGER NOT NULL,
+	PRIMARY KEY (book_id),
+	CONSTRAINT ck_inventory_available CHECK (available >= 0),
+	CONSTRAINT ck_inventory_reserved CHECK (reserved >= 0),
+	FOREIGN KEY(book_id) REFERENCES books (book_id)
+)ENGINE=InnoDB CHARSET=utf8mb4 COLLATE utf8mb4_bin;
+
+CREATE TABLE IF NOT EXISTS orders (
+	order_id VARCHAR(64) NOT NULL,
+	customer_id INTEGER NOT NULL,
+	status VARCHAR(16) NOT NULL,
+	total_amount NUMERIC(12, 2) NOT NULL,
+	shipping_address MEDIUMTEXT NOT NULL,
+	created_at DATETIME(6) NOT NULL,
+	updated_at DATETIME(6) NOT NULL,
+	PRIMARY KEY (order_id),
+	CONSTRAINT ck_orders_status CHECK (status IN ('PENDING', 'COMPLETED', 'CANCELLED')),
+	CONSTRAINT ck_orders_total CHECK (total_amount >= 0),
+	FOREIGN KEY(customer_id) REFERENCES customers (customer_id),
+	INDEX ix_orders_status_created (status, created_at)
+)ENGINE=InnoDB CHARSET=utf8mb4 COLLATE utf8mb4_bin;
+
+CREATE TABLE IF NOT EXISTS order_items (
+	order_id VARCHAR(64) NOT NULL,
+	book_id INTEGER NOT NULL,
+	quantity INTEGER NOT NULL,
+	unit_price NUMERIC(12, 2) NOT NULL,
+	PRIMARY KEY (order_id, book_id),
+	CONSTRAINT ck_order_items_quantity CHECK (quantity > 0),
+	FOREIGN KEY(book_id) REFERENCES books (book_id),
+	FOREIGN KEY(order_id) REFERENCES orders (order_id)
+)ENGINE=InnoDB CHARSET=utf8mb4 COLLATE utf8mb4_bin;
+
+CREATE TABLE IF NOT EXISTS payments (
+	order_id VARCHAR(64) NOT NULL,
+	customer_id INTEGER NOT NULL,
+	amount NUMERIC(12, 2) NOT NULL,
+	status VARCHAR(16) NOT NULL,
+	created_at DATETIME(6) NOT NULL,
+	updated_at DATETIME(6) NOT NULL,
+	PRIMARY KEY (order_id),
+	CONSTRAINT ck_payments_amount CHECK (amount >= 0),
+	CONSTRAINT ck_payments_status CHECK (status IN ('COMPLETED', 'FAILED', 'CANCELLED', 'REFUNDED')),
+	FOREIGN KEY(customer_id) REFERENCES customers (customer_id),
+	FOREIGN KEY(order_id) REFERENCES orders (order_id)
+)ENGINE=InnoDB CHARSET=utf8mb4 COLLATE utf8mb4_bin;
+
+CREATE TABLE IF NOT EXISTS shipments (
+	order_id VARCHAR(64) NOT NULL,
+	status VARCHAR(16) NOT NULL,
+	country VARCHAR(2) NOT NULL,
+	address MEDIUMTEXT NOT NULL,
+	tracking_number VARCHAR(64),
+	reason VARCHAR(500),
+	created_at DATETIME(6) NOT NULL,
+	updated_at DATETIME(6) NOT NULL,
+	PRIMARY KEY (order_id),
+	CONSTRAINT ck_shipments_status CHECK (status IN ('ARRANGED', 'CANCELLED', 'FAILED')),
+	FOREIGN KEY(order_id) REFERENCES orders (order_id)
+)ENGINE=InnoDB CHARSET=utf8mb4 COLLATE utf8mb4_bin;
+
+CREATE TABLE IF NOT EXISTS stock_reservations (
+	order_id VARCHAR(64) NOT NULL,
+	book_id INTEGER NOT NULL,
+	quantity INTEGER NOT NULL,
+	status VARCHAR(16) NOT NULL,
+	updated_at DATETIME(6) NOT NULL,
+	PRIMARY KEY (order_id, book_id),
+	CONSTRAINT ck_stock_reservations_quantity CHECK (quantity > 0),
+	CONSTRAINT ck_stock_reservations_status CHECK (status IN ('RESERVED', 'RELEASED', 'CONSUMED')),
+	FOREIGN KEY(book_id) REFERENCES books (book_id),
+	FOREIGN KEY(order_id) REFERENCES orders (order_id)
+)ENGINE=InnoDB CHARSET=utf8mb4 COLLATE utf8mb4_bin;
