@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from activities.db import Database, create_engine
 from activities.inventory import get_stock, release_stock, reserve_stock
-from activities.orders import cancel_order, complete_order, create_order, get_order
+from activities.orders import cancel_order, check_order, complete_order, create_order, get_order
 from activities.payments import cancel_payment, get_payment, process_payment, refund_payment
 from activities.shipping import arrange_shipping, cancel_shipping, get_shipment
 
@@ -20,6 +20,7 @@ __all__ = [
     "cancel_order",
     "cancel_payment",
     "cancel_shipping",
+    "check_order",
     "complete_order",
     "create_engine",
     "create_order",

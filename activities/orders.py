@@ -9,7 +9,15 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from activities._inbox import now, run_compensation, run_once
-from activities.commands import Address, Compensation, CreateOrder, OrderItem, OrderRef, OrderView
+from activities.commands import (
+    Address,
+    Compensation,
+    CreateOrder,
+    OrderItem,
+    OrderRef,
+    OrderView,
+    PlaceOrder,
+)
 from activities.db import Database
 from activities.errors import BookNotFound, CustomerNotFound, InvalidOrderState, OrderNotFound
 from activities.tables import books, customers, order_items, orders
@@ -23,27 +31,8 @@ async def create_order(db: Database, cmd: CreateOrder) -> OrderView:
     """
 
     async def effect(conn: AsyncConnection) -> OrderView:
-        if (
-            await conn.scalar(
-                sa.select(customers.c.customer_id).where(customers.c.customer_id == cmd.customer_id)
-            )
-            is None
-        ):
-            raise CustomerNotFound(
-                f"customer {cmd.customer_id} does not exist", customer_id=cmd.customer_id
-            )
-        wanted = [item.book_id for item in cmd.items]
-        prices = dict(
-            (
-                await conn.execute(
-                    sa.select(books.c.book_id, books.c.price).where(books.c.book_id.in_(wanted))
-                )
-            ).all()
-        )
-        missing = sorted(set(wanted) - set(prices))
-        if missing:
-            raise BookNotFound(f"unknown book ids: {missing}", book_ids=missing)
-        total = sum((Decimal(prices[i.book_id]) * i.quantity for i in cmd.items), Decimal("0"))
+        prices = await _prices(conn, cmd)
+        total = _total(cmd, prices)
         stamp = now()
         await conn.execute(
             orders.insert().values(
@@ -78,6 +67,37 @@ async def create_order(db: Database, cmd: CreateOrder) -> OrderView:
         )
 
     return await run_once(db, cmd.order_id, "create_order", OrderView, effect)
+
+
+async def _prices(conn: AsyncConnection, order: PlaceOrder) -> dict[int, Decimal]:
+    """The price of every book of the order; CustomerNotFound / BookNotFound otherwise."""
+    customer = await conn.scalar(
+        sa.select(customers.c.customer_id).where(customers.c.customer_id == order.customer_id)
+    )
+    if customer is None:
+        raise CustomerNotFound(
+            f"customer {order.customer_id} does not exist", customer_id=order.customer_id
+        )
+    wanted = [item.book_id for item in order.items]
+    rows = await conn.execute(
+        sa.select(books.c.book_id, books.c.price).where(books.c.book_id.in_(wanted))
+    )
+    prices = {book_id: Decimal(price) for book_id, price in rows}
+    missing = sorted(set(wanted) - set(prices))
+    if missing:
+        raise BookNotFound(f"unknown book ids: {missing}", book_ids=missing)
+    return prices
+
+
+async def check_order(db: Database, order: PlaceOrder) -> Decimal:
+    """Refuse an order naming an unknown customer or book before a saga starts; its total."""
+    async with db.engine.connect() as conn:
+        prices = await _prices(conn, order)
+    return _total(order, prices)
+
+
+def _total(order: PlaceOrder, prices: dict[int, Decimal]) -> Decimal:
+    return sum((prices[i.book_id] * i.quantity for i in order.items), Decimal("0"))
 
 
 async def _set_status(

@@ -57,12 +57,19 @@ async def invoke(
     *,
     served_countries: Collection[str] = shipping.DEFAULT_SERVED_COUNTRIES,
 ) -> dict[str, Any]:
-    """Run operation ``name`` on ``payload``; InvalidCommand when either is not valid."""
+    """Run operation ``name`` on ``payload``; InvalidCommand when either is not valid.
+
+    Fields the operation does not take are ignored (messages may carry more); the rest is
+    validated as strictly as a REST body.
+    """
     operation = OPERATIONS.get(name)
     if operation is None:
         raise InvalidCommand(f"unknown operation {name!r}", operation=name)
+    # A saga may send its whole running state (the seed's declarative workflow does): each
+    # operation takes the fields it knows and validates them strictly.
+    known = {k: v for k, v in payload.items() if k in operation.input.model_fields}
     try:
-        command = operation.input.model_validate(payload)
+        command = operation.input.model_validate(known)
     except ValidationError as exc:
         raise InvalidCommand(
             f"invalid {name} command",

@@ -34,9 +34,16 @@ class Service(StrEnum):
     inventory = "inventory"
     payment = "payment"
     shipping = "shipping"
+    orchestrator = "orchestrator"
 
 
-DOMAIN_SERVICES = [s.value for s in Service]
+DOMAIN_SERVICES = ["order", "inventory", "payment", "shipping"]
+
+
+def services_of(pattern: Pattern) -> list[str]:
+    """The processes a pattern runs: the four services, plus the orchestrator."""
+    extra = ["orchestrator"] if pattern is Pattern.orchestration else []
+    return DOMAIN_SERVICES + extra
 
 
 @db_app.command("init")
@@ -79,10 +86,13 @@ def db_sql() -> None:
 @app.command()
 def serve(
     service: Service = typer.Argument(..., help="Which service to run."),
-    port: int | None = typer.Option(None, help="Port (default: the service's own, 8001-8004)."),
+    port: int | None = typer.Option(None, help="Port (default: the service's own, 8001-8005)."),
+    pattern: Pattern | None = typer.Option(
+        None, help="Saga style (default: CLOUDMART_PATTERN, else orchestration)."
+    ),
 ) -> None:
     """Run one service on its port against the configured database."""
-    settings = get_settings()
+    settings = get_settings(**({"pattern": pattern.value} if pattern else {}))
     if settings.embedded:
         typer.echo(
             "cloudmart serve needs real infrastructure: set CLOUDMART_DATABASE_URL "
@@ -101,14 +111,16 @@ def up(
     pattern: Pattern = typer.Option(Pattern.orchestration, help="Saga style."),
 ) -> None:
     """Run every service of the pattern until Ctrl-C (one process when embedded)."""
-    settings = get_settings()
+    settings = get_settings(pattern=pattern.value)
     from cloudmart import runner
 
     if settings.embedded:
-        typer.echo(f"embedded mode: SQLite at {settings.sqlite_path}, in-process messaging")
-        asyncio.run(runner.run_embedded(settings, DOMAIN_SERVICES))
+        typer.echo(
+            f"embedded {pattern.value}: SQLite at {settings.sqlite_path}, in-process messaging"
+        )
+        asyncio.run(runner.run_embedded(settings, services_of(pattern)))
     else:
-        raise typer.Exit(runner.supervise(DOMAIN_SERVICES))
+        raise typer.Exit(runner.supervise(services_of(pattern), pattern.value))
 
 
 def _redacted(url: str) -> str:

@@ -13,14 +13,17 @@ from collections.abc import Iterator
 
 import uvicorn
 
+from activities.db import Database
 from services._kit.settings import SERVICE_PORTS, Settings
 
 
-def _server(settings: Settings, service: str, port: int) -> uvicorn.Server:
+def _server(
+    settings: Settings, service: str, port: int, database: Database | None = None
+) -> uvicorn.Server:
     from services.registry import build_service_app
 
     config = uvicorn.Config(
-        build_service_app(service, settings),
+        build_service_app(service, settings, database=database),
         host=settings.host,
         port=port,
         log_config=None,
@@ -35,16 +38,13 @@ async def serve_one(settings: Settings, service: str, port: int) -> None:
 
 
 async def run_embedded(settings: Settings, services: list[str]) -> None:
-    """Every service in this process, on its own port, sharing the SQLite file."""
-    from activities.db import create_engine
+    """Every service in this process, on its own port, sharing one SQLite database."""
     from cloudmart.schema import create_schema, seed_demo
 
-    engine = create_engine(settings.effective_database_url)
-    await create_schema(engine)
-    await seed_demo(engine)
-    await engine.dispose()
-
-    servers = [_server(settings, name, SERVICE_PORTS[name]) for name in services]
+    database = Database.from_url(settings.effective_database_url)
+    await create_schema(database.engine)
+    await seed_demo(database.engine)
+    servers = [_server(settings, name, SERVICE_PORTS[name], database) for name in services]
     loop = asyncio.get_running_loop()
 
     def stop() -> None:
@@ -58,7 +58,10 @@ async def run_embedded(settings: Settings, services: list[str]) -> None:
         server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
     for name in services:
         print(f"{name:>12}  http://{settings.host}:{SERVICE_PORTS[name]}/docs", flush=True)
-    await asyncio.gather(*(server.serve() for server in servers))
+    try:
+        await asyncio.gather(*(server.serve() for server in servers))
+    finally:
+        await database.dispose()
 
 
 def _pump(prefix: str, stream: Iterator[bytes]) -> None:
@@ -67,7 +70,7 @@ def _pump(prefix: str, stream: Iterator[bytes]) -> None:
         sys.stdout.flush()
 
 
-def supervise(services: list[str]) -> int:
+def supervise(services: list[str], pattern: str) -> int:
     """Start ``cloudmart serve NAME`` for each service, prefix their logs, stop all on Ctrl-C.
 
     Returns the exit code: 0 after Ctrl-C, else the code of the first process that died.
@@ -76,7 +79,7 @@ def supervise(services: list[str]) -> int:
     procs: dict[str, subprocess.Popen[bytes]] = {}
     for name in services:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "cloudmart", "serve", name],
+            [sys.executable, "-m", "cloudmart", "serve", name, "--pattern", pattern],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )

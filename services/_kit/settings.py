@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     )
 
     env: Profile = "dev"
+    pattern: Literal["orchestration", "choreography"] = "orchestration"
     database_url: str | None = Field(
         default=None,
         description="SQLAlchemy async URL, e.g. mysql+aiomysql://root@127.0.0.1:3306/cloudmart. "
@@ -50,6 +51,9 @@ class Settings(BaseSettings):
 
     request_timeout: float = Field(default=10.0, gt=0, description="Seconds per step request.")
     saga_deadline: float = Field(default=300.0, gt=0, description="Seconds a saga may run.")
+    lease_seconds: float = Field(
+        default=15.0, gt=0, description="How long an orchestrator owns a saga between renewals."
+    )
     compensation_alert_attempts: int = Field(default=10, ge=1)
     max_body_bytes: int = Field(default=1_000_000, ge=1024)
     served_countries: Annotated[tuple[str, ...], NoDecode] = ("JP",)

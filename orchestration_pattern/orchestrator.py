@@ -1,0 +1,123 @@
+"""The saga orchestrator: the order saga of :mod:`workflows` on the durable engine.
+
+:class:`Orchestrator` is what the REST routes of port 8005 call. :func:`build_engine` is the
+composition root of the orchestration side: the SQL history store on the process's database,
+and RabbitMQ request/reply to the services — or, embedded, an in-process transport that calls
+the same business operations directly.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from activities import Database, check_order
+from activities.commands import CreateOrder, PlaceOrder
+from activities.errors import DomainError
+from activities.registry import OPERATIONS, invoke
+from engine import Engine, SagaHandle, SagaStatus
+from engine.adapters import InMemoryTransport, SqlHistoryStore
+from engine.errors import SagaAlreadyFinished, SagaNotFound, WorkflowAlreadyStarted
+from engine.history import Event
+from engine.ports import Transport
+from services._kit.settings import Settings
+from workflows.order_saga import place_order
+
+# Order ids derived from an Idempotency-Key live in their own UUID namespace.
+IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1c9a52-3b8e-4c1e-9a57-0c0a5d6e2b11")
+
+
+class IdempotencyKeyReused(DomainError):
+    """The Idempotency-Key was used before with another order body."""
+
+    http_status = 422
+
+
+class SagaUnknown(DomainError):
+    """No saga has this order id."""
+
+    http_status = 404
+
+
+class SagaFinished(DomainError):
+    """The saga is already COMPLETED or FAILED; there is nothing to cancel."""
+
+    http_status = 409
+
+
+class Orchestrator:
+    """Starts, cancels and reports order sagas."""
+
+    def __init__(self, engine: Engine, db: Database) -> None:
+        self.engine = engine
+        self.db = db
+
+    async def start(self, order: PlaceOrder, *, idempotency_key: str | None = None) -> SagaHandle:
+        """Start the order saga; with a key, the same key and body give the same saga.
+
+        Unknown customers and books are refused here (404), before any saga exists.
+        """
+        await check_order(self.db, order)
+        order_id = (
+            str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, idempotency_key))
+            if idempotency_key
+            else str(uuid.uuid4())
+        )
+        command = CreateOrder(order_id=order_id, **order.model_dump())
+        try:
+            return await self.engine.start(
+                place_order, command.model_dump(mode="json"), workflow_id=order_id
+            )
+        except WorkflowAlreadyStarted as exc:
+            raise IdempotencyKeyReused(
+                "this Idempotency-Key was used with a different order", order_id=order_id
+            ) from exc
+
+    async def status(self, order_id: str) -> SagaStatus:
+        try:
+            return await self.engine.status(order_id)
+        except SagaNotFound as exc:
+            raise SagaUnknown(f"no saga for order {order_id}", order_id=order_id) from exc
+
+    async def cancel(self, order_id: str) -> SagaStatus:
+        """Ask the saga to stop and compensate; durable, honoured by whoever drives it."""
+        try:
+            return await self.engine.cancel(order_id)
+        except SagaNotFound as exc:
+            raise SagaUnknown(f"no saga for order {order_id}", order_id=order_id) from exc
+        except SagaAlreadyFinished as exc:
+            raise SagaFinished(str(exc), order_id=order_id) from exc
+
+    async def history(self, order_id: str) -> list[Event]:
+        try:
+            return await self.engine.history(order_id)
+        except SagaNotFound as exc:
+            raise SagaUnknown(f"no saga for order {order_id}", order_id=order_id) from exc
+
+    async def list(self, *, status: str | None, limit: int) -> list[SagaStatus]:
+        return await self.engine.list(status=status, limit=limit)
+
+
+def in_process_transport(db: Database, settings: Settings) -> InMemoryTransport:
+    """Request/reply by direct call of the business operations (embedded mode)."""
+
+    def handler(name: str) -> Any:
+        async def handle(payload: dict[str, Any]) -> dict[str, Any]:
+            return await invoke(db, name, payload, served_countries=settings.served_countries)
+
+        return handle
+
+    return InMemoryTransport({name: handler(name) for name in OPERATIONS})
+
+
+def build_engine(db: Database, settings: Settings, transport: Transport) -> Engine:
+    """The engine of one orchestrator process, configured from settings."""
+    return Engine(
+        SqlHistoryStore(db.engine),
+        transport,
+        lease_seconds=settings.lease_seconds,
+        compensation_alert_attempts=settings.compensation_alert_attempts,
+        default_step_timeout=settings.request_timeout,
+        saga_deadline=settings.saga_deadline,
+        workflows=[place_order],
+    )

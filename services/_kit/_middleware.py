@@ -1,0 +1,174 @@
+"""The pure-ASGI layers every service runs a request through, outermost first.
+
+1. :class:`RequestContext`  request id (``X-Request-ID``) bound in structlog contextvars,
+   latency histogram per route template, an access log line, and the last line of defence:
+   an unexpected exception becomes a JSON 503 (database outage) or 500, never a traceback.
+2. :class:`ApiKeyGuard`     prod only: mutating methods need ``Authorization: Bearer <key>``.
+3. :class:`BodyLimit`       413 for a body over the limit, by ``Content-Length`` and by
+   counting the bytes of a chunked body, before the application reads any of it.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+import structlog
+from prometheus_client import Histogram
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services._kit.errors import error_json, unexpected_error_response
+from services._kit.logging import (
+    CORRELATION_ID_HEADER,
+    REQUEST_ID_HEADER,
+    request_id_from,
+)
+
+log = structlog.get_logger("services.http")
+
+MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+UNMATCHED_ROUTE = "<unmatched>"
+
+
+class RequestContext:
+    """Bind a request id, time the request per route, answer unexpected exceptions."""
+
+    def __init__(self, app: ASGIApp, *, service: str, latency: Histogram) -> None:
+        self.app = app
+        self.service = service
+        self.latency = latency
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        request_id = request_id_from(headers.get(REQUEST_ID_HEADER))
+        correlation_id = request_id_from(headers.get(CORRELATION_ID_HEADER) or request_id)
+        status = 500
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                started = True
+                status = message["status"]
+                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+            await send(message)
+
+        began = time.perf_counter()
+        with structlog.contextvars.bound_contextvars(
+            request_id=request_id, correlation_id=correlation_id, service=self.service
+        ):
+            try:
+                await self.app(scope, receive, send_with_id)
+            except Exception as exc:
+                response = unexpected_error_response(exc)
+                if started:
+                    # Headers are gone already: the client sees a cut-off response; the
+                    # error is logged above with the request id.
+                    log.error("http.error_after_response_started", status=status)
+                else:
+                    await response(scope, receive, send_with_id)
+            finally:
+                elapsed = time.perf_counter() - began
+                route = getattr(scope.get("route"), "path", None) or UNMATCHED_ROUTE
+                self.latency.labels(
+                    service=self.service, method=scope["method"], route=route, status=str(status)
+                ).observe(elapsed)
+                log.info(
+                    "http.request",
+                    method=scope["method"],
+                    path=scope["path"],
+                    route=route,
+                    status=status,
+                    duration_ms=round(elapsed * 1000, 2),
+                )
+
+
+class ApiKeyGuard:
+    """Refuse mutating requests without the right bearer token (compared in constant time)."""
+
+    def __init__(self, app: ASGIApp, *, api_key: str) -> None:
+        self.app = app
+        self._expected = api_key.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["method"] in MUTATING_METHODS
+            and not self._authorised(scope)
+        ):
+            response = error_json(
+                401,
+                "unauthorized",
+                "this endpoint needs 'Authorization: Bearer <CLOUDMART_API_KEY>'",
+                {},
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def _authorised(self, scope: Scope) -> bool:
+        value = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+        scheme, _, token = value.partition(b" ")
+        # Compare bytes: compare_digest refuses non-ASCII str, and a header may hold anything.
+        valid_scheme = scheme.lower() == b"bearer"
+        return secrets.compare_digest(token.strip(), self._expected) and valid_scheme
+
+
+class BodyLimit:
+    """Read the body up to ``max_bytes`` before the application sees it; 413 beyond."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                await error_json(400, "bad_request", "invalid Content-Length", {})(
+                    scope, receive, send
+                )
+                return
+            if int(declared) > self.max_bytes:
+                await self._too_large(scope, receive, send)
+                return
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # the client is gone: nothing to answer
+            body += message.get("body", b"")
+            if len(body) > self.max_bytes:
+                await self._too_large(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = error_json(
+            413,
+            "payload_too_large",
+            f"the request body is larger than {self.max_bytes} bytes",
+            {"max_bytes": self.max_bytes},
+            headers={"Connection": "close"},
+        )
+        await response(scope, receive, send)

@@ -1,0 +1,194 @@
+"""The app factory every CloudMart HTTP service is built with.
+
+A service is its routers plus one call::
+
+    def build_app(settings: Settings | None = None) -> FastAPI:
+        return create_app("inventory", settings or get_settings(), router)
+
+:func:`create_app` adds what every service shares: the database (built from the settings in
+the lifespan, on ``app.state.db``; :func:`db_of` is the route dependency), structured logging,
+the error mapping of :mod:`services._kit.errors`, the request middleware (request id, latency
+metrics, body limit, prod bearer token), ``GET /health`` and ``GET /metrics``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Annotated
+
+import structlog
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from pydantic import BaseModel
+from starlette.middleware import Middleware
+
+from activities.db import Database
+from services._kit._middleware import ApiKeyGuard, BodyLimit, RequestContext
+from services._kit.errors import install_error_handlers
+from services._kit.logging import configure_logging
+from services._kit.settings import Settings
+
+log = structlog.get_logger("services.app")
+
+HealthCheck = Callable[[], Awaitable[bool]]
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+
+HEALTH_CHECK_TIMEOUT = 5.0
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class ConfigurationError(ValueError):
+    """The settings cannot run this service (e.g. prod without an API key)."""
+
+
+class HealthView(BaseModel):
+    status: str
+    checks: dict[str, str]
+
+
+def db_of(request: Request) -> Database:
+    """The app's :class:`Database` (a FastAPI dependency)."""
+    db: Database = request.app.state.db
+    return db
+
+
+def settings_of(request: Request) -> Settings:
+    """The app's :class:`Settings` (a FastAPI dependency)."""
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+DatabaseDep = Annotated[Database, Depends(db_of)]
+SettingsDep = Annotated[Settings, Depends(settings_of)]
+
+
+def create_app(
+    service: str,
+    settings: Settings,
+    *routers: APIRouter,
+    database: Database | None = None,
+    lifespan: Lifespan | None = None,
+    health_checks: Mapping[str, HealthCheck] | None = None,
+    description: str | None = None,
+) -> FastAPI:
+    """Build service ``service``'s FastAPI app from ``settings`` and its ``routers``.
+
+    ``database``: share an existing :class:`Database` (embedded mode runs every service in one
+    process on one SQLite file); the app then leaves disposing it to its owner. Otherwise the
+    app builds its own from the settings at startup and disposes it at shutdown.
+    ``lifespan``: the service's own start-up/shut-down (consumers...), run inside the kit's,
+    with the database already on ``app.state.db``; it may add checks to
+    ``app.state.health_checks`` (name → ``async () -> bool``).
+
+    Raises :class:`ConfigurationError` in the prod profile without ``CLOUDMART_API_KEY``.
+    """
+    api_key = settings.api_key.get_secret_value() if settings.api_key else ""
+    if settings.env == "prod" and not api_key:
+        raise ConfigurationError(
+            f"{service}: CLOUDMART_API_KEY must be set in the prod profile "
+            "(mutating endpoints require it as a bearer token)"
+        )
+    configure_logging(settings)
+
+    metrics = CollectorRegistry(auto_describe=True)
+    latency = Histogram(
+        "cloudmart_http_request_duration_seconds",
+        "Latency of HTTP requests by service, method, route template and status.",
+        ["service", "method", "route", "status"],
+        buckets=LATENCY_BUCKETS,
+        registry=metrics,
+    )
+
+    @asynccontextmanager
+    async def run(app: FastAPI) -> AsyncIterator[None]:
+        db = database or Database.from_url(
+            settings.effective_database_url,
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_max_overflow,
+            pool_timeout=settings.db_pool_timeout,
+            lock_retries=settings.db_lock_retries,
+        )
+        app.state.db = db
+        log.info("service.started", service=service, dialect=db.dialect)
+        try:
+            if lifespan is None:
+                yield
+            else:
+                async with lifespan(app):
+                    yield
+        finally:
+            if database is None:
+                await db.dispose()
+            log.info("service.stopped", service=service)
+
+    middleware = [Middleware(RequestContext, service=service, latency=latency)]
+    if settings.env == "prod":
+        middleware.append(Middleware(ApiKeyGuard, api_key=api_key))
+    middleware.append(Middleware(BodyLimit, max_bytes=settings.max_body_bytes))
+
+    app = FastAPI(
+        title=f"CloudMart {service} service",
+        description=description or f"The {service} service of CloudMart sagas.",
+        version="0.1.0",
+        lifespan=run,
+        middleware=middleware,
+    )
+    app.state.service = service
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.health_checks = dict(health_checks or {})
+    install_error_handlers(app)
+    app.include_router(_operations_router())
+    for router in routers:
+        app.include_router(router)
+    return app
+
+
+def _operations_router() -> APIRouter:
+    router = APIRouter(tags=["operations"])
+
+    @router.get(
+        "/health",
+        response_model=HealthView,
+        responses={503: {"model": HealthView, "description": "A dependency is down."}},
+        summary="200 when the database (and any other dependency) answers, else 503",
+    )
+    async def health(request: Request, db: DatabaseDep) -> JSONResponse:
+        checks: dict[str, HealthCheck] = {"database": db.ping, **request.app.state.health_checks}
+        results = {name: await _probe(name, check) for name, check in checks.items()}
+        healthy = all(results.values())
+        return JSONResponse(
+            {
+                "status": "ok" if healthy else "unavailable",
+                "checks": {name: "ok" if ok else "down" for name, ok in results.items()},
+            },
+            status_code=200 if healthy else 503,
+        )
+
+    @router.get(
+        "/metrics",
+        response_class=Response,
+        summary="Prometheus metrics (text exposition format)",
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
+    )
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(request.app.state.metrics), media_type=CONTENT_TYPE_LATEST)
+
+    return router
+
+
+async def _probe(name: str, check: HealthCheck) -> bool:
+    try:
+        async with asyncio.timeout(HEALTH_CHECK_TIMEOUT):
+            return bool(await check())
+    except TimeoutError:
+        log.warning("health.check_timed_out", check=name)
+        return False
+    except Exception as exc:  # a failing probe is a "down", and must not become a 500
+        log.warning(
+            "health.check_failed", check=name, error_type=type(exc).__name__, error=str(exc)
+        )
+        return False

@@ -1,0 +1,22 @@
+"""Path parameters shared by the services, validated before any query is built."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Path
+
+from activities.commands import INT32_MAX
+
+OrderIdPath = Annotated[
+    str,
+    Path(
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        max_length=64,
+        description="The order's id (up to 64 of A-Z a-z 0-9 _ -).",
+        examples=["0b6f9c3e-2a54-4d0e-9d1f-7f5f8c1d2e3a"],
+    ),
+]
+BookIdPath = Annotated[
+    int, Path(ge=1, le=INT32_MAX, description="A book's id (a positive 32-bit integer).")
+]

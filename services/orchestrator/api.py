@@ -1,0 +1,180 @@
+"""The orchestrator's REST API: start, follow and cancel order sagas."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
+from pydantic import BaseModel, Field
+
+from activities.commands import PlaceOrder
+from activities.errors import BookNotFound, CustomerNotFound
+from engine import SagaStatus
+from orchestration_pattern.orchestrator import (
+    IdempotencyKeyReused,
+    Orchestrator,
+    SagaFinished,
+    SagaUnknown,
+)
+from services._kit import OrderIdPath, error_responses
+
+router = APIRouter(prefix="/saga", tags=["saga"])
+
+SagaState = Literal[
+    "STARTED",
+    "ORDER_CREATED",
+    "STOCK_RESERVED",
+    "PAYMENT_COMPLETED",
+    "SHIPPING_ARRANGED",
+    "COMPLETED",
+    "COMPENSATION_STARTED",
+    "FAILED",
+    "PARKED",
+]
+
+
+def orchestrator_of(request: Request) -> Orchestrator:
+    orchestrator: Orchestrator = request.app.state.orchestrator
+    return orchestrator
+
+
+OrchestratorDep = Annotated[Orchestrator, Depends(orchestrator_of)]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=200,
+        pattern=r"^[\x21-\x7e]+$",
+        description="Retry-safe start: the same key and body return the same saga.",
+    ),
+]
+
+
+class SagaStarted(BaseModel):
+    order_id: str
+    saga_id: str
+    status: SagaState
+
+
+class StepView(BaseModel):
+    name: str
+    state: str = Field(
+        description="SCHEDULED, RETRYING, COMPLETED, FAILED, COMPENSATING, COMPENSATED"
+    )
+    attempts: int
+    scheduled_at: datetime | None
+    finished_at: datetime | None
+    last_error: dict[str, Any] | None
+    compensation: str | None
+    compensation_attempts: int
+
+
+class SagaView(BaseModel):
+    order_id: str
+    saga_id: str
+    status: SagaState
+    failure_reason: str | None = Field(
+        description="Why the saga compensated: the failed step and its error, or 'cancelled'."
+    )
+    needs_operator: bool = Field(description="A compensation keeps failing: look at it.")
+    cancel_requested: bool
+    created_at: datetime | None
+    updated_at: datetime | None
+    steps: list[StepView] = Field(default_factory=list)
+
+    @classmethod
+    def of(cls, saga: SagaStatus) -> SagaView:
+        return cls(
+            order_id=saga.workflow_id,
+            saga_id=saga.saga_id,
+            status=saga.status,  # type: ignore[arg-type]
+            failure_reason=saga.failure_reason,
+            needs_operator=saga.needs_operator,
+            cancel_requested=saga.cancel_requested,
+            created_at=saga.created_at,
+            updated_at=saga.updated_at,
+            steps=[StepView.model_validate(step, from_attributes=True) for step in saga.steps],
+        )
+
+
+class HistoryEvent(BaseModel):
+    seq: int
+    type: str
+    position: int | None
+    step: str | None
+    attempt: int
+    payload: dict[str, Any]
+    created_at: datetime | None
+    owner: str | None
+    version: int
+
+
+class SagaPage(BaseModel):
+    sagas: list[SagaView]
+
+
+@router.post(
+    "/start",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=SagaStarted,
+    responses={
+        200: {"model": SagaStarted, "description": "Same Idempotency-Key and body: that saga"},
+        **error_responses(CustomerNotFound, BookNotFound, IdempotencyKeyReused),
+    },
+    summary="Start an order saga; returns at once with the order id (202 + Location)",
+)
+async def start_saga(
+    order: PlaceOrder,
+    orchestrator: OrchestratorDep,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> SagaStarted:
+    handle = await orchestrator.start(order, idempotency_key=idempotency_key)
+    response.headers["Location"] = f"/saga/{handle.workflow_id}/status"
+    if not handle.created:
+        response.status_code = status.HTTP_200_OK
+    return SagaStarted(order_id=handle.workflow_id, saga_id=handle.saga_id, status=handle.status)  # type: ignore[arg-type]
+
+
+@router.get(
+    "/{order_id}/status",
+    response_model=SagaView,
+    responses=error_responses(SagaUnknown),
+    summary="The saga's status, its steps and why it failed",
+)
+async def saga_status(order_id: OrderIdPath, orchestrator: OrchestratorDep) -> SagaView:
+    return SagaView.of(await orchestrator.status(order_id))
+
+
+@router.post(
+    "/{order_id}/cancel",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=SagaView,
+    responses=error_responses(SagaUnknown, SagaFinished),
+    summary="Cancel: completed steps are compensated in reverse order (409 when finished)",
+)
+async def cancel_saga(order_id: OrderIdPath, orchestrator: OrchestratorDep) -> SagaView:
+    return SagaView.of(await orchestrator.cancel(order_id))
+
+
+@router.get(
+    "/{order_id}/history",
+    response_model=list[HistoryEvent],
+    responses=error_responses(SagaUnknown),
+    summary="Every event of the saga's history, in order",
+)
+async def saga_history(order_id: OrderIdPath, orchestrator: OrchestratorDep) -> list[HistoryEvent]:
+    events = await orchestrator.history(order_id)
+    return [HistoryEvent.model_validate(event, from_attributes=True) for event in events]
+
+
+@router.get("", response_model=SagaPage, summary="A page of sagas, newest first")
+async def list_sagas(
+    orchestrator: OrchestratorDep,
+    saga_status: Annotated[SagaState | None, Query(alias="status")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> SagaPage:
+    sagas = await orchestrator.list(status=saga_status, limit=limit)
+    return SagaPage(sagas=[SagaView.of(s) for s in sagas])

@@ -1,0 +1,60 @@
+"""The orchestrator's process: the order saga on the durable engine, behind ``/saga``.
+
+Run it with ``cloudmart serve orchestrator``. At start-up it resumes every unfinished saga
+from its history (and keeps claiming sagas whose owner died); commands go to the services
+over RabbitMQ, or, embedded, straight to the business operations in this process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from fastapi import FastAPI
+
+from activities.db import Database
+from engine.adapters.rabbitmq import RabbitMQTransport
+from engine.ports import Transport
+from orchestration_pattern.orchestrator import Orchestrator, build_engine, in_process_transport
+from services._kit import Settings, create_app, get_settings
+from services.orchestrator.api import router
+
+
+def build_app(settings: Settings | None = None, *, database: Database | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def run_engine(app: FastAPI) -> AsyncIterator[None]:
+        db: Database = app.state.db
+        async with AsyncExitStack() as stack:
+            transport: Transport
+            if settings.embedded or not settings.rabbitmq_url:
+                transport = in_process_transport(db, settings)
+            else:
+                rabbit = RabbitMQTransport(settings.rabbitmq_url, namespace=settings.namespace)
+                await stack.enter_async_context(rabbit)
+                transport = rabbit
+
+                async def broker_up() -> bool:
+                    return rabbit.connected
+
+                app.state.health_checks["rabbitmq"] = broker_up
+            engine = build_engine(db, settings, transport)
+            app.state.orchestrator = Orchestrator(engine, db)
+            await engine.recover()
+            await stack.enter_async_context(engine)  # background loop: leases, claims
+            yield
+
+    return create_app(
+        "orchestrator",
+        settings,
+        router,
+        database=database,
+        lifespan=run_engine,
+        description="Starts, follows and cancels order sagas run on the durable workflow engine.",
+    )
+
+
+def app() -> FastAPI:
+    """The factory for ``uvicorn --factory``: settings from the environment, read now."""
+    return build_app()

@@ -1,0 +1,7 @@
+"""The payment service: its REST routes (``api.router``) and app factory (``main.build_app``)."""
+
+from __future__ import annotations
+
+from services.payment.main import build_app
+
+__all__ = ["build_app"]

@@ -1,0 +1,29 @@
+"""The shipping service's process.
+
+Run it with ``cloudmart serve shipping`` or ``uvicorn --factory services.shipping.main:app``.
+In the orchestration pattern on real infrastructure it also consumes its RabbitMQ command queue.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from activities.db import Database
+from services._kit import Settings, create_app, get_settings
+from services._kit.commands import command_consumer
+from services.shipping.api import router
+
+
+def build_app(settings: Settings | None = None, *, database: Database | None = None) -> FastAPI:
+    return create_app(
+        "shipping",
+        settings or get_settings(),
+        router,
+        database=database,
+        lifespan=command_consumer("shipping"),
+    )
+
+
+def app() -> FastAPI:
+    """The factory for ``uvicorn --factory``: settings from the environment, read now."""
+    return build_app()

@@ -1,0 +1,223 @@
+"""The inventory service's REST API on MariaDB: reserve, release, read stock; hostile input."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from conftest import mysql_database_url
+from domain_data import order, stock
+from rest_support import (
+    GENERIC_HOSTILE,
+    HOSTILE_ORDER_IDS,
+    assert_error,
+    is_client_error,
+    json_request,
+    prepared_database,
+    running,
+    settings_for,
+    snapshot,
+    variant,
+)
+
+from activities import Database, create_order
+from services.inventory.main import build_app
+
+pytestmark = pytest.mark.mysql
+
+RESERVE: dict[str, Any] = {
+    "order_id": "o-1",
+    "items": [{"book_id": 1, "quantity": 3}, {"book_id": 2, "quantity": 2}],
+}
+
+
+@pytest.fixture(scope="module")
+def url() -> str:
+    return mysql_database_url("cloudmart_test_rest_inventory")
+
+
+@pytest.fixture
+async def db(url: str) -> AsyncIterator[Database]:
+    async with prepared_database(url) as database:
+        await create_order(database, order("o-1", (1, 3), (2, 2)))
+        yield database
+
+
+@pytest.fixture
+async def client(url: str, db: Database) -> AsyncIterator[httpx.AsyncClient]:
+    async with running(build_app(settings_for(url))) as client:
+        yield client
+
+
+async def test_reserve_moves_every_item_from_available_to_reserved(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    response = await client.post("/inventory/reserve", json=RESERVE)
+
+    assert response.status_code == 200
+    assert response.json() == {"order_id": "o-1", "items": RESERVE["items"]}
+    assert await stock(db, 1) == (7, 3)
+    assert await stock(db, 2) == (3, 2)
+
+
+async def test_reserve_twice_reserves_once(client: httpx.AsyncClient, db: Database) -> None:
+    first = await client.post("/inventory/reserve", json=RESERVE)
+    again = await client.post("/inventory/reserve", json=RESERVE)
+
+    assert first.json() == again.json()
+    assert await stock(db, 1) == (7, 3)
+
+
+async def test_short_stock_is_409_and_nothing_stays_reserved(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    body = {
+        "order_id": "o-1",
+        "items": [{"book_id": 1, "quantity": 1}, {"book_id": 2, "quantity": 6}],
+    }
+
+    response = await client.post("/inventory/reserve", json=body)
+
+    error = assert_error(response, 409)
+    assert error["error"] == "StockUnavailable"
+    assert error["details"]["book_id"] == 2
+    assert await stock(db, 1) == (10, 0)
+    assert await stock(db, 2) == (5, 0)
+
+
+async def test_reserve_for_unknown_order_is_404(client: httpx.AsyncClient, db: Database) -> None:
+    before = await snapshot(db)
+
+    response = await client.post("/inventory/reserve", json={**RESERVE, "order_id": "ghost"})
+
+    assert assert_error(response, 404)["error"] == "OrderNotFound"
+    assert await snapshot(db) == before
+
+
+async def test_reserve_unknown_book_is_404(client: httpx.AsyncClient, db: Database) -> None:
+    body = {
+        "order_id": "o-1",
+        "items": [{"book_id": 1, "quantity": 1}, {"book_id": 9, "quantity": 1}],
+    }
+
+    response = await client.post("/inventory/reserve", json=body)
+
+    assert assert_error(response, 404)["error"] == "BookNotFound"
+    assert await stock(db, 1) == (10, 0)
+
+
+async def test_release_puts_reserved_units_back_once(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    await client.post("/inventory/reserve", json=RESERVE)
+
+    first = await client.post("/inventory/release", json={"order_id": "o-1"})
+    again = await client.post("/inventory/release", json={"order_id": "o-1"})
+
+    assert first.status_code == 200 and first.json()["undone"] is True
+    assert first.json()["items"] == RESERVE["items"]
+    assert again.status_code == 200 and again.json()["undone"] is True  # the recorded outcome
+    assert await stock(db, 1) == (10, 0)
+    assert await stock(db, 2) == (5, 0)
+
+
+async def test_release_before_reserve_blocks_the_late_reserve_with_409(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    released = await client.post("/inventory/release", json={"order_id": "o-1"})
+    late = await client.post("/inventory/reserve", json=RESERVE)
+
+    assert released.status_code == 200 and released.json()["undone"] is False
+    assert assert_error(late, 409)["error"] == "AlreadyCompensated"
+    assert await stock(db, 1) == (10, 0)
+
+
+async def test_get_stock_shows_available_and_reserved(client: httpx.AsyncClient) -> None:
+    await client.post("/inventory/reserve", json=RESERVE)
+
+    response = await client.get("/inventory/1")
+
+    assert response.status_code == 200
+    assert response.json() == {
+        "book_id": 1,
+        "title": "Release It!",
+        "price": "1000.00",
+        "available": 7,
+        "reserved": 3,
+    }
+
+
+async def test_get_unknown_book_is_404(client: httpx.AsyncClient) -> None:
+    response = await client.get("/inventory/4242")
+
+    assert assert_error(response, 404)["error"] == "BookNotFound"
+
+
+@pytest.mark.parametrize(
+    "book_id",
+    ["0", "-1", str(2**31), str(2**63), str(10**30), "abc", "1.5", "1e3", "%00"],
+)
+async def test_bad_book_id_in_path_is_422_never_a_database_error(
+    client: httpx.AsyncClient, book_id: str
+) -> None:
+    response = await client.get(f"/inventory/{book_id}")
+
+    assert assert_error(response, 422)["error"] == "validation_error"
+
+
+RESERVE_HOSTILE: list[tuple[str, bytes]] = [
+    *GENERIC_HOSTILE,
+    *((case, variant(RESERVE, "order_id", value)) for case, value in HOSTILE_ORDER_IDS),
+    ("quantity_zero", variant(RESERVE, "items.0.quantity", 0)),
+    ("quantity_negative", variant(RESERVE, "items.0.quantity", -1)),
+    ("quantity_int32_overflow", variant(RESERVE, "items.0.quantity", 2**31)),
+    ("quantity_string", variant(RESERVE, "items.0.quantity", "3")),
+    ("quantity_fraction", variant(RESERVE, "items.0.quantity", 3.5)),
+    ("quantity_null", variant(RESERVE, "items.0.quantity", None)),
+    ("book_id_overflow", variant(RESERVE, "items.0.book_id", 2**31)),
+    ("items_empty", variant(RESERVE, "items", [])),
+    (
+        "items_10000",
+        variant(RESERVE, "items", [{"book_id": i, "quantity": 1} for i in range(1, 10_001)]),
+    ),
+    ("items_duplicate_book", variant(RESERVE, "items", [{"book_id": 1, "quantity": 1}] * 2)),
+    ("unknown_field", variant(RESERVE, "force", True)),
+    ("order_id_missing", variant(RESERVE, "order_id")),
+]
+RELEASE_HOSTILE: list[tuple[str, bytes]] = [
+    *GENERIC_HOSTILE,
+    *((case, variant({"order_id": "o-1"}, "order_id", value)) for case, value in HOSTILE_ORDER_IDS),
+    ("unknown_field", variant({"order_id": "o-1"}, "all", True)),
+    ("reason_nul", variant({"order_id": "o-1"}, "reason", "a\x00b")),
+    ("reason_too_long", variant({"order_id": "o-1"}, "reason", "r" * 501)),
+    ("order_id_missing", b"{}"),
+]
+CASES = [("/inventory/reserve", case, raw) for case, raw in RESERVE_HOSTILE] + [
+    ("/inventory/release", case, raw) for case, raw in RELEASE_HOSTILE
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "case", "raw"), CASES, ids=[f"{path.split('/')[-1]}-{case}" for path, case, _ in CASES]
+)
+async def test_hostile_inventory_body_is_a_4xx_json_error_and_writes_nothing(
+    client: httpx.AsyncClient, db: Database, path: str, case: str, raw: bytes
+) -> None:
+    before = await snapshot(db)
+
+    response = await client.request(url=path, **json_request("POST", raw))
+
+    assert_error(response, is_client_error)
+    assert await snapshot(db) == before
+
+
+async def test_ten_megabyte_reserve_body_is_413(client: httpx.AsyncClient, db: Database) -> None:
+    before = await snapshot(db)
+    raw = variant(RESERVE, "order_id", "o" * 10_000_000)
+
+    response = await client.request(url="/inventory/reserve", **json_request("POST", raw))
+
+    assert assert_error(response, 413)["error"] == "payload_too_large"
+    assert await snapshot(db) == before
