@@ -48,8 +48,14 @@ def create_engine(
     pool_size: int = 5,
     max_overflow: int = 5,
     pool_timeout: float = 10.0,
+    idle_transaction_timeout: int | None = None,
 ) -> AsyncEngine:
-    """Build the process's engine: READ COMMITTED on MySQL, one writer at a time on SQLite."""
+    """Build the process's engine: READ COMMITTED on MySQL, one writer at a time on SQLite.
+
+    ``idle_transaction_timeout`` (seconds, MariaDB only) has the server end a transaction that
+    sits idle that long, so a process frozen mid-transaction (paused, swapping, stuck) cannot
+    hold row locks that others need; MySQL has no such setting and is left as it is.
+    """
     parsed = sa.engine.make_url(url)
     if parsed.get_backend_name() == "sqlite":
         # SQLite allows one writer; a single shared connection serialises the process's
@@ -70,7 +76,22 @@ def create_engine(
         kwargs["poolclass"] = NullPool
     else:
         kwargs.update(pool_size=pool_size, max_overflow=max_overflow, pool_timeout=pool_timeout)
-    return create_async_engine(url, **kwargs)
+    engine = create_async_engine(url, **kwargs)
+    if idle_transaction_timeout:
+        _limit_idle_transactions(engine, int(idle_transaction_timeout))
+    return engine
+
+
+def _limit_idle_transactions(engine: AsyncEngine, seconds: int) -> None:
+    @sa.event.listens_for(engine.sync_engine, "connect")
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("SELECT VERSION()")
+            if "mariadb" in str(cursor.fetchone()[0]).lower():
+                cursor.execute(f"SET SESSION idle_transaction_timeout = {seconds}")
+        finally:
+            cursor.close()
 
 
 class Database:

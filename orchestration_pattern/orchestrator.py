@@ -73,8 +73,11 @@ class Orchestrator:
                 "this Idempotency-Key was used with a different order", order_id=order_id
             ) from exc
 
-    async def status(self, order_id: str) -> SagaStatus:
+    async def status(self, order_id: str, *, wait: float = 0) -> SagaStatus:
+        """The saga's status; with ``wait``, once it finished or after ``wait`` seconds."""
         try:
+            if wait > 0:
+                return await self.engine.wait(order_id, timeout=wait)
             return await self.engine.status(order_id)
         except SagaNotFound as exc:
             raise SagaUnknown(f"no saga for order {order_id}", order_id=order_id) from exc

@@ -110,6 +110,7 @@ def create_app(
             max_overflow=settings.db_max_overflow,
             pool_timeout=settings.db_pool_timeout,
             lock_retries=settings.db_lock_retries,
+            idle_transaction_timeout=settings.db_idle_transaction_timeout,
         )
         app.state.db = db
         log.info("service.started", service=service, dialect=db.dialect)

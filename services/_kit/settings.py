@@ -48,6 +48,12 @@ class Settings(BaseSettings):
     db_max_overflow: int = Field(default=5, ge=0, le=40)
     db_pool_timeout: float = Field(default=10.0, gt=0)
     db_lock_retries: int = Field(default=8, ge=1, le=50)
+    db_idle_transaction_timeout: int = Field(
+        default=10,
+        ge=0,
+        description="Seconds before MariaDB ends an idle open transaction (0: never); "
+        "keeps a frozen process from holding row locks. Below lease_seconds.",
+    )
 
     request_timeout: float = Field(default=10.0, gt=0, description="Seconds per step request.")
     saga_deadline: float = Field(default=300.0, gt=0, description="Seconds a saga may run.")

@@ -144,8 +144,19 @@ async def start_saga(
     responses=error_responses(SagaUnknown),
     summary="The saga's status, its steps and why it failed",
 )
-async def saga_status(order_id: OrderIdPath, orchestrator: OrchestratorDep) -> SagaView:
-    return SagaView.of(await orchestrator.status(order_id))
+async def saga_status(
+    order_id: OrderIdPath,
+    orchestrator: OrchestratorDep,
+    wait: Annotated[
+        float,
+        Query(
+            ge=0,
+            le=30,
+            description="Long-poll: answer once the saga finished, or after this many seconds.",
+        ),
+    ] = 0,
+) -> SagaView:
+    return SagaView.of(await orchestrator.status(order_id, wait=wait))
 
 
 @router.post(

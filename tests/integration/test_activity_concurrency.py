@@ -166,3 +166,13 @@ async def test_compensation_racing_its_operation_leaves_stock_conserved(mysql_db
     )
     # whichever came first, every order's stock is back in available and nothing is held
     assert await stock(mysql_db, 3) == (50, 0)
+
+
+async def test_mariadb_sessions_end_idle_transactions(mysql_url: str) -> None:
+    database = Database.from_url(mysql_url, pool_size=1, idle_transaction_timeout=7)
+    try:
+        async with database.engine.connect() as conn:
+            value = await conn.scalar(sa.text("SELECT @@session.idle_transaction_timeout"))
+        assert int(value) == 7
+    finally:
+        await database.dispose()

@@ -84,11 +84,30 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) 
     pytest.fail(f"{url} not healthy within {timeout}s")
 
 
+ORDER = {
+    "customer_id": 1,
+    "items": [{"book_id": 1, "quantity": 2}],
+    "shipping_address": {
+        "name": "Hanako",
+        "line1": "1-2-3",
+        "city": "Tokyo",
+        "postal_code": "150-0002",
+        "country": "JP",
+    },
+}
+
+
+def _saga_status(order_id: str) -> str:
+    return str(
+        httpx.get(f"http://127.0.0.1:8005/saga/{order_id}/status", timeout=5).json()["status"]
+    )
+
+
 @pytest.mark.slow
-def test_up_embedded_serves_all_four_services_and_stops_on_ctrl_c(tmp_path: Path) -> None:
-    if not all(_free(p) for p in (8001, 8002, 8003, 8004)):
-        pytest.skip("ports 8001-8004 are taken by a running CloudMart")
-    env = {k: v for k, v in os.environ.items() if k != "CLOUDMART_DATABASE_URL"}
+def test_up_embedded_runs_sagas_on_all_five_ports_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    if not all(_free(p) for p in (8001, 8002, 8003, 8004, 8005)):
+        pytest.skip("ports 8001-8005 are taken by a running CloudMart")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDMART_")}
     env["CLOUDMART_SQLITE_PATH"] = str(tmp_path / "up.db")
     proc = subprocess.Popen(
         [sys.executable, "-m", "cloudmart", "up"],
@@ -98,32 +117,20 @@ def test_up_embedded_serves_all_four_services_and_stops_on_ctrl_c(tmp_path: Path
         stderr=subprocess.STDOUT,
     )
     try:
-        for port in (8001, 8002, 8003, 8004):
+        for port in (8001, 8002, 8003, 8004, 8005):
             _wait_healthy(f"http://127.0.0.1:{port}/health", proc)
-        order = {
-            "customer_id": 1,
-            "items": [{"book_id": 1, "quantity": 2}],
-            "shipping_address": {
-                "name": "Hanako",
-                "line1": "1-2-3",
-                "city": "Tokyo",
-                "postal_code": "150-0002",
-                "country": "JP",
-            },
-        }
-        created = httpx.post("http://127.0.0.1:8001/orders", json=order, timeout=5)
-        assert created.status_code in (201, 202), created.text
-        order_id = created.json()["order_id"]
-        reserved = httpx.post(
-            "http://127.0.0.1:8002/inventory/reserve",
-            json={"order_id": order_id, "items": order["items"]},
-            timeout=5,
-        )
-        assert reserved.status_code == 200, reserved.text
-        assert (
-            json.loads(httpx.get("http://127.0.0.1:8002/inventory/1", timeout=5).text)["reserved"]
-            == 2
-        )
+        started = httpx.post("http://127.0.0.1:8005/saga/start", json=ORDER, timeout=5)
+        assert started.status_code == 202, started.text
+        order_id = started.json()["order_id"]
+        deadline = time.monotonic() + 20
+        while _saga_status(order_id) not in ("COMPLETED", "FAILED"):
+            assert time.monotonic() < deadline, "saga did not finish"
+            time.sleep(0.05)
+        assert _saga_status(order_id) == "COMPLETED"
+        order = httpx.get(f"http://127.0.0.1:8001/orders/{order_id}", timeout=5).json()
+        assert order["status"] == "COMPLETED"
+        stock = json.loads(httpx.get("http://127.0.0.1:8002/inventory/1", timeout=5).text)
+        assert stock["reserved"] == 0
     finally:
         proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=20)

@@ -1,0 +1,709 @@
+"""The replay loop: runs one saga's workflow body against its history (private).
+
+A ``_Run`` owns one saga for one lease (fencing ``version``). It re-runs the workflow body from
+the top; each ``ctx`` call takes the next *position*. Positions with recorded events are
+answered from history (results returned, errors re-raised, nothing sent, nothing logged); the
+first position without events is the live edge, where commands are recorded and sent.
+
+Commit economy: decisions are buffered in ``pending`` and written by :meth:`_Run.flush` only
+when the outside world is about to see something — right before a command is sent (so the
+step's ``StepScheduled`` and the previous step's ``StepCompleted`` share one commit), before a
+durable sleep, and at the end. Feeding a result to the body before it is durable is safe: the
+body is deterministic and has no effects of its own, and the next command cannot leave before
+the flush that carries the result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import uuid as _uuid
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import structlog
+import structlog.contextvars
+
+from engine.errors import (
+    CancelRequested,
+    NondeterminismError,
+    RemoteError,
+    SagaError,
+    StepFailed,
+    StepTimeout,
+)
+from engine.history import (
+    COMPENSATION_STARTED,
+    COMPLETED,
+    FAILED,
+    PARKED,
+    Event,
+    EventType,
+    Projection,
+    SagaRecord,
+)
+
+if TYPE_CHECKING:
+    from engine.api import Engine, RetryPolicy
+
+__all__ = ["WorkflowContext"]
+
+ET = EventType
+_FORWARD_OUTCOMES = (ET.STEP_COMPLETED, ET.STEP_FAILED)
+_log = structlog.get_logger("engine")
+
+
+class _Stop(BaseException):
+    """Unwinds the workflow body; ``except Exception`` in workflow code cannot swallow it.
+
+    kind ``abort``: compensate (cancel, deadline); ``abandon``: the store refused or failed,
+    stop touching this saga; ``park``: nondeterminism.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        reason: str = "",
+        *,
+        cancelled: bool = False,
+        error: BaseException | None = None,
+    ) -> None:
+        super().__init__(kind, reason)
+        self.kind = kind
+        self.reason = reason
+        self.cancelled = cancelled
+        self.error = error
+
+
+@dataclasses.dataclass(eq=False)
+class _Compensation:
+    position: int
+    step: str
+    target: str
+    payload: dict[str, Any]
+    key: str
+    scheduled: bool = False
+    attempts: int = 0
+    retry_at: datetime | None = None
+    done: bool = False
+
+
+def _wire(exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, SagaError):
+        return exc.to_wire()
+    return {"type": type(exc).__name__, "message": str(exc), "non_retryable": False, "details": {}}
+
+
+def _split(target: str) -> tuple[str, str]:
+    service, _, method = target.partition(".")
+    if not service or not method:
+        raise ValueError(f"step target must be 'service.method', got {target!r}")
+    return service, method
+
+
+class WorkflowContext:
+    """What a workflow body may use: deterministic, recorded operations only.
+
+    ``workflow_id`` is the business key (the order id); ``attempt`` is the execution attempt (1,
+    then +1 each time the saga is recovered or taken over) — for logging, never for branching.
+    """
+
+    def __init__(self, run: _Run) -> None:
+        self._run = run
+        self._position = 0
+        self._key_counts: dict[str, int] = {}
+        self.workflow_id: str = run.record.workflow_id
+        self.saga_id: str = run.record.saga_id
+        self.attempt: int = run.version
+
+    @property
+    def is_replaying(self) -> bool:
+        return self._position < self._run.recorded_positions
+
+    async def step(
+        self,
+        target: str,
+        payload: dict[str, Any],
+        *,
+        compensate: str | None = None,
+        compensation_payload: dict[str, Any] | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+        milestone: str | None = None,
+    ) -> dict[str, Any]:
+        """Send ``payload`` to ``target`` ("service.method") and return its reply.
+
+        ``compensate`` ("service.method") is registered *before* the command is sent, with
+        ``compensation_payload`` (default: ``payload``). Business errors (``non_retryable``)
+        are not retried and mean the step did not take effect; transport errors and timeouts
+        are retried by ``retry``. Raises :class:`StepFailed` when the step gives up;
+        ``milestone`` becomes the saga's status when the step completes. The idempotency key is
+        ``f"{workflow_id}:{method}"`` (``:n`` appended for the n-th repeat of one target).
+        """
+        _, method = _split(target)
+        position = self._next_position()
+        key = self._key(target, method)
+        comp = None
+        if compensate is not None:
+            comp_payload = payload if compensation_payload is None else compensation_payload
+            comp = _Compensation(
+                position,
+                target,
+                compensate,
+                comp_payload,
+                self._key(compensate, _split(compensate)[1]),
+            )
+        return await self._run.step(position, target, payload, key, comp, retry, timeout, milestone)
+
+    async def now(self) -> datetime:
+        """The current (naive UTC) time, recorded; replay returns the recorded value."""
+        value = await self._run.marker(
+            self._next_position(), "now", lambda: self._run.clock.now().isoformat()
+        )
+        return datetime.fromisoformat(value)
+
+    async def uuid(self) -> str:
+        """A random UUID string, recorded; replay returns the recorded value."""
+        return await self._run.marker(self._next_position(), "uuid", lambda: str(_uuid.uuid4()))
+
+    async def sleep(self, seconds: float) -> None:
+        """A durable timer: a recovered saga sleeps only what is left."""
+        await self._run.sleep(self._next_position(), seconds)
+
+    def _next_position(self) -> int:
+        position = self._position
+        self._position += 1
+        return position
+
+    def _key(self, target: str, method: str) -> str:
+        count = self._key_counts[target] = self._key_counts.get(target, 0) + 1
+        base = f"{self.workflow_id}:{method}"
+        return base if count == 1 else f"{base}:{count}"
+
+
+class _Run:
+    def __init__(
+        self,
+        engine: Engine,
+        body: Callable[[WorkflowContext, Any], Awaitable[Any]],
+        record: SagaRecord,
+        events: list[Event],
+        version: int,
+    ) -> None:
+        self.engine = engine
+        self.store = engine.store
+        self.transport = engine.transport
+        self.clock = engine.clock
+        self.body = body
+        self.record = record
+        self.version = version
+        self.owner = engine.owner_id
+        self.seq = len(events)
+        self.pending: list[Event] = []
+        self.by_pos: dict[int, list[Event]] = {}
+        self.compensation_started: Event | None = None
+        self.cancel_recorded = False
+        for event in events:
+            if event.position is not None:
+                self.by_pos.setdefault(event.position, []).append(event)
+            if event.type == ET.COMPENSATION_STARTED:
+                self.compensation_started = event
+            elif event.type == ET.CANCEL_REQUESTED:
+                self.cancel_recorded = True
+        self.recorded_positions = max(self.by_pos, default=-1) + 1
+        started = events[0].payload if events else {}
+        self.input = started.get("input", record.input)
+        deadline = started.get("deadline")
+        self.deadline = datetime.fromisoformat(deadline) if deadline else None
+        self.projection = Projection(
+            status=record.status,
+            current_step=record.current_step,
+            failure_reason=record.failure_reason,
+            needs_operator=record.needs_operator,
+            compensation_attempts=record.compensation_attempts,
+        )
+        self.stack: list[_Compensation] = []
+        self.log = _log.bind(saga_id=record.saga_id, workflow_id=record.workflow_id)
+        self.ctx = WorkflowContext(self)
+
+    # -- history ---------------------------------------------------------------------------
+
+    def emit(
+        self,
+        type_: str,
+        *,
+        position: int | None = None,
+        step: str | None = None,
+        attempt: int = 0,
+        payload: dict[str, Any] | None = None,
+    ) -> Event:
+        event = Event(
+            self.seq,
+            type_,
+            position,
+            step,
+            attempt,
+            payload or {},
+            self.clock.now(),
+            self.owner,
+            self.version,
+        )
+        self.seq += 1
+        self.pending.append(event)
+        return event
+
+    def unemit(self, event: Event) -> None:
+        assert self.pending
+        assert self.pending[-1] is event
+        self.pending.pop()
+        self.seq -= 1
+
+    async def flush(self, *, honour_cancel: bool = True) -> None:
+        if not self.pending:
+            return
+        events = self.pending
+        try:
+            await self.store.append(
+                self.record.saga_id,
+                events,
+                expected_seq=events[0].seq,
+                version=self.version,
+                owner=self.owner,
+                projection=self.projection,
+                honour_cancel=honour_cancel,
+            )
+        except CancelRequested:
+            raise
+        except Exception as exc:  # conflict (fenced) or store failure: this run must stop here
+            raise _Stop("abandon", error=exc) from exc
+        self.pending = []
+
+    # -- the body's operations -------------------------------------------------------------
+
+    async def step(
+        self,
+        position: int,
+        target: str,
+        payload: dict[str, Any],
+        key: str,
+        comp: _Compensation | None,
+        retry: RetryPolicy | None,
+        timeout: float | None,
+        milestone: str | None,
+    ) -> dict[str, Any]:
+        recorded = self.by_pos.get(position)
+        if recorded is not None:
+            first, last = recorded[0], recorded[-1]
+            if first.type != ET.STEP_SCHEDULED or first.step != target:
+                raise self._diverged(position, f"step {target}", first)
+            comp = self._recorded_compensation(first) or comp
+            if last.type == ET.STEP_COMPLETED:
+                if comp is not None:
+                    self.stack.append(comp)
+                return dict(last.payload.get("result") or {})
+            if last.type == ET.STEP_FAILED:
+                took_effect = bool(last.payload.get("took_effect"))
+                if comp is not None and took_effect:
+                    self.stack.append(comp)
+                raise StepFailed(
+                    target, last.attempt, last.payload.get("error") or {}, took_effect=took_effect
+                )
+            # Scheduled, outcome unknown: it may have happened, so compensable; re-send it.
+            if comp is not None:
+                self.stack.append(comp)
+            attempt = last.attempt
+            if last.type in (ET.STEP_RETRYING, ET.STEP_TIMED_OUT):
+                await self._sleep_until(last.payload.get("retry_at"))
+                attempt += 1
+            return await self._send(
+                position, target, payload, key, comp, retry, timeout, milestone, attempt
+            )
+        self._check_deadline()
+        if comp is not None:
+            self.stack.append(comp)
+        scheduled = self.emit(
+            ET.STEP_SCHEDULED,
+            position=position,
+            step=target,
+            attempt=1,
+            payload={
+                "key": key,
+                "compensation": None
+                if comp is None
+                else {"target": comp.target, "payload": comp.payload, "key": comp.key},
+            },
+        )
+        self.projection.current_step = target
+        try:
+            await self.flush()
+        except CancelRequested:
+            self.unemit(scheduled)
+            if comp is not None:
+                self.stack.pop()
+            raise _Stop("abort", "cancelled", cancelled=True) from None
+        return await self._send(position, target, payload, key, comp, retry, timeout, milestone, 1)
+
+    async def _send(
+        self,
+        position: int,
+        target: str,
+        payload: dict[str, Any],
+        key: str,
+        comp: _Compensation | None,
+        retry: RetryPolicy | None,
+        timeout: float | None,
+        milestone: str | None,
+        attempt: int,
+    ) -> dict[str, Any]:
+        engine = self.engine
+        policy = retry or engine.step_retry
+        service, method = _split(target)
+        log = self.log.bind(step=target)
+        while True:
+            limit = timeout or engine.default_step_timeout
+            if self.deadline is not None:
+                limit = max(0.0, min(limit, (self.deadline - self.clock.now()).total_seconds()))
+            try:
+                result = await self.transport.request(
+                    service,
+                    method,
+                    payload,
+                    timeout=limit,
+                    idempotency_key=key,
+                    headers={
+                        "saga_id": self.record.saga_id,
+                        "workflow_id": self.record.workflow_id,
+                        "attempt": str(attempt),
+                    },
+                )
+            except Exception as exc:  # every transport failure is classified and recorded
+                wire = _wire(exc)
+                business = (isinstance(exc, RemoteError) and exc.non_retryable) or (
+                    wire["type"] in policy.non_retryable
+                )
+                if business:
+                    self.emit(
+                        ET.STEP_FAILED,
+                        position=position,
+                        step=target,
+                        attempt=attempt,
+                        payload={"error": wire, "took_effect": False},
+                    )
+                    if comp is not None and comp in self.stack:
+                        self.stack.remove(comp)
+                    log.info("step.failed", attempt=attempt, error=wire["type"])
+                    raise StepFailed(target, attempt, wire, took_effect=False) from None
+                delay = policy.delay(attempt)
+                retry_at = self.clock.now() + timedelta(seconds=delay)
+                past_deadline = self.deadline is not None and retry_at >= self.deadline
+                if not policy.allows(attempt + 1) or past_deadline:
+                    self.emit(
+                        ET.STEP_FAILED,
+                        position=position,
+                        step=target,
+                        attempt=attempt,
+                        payload={"error": wire, "took_effect": True},
+                    )
+                    log.warning("step.gave_up", attempt=attempt, error=wire["type"])
+                    if past_deadline:
+                        raise _Stop("abort", "deadline exceeded") from None
+                    raise StepFailed(target, attempt, wire, took_effect=True) from None
+                kind = ET.STEP_TIMED_OUT if isinstance(exc, StepTimeout) else ET.STEP_RETRYING
+                self.emit(
+                    kind,
+                    position=position,
+                    step=target,
+                    attempt=attempt,
+                    payload={"error": wire, "retry_at": retry_at.isoformat()},
+                )
+                engine.counters.step_retries += 1
+                log.info("step.retrying", attempt=attempt, error=wire["type"], delay=delay)
+                try:
+                    await self.flush()
+                except CancelRequested:
+                    raise _Stop("abort", "cancelled", cancelled=True) from None
+                await self.clock.sleep(delay)
+                attempt += 1
+                continue
+            self.emit(
+                ET.STEP_COMPLETED,
+                position=position,
+                step=target,
+                attempt=attempt,
+                payload={"result": result},
+            )
+            if milestone is not None:
+                self.projection.status = milestone
+            engine.counters.steps_completed += 1
+            return result
+
+    async def marker(self, position: int, name: str, make: Callable[[], str]) -> str:
+        recorded = self.by_pos.get(position)
+        if recorded is not None:
+            first = recorded[0]
+            if first.type != ET.MARKER or first.step != name:
+                raise self._diverged(position, f"ctx.{name}()", first)
+            return str(first.payload["value"])
+        value = make()
+        self.emit(ET.MARKER, position=position, step=name, payload={"value": value})
+        return value
+
+    async def sleep(self, position: int, seconds: float) -> None:
+        recorded = self.by_pos.get(position)
+        if recorded is not None:
+            first = recorded[0]
+            if first.type != ET.TIMER_STARTED:
+                raise self._diverged(position, "ctx.sleep()", first)
+            if recorded[-1].type == ET.TIMER_FIRED:
+                return
+            await self._sleep_until(first.payload.get("fire_at"))
+        else:
+            self._check_deadline()
+            fire_at = self.clock.now() + timedelta(seconds=seconds)
+            started = self.emit(
+                ET.TIMER_STARTED,
+                position=position,
+                step="sleep",
+                payload={"fire_at": fire_at.isoformat()},
+            )
+            try:
+                await self.flush()
+            except CancelRequested:
+                self.unemit(started)
+                raise _Stop("abort", "cancelled", cancelled=True) from None
+            await self.clock.sleep(seconds)
+        self.emit(ET.TIMER_FIRED, position=position, step="sleep")
+
+    # -- the saga ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        engine = self.engine
+        # Each saga runs in its own task (its own context copy): activity code called
+        # in-process and the transport's headers see the same ids in their log lines.
+        structlog.contextvars.bind_contextvars(
+            saga_id=self.record.saga_id,
+            workflow_id=self.record.workflow_id,
+            order_id=self.record.workflow_id,
+        )
+        try:
+            if self.compensation_started is not None:
+                reason = str(self.compensation_started.payload.get("reason", ""))
+                self.stack = self._stack_from_history()
+                await self._compensate(reason, cancelled=self.cancel_recorded)
+                return
+            try:
+                result = await self.body(self.ctx, self.input)
+            except StepFailed as exc:
+                await self._compensate(str(exc), cancelled=False)
+            except _Stop as stop:
+                if stop.kind == "abort":
+                    await self._compensate(stop.reason, cancelled=stop.cancelled)
+                elif stop.kind == "park":
+                    await self._park(stop.error)
+                else:
+                    raise
+            except Exception as exc:  # a bug in the body: the saga cannot go on; undo it
+                self.log.exception("workflow.error")
+                await self._compensate(
+                    f"workflow error: {type(exc).__name__}: {exc}", cancelled=False
+                )
+            else:
+                if self.ctx._position < self.recorded_positions:
+                    await self._park(
+                        NondeterminismError(
+                            f"workflow returned at position {self.ctx._position} but history has "
+                            f"commands up to position {self.recorded_positions - 1}"
+                        )
+                    )
+                    return
+                await self._finish(result)
+        except _Stop as stop:
+            if stop.kind == "park":
+                await self._park(stop.error)
+                return
+            engine.counters.abandoned += 1
+            self.log.warning("saga.abandoned", reason=repr(stop.error))
+
+    async def _finish(self, result: Any) -> None:
+        self.emit(ET.WORKFLOW_COMPLETED, payload={"result": result})
+        self.projection.status = COMPLETED
+        self.projection.current_step = None
+        self.projection.result = result
+        self.projection.finished = True
+        await self.flush(honour_cancel=False)
+        self.engine.counters.sagas_completed += 1
+        self.log.info("saga.completed")
+
+    async def _park(self, error: BaseException | None) -> None:
+        message = f"NondeterminismError: {error}"
+        self.emit(ET.WORKFLOW_PARKED, payload={"error": message})
+        self.projection.status = PARKED
+        self.projection.needs_operator = True
+        self.projection.failure_reason = message
+        self.projection.finished = True
+        try:
+            await self.flush(honour_cancel=False)
+        except _Stop as stop:
+            self.engine.counters.abandoned += 1
+            self.log.warning("saga.abandoned", reason=repr(stop.error))
+            return
+        self.engine.counters.sagas_parked += 1
+        self.log.error("saga.parked", error=message)
+
+    async def _compensate(self, reason: str, *, cancelled: bool) -> None:
+        engine = self.engine
+        policy = engine.compensation_retry
+        if self.compensation_started is None:
+            if cancelled:
+                self.emit(ET.CANCEL_REQUESTED)
+            self.emit(
+                ET.COMPENSATION_STARTED,
+                payload={"reason": reason, "steps": [c.position for c in reversed(self.stack)]},
+            )
+            self.projection.status = COMPENSATION_STARTED
+            self.projection.failure_reason = reason
+            self.projection.current_step = None
+            self.log.info("compensation.started", reason=reason)
+        for comp in reversed(self.stack):
+            if comp.done:
+                continue
+            service, method = _split(comp.target)
+            log = self.log.bind(step=comp.target)
+            attempt = comp.attempts + 1
+            self.projection.current_step = comp.target
+            if not comp.scheduled:
+                self.emit(
+                    ET.COMPENSATION_SCHEDULED,
+                    position=comp.position,
+                    step=comp.target,
+                    attempt=attempt,
+                    payload={"key": comp.key, "for": comp.step},
+                )
+                comp.scheduled = True
+            await self.flush(honour_cancel=False)
+            if comp.retry_at is not None:
+                await self._sleep_until(comp.retry_at.isoformat())
+            while True:
+                try:
+                    result = await self.transport.request(
+                        service,
+                        method,
+                        comp.payload,
+                        timeout=engine.default_step_timeout,
+                        idempotency_key=comp.key,
+                        headers={
+                            "saga_id": self.record.saga_id,
+                            "workflow_id": self.record.workflow_id,
+                            "attempt": str(attempt),
+                        },
+                    )
+                except Exception as exc:  # compensations are retried until they succeed
+                    wire = _wire(exc)
+                    if wire["type"] == "AlreadyCompensated":
+                        result = {"already_compensated": True}
+                        break
+                    delay = policy.delay(attempt)
+                    self.projection.compensation_attempts += 1
+                    engine.counters.compensation_retries += 1
+                    if attempt >= engine.compensation_alert_attempts and not (
+                        self.projection.needs_operator
+                    ):
+                        self.projection.needs_operator = True
+                        engine.counters.operator_alerts += 1
+                        log.error(
+                            "compensation.needs_operator", attempt=attempt, error=wire["type"]
+                        )
+                    self.emit(
+                        ET.COMPENSATION_RETRYING,
+                        position=comp.position,
+                        step=comp.target,
+                        attempt=attempt,
+                        payload={
+                            "error": wire,
+                            "retry_at": (self.clock.now() + timedelta(seconds=delay)).isoformat(),
+                        },
+                    )
+                    log.warning("compensation.retrying", attempt=attempt, error=wire["type"])
+                    await self.flush(honour_cancel=False)
+                    await self.clock.sleep(delay)
+                    attempt += 1
+                    continue
+                break
+            self.emit(
+                ET.COMPENSATION_COMPLETED,
+                position=comp.position,
+                step=comp.target,
+                attempt=attempt,
+                payload={"result": result},
+            )
+            comp.done = True
+            engine.counters.compensations_completed += 1
+            log.info("compensation.completed", attempt=attempt)
+        self.emit(ET.WORKFLOW_FAILED, payload={"reason": reason})
+        self.projection.status = FAILED
+        self.projection.current_step = None
+        self.projection.needs_operator = False
+        self.projection.finished = True
+        await self.flush(honour_cancel=False)
+        engine.counters.sagas_failed += 1
+        self.log.info("saga.failed", reason=reason)
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _check_deadline(self) -> None:
+        if self.deadline is not None and self.clock.now() >= self.deadline:
+            raise _Stop("abort", "deadline exceeded")
+
+    async def _sleep_until(self, when: str | None) -> None:
+        if when:
+            remaining = (datetime.fromisoformat(when) - self.clock.now()).total_seconds()
+            if remaining > 0:
+                await self.clock.sleep(remaining)
+
+    def _diverged(self, position: int, asked: str, recorded: Event) -> _Stop:
+        what = recorded.type if recorded.step is None else f"{recorded.type} {recorded.step}"
+        return _Stop(
+            "park",
+            error=NondeterminismError(
+                f"at position {position} the workflow asked for {asked} but history holds {what}"
+            ),
+        )
+
+    @staticmethod
+    def _recorded_compensation(scheduled: Event) -> _Compensation | None:
+        info = scheduled.payload.get("compensation")
+        if not info:
+            return None
+        assert scheduled.position is not None
+        assert scheduled.step is not None
+        return _Compensation(
+            scheduled.position, scheduled.step, info["target"], info["payload"], info["key"]
+        )
+
+    def _stack_from_history(self) -> list[_Compensation]:
+        stack = []
+        for position in sorted(self.by_pos):
+            events = self.by_pos[position]
+            if events[0].type != ET.STEP_SCHEDULED:
+                continue
+            comp = self._recorded_compensation(events[0])
+            if comp is None:
+                continue
+            failed = [e for e in events if e.type == ET.STEP_FAILED]
+            if failed and not failed[-1].payload.get("took_effect"):
+                continue
+            for event in events:
+                if event.type == ET.COMPENSATION_SCHEDULED:
+                    comp.scheduled = True
+                elif event.type == ET.COMPENSATION_RETRYING:
+                    comp.attempts = event.attempt
+                    comp.retry_at = datetime.fromisoformat(event.payload["retry_at"])
+                elif event.type == ET.COMPENSATION_COMPLETED:
+                    comp.done = True
+            stack.append(comp)
+        return stack
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)

@@ -1,0 +1,182 @@
+"""An in-memory :class:`~engine.ports.HistoryStore` that obeys the SQL store's contract."""
+
+from __future__ import annotations
+
+import builtins
+import copy
+import dataclasses
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+from engine.errors import (
+    CancelRequested,
+    ConcurrencyConflict,
+    SagaAlreadyFinished,
+    SagaNotFound,
+)
+from engine.history import COMPLETED, FAILED, Event, Projection, SagaRecord
+
+__all__ = ["InMemoryHistoryStore"]
+
+
+class InMemoryHistoryStore:
+    """Dicts behind the same checks as the SQL store.
+
+    ``after_commit`` (tests): called with the saga id and the events after every successful
+    create/append; raising from it simulates a crash after the write became durable.
+    ``before_commit`` is called before every write; raising from it fails the write (nothing
+    stored). ``commits`` counts successful writes.
+    """
+
+    def __init__(
+        self,
+        *,
+        after_commit: Callable[[str, Sequence[Event]], None] | None = None,
+        before_commit: Callable[[str, Sequence[Event]], None] | None = None,
+    ) -> None:
+        self._rows: dict[str, SagaRecord] = {}
+        self._by_workflow: dict[str, str] = {}
+        self._events: dict[str, list[Event]] = {}
+        self.after_commit = after_commit
+        self.before_commit = before_commit
+        self.commits = 0
+
+    async def create(self, record: SagaRecord, events: Sequence[Event]) -> tuple[SagaRecord, bool]:
+        existing = self._by_workflow.get(record.workflow_id)
+        if existing is not None:
+            return self._rows[existing], False
+        if record.saga_id in self._rows:
+            raise ConcurrencyConflict(f"saga {record.saga_id} exists")
+        _check_seq(events, 0)
+        if self.before_commit is not None:
+            self.before_commit(record.saga_id, events)
+        self._rows[record.saga_id] = dataclasses.replace(record, next_seq=len(events))
+        self._by_workflow[record.workflow_id] = record.saga_id
+        self._events[record.saga_id] = [copy.deepcopy(e) for e in events]
+        self._committed(record.saga_id, events)
+        return self._rows[record.saga_id], True
+
+    async def append(
+        self,
+        saga_id: str,
+        events: Sequence[Event],
+        *,
+        expected_seq: int,
+        version: int,
+        owner: str,
+        projection: Projection,
+        honour_cancel: bool = True,
+    ) -> None:
+        row = self._rows.get(saga_id)
+        if row is None:
+            raise SagaNotFound(saga_id)
+        if row.version != version or row.owner != owner:
+            raise ConcurrencyConflict(
+                f"saga {saga_id}: fenced (version {version}/{owner}, store has "
+                f"{row.version}/{row.owner})"
+            )
+        if row.next_seq != expected_seq:
+            raise ConcurrencyConflict(f"saga {saga_id}: seq {expected_seq} taken")
+        if honour_cancel and row.cancel_requested:
+            raise CancelRequested(saga_id)
+        _check_seq(events, expected_seq)
+        if self.before_commit is not None:
+            self.before_commit(saga_id, events)
+        now = events[-1].created_at if events else row.updated_at
+        self._rows[saga_id] = dataclasses.replace(
+            row,
+            next_seq=expected_seq + len(events),
+            status=projection.status,
+            current_step=projection.current_step,
+            result=copy.deepcopy(projection.result),
+            failure_reason=projection.failure_reason,
+            needs_operator=projection.needs_operator,
+            compensation_attempts=projection.compensation_attempts,
+            updated_at=now,
+            owner=None if projection.finished else row.owner,
+            lease_expires_at=None if projection.finished else row.lease_expires_at,
+        )
+        self._events[saga_id].extend(copy.deepcopy(e) for e in events)
+        self._committed(saga_id, events)
+
+    async def load(self, saga_id: str) -> tuple[SagaRecord, list[Event]]:
+        row = self._rows.get(saga_id)
+        if row is None:
+            raise SagaNotFound(saga_id)
+        return row, [copy.deepcopy(e) for e in self._events[saga_id]]
+
+    async def get(self, workflow_id: str) -> SagaRecord | None:
+        saga_id = self._by_workflow.get(workflow_id)
+        return None if saga_id is None else self._rows[saga_id]
+
+    async def list(
+        self, *, status: str | None = None, limit: int = 100
+    ) -> builtins.list[SagaRecord]:
+        rows = [r for r in self._rows.values() if status is None or r.status == status]
+        rows.sort(key=lambda r: (r.created_at or datetime.min, r.saga_id), reverse=True)
+        return rows[:limit]
+
+    async def list_claimable(
+        self, *, owner: str, now: datetime, limit: int
+    ) -> builtins.list[SagaRecord]:
+        rows = [r for r in self._rows.values() if not r.finished and _claimable(r, owner, now)]
+        rows.sort(key=lambda r: r.lease_expires_at or datetime.min)
+        return rows[:limit]
+
+    async def acquire(
+        self, saga_id: str, *, owner: str, expected_version: int, now: datetime, until: datetime
+    ) -> int | None:
+        row = self._rows.get(saga_id)
+        if row is None or row.finished or row.version != expected_version:
+            return None
+        if not _claimable(row, owner, now):
+            return None
+        self._rows[saga_id] = dataclasses.replace(
+            row, owner=owner, version=row.version + 1, lease_expires_at=until
+        )
+        return row.version + 1
+
+    async def renew(self, *, owner: str, saga_ids: Sequence[str], until: datetime) -> set[str]:
+        kept = set()
+        for saga_id in saga_ids:
+            row = self._rows.get(saga_id)
+            if row is not None and row.owner == owner and not row.finished:
+                self._rows[saga_id] = dataclasses.replace(row, lease_expires_at=until)
+                kept.add(saga_id)
+        return kept
+
+    async def release(self, saga_id: str, *, owner: str, version: int) -> None:
+        row = self._rows.get(saga_id)
+        if row is not None and row.owner == owner and row.version == version:
+            self._rows[saga_id] = dataclasses.replace(row, owner=None, lease_expires_at=None)
+
+    async def request_cancel(self, workflow_id: str) -> SagaRecord:
+        saga_id = self._by_workflow.get(workflow_id)
+        if saga_id is None:
+            raise SagaNotFound(workflow_id)
+        row = self._rows[saga_id]
+        if row.status in (COMPLETED, FAILED):
+            raise SagaAlreadyFinished(f"saga {workflow_id} is {row.status}")
+        row = dataclasses.replace(row, cancel_requested=True)
+        self._rows[saga_id] = row
+        return row
+
+    def _committed(self, saga_id: str, events: Sequence[Event]) -> None:
+        self.commits += 1
+        if self.after_commit is not None:
+            self.after_commit(saga_id, events)
+
+
+def _claimable(row: SagaRecord, owner: str, now: datetime) -> bool:
+    return (
+        row.owner is None
+        or row.owner == owner
+        or row.lease_expires_at is None
+        or row.lease_expires_at < now
+    )
+
+
+def _check_seq(events: Sequence[Event], first: int) -> None:
+    for offset, event in enumerate(events):
+        if event.seq != first + offset:
+            raise ConcurrencyConflict(f"event seq {event.seq} != expected {first + offset}")

@@ -1,0 +1,538 @@
+"""The engine's public surface: ``workflow``, ``WorkflowContext``, ``RetryPolicy``, ``Engine``."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import dataclasses
+import functools
+import inspect
+import json
+import os
+import socket
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import datetime, timedelta
+from typing import Any, TypeVar, overload
+
+import structlog
+
+from engine._runtime import WorkflowContext, _Run, canonical_json
+from engine.clock import FakeClock, SystemClock
+from engine.errors import SagaNotFound, WorkflowAlreadyStarted, WorkflowDefinitionError
+from engine.history import STARTED, TERMINAL_STATUSES, Event, EventType, SagaRecord
+from engine.ports import Clock, HistoryStore, Transport
+
+__all__ = [
+    "Engine",
+    "EngineCounters",
+    "RetryPolicy",
+    "SagaHandle",
+    "SagaStatus",
+    "StepStatus",
+    "WorkflowContext",
+    "workflow",
+]
+
+ET = EventType
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+Workflow = Callable[[WorkflowContext, Any], Awaitable[Any]]
+_log = structlog.get_logger("engine")
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff: attempt n waits ``initial_interval * backoff**(n-1)``, capped.
+
+    ``max_attempts=None`` retries forever. ``non_retryable`` names wire error types never
+    retried, on top of errors that say ``non_retryable`` themselves.
+    """
+
+    initial_interval: float = 0.2
+    backoff: float = 2.0
+    max_interval: float = 10.0
+    max_attempts: int | None = 5
+    non_retryable: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.initial_interval < 0 or self.backoff < 1 or self.max_interval < 0:
+            raise ValueError("RetryPolicy needs initial_interval >= 0, backoff >= 1")
+        if self.max_attempts is not None and self.max_attempts < 1:
+            raise ValueError("RetryPolicy.max_attempts must be >= 1 or None")
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt ``attempt`` (1-based)."""
+        return float(min(self.initial_interval * self.backoff ** (attempt - 1), self.max_interval))
+
+    def allows(self, attempt: int) -> bool:
+        """Whether attempt number ``attempt`` may be made."""
+        return self.max_attempts is None or attempt <= self.max_attempts
+
+
+DEFAULT_STEP_RETRY = RetryPolicy()
+DEFAULT_COMPENSATION_RETRY = RetryPolicy(initial_interval=0.5, max_interval=30.0, max_attempts=None)
+
+
+@overload
+def workflow(fn: F, *, name: str | None = None) -> F: ...
+
+
+@overload
+def workflow(fn: None = None, *, name: str | None = None) -> Callable[[F], F]: ...
+
+
+def workflow(fn: F | None = None, *, name: str | None = None) -> Any:
+    """Mark ``async def wf(ctx: WorkflowContext, input)`` as a workflow (tags, does not wrap).
+
+    The body must be deterministic: only ``ctx.step``/``ctx.now``/``ctx.uuid``/``ctx.sleep``
+    touch the world. ``name`` (default: the function's name) is what history records.
+    """
+
+    def tag(func: F) -> F:
+        tagged = func  # returned as is: tag, don't wrap
+        if not inspect.iscoroutinefunction(func):
+            raise WorkflowDefinitionError(f"workflow {func!r} must be an async function")
+        params = list(inspect.signature(func).parameters.values())
+        if len(params) != 2:
+            raise WorkflowDefinitionError(
+                f"workflow {func.__qualname__} must take (ctx, input), got {len(params)} params"
+            )
+        tagged.__workflow_name__ = name or func.__name__  # type: ignore[attr-defined]
+        return tagged
+
+    return tag(fn) if fn is not None else tag
+
+
+def _workflow_name(wf: Workflow) -> str:
+    name = getattr(wf, "__workflow_name__", None)
+    if not isinstance(name, str):
+        raise WorkflowDefinitionError(f"{wf!r} is not decorated with @workflow")
+    return name
+
+
+@dataclasses.dataclass
+class EngineCounters:
+    """Monotonic counters for metrics (Prometheus collectors read them)."""
+
+    sagas_started: int = 0
+    sagas_completed: int = 0
+    sagas_failed: int = 0
+    sagas_parked: int = 0
+    sagas_recovered: int = 0
+    steps_completed: int = 0
+    step_retries: int = 0
+    compensations_completed: int = 0
+    compensation_retries: int = 0
+    operator_alerts: int = 0  # sagas flagged needs_operator (compensation kept failing)
+    abandoned: int = 0  # runs stopped because the store refused (lost lease) or failed
+
+
+@dataclasses.dataclass(frozen=True)
+class SagaHandle:
+    saga_id: str
+    workflow_id: str
+    status: str
+    created: bool  # False: the workflow_id was already started with the same input
+
+
+@dataclasses.dataclass(frozen=True)
+class StepStatus:
+    name: str
+    state: str  # SCHEDULED, RETRYING, COMPLETED, FAILED, COMPENSATING, COMPENSATED
+    attempts: int
+    scheduled_at: datetime | None
+    finished_at: datetime | None
+    last_error: dict[str, Any] | None
+    compensation: str | None
+    compensation_attempts: int
+
+
+@dataclasses.dataclass(frozen=True)
+class SagaStatus:
+    saga_id: str
+    workflow_id: str
+    workflow_name: str
+    status: str
+    failure_reason: str | None
+    needs_operator: bool
+    cancel_requested: bool
+    compensation_attempts: int
+    result: Any
+    created_at: datetime | None
+    updated_at: datetime | None
+    steps: tuple[StepStatus, ...] = ()
+
+
+class Engine:
+    """Runs workflows durably on a :class:`HistoryStore` and a :class:`Transport`.
+
+    ``owner_id`` must be unique per process (default: host:pid:random). A saga is driven only
+    under a lease (``lease_seconds``) whose fencing version every history write checks.
+    ``saga_deadline`` (seconds, None = none) makes a saga compensate once exceeded;
+    ``compensation_alert_attempts`` failed attempts of one compensation flag the saga
+    ``needs_operator`` (and count ``counters.operator_alerts``).
+    """
+
+    def __init__(
+        self,
+        store: HistoryStore,
+        transport: Transport,
+        *,
+        clock: Clock | None = None,
+        owner_id: str | None = None,
+        lease_seconds: float = 30.0,
+        compensation_alert_attempts: int = 10,
+        default_step_timeout: float = 10.0,
+        saga_deadline: float | None = None,
+        workflows: Iterable[Workflow] = (),
+        step_retry: RetryPolicy = DEFAULT_STEP_RETRY,
+        compensation_retry: RetryPolicy = DEFAULT_COMPENSATION_RETRY,
+        poll_interval: float | None = None,
+        claim_batch: int = 100,
+    ) -> None:
+        self.store = store
+        self.transport = transport
+        self.clock: Clock = clock or SystemClock()
+        self.owner_id = owner_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.lease_seconds = lease_seconds
+        self.compensation_alert_attempts = compensation_alert_attempts
+        self.default_step_timeout = default_step_timeout
+        self.saga_deadline = saga_deadline
+        self.step_retry = step_retry
+        self.compensation_retry = compensation_retry
+        self.poll_interval = poll_interval or max(0.05, lease_seconds / 3)
+        self.claim_batch = claim_batch
+        self.counters = EngineCounters()
+        self._workflows: dict[str, Workflow] = {}
+        self._runs: dict[str, tuple[_Run, asyncio.Task[None]]] = {}
+        self._supervisor: asyncio.Task[None] | None = None
+        for wf in workflows:
+            self.register(wf)
+
+    # -- workflows and sagas -----------------------------------------------------------------
+
+    def register(self, wf: Workflow) -> None:
+        """Make ``wf`` resumable by :meth:`recover` (``start`` registers it too)."""
+        name = _workflow_name(wf)
+        known = self._workflows.setdefault(name, wf)
+        if known is not wf:
+            raise WorkflowDefinitionError(f"two workflows are named {name!r}")
+
+    async def start(
+        self, wf: Workflow, input: Any, *, workflow_id: str | None = None
+    ) -> SagaHandle:
+        """Start ``wf`` with ``input`` (JSON) unless ``workflow_id`` already runs it.
+
+        Idempotent per ``workflow_id``: the same input returns the existing saga
+        (``created=False``); another input or workflow raises ``WorkflowAlreadyStarted``.
+        Returns at once; the saga runs in the background of this engine.
+        """
+        self.register(wf)
+        name = _workflow_name(wf)
+        data = json.loads(json.dumps(input))
+        workflow_id = workflow_id or str(uuid.uuid4())
+        now = self.clock.now()
+        saga_id = str(uuid.uuid4())
+        deadline = (
+            None
+            if self.saga_deadline is None
+            else (now + timedelta(seconds=self.saga_deadline)).isoformat()
+        )
+        started = Event(
+            0,
+            ET.WORKFLOW_STARTED,
+            payload={"workflow": name, "input": data, "deadline": deadline},
+            created_at=now,
+            owner=self.owner_id,
+            version=1,
+        )
+        record = SagaRecord(
+            saga_id=saga_id,
+            workflow_id=workflow_id,
+            workflow_name=name,
+            status=STARTED,
+            input=data,
+            owner=self.owner_id,
+            version=1,
+            lease_expires_at=now + timedelta(seconds=self.lease_seconds),
+            created_at=now,
+            updated_at=now,
+        )
+        stored, created = await self.store.create(record, [started])
+        if not created:
+            if stored.workflow_name != name or canonical_json(stored.input) != canonical_json(data):
+                raise WorkflowAlreadyStarted(
+                    f"workflow_id {workflow_id!r} was started with another "
+                    f"{'input' if stored.workflow_name == name else 'workflow'}"
+                )
+            return SagaHandle(stored.saga_id, workflow_id, stored.status, created=False)
+        self.counters.sagas_started += 1
+        self._spawn(wf, stored, [started], 1)
+        return SagaHandle(saga_id, workflow_id, STARTED, created=True)
+
+    async def cancel(self, workflow_id: str) -> SagaStatus:
+        """Ask the saga to stop at its next step boundary and compensate what took effect.
+
+        Raises ``SagaNotFound``, or ``SagaAlreadyFinished`` for a COMPLETED/FAILED saga. The
+        request is durable: whoever owns the saga (this process or another) honours it.
+        """
+        await self.store.request_cancel(workflow_id)
+        return await self.status(workflow_id)
+
+    async def status(self, workflow_id: str) -> SagaStatus:
+        """The saga's projection and a per-step summary built from its history."""
+        record = await self.store.get(workflow_id)
+        if record is None:
+            raise SagaNotFound(workflow_id)
+        record, events = await self.store.load(record.saga_id)
+        return _status(record, events)
+
+    async def wait(self, workflow_id: str, *, timeout: float) -> SagaStatus:
+        """The saga's status once it is finished, or as it is after ``timeout`` seconds.
+
+        A saga this engine drives is awaited directly; one driven elsewhere is polled.
+        """
+        record = await self.store.get(workflow_id)
+        if record is None:
+            raise SagaNotFound(workflow_id)
+        deadline = asyncio.get_running_loop().time() + timeout
+        while record.status not in TERMINAL_STATUSES:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                break
+            entry = self._runs.get(record.saga_id)
+            if entry is not None:
+                await asyncio.wait([entry[1]], timeout=left)
+            else:
+                await asyncio.sleep(min(left, self.poll_interval))
+            record = await self.store.get(workflow_id) or record
+        return await self.status(workflow_id)
+
+    async def history(self, workflow_id: str) -> list[Event]:
+        """The saga's events in seq order."""
+        record = await self.store.get(workflow_id)
+        if record is None:
+            raise SagaNotFound(workflow_id)
+        return (await self.store.load(record.saga_id))[1]
+
+    async def list(
+        self, *, status: str | None = None, limit: int = 100
+    ) -> builtins.list[SagaStatus]:
+        """Sagas newest first (without steps), optionally with one status."""
+        return [_status(r, None) for r in await self.store.list(status=status, limit=limit)]
+
+    # -- running ------------------------------------------------------------------------------
+
+    async def recover(self) -> int:
+        """Claim unfinished sagas (no owner, expired lease, or ours but not running) and resume
+        them from history. Returns how many were claimed."""
+        now = self.clock.now()
+        rows = await self.store.list_claimable(owner=self.owner_id, now=now, limit=self.claim_batch)
+        claimed = 0
+        for row in rows:
+            wf = self._workflows.get(row.workflow_name)
+            if row.saga_id in self._runs or wf is None:
+                continue
+            version = await self.store.acquire(
+                row.saga_id,
+                owner=self.owner_id,
+                expected_version=row.version,
+                now=now,
+                until=now + timedelta(seconds=self.lease_seconds),
+            )
+            if version is None:
+                continue
+            record, events = await self.store.load(row.saga_id)
+            self.counters.sagas_recovered += 1
+            _log.info(
+                "saga.recovered", saga_id=row.saga_id, workflow_id=row.workflow_id, version=version
+            )
+            self._spawn(wf, record, events, version)
+            claimed += 1
+        return claimed
+
+    def _spawn(
+        self, wf: Workflow, record: SagaRecord, events: builtins.list[Event], version: int
+    ) -> None:
+        run = _Run(self, wf, record, events, version)
+        task = asyncio.get_running_loop().create_task(run.run(), name=f"saga:{record.saga_id}")
+        self._runs[record.saga_id] = (run, task)
+        task.add_done_callback(functools.partial(self._forget, record.saga_id))
+
+    def _forget(self, saga_id: str, task: asyncio.Task[None]) -> None:
+        entry = self._runs.get(saga_id)
+        if entry is not None and entry[1] is task:
+            del self._runs[saga_id]
+        if not task.cancelled() and task.exception() is not None:
+            _log.error("saga.crashed", saga_id=saga_id, error=repr(task.exception()))
+
+    @property
+    def running(self) -> int:
+        """Sagas this engine is driving right now."""
+        return len(self._runs)
+
+    async def run_until_idle(self, *, recover: bool = True, max_idle_rounds: int = 200) -> None:
+        """Drive every saga until none is left to run (tests).
+
+        ``recover`` also claims sagas that are unowned, expired or ours but not running — a
+        saga abandoned after a (simulated) crash included; ``recover=False`` plays a process
+        that stops driving what it lost. With a :class:`FakeClock`, time jumps to the next
+        sleeper whenever every saga waits on the clock, so retries, backoff and timeouts take
+        no real time.
+        """
+        fake = self.clock if isinstance(self.clock, FakeClock) else None
+        idle = 0
+        while True:
+            if not self._runs:
+                if not recover or await self.recover() == 0:
+                    return
+                continue
+            if fake is not None:
+                await self._settle(fake)
+                if not self._runs:
+                    continue
+                if fake.advance_to_next():
+                    continue
+                idle += 1
+                if idle > max_idle_rounds:
+                    raise RuntimeError("run_until_idle: sagas are blocked outside the clock")
+            tasks = [task for _, task in self._runs.values()]
+            await asyncio.wait(
+                tasks,
+                return_when=asyncio.FIRST_COMPLETED,
+                timeout=0.05 if fake is not None else None,
+            )
+
+    async def _settle(self, clock: FakeClock) -> None:
+        stable = 0
+        last: tuple[int, ...] = ()
+        while stable < 3:
+            for _ in range(10):
+                await asyncio.sleep(0)
+            state = (
+                len(self._runs),
+                clock.sleepers,
+                self.counters.steps_completed,
+                self.counters.step_retries,
+                self.counters.compensations_completed,
+            )
+            stable = stable + 1 if state == last else 0
+            last = state
+
+    def start_background(self) -> None:
+        """Start the loop that renews leases and claims expired or unowned sagas."""
+        if self._supervisor is None or self._supervisor.done():
+            self._supervisor = asyncio.get_running_loop().create_task(
+                self._supervise(), name=f"engine-supervisor:{self.owner_id}"
+            )
+
+    async def stop(self) -> None:
+        """Stop the background loop and every run; release their leases."""
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+            self._supervisor = None
+        runs = list(self._runs.values())
+        for _, task in runs:
+            task.cancel()
+        for run, task in runs:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            with contextlib.suppress(Exception):  # best effort: the lease expires anyway
+                await self.store.release(
+                    run.record.saga_id, owner=self.owner_id, version=run.version
+                )
+
+    async def __aenter__(self) -> Engine:
+        self.start_background()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def _supervise(self) -> None:
+        while True:
+            try:
+                await self._renew()
+                await self.recover()
+            except Exception:  # the store may be down for a while: keep trying
+                _log.exception("engine.supervisor_failed", owner=self.owner_id)
+            await self.clock.sleep(self.poll_interval)
+
+    async def _renew(self) -> None:
+        if not self._runs:
+            return
+        ids = list(self._runs)
+        until = self.clock.now() + timedelta(seconds=self.lease_seconds)
+        kept = await self.store.renew(owner=self.owner_id, saga_ids=ids, until=until)
+        for saga_id in ids:
+            entry = self._runs.get(saga_id)
+            if saga_id not in kept and entry is not None and not entry[1].done():
+                _log.warning("saga.lease_lost", saga_id=saga_id)
+                entry[1].cancel()
+
+
+def _status(record: SagaRecord, events: builtins.list[Event] | None) -> SagaStatus:
+    steps: builtins.list[StepStatus] = []
+    if events is not None:
+        by_pos: dict[int, list[Event]] = {}
+        for event in events:
+            if event.position is not None:
+                by_pos.setdefault(event.position, []).append(event)
+        for position in sorted(by_pos):
+            group = by_pos[position]
+            if group[0].type != ET.STEP_SCHEDULED:
+                continue
+            steps.append(_step_status(group))
+    return SagaStatus(
+        saga_id=record.saga_id,
+        workflow_id=record.workflow_id,
+        workflow_name=record.workflow_name,
+        status=record.status,
+        failure_reason=record.failure_reason,
+        needs_operator=record.needs_operator,
+        cancel_requested=record.cancel_requested,
+        compensation_attempts=record.compensation_attempts,
+        result=record.result,
+        created_at=record.created_at,
+        updated_at=record.updated_at,
+        steps=tuple(steps),
+    )
+
+
+def _step_status(group: builtins.list[Event]) -> StepStatus:
+    first = group[0]
+    state, attempts, finished, last_error = "SCHEDULED", first.attempt, None, None
+    comp_info = first.payload.get("compensation") or {}
+    comp_attempts = 0
+    for event in group:
+        if event.type in (ET.STEP_RETRYING, ET.STEP_TIMED_OUT):
+            state, last_error = "RETRYING", event.payload.get("error")
+            attempts = max(attempts, event.attempt + 1)
+        elif event.type == ET.STEP_COMPLETED:
+            state, finished = "COMPLETED", event.created_at
+            attempts = max(attempts, event.attempt)
+        elif event.type == ET.STEP_FAILED:
+            state, finished, last_error = "FAILED", event.created_at, event.payload.get("error")
+            attempts = max(attempts, event.attempt)
+        elif event.type == ET.COMPENSATION_SCHEDULED:
+            state = "COMPENSATING"
+            comp_attempts = max(comp_attempts, 1)
+        elif event.type == ET.COMPENSATION_RETRYING:
+            last_error = event.payload.get("error")
+            comp_attempts = max(comp_attempts, event.attempt + 1)
+        elif event.type == ET.COMPENSATION_COMPLETED:
+            state, finished = "COMPENSATED", event.created_at
+            comp_attempts = max(comp_attempts, event.attempt)
+    return StepStatus(
+        name=first.step or "",
+        state=state,
+        attempts=attempts,
+        scheduled_at=first.created_at,
+        finished_at=finished,
+        last_error=last_error,
+        compensation=comp_info.get("target"),
+        compensation_attempts=comp_attempts,
+    )

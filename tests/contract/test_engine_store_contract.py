@@ -1,0 +1,300 @@
+"""The HistoryStore contract, run against every adapter: in-memory, SQLite and MariaDB."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+from conftest import mysql_database_url
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from engine.adapters import InMemoryHistoryStore, SqlHistoryStore
+from engine.errors import (
+    CancelRequested,
+    ConcurrencyConflict,
+    SagaAlreadyFinished,
+    SagaNotFound,
+)
+from engine.history import Event, Projection, SagaRecord
+from engine.ports import HistoryStore
+
+T0 = datetime(2030, 1, 1, 12, 0, 0, 123456)
+LEASE = timedelta(seconds=30)
+
+
+@pytest.fixture(params=["memory", "sqlite", pytest.param("mariadb", marks=pytest.mark.mysql)])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[HistoryStore]:
+    if request.param == "memory":
+        yield InMemoryHistoryStore()
+        return
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'history.db'}"
+    else:
+        url = mysql_database_url("cloudmart_test_engine_contract")
+    db = create_async_engine(url)
+    sql = SqlHistoryStore(db)
+    await sql.create_tables()
+    try:
+        yield sql
+    finally:
+        await db.dispose()
+
+
+def record(n: int = 1, owner: str = "a") -> SagaRecord:
+    return SagaRecord(
+        saga_id=f"saga-{n}",
+        workflow_id=f"order-{n}",
+        workflow_name="wf",
+        status="STARTED",
+        input={"order_id": f"order-{n}", "note": "日本語 ' \" ; DROP TABLE"},
+        owner=owner,
+        version=1,
+        lease_expires_at=T0 + LEASE,
+        created_at=T0 + timedelta(seconds=n),
+        updated_at=T0,
+    )
+
+
+def ev(
+    seq: int, type_: str = "StepScheduled", owner: str = "a", version: int = 1, **payload: object
+) -> Event:
+    return Event(
+        seq=seq,
+        type=type_,
+        position=seq,
+        step="svc.op",
+        attempt=1,
+        payload=dict(payload),
+        created_at=T0 + timedelta(milliseconds=seq),
+        owner=owner,
+        version=version,
+    )
+
+
+async def started(store: HistoryStore, n: int = 1, owner: str = "a") -> SagaRecord:
+    stored, created = await store.create(record(n, owner), [ev(0, "WorkflowStarted", owner)])
+    assert created
+    return stored
+
+
+async def test_create_then_load_round_trips_the_row_and_events(store: HistoryStore) -> None:
+    await started(store)
+    await store.append(
+        "saga-1",
+        [ev(1, x=1), ev(2, "StepCompleted", result={"a": "¥"})],
+        expected_seq=1,
+        version=1,
+        owner="a",
+        projection=Projection(status="ORDER_CREATED", current_step="svc.op"),
+    )
+    row, events = await store.load("saga-1")
+    assert (row.workflow_id, row.status, row.current_step, row.next_seq) == (
+        "order-1",
+        "ORDER_CREATED",
+        "svc.op",
+        3,
+    )
+    assert row.input == record().input
+    assert [e.seq for e in events] == [0, 1, 2]
+    assert events[2].payload == {"result": {"a": "¥"}}
+    assert events[1].created_at == T0 + timedelta(milliseconds=1)
+    assert (events[1].owner, events[1].version, events[1].position) == ("a", 1, 1)
+
+
+async def test_create_with_a_taken_workflow_id_returns_the_existing_saga(
+    store: HistoryStore,
+) -> None:
+    await started(store)
+    clash = SagaRecord(
+        **{
+            "saga_id": "saga-other",
+            "workflow_id": "order-1",
+            "workflow_name": "wf",
+            "status": "STARTED",
+            "input": {},
+            "owner": "b",
+            "version": 1,
+            "created_at": T0,
+            "updated_at": T0,
+        }
+    )
+    existing, created = await store.create(clash, [ev(0, "WorkflowStarted", "b")])
+    assert not created
+    assert existing.saga_id == "saga-1"
+    with pytest.raises(SagaNotFound):
+        await store.load("saga-other")
+
+
+async def test_duplicate_seq_is_a_concurrency_conflict(store: HistoryStore) -> None:
+    await started(store)
+    with pytest.raises(ConcurrencyConflict):
+        await store.append(
+            "saga-1", [ev(0)], expected_seq=0, version=1, owner="a", projection=Projection()
+        )
+    assert len((await store.load("saga-1"))[1]) == 1
+
+
+async def test_stale_version_or_owner_is_refused_and_writes_nothing(store: HistoryStore) -> None:
+    await started(store)
+    for version, owner in ((0, "a"), (2, "a"), (1, "b")):
+        with pytest.raises(ConcurrencyConflict):
+            await store.append(
+                "saga-1",
+                [ev(1)],
+                expected_seq=1,
+                version=version,
+                owner=owner,
+                projection=Projection(status="X"),
+            )
+    row, events = await store.load("saga-1")
+    assert (row.status, len(events)) == ("STARTED", 1)
+
+
+async def test_a_taken_over_saga_refuses_the_old_owner(store: HistoryStore) -> None:
+    await started(store)
+    later = T0 + LEASE + timedelta(seconds=1)
+    assert (
+        await store.acquire("saga-1", owner="b", expected_version=1, now=T0, until=T0 + LEASE)
+        is None
+    )  # lease still valid
+    version = await store.acquire(
+        "saga-1", owner="b", expected_version=1, now=later, until=later + LEASE
+    )
+    assert version == 2
+    with pytest.raises(ConcurrencyConflict):
+        await store.append(
+            "saga-1", [ev(1)], expected_seq=1, version=1, owner="a", projection=Projection()
+        )
+    await store.append(
+        "saga-1",
+        [ev(1, owner="b", version=2)],
+        expected_seq=1,
+        version=2,
+        owner="b",
+        projection=Projection(),
+    )
+    stale = await store.acquire(
+        "saga-1", owner="c", expected_version=1, now=later + LEASE * 2, until=later + LEASE * 3
+    )
+    assert stale is None  # the version moved on
+
+
+async def test_cancel_request_is_refused_by_honouring_appends_only(store: HistoryStore) -> None:
+    await started(store)
+    cancelled = await store.request_cancel("order-1")
+    assert cancelled.cancel_requested
+    with pytest.raises(CancelRequested):
+        await store.append(
+            "saga-1", [ev(1)], expected_seq=1, version=1, owner="a", projection=Projection()
+        )
+    await store.append(
+        "saga-1",
+        [ev(1, "CompensationStarted")],
+        expected_seq=1,
+        version=1,
+        owner="a",
+        projection=Projection(status="COMPENSATION_STARTED"),
+        honour_cancel=False,
+    )
+    assert (await store.load("saga-1"))[0].next_seq == 2
+
+
+async def test_finishing_releases_the_lease_and_the_saga_is_no_longer_claimable(
+    store: HistoryStore,
+) -> None:
+    await started(store)
+    await started(store, 2)
+    await store.append(
+        "saga-1",
+        [ev(1, "WorkflowCompleted")],
+        expected_seq=1,
+        version=1,
+        owner="a",
+        projection=Projection(status="COMPLETED", result={"ok": 1}, finished=True),
+    )
+    row = (await store.load("saga-1"))[0]
+    assert (row.owner, row.lease_expires_at, row.result) == (None, None, {"ok": 1})
+    later = T0 + LEASE * 2
+    claimable = await store.list_claimable(owner="z", now=later, limit=10)
+    assert [r.saga_id for r in claimable] == ["saga-2"]
+    assert await store.list_claimable(owner="z", now=T0, limit=10) == []
+    assert [r.saga_id for r in await store.list_claimable(owner="a", now=T0, limit=10)] == [
+        "saga-2"
+    ]
+    with pytest.raises(SagaAlreadyFinished):
+        await store.request_cancel("order-1")
+    with pytest.raises(SagaNotFound):
+        await store.request_cancel("order-404")
+
+
+async def test_renew_extends_only_leases_still_owned(store: HistoryStore) -> None:
+    await started(store, 1)
+    await started(store, 2)
+    later = T0 + LEASE * 2
+    assert (
+        await store.acquire("saga-2", owner="b", expected_version=1, now=later, until=later + LEASE)
+        == 2
+    )
+    kept = await store.renew(owner="a", saga_ids=["saga-1", "saga-2"], until=later + LEASE)
+    assert kept == {"saga-1"}
+    assert (await store.load("saga-1"))[0].lease_expires_at == later + LEASE
+    await store.release("saga-1", owner="a", version=1)
+    assert (await store.load("saga-1"))[0].owner is None
+
+
+async def test_get_and_list_by_status(store: HistoryStore) -> None:
+    for n in (1, 2, 3):
+        await started(store, n)
+    await store.append(
+        "saga-2",
+        [ev(1)],
+        expected_seq=1,
+        version=1,
+        owner="a",
+        projection=Projection(
+            status="FAILED",
+            failure_reason="why",
+            needs_operator=True,
+            compensation_attempts=3,
+            finished=True,
+        ),
+    )
+    assert (await store.get("order-2")).failure_reason == "why"  # type: ignore[union-attr]
+    assert await store.get("order-9") is None
+    assert [r.saga_id for r in await store.list()] == ["saga-3", "saga-2", "saga-1"]
+    failed = await store.list(status="FAILED")
+    assert [(r.saga_id, r.needs_operator, r.compensation_attempts) for r in failed] == [
+        ("saga-2", True, 3)
+    ]
+    assert len(await store.list(limit=2)) == 2
+
+
+async def test_concurrent_appends_commit_together_and_a_stale_one_is_refused_alone(
+    store: HistoryStore,
+) -> None:
+    for n in range(1, 9):
+        await started(store, n)
+
+    async def append(n: int) -> str:
+        version = 9 if n == 5 else 1  # saga-5's writer is stale
+        try:
+            await store.append(
+                f"saga-{n}",
+                [ev(1), ev(2)],
+                expected_seq=1,
+                version=version,
+                owner="a",
+                projection=Projection(status="ORDER_CREATED"),
+            )
+        except ConcurrencyConflict:
+            return "conflict"
+        return "ok"
+
+    outcomes = await asyncio.gather(*(append(n) for n in range(1, 9)))
+    assert outcomes == ["ok"] * 4 + ["conflict"] + ["ok"] * 3
+    for n in range(1, 9):
+        _, events = await store.load(f"saga-{n}")
+        assert len(events) == (1 if n == 5 else 3)

@@ -1,0 +1,419 @@
+"""The seed's scenarios, orchestrated: five real processes on MariaDB and RabbitMQ, driven
+through the orchestrator's REST API, and SPEC §6's guarantees checked by SQL after each."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from decimal import Decimal
+from typing import Any
+
+import aio_pika
+import httpx
+import pytest
+import sqlalchemy as sa
+from conftest import TEST_RABBITMQ_URL, mysql_database_url, until
+from invariants import check
+from processes import Deployment
+from rabbitmq_support import delete_topology, message_count
+
+from activities.db import create_engine
+from cloudmart.schema import create_schema
+from engine.adapters import amqp_names
+
+pytestmark = [pytest.mark.mysql, pytest.mark.rabbitmq, pytest.mark.slow]
+
+SERVICES = ("order", "inventory", "payment", "shipping", "orchestrator")
+JP = {
+    "name": "Hanako",
+    "line1": "1-2-3 Shibuya",
+    "city": "Tokyo",
+    "postal_code": "150-0002",
+    "country": "JP",
+}
+US = {**JP, "city": "Springfield", "country": "US"}
+_ids = itertools.count(1)
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    url = mysql_database_url("cloudmart_test_orchestration")
+    engine = create_engine(url)
+    asyncio.run(_create(engine))
+    namespace = f"test-{uuid.uuid4().hex[:8]}"
+    deployed = Deployment(
+        database_url=url,
+        namespace=namespace,
+        directory=tmp_path_factory.mktemp("orchestration"),
+        rabbitmq_url=TEST_RABBITMQ_URL,
+        extra_env={"CLOUDMART_REQUEST_TIMEOUT": "5"},
+    )
+    try:
+        for name in SERVICES:
+            deployed.start(name)
+        yield deployed
+    finally:
+        deployed.stop_all()
+        asyncio.run(delete_topology(TEST_RABBITMQ_URL, namespace, SERVICES[:-1]))
+
+
+async def _create(engine: Any) -> None:
+    await create_schema(engine)
+    await engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def sql(deployment: Deployment) -> Iterator[sa.Engine]:
+    engine = sa.create_engine(
+        sa.engine.make_url(deployment.database_url).set(drivername="mysql+pymysql")
+    )
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+async def api(deployment: Deployment) -> AsyncIterator[httpx.AsyncClient]:
+    limits = httpx.Limits(max_connections=64)
+    async with httpx.AsyncClient(
+        base_url=deployment.url("orchestrator"), timeout=30, limits=limits
+    ) as client:
+        yield client
+
+
+class Shop:
+    """Books and customers of one scenario, with ids no other scenario uses."""
+
+    def __init__(self, sql: sa.Engine) -> None:
+        self.sql = sql
+        self.stock: dict[int, int] = {}
+        self.balances: dict[int, Decimal] = {}
+
+    def book(self, price: str, stock: int) -> int:
+        book_id = 10_000 + next(_ids)
+        with self.sql.begin() as conn:
+            conn.execute(
+                sa.text("INSERT INTO books VALUES (:b, :t, :p)"),
+                {"b": book_id, "t": f"book {book_id}", "p": price},
+            )
+            conn.execute(
+                sa.text("INSERT INTO inventory VALUES (:b, :n, 0)"), {"b": book_id, "n": stock}
+            )
+        self.stock[book_id] = stock
+        return book_id
+
+    def customer(self, balance: str) -> int:
+        customer_id = 10_000 + next(_ids)
+        with self.sql.begin() as conn:
+            conn.execute(
+                sa.text("INSERT INTO customers VALUES (:c, :n, :e, :b)"),
+                {"c": customer_id, "n": "Hanako", "e": f"c{customer_id}@example.jp", "b": balance},
+            )
+        self.balances[customer_id] = Decimal(balance)
+        return customer_id
+
+    def check(self, order_ids: list[str]) -> None:
+        with self.sql.connect() as conn:
+            assert check(conn, order_ids, stock=self.stock, balances=self.balances) == []
+
+    def stock_of(self, book_id: int) -> tuple[int, int]:
+        with self.sql.connect() as conn:
+            row = conn.execute(
+                sa.text("SELECT available, reserved FROM inventory WHERE book_id = :b"),
+                {"b": book_id},
+            ).one()
+        return int(row.available), int(row.reserved)
+
+    def balance_of(self, customer_id: int) -> Decimal:
+        with self.sql.connect() as conn:
+            return Decimal(
+                conn.scalar(
+                    sa.text("SELECT balance FROM customers WHERE customer_id = :c"),
+                    {"c": customer_id},
+                )
+            )
+
+
+@pytest.fixture
+def shop(sql: sa.Engine) -> Shop:
+    return Shop(sql)
+
+
+def order(customer: int, *items: tuple[int, int], address: dict[str, str] = JP) -> dict[str, Any]:
+    return {
+        "customer_id": customer,
+        "items": [{"book_id": b, "quantity": q} for b, q in items],
+        "shipping_address": address,
+    }
+
+
+async def start(api: httpx.AsyncClient, body: dict[str, Any], **headers: str) -> str:
+    response = await api.post("/saga/start", json=body, headers=headers)
+    assert response.status_code == 202, response.text
+    assert response.headers["location"] == f"/saga/{response.json()['order_id']}/status"
+    return str(response.json()["order_id"])
+
+
+async def finished(api: httpx.AsyncClient, order_id: str, timeout: float = 30) -> dict[str, Any]:
+    async def terminal() -> dict[str, Any] | None:
+        body = (await api.get(f"/saga/{order_id}/status", params={"wait": 5})).json()
+        return body if body["status"] in ("COMPLETED", "FAILED") else None
+
+    return await until(terminal, timeout=timeout, interval=0.01)
+
+
+async def run_all(
+    api: httpx.AsyncClient, bodies: list[dict[str, Any]], timeout: float = 120
+) -> list[dict[str, Any]]:
+    ids = await asyncio.gather(*(start(api, body) for body in bodies))
+    return list(await asyncio.gather(*(finished(api, oid, timeout) for oid in ids)))
+
+
+# normal flows ------------------------------------------------------------------------------
+
+
+async def test_one_item_order_completes_with_every_effect(
+    api: httpx.AsyncClient, shop: Shop
+) -> None:
+    book, customer = shop.book("1200.00", 10), shop.customer("5000.00")
+    oid = await start(api, order(customer, (book, 2)))
+    saga = await finished(api, oid)
+    assert saga["status"] == "COMPLETED"
+    assert [s["state"] for s in saga["steps"]] == ["COMPLETED"] * 5
+    assert shop.stock_of(book) == (8, 0)
+    assert shop.balance_of(customer) == Decimal("2600.00")
+    shop.check([oid])
+
+
+async def test_multi_item_order_completes(api: httpx.AsyncClient, shop: Shop) -> None:
+    books = [shop.book(p, 5) for p in ("100.00", "250.50", "9.99")]
+    customer = shop.customer("10000.00")
+    oid = await start(api, order(customer, (books[0], 1), (books[1], 2), (books[2], 3)))
+    assert (await finished(api, oid))["status"] == "COMPLETED"
+    assert shop.balance_of(customer) == Decimal("10000.00") - Decimal("630.97")
+    shop.check([oid])
+
+
+# failures and compensation -----------------------------------------------------------------
+
+
+async def test_stock_shortage_fails_with_nothing_reserved_and_no_money_moved(
+    api: httpx.AsyncClient, shop: Shop
+) -> None:
+    book, customer = shop.book("100.00", 1), shop.customer("1000.00")
+    oid = await start(api, order(customer, (book, 2)))
+    saga = await finished(api, oid)
+    assert saga["status"] == "FAILED"
+    assert "StockUnavailable" in saga["failure_reason"]
+    assert shop.stock_of(book) == (1, 0)
+    assert shop.balance_of(customer) == Decimal("1000.00")
+    shop.check([oid])
+
+
+async def test_payment_failure_releases_the_stock(api: httpx.AsyncClient, shop: Shop) -> None:
+    book, customer = shop.book("800.00", 3), shop.customer("500.00")
+    oid = await start(api, order(customer, (book, 1)))
+    saga = await finished(api, oid)
+    assert saga["status"] == "FAILED" and "PaymentFailed" in saga["failure_reason"]
+    assert shop.stock_of(book) == (3, 0)
+    assert shop.balance_of(customer) == Decimal("500.00")
+    shop.check([oid])
+
+
+async def test_shipping_failure_returns_money_and_stock_in_reverse_order(
+    api: httpx.AsyncClient, shop: Shop
+) -> None:
+    book, customer = shop.book("300.00", 4), shop.customer("1000.00")
+    oid = await start(api, order(customer, (book, 2), address=US))
+    saga = await finished(api, oid)
+    assert saga["status"] == "FAILED" and "ShippingFailed" in saga["failure_reason"]
+    assert shop.stock_of(book) == (4, 0)
+    assert shop.balance_of(customer) == Decimal("1000.00")
+    history = (await api.get(f"/saga/{oid}/history")).json()
+    undone = [e["step"] for e in history if e["type"] == "CompensationCompleted"]
+    assert undone == ["payment.cancel_payment", "inventory.release_stock", "order.cancel_order"]
+    shop.check([oid])
+
+
+async def test_partial_failure_one_book_short_reserves_none_of_the_order(
+    api: httpx.AsyncClient, shop: Shop
+) -> None:
+    plenty, scarce = shop.book("10.00", 50), shop.book("20.00", 1)
+    customer = shop.customer("1000.00")
+    oid = await start(api, order(customer, (plenty, 5), (scarce, 2)))
+    assert (await finished(api, oid))["status"] == "FAILED"
+    assert shop.stock_of(plenty) == (50, 0)
+    assert shop.stock_of(scarce) == (1, 0)
+    shop.check([oid])
+
+
+async def test_cancel_mid_way_compensates_every_step_that_ran(
+    api: httpx.AsyncClient, shop: Shop, deployment: Deployment
+) -> None:
+    book, customer = shop.book("100.00", 5), shop.customer("1000.00")
+    deployment.pause("shipping")  # arrange_shipping waits in its queue
+    try:
+        oid = await start(api, order(customer, (book, 1)))
+        await until(
+            lambda: _status_is(api, oid, "PAYMENT_COMPLETED"),
+            timeout=20,
+        )
+        cancelled = await api.post(f"/saga/{oid}/cancel")
+        assert cancelled.status_code == 202, cancelled.text
+    finally:
+        deployment.resume("shipping")
+    saga = await finished(api, oid)
+    assert saga["status"] == "FAILED"
+    assert "cancel" in saga["failure_reason"].lower()
+    assert shop.stock_of(book) == (5, 0)
+    assert shop.balance_of(customer) == Decimal("1000.00")
+    shop.check([oid])
+
+
+async def _status_is(api: httpx.AsyncClient, oid: str, status: str) -> bool:
+    return bool((await api.get(f"/saga/{oid}/status")).json()["status"] == status)
+
+
+# concurrency -------------------------------------------------------------------------------
+
+
+async def test_200_orders_for_50_copies_complete_exactly_50(
+    api: httpx.AsyncClient, shop: Shop
+) -> None:
+    book, customer = shop.book("1.00", 50), shop.customer("100000.00")
+    sagas = await run_all(api, [order(customer, (book, 1)) for _ in range(200)])
+    assert sum(s["status"] == "COMPLETED" for s in sagas) == 50
+    assert shop.stock_of(book) == (0, 0)
+    shop.check([s["order_id"] for s in sagas])
+
+
+async def test_60_orders_by_one_customer_whose_balance_covers_20(
+    api: httpx.AsyncClient, shop: Shop
+) -> None:
+    book, customer = shop.book("50.00", 1000), shop.customer("1000.00")
+    sagas = await run_all(api, [order(customer, (book, 1)) for _ in range(60)])
+    assert sum(s["status"] == "COMPLETED" for s in sagas) == 20
+    assert shop.balance_of(customer) == Decimal("0.00")
+    shop.check([s["order_id"] for s in sagas])
+
+
+async def test_500_orders_at_once_across_books_and_customers_all_end_and_conserve(
+    api: httpx.AsyncClient, shop: Shop
+) -> None:
+    books = [shop.book(f"{10 + i}.00", 40) for i in range(8)]
+    customers = [shop.customer("600.00") for _ in range(25)]
+    bodies = [
+        order(
+            customers[i % 25],
+            (books[i % 8], 1 + i % 3),
+            (books[(i + 3) % 8], 1),
+            address=US if i % 17 == 0 else JP,
+        )
+        for i in range(500)
+    ]
+    sagas = await run_all(api, bodies, timeout=180)
+    statuses = {s["status"] for s in sagas}
+    assert statuses <= {"COMPLETED", "FAILED"}
+    assert "COMPLETED" in statuses and "FAILED" in statuses
+    shop.check([s["order_id"] for s in sagas])
+
+
+# the API's contract ------------------------------------------------------------------------
+
+
+async def test_idempotency_key_returns_the_same_saga_and_refuses_another_body(
+    api: httpx.AsyncClient, shop: Shop
+) -> None:
+    book, customer = shop.book("10.00", 10), shop.customer("1000.00")
+    key = f"key-{uuid.uuid4()}"
+    first = await api.post(
+        "/saga/start", json=order(customer, (book, 1)), headers={"Idempotency-Key": key}
+    )
+    again = await api.post(
+        "/saga/start", json=order(customer, (book, 1)), headers={"Idempotency-Key": key}
+    )
+    other = await api.post(
+        "/saga/start", json=order(customer, (book, 2)), headers={"Idempotency-Key": key}
+    )
+    assert first.status_code == 202 and again.status_code == 200
+    assert again.json()["order_id"] == first.json()["order_id"]
+    assert other.status_code == 422 and other.json()["error"] == "IdempotencyKeyReused"
+    await finished(api, first.json()["order_id"])
+    assert shop.stock_of(book) == (9, 0)
+
+
+async def test_concurrent_starts_with_one_key_create_one_saga(
+    api: httpx.AsyncClient, shop: Shop
+) -> None:
+    book, customer = shop.book("10.00", 10), shop.customer("1000.00")
+    headers = {"Idempotency-Key": f"key-{uuid.uuid4()}"}
+    responses = await asyncio.gather(
+        *(
+            api.post("/saga/start", json=order(customer, (book, 1)), headers=headers)
+            for _ in range(10)
+        )
+    )
+    assert {r.status_code for r in responses} <= {200, 202, 409}
+    assert len({r.json()["order_id"] for r in responses if r.status_code in (200, 202)}) == 1
+    await finished(
+        api, next(r.json()["order_id"] for r in responses if r.status_code in (200, 202))
+    )
+    assert shop.stock_of(book) == (9, 0)
+
+
+async def test_cancel_of_unknown_or_finished_sagas(api: httpx.AsyncClient, shop: Shop) -> None:
+    book, customer = shop.book("10.00", 10), shop.customer("1000.00")
+    assert (await api.post("/saga/no-such-order/cancel")).status_code == 404
+    assert (await api.get("/saga/no-such-order/status")).status_code == 404
+    oid = await start(api, order(customer, (book, 1)))
+    await finished(api, oid)
+    refused = await api.post(f"/saga/{oid}/cancel")
+    assert refused.status_code == 409 and refused.json()["error"] == "SagaFinished"
+
+
+async def test_unknown_customer_or_book_is_404_and_starts_nothing(
+    api: httpx.AsyncClient, shop: Shop
+) -> None:
+    book = shop.book("10.00", 10)
+    assert (await api.post("/saga/start", json=order(999_999, (book, 1)))).status_code == 404
+    customer = shop.customer("10.00")
+    assert (await api.post("/saga/start", json=order(customer, (999_999, 1)))).status_code == 404
+
+
+async def test_saga_list_filters_by_status(api: httpx.AsyncClient, shop: Shop) -> None:
+    book, customer = shop.book("10.00", 0), shop.customer("10.00")
+    oid = await start(api, order(customer, (book, 1)))
+    await finished(api, oid)
+    page = (await api.get("/saga", params={"status": "FAILED", "limit": 500})).json()["sagas"]
+    assert oid in {s["order_id"] for s in page}
+    assert {s["status"] for s in page} == {"FAILED"}
+
+
+async def test_poison_command_is_dead_lettered_while_sagas_proceed(
+    api: httpx.AsyncClient, shop: Shop, deployment: Deployment
+) -> None:
+    connection = await aio_pika.connect(TEST_RABBITMQ_URL)
+    async with connection:
+        channel = await connection.channel()
+        exchange = await channel.get_exchange(amqp_names.commands_exchange(deployment.namespace))
+        await exchange.publish(
+            aio_pika.Message(b"\x00not json{", headers={"method": "reserve_stock"}),
+            routing_key="inventory",
+        )
+        await exchange.publish(
+            aio_pika.Message(
+                json.dumps({"order_id": "x"}).encode(), headers={"method": "steal_stock"}
+            ),
+            routing_key="inventory",
+        )
+    dead = amqp_names.dead_letter_queue(deployment.namespace, "inventory")
+    await until(lambda: _at_least(dead, 1), timeout=20)
+    book, customer = shop.book("10.00", 10), shop.customer("1000.00")
+    oid = await start(api, order(customer, (book, 1)))
+    assert (await finished(api, oid))["status"] == "COMPLETED"
+
+
+async def _at_least(queue: str, count: int) -> bool:
+    return await message_count(TEST_RABBITMQ_URL, queue) >= count

@@ -1,0 +1,400 @@
+"""RabbitMQ request/reply against the real broker: the Transport's contract, the command server's
+redelivery/dead-letter policy, and reconnects.
+
+Each test gets its own namespace and deletes its queues and exchanges at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aio_pika
+import pytest
+from conftest import until
+from rabbitmq_support import (
+    TEST_RABBITMQ_URL,
+    delete_topology,
+    force_close_connection,
+    message_count,
+    rabbitmq_transport_pair,
+    unique_namespace,
+)
+
+from activities.errors import ReservationShipped, StockUnavailable
+from engine.adapters import amqp_names as names
+from engine.adapters.memory_transport import current_request
+from engine.adapters.rabbitmq import CommandHandler, RabbitMQCommandServer, RabbitMQTransport
+from engine.errors import RemoteError, StepTimeout, TransportError
+
+pytestmark = [pytest.mark.rabbitmq, pytest.mark.timeout(30)]
+
+URL = TEST_RABBITMQ_URL
+SERVICE = "inventory"
+
+
+@pytest.fixture
+async def namespace() -> AsyncIterator[str]:
+    ns = unique_namespace()
+    yield ns
+    await delete_topology(URL, ns, [SERVICE])
+
+
+@pytest.fixture
+async def transport(namespace: str) -> AsyncIterator[RabbitMQTransport]:
+    async with RabbitMQTransport(URL, namespace=namespace) as client:
+        yield client
+
+
+def server(namespace: str, handler: CommandHandler, **options: Any) -> RabbitMQCommandServer:
+    return RabbitMQCommandServer(
+        URL, namespace=namespace, service=SERVICE, handler=handler, **options
+    )
+
+
+async def test_request_reply_round_trip_carries_payload_and_headers(
+    namespace: str, transport: RabbitMQTransport
+) -> None:
+    async def echo(method: str, payload: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
+        return {"method": method, "payload": payload, "headers": headers}
+
+    async with server(namespace, echo):
+        reply = await transport.request(
+            SERVICE,
+            "reserve_stock",
+            {"order_id": "o-1", "items": [{"book_id": 1, "quantity": 2}]},
+            timeout=5,
+            idempotency_key="saga-1:reserve_stock",
+            headers={"saga_id": "saga-1"},
+        )
+
+    assert reply["method"] == "reserve_stock"
+    assert reply["payload"] == {"order_id": "o-1", "items": [{"book_id": 1, "quantity": 2}]}
+    assert reply["headers"]["idempotency_key"] == "saga-1:reserve_stock"
+    assert reply["headers"]["method"] == "reserve_stock"
+    assert reply["headers"]["saga_id"] == "saga-1"
+    assert transport.stats.replies == 1
+
+
+async def test_error_reply_raises_remote_error_with_type_and_retryability(
+    namespace: str, transport: RabbitMQTransport
+) -> None:
+    async def refuse(
+        method: str, payload: dict[str, Any], headers: dict[str, str]
+    ) -> dict[str, Any]:
+        if method == "reserve_stock":
+            raise StockUnavailable("not enough stock", book_id=7)
+        raise ReservationShipped("shipment still live", order_id="o-1")
+
+    async with server(namespace, refuse) as srv:
+        with pytest.raises(RemoteError) as refused:
+            await transport.request(SERVICE, "reserve_stock", {}, timeout=5, idempotency_key="k1")
+        with pytest.raises(RemoteError) as retryable:
+            await transport.request(SERVICE, "release_stock", {}, timeout=5, idempotency_key="k2")
+
+    assert refused.value.type == "StockUnavailable"
+    assert refused.value.message == "not enough stock"
+    assert refused.value.non_retryable is True and refused.value.retryable is False
+    assert refused.value.details == {"book_id": 7}
+    assert retryable.value.type == "ReservationShipped"
+    assert retryable.value.non_retryable is False and retryable.value.retryable is True
+    # Business errors are answers: replied and acked, never retried or dead-lettered.
+    assert (srv.stats.errors, srv.stats.failures, srv.stats.dead_lettered) == (2, 0, 0)
+
+
+async def test_timeout_raises_step_timeout_and_the_late_reply_is_dropped(
+    namespace: str, transport: RabbitMQTransport
+) -> None:
+    release = asyncio.Event()
+
+    async def slow(method: str, payload: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
+        await release.wait()
+        return {"late": True}
+
+    async with server(namespace, slow) as srv:
+        with pytest.raises(StepTimeout):
+            await transport.request(SERVICE, "reserve_stock", {}, timeout=0.3, idempotency_key="k")
+        assert transport._pending == {}
+        release.set()
+        await until(lambda: transport.stats.unmatched_replies == 1)
+
+    assert srv.stats.processed == 1
+    assert transport.stats.timeouts == 1
+
+
+async def test_unroutable_service_raises_transport_error_quickly(
+    transport: RabbitMQTransport,
+) -> None:
+    started = time.monotonic()
+    with pytest.raises(TransportError, match="no queue for service"):
+        await transport.request("nobody", "anything", {}, timeout=10, idempotency_key="k")
+    assert time.monotonic() - started < 2
+    assert transport._pending == {}
+
+
+async def test_200_concurrent_requests_are_each_answered_with_their_own_reply(
+    namespace: str, transport: RabbitMQTransport
+) -> None:
+    async def jittery(
+        method: str, payload: dict[str, Any], headers: dict[str, str]
+    ) -> dict[str, Any]:
+        for _ in range(random.randrange(4)):  # reorder replies relative to requests
+            await asyncio.sleep(0)
+        return {"n": payload["n"], "key": headers["idempotency_key"]}
+
+    async with server(namespace, jittery) as srv:
+        replies = await asyncio.gather(
+            *(
+                transport.request(SERVICE, "echo", {"n": n}, timeout=15, idempotency_key=f"k{n}")
+                for n in range(200)
+            )
+        )
+
+    assert [reply["n"] for reply in replies] == list(range(200))
+    assert [reply["key"] for reply in replies] == [f"k{n}" for n in range(200)]
+    assert srv.stats.processed == 200
+    assert transport.stats.unmatched_replies == 0
+
+
+async def test_poison_command_is_dead_lettered_after_max_deliveries_while_others_flow(
+    namespace: str, transport: RabbitMQTransport
+) -> None:
+    poison_calls = 0
+
+    async def handler(
+        method: str, payload: dict[str, Any], headers: dict[str, str]
+    ) -> dict[str, Any]:
+        nonlocal poison_calls
+        if method == "explode":
+            poison_calls += 1
+            raise RuntimeError("database is down")
+        return {"n": payload["n"]}
+
+    async with server(namespace, handler, max_deliveries=3, retry_backoff=0.02) as srv:
+        poison = asyncio.create_task(
+            transport.request(SERVICE, "explode", {}, timeout=1.5, idempotency_key="poison")
+        )
+        replies = await asyncio.gather(
+            *(
+                transport.request(SERVICE, "echo", {"n": n}, timeout=5, idempotency_key=f"k{n}")
+                for n in range(30)
+            )
+        )
+        dead = names.dead_letter_queue(namespace, SERVICE)
+        await until(lambda: message_count(URL, dead))
+        after = await transport.request(SERVICE, "echo", {"n": 99}, timeout=5, idempotency_key="z")
+        with pytest.raises(StepTimeout):  # no reply for a dead-lettered command
+            await poison
+
+    assert [reply["n"] for reply in replies] == list(range(30))
+    assert after == {"n": 99}
+    assert poison_calls == 3
+    assert (srv.stats.failures, srv.stats.retried, srv.stats.dead_lettered) == (3, 2, 1)
+    assert await message_count(URL, dead) == 1
+    dead_message = await _get_one(dead)
+    assert dead_message.headers[names.IDEMPOTENCY_KEY_HEADER] == "poison"
+    assert dead_message.headers[names.DELIVERIES_HEADER] == 2  # two failures before the last
+    assert "x-death" in dead_message.headers
+
+
+async def test_malformed_message_goes_to_the_dead_letter_queue(namespace: str) -> None:
+    calls = 0
+
+    async def handler(
+        method: str, payload: dict[str, Any], headers: dict[str, str]
+    ) -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        return {}
+
+    async with server(namespace, handler) as srv:
+        connection = await aio_pika.connect(URL)
+        async with connection:
+            channel = await connection.channel()
+            exchange = await channel.get_exchange(names.commands_exchange(namespace))
+            await exchange.publish(
+                aio_pika.Message(b"{not json", headers={"method": "reserve_stock"}),
+                routing_key=SERVICE,
+            )
+        dead = names.dead_letter_queue(namespace, SERVICE)
+        await until(lambda: message_count(URL, dead))
+
+    assert calls == 0
+    assert (srv.stats.malformed, srv.stats.dead_lettered) == (1, 1)
+    assert (await _get_one(dead)).body == b"{not json"
+
+
+async def test_ack_after_handler_a_killed_consumer_leaves_the_command_to_the_next_one(
+    namespace: str, transport: RabbitMQTransport
+) -> None:
+    started = asyncio.Event()
+    never = asyncio.Event()
+
+    async def stuck(
+        method: str, payload: dict[str, Any], headers: dict[str, str]
+    ) -> dict[str, Any]:
+        started.set()
+        await never.wait()
+        return {"served_by": "first"}
+
+    async def healthy(
+        method: str, payload: dict[str, Any], headers: dict[str, str]
+    ) -> dict[str, Any]:
+        return {"served_by": "second", "payload": payload, "key": headers["idempotency_key"]}
+
+    first = server(namespace, stuck)
+    await first.start()
+    pending = asyncio.create_task(
+        transport.request(SERVICE, "reserve_stock", {"n": 1}, timeout=15, idempotency_key="k")
+    )
+    await started.wait()
+    await first.close(drain_timeout=0)  # the consumer dies with the command unacked
+
+    async with server(namespace, healthy) as second:
+        reply = await pending
+
+    assert reply == {"served_by": "second", "payload": {"n": 1}, "key": "k"}
+    assert first.stats.processed == 0
+    # The redelivery was counted (one failed delivery) before the command ran again.
+    assert (second.stats.failures, second.stats.retried, second.stats.processed) == (1, 1, 1)
+
+
+async def test_a_resend_carries_the_same_idempotency_key(
+    namespace: str, transport: RabbitMQTransport
+) -> None:
+    seen: list[tuple[str, str]] = []
+    release_first = asyncio.Event()
+
+    async def handler(
+        method: str, payload: dict[str, Any], headers: dict[str, str]
+    ) -> dict[str, Any]:
+        seen.append((headers["idempotency_key"], headers["saga_id"]))
+        if len(seen) == 1:
+            await release_first.wait()
+        return {"attempt": len(seen)}
+
+    async with server(namespace, handler):
+        send = transport.request
+        with pytest.raises(StepTimeout):
+            await send(
+                SERVICE, "reserve_stock", {}, timeout=0.3, idempotency_key="saga-9:1",
+                headers={"saga_id": "saga-9"},
+            )  # fmt: skip
+        reply = await send(
+            SERVICE, "reserve_stock", {}, timeout=5, idempotency_key="saga-9:1",
+            headers={"saga_id": "saga-9"},
+        )  # fmt: skip
+        release_first.set()
+        await until(lambda: transport.stats.unmatched_replies == 1)
+
+    assert reply == {"attempt": 2}
+    assert seen == [("saga-9:1", "saga-9"), ("saga-9:1", "saga-9")]
+
+
+async def test_lost_connection_fails_pending_requests_and_the_reply_queue_comes_back(
+    namespace: str, transport: RabbitMQTransport
+) -> None:
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def handler(
+        method: str, payload: dict[str, Any], headers: dict[str, str]
+    ) -> dict[str, Any]:
+        if method == "block":
+            started.set()
+            await release.wait()
+        return {"method": method}
+
+    async with server(namespace, handler):
+        pending = asyncio.create_task(
+            transport.request(SERVICE, "block", {}, timeout=15, idempotency_key="k1")
+        )
+        await started.wait()
+        await force_close_connection(transport.connection_name)
+        with pytest.raises(TransportError, match="connection to RabbitMQ lost"):
+            await pending
+
+        await until(lambda: transport.connected, timeout=15)
+        reply = await transport.request(SERVICE, "after", {}, timeout=10, idempotency_key="k2")
+        # The reply to the failed request reaches the re-declared queue (same name) and is
+        # dropped as unmatched.
+        release.set()
+        await until(lambda: transport.stats.unmatched_replies == 1)
+
+    assert reply == {"method": "after"}
+    assert transport.stats.transport_errors == 1
+    assert transport.stats.reconnects == 1
+
+
+async def test_server_reconnects_and_serves_commands_sent_while_it_was_away(
+    namespace: str, transport: RabbitMQTransport
+) -> None:
+    async def handler(
+        method: str, payload: dict[str, Any], headers: dict[str, str]
+    ) -> dict[str, Any]:
+        return {"ok": payload["n"]}
+
+    async with server(namespace, handler) as srv:
+        assert srv.connected
+        await force_close_connection(srv.connection_name)
+        # Sent while the server may be disconnected: the durable queue keeps it.
+        reply = await transport.request(SERVICE, "echo", {"n": 5}, timeout=15, idempotency_key="k")
+        assert srv.connected
+
+    assert reply == {"ok": 5}
+    assert srv.stats.processed == 1
+    assert srv.stats.reconnects == 1
+
+
+async def test_transport_pair_maps_handler_errors_like_the_in_memory_transport() -> None:
+    seen: list[Any] = []
+
+    async def reserve(payload: dict[str, Any]) -> dict[str, Any]:
+        seen.append(current_request())
+        return {"reserved": payload["qty"]}
+
+    async def charge(payload: dict[str, Any]) -> dict[str, Any]:
+        raise ValueError("card declined")
+
+    handlers = {"inventory.reserve_stock": reserve, "payment.process_payment": charge}
+    async with rabbitmq_transport_pair(handlers, unique_namespace()) as pair:
+        reply = await pair.request(
+            "inventory", "reserve_stock", {"qty": 2}, timeout=5, idempotency_key="k",
+            headers={"saga_id": "s"},
+        )  # fmt: skip
+        with pytest.raises(RemoteError) as declined:
+            await pair.request("payment", "process_payment", {}, timeout=5, idempotency_key="p")
+        with pytest.raises(RemoteError) as unknown:
+            await pair.request("payment", "refund_payment", {}, timeout=5, idempotency_key="r")
+
+    assert reply == {"reserved": 2}
+    assert seen[0].idempotency_key == "k" and seen[0].headers == {"saga_id": "s"}
+    assert (declined.value.type, declined.value.message) == ("ValueError", "card declined")
+    assert declined.value.retryable is True
+    assert unknown.value.type == "UnknownCommand" and unknown.value.non_retryable is True
+
+
+def test_every_amqp_name_carries_the_namespace() -> None:
+    ns = "ns-x"
+    all_names = [
+        names.commands_exchange(ns),
+        names.command_queue(ns, SERVICE),
+        names.dead_letter_exchange(ns),
+        names.dead_letter_queue(ns, SERVICE),
+        names.reply_queue(ns, "abc"),
+    ]
+    assert all(name.startswith(f"{ns}.") for name in all_names)
+    assert len(set(all_names)) == len(all_names)
+
+
+async def _get_one(queue: str) -> aio_pika.abc.AbstractIncomingMessage:
+    connection = await aio_pika.connect(URL)
+    async with connection:
+        channel = await connection.channel()
+        declared = await channel.declare_queue(queue, passive=True)
+        message = await declared.get(no_ack=True, fail=True)
+        assert message is not None
+        return message

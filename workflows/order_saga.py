@@ -1,0 +1,139 @@
+"""The order saga: create order → reserve stock → take payment → arrange shipping → complete.
+
+Each forward step registers its compensation before it is sent; the status projection moves
+STARTED → ORDER_CREATED → STOCK_RESERVED → PAYMENT_COMPLETED → SHIPPING_ARRANGED → COMPLETED
+through the steps' milestones (the engine writes COMPLETED / COMPENSATION_STARTED / FAILED).
+The seed's declarative ``ORDER_WORKFLOW`` dict runs on the same engine through
+:func:`workflow_from_definition`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine import RetryPolicy, WorkflowContext, workflow
+
+__all__ = [
+    "MILESTONES",
+    "ORDER_WORKFLOW",
+    "SERVICE_RETRY",
+    "place_order",
+    "place_order_declarative",
+    "workflow_from_definition",
+]
+
+# One policy for every service command: transport trouble and timeouts only (business errors
+# arrive non_retryable and are never retried).
+SERVICE_RETRY = RetryPolicy(initial_interval=0.2, backoff=2.0, max_interval=5.0, max_attempts=5)
+
+MILESTONES = {
+    "order.create_order": "ORDER_CREATED",
+    "inventory.reserve_stock": "STOCK_RESERVED",
+    "payment.process_payment": "PAYMENT_COMPLETED",
+    "shipping.arrange_shipping": "SHIPPING_ARRANGED",
+}
+
+
+@workflow(name="place_order")
+async def place_order(ctx: WorkflowContext, order: dict[str, Any]) -> dict[str, Any]:
+    """Input: ``{"order_id", "customer_id", "items": [{"book_id", "quantity"}],
+    "shipping_address": {...}}``."""
+    ref = {"order_id": order["order_id"]}
+    created = await ctx.step(
+        "order.create_order",
+        order,
+        compensate="order.cancel_order",
+        compensation_payload=ref,
+        retry=SERVICE_RETRY,
+        milestone="ORDER_CREATED",
+    )
+    await ctx.step(
+        "inventory.reserve_stock",
+        {"order_id": order["order_id"], "items": order["items"]},
+        compensate="inventory.release_stock",
+        compensation_payload=ref,
+        retry=SERVICE_RETRY,
+        milestone="STOCK_RESERVED",
+    )
+    payment = await ctx.step(
+        "payment.process_payment",
+        {
+            "order_id": order["order_id"],
+            "customer_id": order["customer_id"],
+            "amount": created["total_amount"],
+        },
+        compensate="payment.cancel_payment",
+        compensation_payload=ref,
+        retry=SERVICE_RETRY,
+        milestone="PAYMENT_COMPLETED",
+    )
+    shipment = await ctx.step(
+        "shipping.arrange_shipping",
+        {"order_id": order["order_id"], "address": order["shipping_address"]},
+        compensate="shipping.cancel_shipping",
+        compensation_payload=ref,
+        retry=SERVICE_RETRY,
+        milestone="SHIPPING_ARRANGED",
+    )
+    await ctx.step("order.complete_order", ref, retry=SERVICE_RETRY)
+    return {
+        "order_id": order["order_id"],
+        "total_amount": created["total_amount"],
+        "payment": payment,
+        "shipment": shipment,
+    }
+
+
+ORDER_WORKFLOW: dict[str, Any] = {
+    "steps": [
+        {"service": "order", "command": "create_order", "compensation": "cancel_order"},
+        {"service": "inventory", "command": "reserve_stock", "compensation": "release_stock"},
+        {"service": "payment", "command": "process_payment", "compensation": "cancel_payment"},
+        {"service": "shipping", "command": "arrange_shipping", "compensation": "cancel_shipping"},
+        {"service": "order", "command": "complete_order"},
+    ]
+}
+
+
+def workflow_from_definition(
+    definition: dict[str, Any], *, name: str, retry: RetryPolicy = SERVICE_RETRY
+) -> Any:
+    """Turn the seed's ``{"steps": [{"service", "command", "compensation"?}]}`` into a workflow.
+
+    Each command gets the saga's running state: the input merged with every earlier reply
+    (``amount`` defaults to ``total_amount``, ``address`` to ``shipping_address``); each
+    compensation gets ``{"order_id"}``. A step's optional ``"milestone"`` (default: from
+    :data:`MILESTONES`) becomes the saga status when it completes.
+    """
+    steps = list(definition["steps"])
+    for spec in steps:
+        if not {"service", "command"} <= spec.keys():
+            raise ValueError(f"a step needs 'service' and 'command': {spec!r}")
+
+    async def run_definition(ctx: WorkflowContext, data: dict[str, Any]) -> dict[str, Any]:
+        state = dict(data)
+        ref = {"order_id": state["order_id"]}
+        for spec in steps:
+            target = f"{spec['service']}.{spec['command']}"
+            compensation = spec.get("compensation")
+            reply = await ctx.step(
+                target,
+                state,
+                compensate=f"{spec['service']}.{compensation}" if compensation else None,
+                compensation_payload=ref,
+                retry=retry,
+                milestone=spec.get("milestone", MILESTONES.get(target)),
+            )
+            state.update(reply)
+            if "total_amount" in reply:
+                state.setdefault("amount", reply["total_amount"])
+            if "shipping_address" in state:
+                state.setdefault("address", state["shipping_address"])
+        return {"order_id": state["order_id"]}
+
+    run_definition.__name__ = name
+    run_definition.__qualname__ = name
+    return workflow(run_definition, name=name)
+
+
+place_order_declarative = workflow_from_definition(ORDER_WORKFLOW, name="place_order_declarative")
