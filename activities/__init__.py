@@ -8,6 +8,7 @@ refusals they raise.
 
 from __future__ import annotations
 
+from activities._inbox import Emit
 from activities.db import Database, create_engine
 from activities.inventory import get_stock, release_stock, reserve_stock
 from activities.orders import cancel_order, check_order, complete_order, create_order, get_order
@@ -16,6 +17,7 @@ from activities.shipping import arrange_shipping, cancel_shipping, get_shipment
 
 __all__ = [
     "Database",
+    "Emit",
     "arrange_shipping",
     "cancel_order",
     "cancel_payment",

@@ -29,6 +29,11 @@ from activities.errors import AlreadyCompensated, DomainError, from_wire
 from activities.tables import inbox
 
 R = TypeVar("R", bound=BaseModel)
+Emit = Callable[[AsyncConnection, str, dict[str, Any]], Awaitable[None]]
+"""``emit(conn, operation, outcome)``: called inside the operation's transaction, the first
+time it runs, with its recorded outcome (``{"result": ...}`` or ``{"error": ...}``); the
+choreography writes the events the outcome causes to its outbox here, so an event exists
+exactly when its cause committed."""
 _RACE_RETRIES = 5
 
 
@@ -99,6 +104,7 @@ async def run_once(
     operation: str,
     result_type: type[R],
     effect: Callable[[AsyncConnection], Awaitable[R | DomainError]],
+    emit: Emit | None = None,
 ) -> R:
     """Run a forward operation at most once per (order id, operation).
 
@@ -115,6 +121,8 @@ async def run_once(
             return seen
         outcome = _encode(await effect(conn))
         await _record(conn, order_id, operation, outcome)
+        if emit is not None:
+            await emit(conn, operation, outcome)
         return outcome
 
     outcome: dict[str, Any] = await _until_settled(db, work)
@@ -127,6 +135,7 @@ async def run_compensation(
     operation: str,
     forward: str,
     effect: Callable[[AsyncConnection, bool], Awaitable[Compensation]],
+    emit: Emit | None = None,
 ) -> Compensation:
     """Run compensation ``operation`` of ``forward`` at most once per order.
 
@@ -146,6 +155,8 @@ async def run_compensation(
         took_effect = forward_outcome is not None and "result" in forward_outcome
         outcome = _encode(await effect(conn, took_effect))
         await _record(conn, order_id, operation, outcome)
+        if emit is not None:
+            await emit(conn, operation, outcome)
         return outcome
 
     outcome: dict[str, Any] = await _until_settled(db, work)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from activities._inbox import now, run_compensation, run_once
+from activities._inbox import Emit, now, run_compensation, run_once
 from activities.commands import (
     Compensation,
     OrderItem,
@@ -30,7 +30,9 @@ from activities.errors import (
 from activities.tables import books, inventory, orders, stock_reservations
 
 
-async def reserve_stock(db: Database, cmd: ReserveStock) -> StockReservation:
+async def reserve_stock(
+    db: Database, cmd: ReserveStock, *, emit: Emit | None = None
+) -> StockReservation:
     """Move every item's quantity from available to reserved, or none of them.
 
     Fails with StockUnavailable (recorded, so a repeat fails alike) when any book is short.
@@ -73,7 +75,7 @@ async def reserve_stock(db: Database, cmd: ReserveStock) -> StockReservation:
         )
         return StockReservation(order_id=cmd.order_id, items=items)
 
-    return await run_once(db, cmd.order_id, "reserve_stock", StockReservation, effect)
+    return await run_once(db, cmd.order_id, "reserve_stock", StockReservation, effect, emit)
 
 
 async def _put_back(conn: AsyncConnection, taken: list[OrderItem]) -> None:
@@ -103,7 +105,7 @@ async def _shortage(conn: AsyncConnection, order_id: str, item: OrderItem) -> Do
     )
 
 
-async def release_stock(db: Database, cmd: OrderRef) -> Compensation:
+async def release_stock(db: Database, cmd: OrderRef, *, emit: Emit | None = None) -> Compensation:
     """Compensate reserve_stock: reserved units go back to available, once.
 
     Refused (ReservationShipped, retry later) while the units are consumed by a live shipment:
@@ -154,7 +156,7 @@ async def release_stock(db: Database, cmd: OrderRef) -> Compensation:
             order_id=cmd.order_id, operation="release_stock", undone=bool(released), items=released
         )
 
-    return await run_compensation(db, cmd.order_id, "release_stock", "reserve_stock", effect)
+    return await run_compensation(db, cmd.order_id, "release_stock", "reserve_stock", effect, emit)
 
 
 async def move_reservation(conn: AsyncConnection, order_id: str, *, ship: bool) -> list[OrderItem]:

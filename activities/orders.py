@@ -8,7 +8,7 @@ from decimal import Decimal
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from activities._inbox import now, run_compensation, run_once
+from activities._inbox import Emit, now, run_compensation, run_once
 from activities.commands import (
     Address,
     Compensation,
@@ -23,7 +23,7 @@ from activities.errors import BookNotFound, CustomerNotFound, InvalidOrderState,
 from activities.tables import books, customers, order_items, orders
 
 
-async def create_order(db: Database, cmd: CreateOrder) -> OrderView:
+async def create_order(db: Database, cmd: CreateOrder, *, emit: Emit | None = None) -> OrderView:
     """Record a PENDING order with its items and total (Σ quantity × price).
 
     Raises CustomerNotFound / BookNotFound for unknown ids, AlreadyCompensated when the order
@@ -66,7 +66,7 @@ async def create_order(db: Database, cmd: CreateOrder) -> OrderView:
             shipping_address=cmd.shipping_address,
         )
 
-    return await run_once(db, cmd.order_id, "create_order", OrderView, effect)
+    return await run_once(db, cmd.order_id, "create_order", OrderView, effect, emit)
 
 
 async def _prices(conn: AsyncConnection, order: PlaceOrder) -> dict[int, Decimal]:
@@ -121,7 +121,7 @@ async def _set_status(
     return current
 
 
-async def cancel_order(db: Database, cmd: OrderRef) -> Compensation:
+async def cancel_order(db: Database, cmd: OrderRef, *, emit: Emit | None = None) -> Compensation:
     """Compensate create_order: a PENDING order becomes CANCELLED; a COMPLETED one is refused."""
 
     async def effect(conn: AsyncConnection, took_effect: bool) -> Compensation:
@@ -134,10 +134,10 @@ async def cancel_order(db: Database, cmd: OrderRef) -> Compensation:
             order_id=cmd.order_id, operation="cancel_order", undone=previous == "PENDING"
         )
 
-    return await run_compensation(db, cmd.order_id, "cancel_order", "create_order", effect)
+    return await run_compensation(db, cmd.order_id, "cancel_order", "create_order", effect, emit)
 
 
-async def complete_order(db: Database, cmd: OrderRef) -> OrderView:
+async def complete_order(db: Database, cmd: OrderRef, *, emit: Emit | None = None) -> OrderView:
     """Release the semantic lock: PENDING → COMPLETED, once every step has succeeded."""
 
     async def effect(conn: AsyncConnection) -> OrderView:
@@ -146,7 +146,7 @@ async def complete_order(db: Database, cmd: OrderRef) -> OrderView:
             raise OrderNotFound(f"order {cmd.order_id} does not exist", order_id=cmd.order_id)
         return await _view(conn, cmd.order_id)
 
-    return await run_once(db, cmd.order_id, "complete_order", OrderView, effect)
+    return await run_once(db, cmd.order_id, "complete_order", OrderView, effect, emit)
 
 
 async def _view(conn: AsyncConnection, order_id: str) -> OrderView:

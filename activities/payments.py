@@ -12,14 +12,16 @@ from decimal import Decimal
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from activities._inbox import now, run_compensation, run_once
+from activities._inbox import Emit, now, run_compensation, run_once
 from activities.commands import Compensation, OrderRef, PaymentView, ProcessPayment
 from activities.db import Database
 from activities.errors import CustomerNotFound, DomainError, NotFound, OrderNotFound, PaymentFailed
 from activities.tables import customers, orders, payments
 
 
-async def process_payment(db: Database, cmd: ProcessPayment) -> PaymentView:
+async def process_payment(
+    db: Database, cmd: ProcessPayment, *, emit: Emit | None = None
+) -> PaymentView:
     """Debit the order's amount from the customer's balance; PaymentFailed when it is short.
 
     A failed payment leaves a FAILED payment row and the balance untouched.
@@ -70,7 +72,7 @@ async def process_payment(db: Database, cmd: ProcessPayment) -> PaymentView:
             status="COMPLETED",
         )
 
-    return await run_once(db, cmd.order_id, "process_payment", PaymentView, effect)
+    return await run_once(db, cmd.order_id, "process_payment", PaymentView, effect, emit)
 
 
 async def _credit_back(
@@ -103,23 +105,25 @@ async def _credit_back(
     )
 
 
-async def _compensate(db: Database, cmd: OrderRef, operation: str, new_status: str) -> Compensation:
+async def _compensate(
+    db: Database, cmd: OrderRef, operation: str, new_status: str, emit: Emit | None
+) -> Compensation:
     async def effect(conn: AsyncConnection, took_effect: bool) -> Compensation:
         if not took_effect:
             return Compensation(order_id=cmd.order_id, operation=operation, undone=False)
         return await _credit_back(conn, cmd.order_id, operation, new_status)
 
-    return await run_compensation(db, cmd.order_id, operation, "process_payment", effect)
+    return await run_compensation(db, cmd.order_id, operation, "process_payment", effect, emit)
 
 
-async def cancel_payment(db: Database, cmd: OrderRef) -> Compensation:
+async def cancel_payment(db: Database, cmd: OrderRef, *, emit: Emit | None = None) -> Compensation:
     """Compensate process_payment: the charge is voided (CANCELLED) and the balance restored."""
-    return await _compensate(db, cmd, "cancel_payment", "CANCELLED")
+    return await _compensate(db, cmd, "cancel_payment", "CANCELLED", emit)
 
 
-async def refund_payment(db: Database, cmd: OrderRef) -> Compensation:
+async def refund_payment(db: Database, cmd: OrderRef, *, emit: Emit | None = None) -> Compensation:
     """Compensate a captured payment after a later failure: money back (REFUNDED)."""
-    return await _compensate(db, cmd, "refund_payment", "REFUNDED")
+    return await _compensate(db, cmd, "refund_payment", "REFUNDED", emit)
 
 
 async def get_payment(db: Database, order_id: str) -> PaymentView:

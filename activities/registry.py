@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from activities import inventory, orders, payments, shipping
+from activities._inbox import Emit
 from activities.commands import ArrangeShipping, CreateOrder, OrderRef, ProcessPayment, ReserveStock
 from activities.db import Database
 from activities.errors import InvalidCommand
@@ -56,11 +57,13 @@ async def invoke(
     payload: dict[str, Any],
     *,
     served_countries: Collection[str] = shipping.DEFAULT_SERVED_COUNTRIES,
+    emit: Emit | None = None,
 ) -> dict[str, Any]:
     """Run operation ``name`` on ``payload``; InvalidCommand when either is not valid.
 
     Fields the operation does not take are ignored (messages may carry more); the rest is
-    validated as strictly as a REST body.
+    validated as strictly as a REST body. ``emit`` sees the outcome inside the operation's
+    transaction (see :data:`activities._inbox.Emit`).
     """
     operation = OPERATIONS.get(name)
     if operation is None:
@@ -77,7 +80,7 @@ async def invoke(
             errors=[{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()],
         ) from exc
     if operation.configured:
-        result = await operation.run(db, command, served_countries=served_countries)
+        result = await operation.run(db, command, served_countries=served_countries, emit=emit)
     else:
-        result = await operation.run(db, command)
+        result = await operation.run(db, command, emit=emit)
     return result.model_dump(mode="json")

@@ -8,7 +8,7 @@ from collections.abc import Collection
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from activities._inbox import now, run_compensation, run_once
+from activities._inbox import Emit, now, run_compensation, run_once
 from activities.commands import ArrangeShipping, Compensation, OrderRef, ShipmentView
 from activities.db import Database
 from activities.errors import DomainError, NotFound, OrderNotFound, ShippingFailed
@@ -28,6 +28,7 @@ async def arrange_shipping(
     cmd: ArrangeShipping,
     *,
     served_countries: Collection[str] = DEFAULT_SERVED_COUNTRIES,
+    emit: Emit | None = None,
 ) -> ShipmentView:
     """Arrange delivery and consume the reserved units; ShippingFailed outside served countries."""
 
@@ -61,10 +62,10 @@ async def arrange_shipping(
         await move_reservation(conn, cmd.order_id, ship=True)
         return view
 
-    return await run_once(db, cmd.order_id, "arrange_shipping", ShipmentView, effect)
+    return await run_once(db, cmd.order_id, "arrange_shipping", ShipmentView, effect, emit)
 
 
-async def cancel_shipping(db: Database, cmd: OrderRef) -> Compensation:
+async def cancel_shipping(db: Database, cmd: OrderRef, *, emit: Emit | None = None) -> Compensation:
     """Compensate arrange_shipping: the shipment is CANCELLED and its units go back to reserved."""
 
     async def effect(conn: AsyncConnection, took_effect: bool) -> Compensation:
@@ -81,7 +82,9 @@ async def cancel_shipping(db: Database, cmd: OrderRef) -> Compensation:
                 )
         return Compensation(order_id=cmd.order_id, operation="cancel_shipping", undone=False)
 
-    return await run_compensation(db, cmd.order_id, "cancel_shipping", "arrange_shipping", effect)
+    return await run_compensation(
+        db, cmd.order_id, "cancel_shipping", "arrange_shipping", effect, emit
+    )
 
 
 async def get_shipment(db: Database, order_id: str) -> ShipmentView:

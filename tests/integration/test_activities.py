@@ -398,3 +398,42 @@ async def test_invoke_refuses_unknown_operations_and_bad_payloads(db) -> None:  
             {"order_id": "o1", "items": [{"book_id": 1, "quantity": "many"}]},
         )
     assert bad.value.details["errors"]
+
+
+# emit: the outcome, once, inside the operation's transaction --------------------------------
+
+
+async def test_emit_sees_each_outcome_once_and_only_for_the_first_delivery(db) -> None:  # type: ignore[no-untyped-def]
+    seen: list[tuple[str, dict]] = []  # type: ignore[type-arg]
+
+    async def emit(conn, operation, outcome) -> None:  # type: ignore[no-untyped-def]
+        # inside the transaction: the inbox row of this very operation is visible
+        key = await conn.scalar(
+            sa.select(inbox.c.message_key).where(inbox.c.message_key == f"o1:{operation}")
+        )
+        assert key is not None
+        seen.append((operation, outcome))
+
+    await create_order(db, order("o1", (2, 9)), emit=emit)
+    cmd = ReserveStock(order_id="o1", items=[OrderItem(book_id=2, quantity=9)])
+    for _ in range(2):
+        with pytest.raises(StockUnavailable):
+            await reserve_stock(db, cmd, emit=emit)
+    await release_stock(db, ref("o1"), emit=emit)
+    await release_stock(db, ref("o1"), emit=emit)
+    assert [op for op, _ in seen] == ["create_order", "reserve_stock", "release_stock"]
+    assert seen[1][1]["error"]["type"] == "StockUnavailable"
+    assert seen[2][1]["result"]["undone"] is False
+
+
+async def test_a_failing_emit_rolls_the_operation_back(db) -> None:  # type: ignore[no-untyped-def]
+    async def broken(conn, operation, outcome) -> None:  # type: ignore[no-untyped-def]
+        raise RuntimeError("outbox unavailable")
+
+    await create_order(db, order("o1", (1, 2)))
+    cmd = ReserveStock(order_id="o1", items=[OrderItem(book_id=1, quantity=2)])
+    with pytest.raises(RuntimeError):
+        await reserve_stock(db, cmd, emit=broken)
+    assert await stock(db, 1) == (10, 0)
+    await reserve_stock(db, cmd)
+    assert await stock(db, 1) == (8, 2)
