@@ -84,6 +84,28 @@ def db_sql() -> None:
 
 
 @app.command()
+def bench(
+    url: str = typer.Option("http://127.0.0.1:8005", help="The orchestrator's base URL."),
+    sagas: int = typer.Option(500, min=1, help="How many sagas to run."),
+    concurrency: int = typer.Option(1, min=1, max=1024, help="Sagas in flight at once."),
+    out: str | None = typer.Option(None, help="Write the results as JSON to this file."),
+) -> None:
+    """Drive sagas through a running deployment's REST API and report throughput and latency.
+
+    Needs CLOUDMART_DATABASE_URL (the deployment's database) to add the bench's catalogue.
+    """
+    from cloudmart import bench as bench_module
+
+    settings = get_settings()
+    asyncio.run(bench_module.seed_catalogue(settings.effective_database_url))
+    result = asyncio.run(bench_module.run_orchestration(url, sagas, concurrency))
+    typer.echo(bench_module.report(result))
+    if out:
+        with open(out, "w") as handle:
+            handle.write(bench_module.to_json(result))
+
+
+@app.command()
 def serve(
     service: Service = typer.Argument(..., help="Which service to run."),
     port: int | None = typer.Option(None, help="Port (default: the service's own, 8001-8005)."),

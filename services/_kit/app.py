@@ -49,13 +49,17 @@ class HealthView(BaseModel):
     checks: dict[str, str]
 
 
-def db_of(request: Request) -> Database:
-    """The app's :class:`Database` (a FastAPI dependency)."""
+async def db_of(request: Request) -> Database:
+    """The app's :class:`Database` (a FastAPI dependency).
+
+    ``async`` on purpose: FastAPI runs a plain ``def`` dependency in a thread pool, which costs
+    a thread hand-off on every request.
+    """
     db: Database = request.app.state.db
     return db
 
 
-def settings_of(request: Request) -> Settings:
+async def settings_of(request: Request) -> Settings:
     """The app's :class:`Settings` (a FastAPI dependency)."""
     settings: Settings = request.app.state.settings
     return settings

@@ -34,7 +34,7 @@ SagaState = Literal[
 ]
 
 
-def orchestrator_of(request: Request) -> Orchestrator:
+async def orchestrator_of(request: Request) -> Orchestrator:
     orchestrator: Orchestrator = request.app.state.orchestrator
     return orchestrator
 

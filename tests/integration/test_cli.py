@@ -135,3 +135,47 @@ def test_up_embedded_runs_sagas_on_all_five_ports_and_stops_on_ctrl_c(tmp_path: 
         proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=20)
     assert code == 0
+
+
+@pytest.mark.slow
+@pytest.mark.rabbitmq
+def test_up_on_real_servers_supervises_five_processes_and_stops_them_all(tmp_path: Path) -> None:
+    if not all(_free(p) for p in (8001, 8002, 8003, 8004, 8005)):
+        pytest.skip("ports 8001-8005 are taken by a running CloudMart")
+    url = mysql_database_url("cloudmart_test_cli_up")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDMART_")}
+    env.update(
+        CLOUDMART_DATABASE_URL=url,
+        CLOUDMART_NAMESPACE=f"test-up-{os.getpid()}",
+        CLOUDMART_ENV="test",
+    )
+    init = subprocess.run(
+        [sys.executable, "-m", "cloudmart", "db", "init", "--seed"],
+        env=env,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert init.returncode == 0
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cloudmart", "up"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        for port in (8001, 8002, 8003, 8004, 8005):
+            _wait_healthy(f"http://127.0.0.1:{port}/health", proc)
+        started = httpx.post("http://127.0.0.1:8005/saga/start", json=ORDER, timeout=5)
+        assert started.status_code == 202, started.text
+        order_id = started.json()["order_id"]
+        status = httpx.get(
+            f"http://127.0.0.1:8005/saga/{order_id}/status", params={"wait": 15}, timeout=20
+        ).json()
+        assert status["status"] == "COMPLETED"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        output = proc.communicate(timeout=30)[0].decode(errors="replace")
+    assert proc.returncode == 0, output
+    assert "orchestrator |" in output  # every process's lines are prefixed with its name
+    assert all(_free(p) for p in (8001, 8002, 8003, 8004, 8005))

@@ -49,7 +49,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         namespace=namespace,
         directory=tmp_path_factory.mktemp("orchestration"),
         rabbitmq_url=TEST_RABBITMQ_URL,
-        extra_env={"CLOUDMART_REQUEST_TIMEOUT": "5"},
+        extra_env={"CLOUDMART_REQUEST_TIMEOUT": "5", "CLOUDMART_LEASE_SECONDS": "3"},
     )
     try:
         for name in SERVICES:
@@ -417,3 +417,27 @@ async def test_poison_command_is_dead_lettered_while_sagas_proceed(
 
 async def _at_least(queue: str, count: int) -> bool:
     return await message_count(TEST_RABBITMQ_URL, queue) >= count
+
+
+@pytest.mark.chaos
+async def test_orchestrator_killed_mid_run_resumes_every_saga_from_history(
+    api: httpx.AsyncClient, shop: Shop, deployment: Deployment
+) -> None:
+    book, customer = shop.book("5.00", 100), shop.customer("10000.00")
+    deployment.pause("shipping")  # every saga stops at arrange_shipping
+    try:
+        ids = await asyncio.gather(*(start(api, order(customer, (book, 1))) for _ in range(20)))
+
+        async def all_paid() -> bool:
+            statuses = [await _status_is(api, oid, "PAYMENT_COMPLETED") for oid in ids]
+            return all(statuses)
+
+        await until(all_paid, timeout=30)
+        deployment.kill("orchestrator")
+    finally:
+        deployment.resume("shipping")
+    deployment.start("orchestrator")  # recovers the sagas once the dead owner's leases expire
+    sagas = [await finished(api, oid, timeout=60) for oid in ids]
+    assert {s["status"] for s in sagas} == {"COMPLETED"}
+    assert shop.stock_of(book) == (80, 0)
+    shop.check(list(ids))

@@ -1,0 +1,112 @@
+"""The orchestrator app in one process: embedded (SQLite) and on MariaDB, with the in-process
+transport calling the business operations directly — the mode `cloudmart up` runs without
+infrastructure."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import mysql_database_url
+from rest_support import prepared_database, running, settings_for
+
+from services.orchestrator.main import build_app
+
+JP = {
+    "name": "Hanako",
+    "line1": "1-2-3",
+    "city": "Tokyo",
+    "postal_code": "150-0002",
+    "country": "JP",
+}
+
+
+def order(*items: tuple[int, int], customer: int = 1, country: str = "JP") -> dict[str, object]:
+    return {
+        "customer_id": customer,
+        "items": [{"book_id": b, "quantity": q} for b, q in items],
+        "shipping_address": {**JP, "country": country},
+    }
+
+
+@pytest.fixture(params=["sqlite", "mariadb"])
+async def api(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'orchestrator.db'}"
+    else:
+        url = mysql_database_url("cloudmart_test_orchestrator_inprocess")
+    async with prepared_database(url):
+        pass
+    settings = settings_for(
+        None if request.param == "sqlite" else url, sqlite_path=str(tmp_path / "orchestrator.db")
+    )
+    async with running(build_app(settings)) as client:
+        yield client
+
+
+async def started(api: httpx.AsyncClient, body: dict[str, object], **headers: str) -> str:
+    response = await api.post("/saga/start", json=body, headers=headers)
+    assert response.status_code == 202, response.text
+    return str(response.json()["order_id"])
+
+
+async def final(api: httpx.AsyncClient, order_id: str) -> dict[str, object]:
+    body: dict[str, object] = (
+        await api.get(f"/saga/{order_id}/status", params={"wait": 10})
+    ).json()
+    return body
+
+
+async def test_a_saga_completes_and_reports_every_step(api: httpx.AsyncClient) -> None:
+    oid = await started(api, order((1, 2)))
+    saga = await final(api, oid)
+    assert saga["status"] == "COMPLETED"
+    assert [s["name"] for s in saga["steps"]] == [  # type: ignore[union-attr]
+        "order.create_order",
+        "inventory.reserve_stock",
+        "payment.process_payment",
+        "shipping.arrange_shipping",
+        "order.complete_order",
+    ]
+    history = (await api.get(f"/saga/{oid}/history")).json()
+    assert history[0]["type"] == "WorkflowStarted" and history[-1]["type"] == "WorkflowCompleted"
+
+
+async def test_a_failing_step_compensates_in_reverse_and_fails(api: httpx.AsyncClient) -> None:
+    oid = await started(api, order((1, 1), country="US"))
+    saga = await final(api, oid)
+    assert saga["status"] == "FAILED"
+    assert "ShippingFailed" in str(saga["failure_reason"])
+    states = {s["name"]: s["state"] for s in saga["steps"]}  # type: ignore[union-attr]
+    assert states["payment.process_payment"] == "COMPENSATED"
+    assert states["shipping.arrange_shipping"] == "FAILED"
+    listed = (await api.get("/saga", params={"status": "FAILED"})).json()["sagas"]
+    assert [s["order_id"] for s in listed] == [oid]
+
+
+async def test_idempotent_start_and_refused_reuse(api: httpx.AsyncClient) -> None:
+    key = {"Idempotency-Key": "checkout-42"}
+    first = await api.post("/saga/start", json=order((3, 1)), headers=key)
+    again = await api.post("/saga/start", json=order((3, 1)), headers=key)
+    other = await api.post("/saga/start", json=order((3, 2)), headers=key)
+    assert (first.status_code, again.status_code, other.status_code) == (202, 200, 422)
+    assert first.json()["order_id"] == again.json()["order_id"]
+
+
+async def test_cancel_and_lookups_of_unknown_or_finished_sagas(api: httpx.AsyncClient) -> None:
+    assert (await api.get("/saga/missing/status")).status_code == 404
+    assert (await api.get("/saga/missing/history")).status_code == 404
+    assert (await api.post("/saga/missing/cancel")).status_code == 404
+    oid = await started(api, order((3, 1)))
+    await final(api, oid)
+    assert (await api.post(f"/saga/{oid}/cancel")).status_code == 409
+
+
+async def test_bad_orders_are_refused_before_any_saga(api: httpx.AsyncClient) -> None:
+    assert (await api.post("/saga/start", json=order((1, 0)))).status_code == 422
+    assert (await api.post("/saga/start", json=order((1, 1), customer=99))).status_code == 404
+    assert (await api.post("/saga/start", json=order((404, 1)))).status_code == 404
+    assert (await api.get("/saga", params={"status": "NOPE"})).status_code == 422
+    assert (await api.get("/saga")).json()["sagas"] == []
