@@ -104,7 +104,9 @@ async def _set_status(
     conn: AsyncConnection, order_id: str, new: str, allowed_from: tuple[str, ...]
 ) -> str | None:
     """Move the order to ``new`` if it is in ``allowed_from``; return the status it had."""
-    current = await conn.scalar(sa.select(orders.c.status).where(orders.c.order_id == order_id))
+    current: str | None = await conn.scalar(
+        sa.select(orders.c.status).where(orders.c.order_id == order_id)
+    )
     if current is None or current == new:
         return current
     if current not in allowed_from:

@@ -55,7 +55,7 @@ async def run_embedded(settings: Settings, services: list[str]) -> None:
         loop.add_signal_handler(signum, stop)
     for server in servers:
         # One handler for all servers (above), not one per server fighting over the signal.
-        server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
+        server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
     for name in services:
         print(f"{name:>12}  http://{settings.host}:{SERVICE_PORTS[name]}/docs", flush=True)
     try:

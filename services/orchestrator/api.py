@@ -89,7 +89,7 @@ class SagaView(BaseModel):
         return cls(
             order_id=saga.workflow_id,
             saga_id=saga.saga_id,
-            status=saga.status,  # type: ignore[arg-type]
+            status=saga.status,
             failure_reason=saga.failure_reason,
             needs_operator=saga.needs_operator,
             cancel_requested=saga.cancel_requested,
@@ -135,7 +135,7 @@ async def start_saga(
     response.headers["Location"] = f"/saga/{handle.workflow_id}/status"
     if not handle.created:
         response.status_code = status.HTTP_200_OK
-    return SagaStarted(order_id=handle.workflow_id, saga_id=handle.saga_id, status=handle.status)  # type: ignore[arg-type]
+    return SagaStarted(order_id=handle.workflow_id, saga_id=handle.saga_id, status=handle.status)
 
 
 @router.get(

@@ -48,6 +48,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         database_url=url,
         namespace=namespace,
         directory=tmp_path_factory.mktemp("orchestration"),
+        base_port=18100,
         rabbitmq_url=TEST_RABBITMQ_URL,
         extra_env={"CLOUDMART_REQUEST_TIMEOUT": "5", "CLOUDMART_LEASE_SECONDS": "3"},
     )
