@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 from activities.commands import PlaceOrder
 from activities.errors import BookNotFound, CustomerNotFound
@@ -20,6 +20,14 @@ from orchestration_pattern.orchestrator import (
 from services._kit import OrderIdPath, error_responses
 
 router = APIRouter(prefix="/saga", tags=["saga"])
+
+
+def _utc(value: datetime) -> datetime:
+    # The engine stores naive UTC; RFC 3339 (and OpenAPI's date-time) needs the offset.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+Timestamp = Annotated[datetime, AfterValidator(_utc)]
 
 SagaState = Literal[
     "STARTED",
@@ -64,8 +72,8 @@ class StepView(BaseModel):
         description="SCHEDULED, RETRYING, COMPLETED, FAILED, COMPENSATING, COMPENSATED"
     )
     attempts: int
-    scheduled_at: datetime | None
-    finished_at: datetime | None
+    scheduled_at: Timestamp | None
+    finished_at: Timestamp | None
     last_error: dict[str, Any] | None
     compensation: str | None
     compensation_attempts: int
@@ -80,8 +88,8 @@ class SagaView(BaseModel):
     )
     needs_operator: bool = Field(description="A compensation keeps failing: look at it.")
     cancel_requested: bool
-    created_at: datetime | None
-    updated_at: datetime | None
+    created_at: Timestamp | None
+    updated_at: Timestamp | None
     steps: list[StepView] = Field(default_factory=list)
 
     @classmethod
@@ -106,7 +114,7 @@ class HistoryEvent(BaseModel):
     step: str | None
     attempt: int
     payload: dict[str, Any]
-    created_at: datetime | None
+    created_at: Timestamp | None
     owner: str | None
     version: int
 

@@ -1,0 +1,90 @@
+"""Schemathesis against all five OpenAPI schemas, valid and invalid inputs alike: no input
+yields a 5xx, and every response matches the schema the service documents."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.slow
+
+PORTS = {"order": 8001, "inventory": 8002, "payment": 8003, "shipping": 8004, "orchestrator": 8005}
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    if not all(_free(p) for p in PORTS.values()):
+        pytest.skip("ports 8001-8005 are taken by a running CloudMart")
+    directory = tmp_path_factory.mktemp("fuzz")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDMART_")}
+    env.update(CLOUDMART_SQLITE_PATH=str(directory / "fuzz.db"), CLOUDMART_LOG_LEVEL="WARNING")
+    log = (directory / "up.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cloudmart", "up"],
+        env=env,
+        cwd=directory,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        for port in PORTS.values():
+            while True:
+                assert proc.poll() is None, (directory / "up.log").read_text()
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, "cloudmart up did not become healthy"
+                time.sleep(0.05)
+        yield
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=20)
+
+
+@pytest.mark.parametrize("service", list(PORTS))
+def test_no_input_gives_a_server_error_and_responses_match_the_schema(
+    embedded: None, service: str, tmp_path: Path
+) -> None:
+    st = shutil.which("st", path=str(Path(sys.executable).parent))
+    assert st, "schemathesis is a test dependency"
+    result = subprocess.run(
+        [
+            st,
+            "run",
+            f"http://127.0.0.1:{PORTS[service]}/openapi.json",
+            "--checks",
+            "not_a_server_error,response_schema_conformance",
+            "--mode",
+            "all",
+            "--max-examples",
+            "30",
+            "--seed",
+            "20261126",
+            "--request-timeout",
+            "10",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
