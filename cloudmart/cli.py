@@ -6,6 +6,7 @@
     cloudmart db sql                       print the schema (the text of init.sql)
     cloudmart serve SERVICE                one service on its port (real infrastructure)
     cloudmart up [--pattern P]             every service; embedded when no database is set
+    cloudmart events tail                  print choreography events as they flow (Redis)
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Create and fill the database.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+events_app = typer.Typer(help="Watch the choreography's events.", no_args_is_help=True)
+app.add_typer(events_app, name="events")
 
 
 class Pattern(StrEnum):
@@ -98,7 +101,9 @@ def bench(
 
     settings = get_settings()
     asyncio.run(bench_module.seed_catalogue(settings.effective_database_url))
-    result = asyncio.run(bench_module.run_orchestration(url, sagas, concurrency))
+    from cloudmart.runner import run
+
+    result = run(bench_module.run_orchestration(url, sagas, concurrency))
     typer.echo(bench_module.report(result))
     if out:
         with open(out, "w") as handle:
@@ -123,9 +128,9 @@ def serve(
             err=True,
         )
         raise typer.Exit(2)
-    from cloudmart.runner import serve_one
+    from cloudmart.runner import run, serve_one
 
-    asyncio.run(serve_one(settings, service.value, port or SERVICE_PORTS[service.value]))
+    run(serve_one(settings, service.value, port or SERVICE_PORTS[service.value]))
 
 
 @app.command()
@@ -140,9 +145,33 @@ def up(
         typer.echo(
             f"embedded {pattern.value}: SQLite at {settings.sqlite_path}, in-process messaging"
         )
-        asyncio.run(runner.run_embedded(settings, services_of(pattern)))
+        runner.run(runner.run_embedded(settings, services_of(pattern)))
     else:
         raise typer.Exit(runner.supervise(services_of(pattern), pattern.value))
+
+
+@events_app.command("tail")
+def events_tail() -> None:
+    """Print every event added to the Redis stream from now on, one line each, until Ctrl-C."""
+    settings = get_settings()
+    if not settings.redis_url:
+        typer.echo("cloudmart events tail needs CLOUDMART_REDIS_URL", err=True)
+        raise typer.Exit(2)
+    try:
+        asyncio.run(_tail(settings.redis_url, settings.namespace))
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+
+
+async def _tail(url: str, namespace: str) -> None:
+    from choreography_pattern.redis_bus import tail
+
+    async for entry_id, fields in tail(url, namespace):
+        typer.echo(
+            f"{entry_id}  {fields.get('occurred_at', '?')}  {fields.get('type', '?'):<17} "
+            f"order={fields.get('order_id', '?')}  from={fields.get('producer', '?')}  "
+            f"seq={fields.get('sequence', '?')}"
+        )
 
 
 def _redacted(url: str) -> str:

@@ -9,12 +9,29 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
+from typing import Any, TypeVar
 
 import uvicorn
 
 from activities.db import Database
 from services._kit.settings import SERVICE_PORTS, Settings
+
+T = TypeVar("T")
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """Run ``main`` on uvloop where it is installed (uvicorn[standard] brings it), else asyncio.
+
+    uvicorn picks uvloop only when it creates the loop itself; these servers run inside a loop
+    of ours, so we pick it here.
+    """
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency through uvicorn[standard]
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
 
 
 def _server(
