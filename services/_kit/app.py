@@ -17,6 +17,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Annotated
+from urllib.parse import unquote, urlsplit
 
 import structlog
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -95,6 +96,11 @@ def create_app(
             f"{service}: CLOUDMART_API_KEY must be set in the prod profile "
             "(mutating endpoints require it as a bearer token)"
         )
+    if settings.env == "prod" and _default_broker_login(settings.rabbitmq_url):
+        raise ConfigurationError(
+            f"{service}: CLOUDMART_RABBITMQ_URL uses RabbitMQ's default guest login on a "
+            "non-loopback host; give the broker a user of its own in the prod profile"
+        )
     configure_logging(settings)
 
     metrics = CollectorRegistry(auto_describe=True)
@@ -150,6 +156,17 @@ def create_app(
     for router in routers:
         app.include_router(router)
     return app
+
+
+def _default_broker_login(url: str | None) -> bool:
+    """True for an AMQP URL that logs in as guest/guest to a host other than loopback."""
+    if not url:
+        return False
+    parsed = urlsplit(url)
+    loopback = parsed.hostname in (None, "localhost", "127.0.0.1", "::1")
+    user = unquote(parsed.username or "guest")
+    password = unquote(parsed.password or "guest")
+    return not loopback and user == "guest" and password == "guest"  # noqa: S105 - detecting it
 
 
 def _operations_router() -> APIRouter:

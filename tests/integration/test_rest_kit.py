@@ -241,6 +241,27 @@ def test_prod_refuses_to_build_without_an_api_key(url: str) -> None:
             build_service_app("order", settings_for(url, env="prod", api_key=api_key))
 
 
+@pytest.mark.parametrize(
+    ("broker", "refused"),
+    [
+        ("amqp://guest:guest@rabbit.internal:5672/", True),
+        ("amqp://rabbit.internal:5672/", True),  # no login given: the client sends guest/guest
+        ("amqp://guest:guest@127.0.0.1:5672/", False),
+        ("amqp://guest:guest@localhost/", False),
+        ("amqp://shop:s3cret@rabbit.internal:5672/", False),
+    ],
+)
+def test_prod_refuses_rabbitmqs_default_login_off_loopback(
+    url: str, broker: str, refused: bool
+) -> None:
+    settings = settings_for(url, env="prod", api_key="k", rabbitmq_url=broker)
+    if refused:
+        with pytest.raises(ConfigurationError, match="guest"):
+            build_service_app("order", settings)
+    else:
+        build_service_app("order", settings)
+
+
 # Embedded mode: SQLite ----------------------------------------------------------------------
 
 
