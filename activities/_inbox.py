@@ -90,11 +90,22 @@ def _decode(outcome: dict[str, Any], result_type: type[R], operation: str) -> R:
 
 
 async def _until_settled(db: Database, work: Callable[[AsyncConnection], Awaitable[Any]]) -> Any:
-    for _ in range(_RACE_RETRIES):
+    """Run ``work`` until no concurrent delivery of the same operation gets in its way.
+
+    A concurrent duplicate shows up as a duplicate key: on the inbox, or on a row the
+    operation inserts (the payment of an order, its shipment...), whichever the two
+    transactions reach first. Either way the loser is rolled back whole and runs again, and
+    then reads the winner's outcome from the inbox. A duplicate key that persists is a bug,
+    not a race, and is raised.
+    """
+    for attempt in range(1, _RACE_RETRIES + 1):
         try:
             return await db.transaction(work)
         except _Raced:
             continue
+        except IntegrityError:
+            if attempt == _RACE_RETRIES:
+                raise
     raise RuntimeError("inbox race did not settle")  # pragma: no cover - needs 5 lost races
 
 

@@ -46,6 +46,9 @@ def _server(
         log_config=None,
         access_log=False,
         lifespan="on",
+        # Longer than HTTP clients keep idle connections (httpx: 5 s), so a client never
+        # sends a request on a connection the server is closing at that very moment.
+        timeout_keep_alive=65,
     )
     return uvicorn.Server(config)
 

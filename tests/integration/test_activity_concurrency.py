@@ -176,3 +176,25 @@ async def test_mariadb_sessions_end_idle_transactions(mysql_url: str) -> None:
         assert int(value) == 7
     finally:
         await database.dispose()
+
+
+async def test_concurrent_duplicates_of_payment_and_shipping_take_effect_once(
+    mysql_db: Database,
+) -> None:
+    from domain_data import JP
+
+    from activities import arrange_shipping
+    from activities.commands import ArrangeShipping
+
+    (oid,) = await _orders(mysql_db, 1)
+    await reserve_stock(
+        mysql_db, ReserveStock(order_id=oid, items=[OrderItem(book_id=1, quantity=2)])
+    )
+    pay = ProcessPayment(order_id=oid, customer_id=1, amount=Decimal("10.00"))
+    ship = ArrangeShipping(order_id=oid, address=JP)
+    payments = await asyncio.gather(*(process_payment(mysql_db, pay) for _ in range(20)))
+    shipments = await asyncio.gather(*(arrange_shipping(mysql_db, ship) for _ in range(20)))
+    assert all(p == payments[0] for p in payments)
+    assert all(s == shipments[0] for s in shipments)
+    assert await balance(mysql_db, 1) == Decimal("9990.00")
+    assert await stock(mysql_db, 1) == (8, 0)
