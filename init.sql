@@ -30,6 +30,20 @@ CREATE TABLE IF NOT EXISTS inbox (
 	INDEX ix_inbox_order (order_id)
 )ENGINE=InnoDB CHARSET=utf8mb4 COLLATE utf8mb4_bin;
 
+CREATE TABLE IF NOT EXISTS order_events (
+	id BIGINT NOT NULL AUTO_INCREMENT,
+	event_id VARCHAR(36) NOT NULL,
+	order_id VARCHAR(64) NOT NULL,
+	event_type VARCHAR(64) NOT NULL,
+	producer VARCHAR(32) NOT NULL,
+	sequence INTEGER NOT NULL,
+	occurred_at DATETIME(6) NOT NULL,
+	received_at DATETIME(6) NOT NULL,
+	PRIMARY KEY (id),
+	UNIQUE (event_id),
+	INDEX ix_order_events_order (order_id, id)
+)ENGINE=InnoDB CHARSET=utf8mb4 COLLATE utf8mb4_bin;
+
 CREATE TABLE IF NOT EXISTS outbox (
 	id BIGINT NOT NULL AUTO_INCREMENT,
 	event_id VARCHAR(36) NOT NULL,
@@ -44,6 +58,15 @@ CREATE TABLE IF NOT EXISTS outbox (
 	UNIQUE (event_id),
 	INDEX ix_outbox_order_seq (order_id, sequence),
 	INDEX ix_outbox_unpublished (published_at, id)
+)ENGINE=InnoDB CHARSET=utf8mb4 COLLATE utf8mb4_bin;
+
+CREATE TABLE IF NOT EXISTS processed_events (
+	service VARCHAR(32) NOT NULL,
+	event_id VARCHAR(36) NOT NULL,
+	order_id VARCHAR(64) NOT NULL,
+	event_type VARCHAR(64) NOT NULL,
+	processed_at DATETIME(6) NOT NULL,
+	PRIMARY KEY (service, event_id)
 )ENGINE=InnoDB CHARSET=utf8mb4 COLLATE utf8mb4_bin;
 
 CREATE TABLE IF NOT EXISTS saga_instances (
@@ -82,6 +105,15 @@ CREATE TABLE IF NOT EXISTS saga_step_logs (
 	version INTEGER NOT NULL,
 	created_at DATETIME(6) NOT NULL,
 	PRIMARY KEY (saga_id, seq)
+)ENGINE=InnoDB CHARSET=utf8mb4 COLLATE utf8mb4_bin;
+
+CREATE TABLE IF NOT EXISTS shipping_prerequisites (
+	order_id VARCHAR(64) NOT NULL,
+	stock_reserved BOOL NOT NULL,
+	payment_completed BOOL NOT NULL,
+	shipping_address MEDIUMTEXT,
+	updated_at DATETIME(6) NOT NULL,
+	PRIMARY KEY (order_id)
 )ENGINE=InnoDB CHARSET=utf8mb4 COLLATE utf8mb4_bin;
 
 CREATE TABLE IF NOT EXISTS inventory (

@@ -11,7 +11,14 @@ from __future__ import annotations
 from activities._inbox import Emit
 from activities.db import Database, create_engine
 from activities.inventory import get_stock, release_stock, reserve_stock
-from activities.orders import cancel_order, check_order, complete_order, create_order, get_order
+from activities.orders import (
+    cancel_order,
+    check_order,
+    complete_order,
+    create_order,
+    get_order,
+    order_id_for,
+)
 from activities.payments import cancel_payment, get_payment, process_payment, refund_payment
 from activities.shipping import arrange_shipping, cancel_shipping, get_shipment
 
@@ -30,6 +37,7 @@ __all__ = [
     "get_payment",
     "get_shipment",
     "get_stock",
+    "order_id_for",
     "process_payment",
     "refund_payment",
     "release_stock",

@@ -9,6 +9,7 @@ stored and returned verbatim.
 from __future__ import annotations
 
 import unicodedata
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Literal
 
@@ -31,14 +32,6 @@ def _no_control_characters(value: str) -> str:
     return value
 
 
-def _text(max_length: int) -> object:
-    return Annotated[
-        str,
-        StringConstraints(min_length=1, max_length=max_length),
-        AfterValidator(_no_control_characters),
-    ]
-
-
 Name = Annotated[
     str, StringConstraints(min_length=1, max_length=200), AfterValidator(_no_control_characters)
 ]
@@ -56,6 +49,14 @@ OrderId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 Id = Annotated[int, Field(strict=True, ge=1, le=INT32_MAX)]
 Quantity = Annotated[int, Field(strict=True, ge=1, le=MAX_QUANTITY)]
 Money = Annotated[Decimal, Field(ge=0, max_digits=12, decimal_places=2, allow_inf_nan=False)]
+
+
+def _utc(value: datetime) -> datetime:
+    # Stored times are naive UTC; RFC 3339 (OpenAPI's date-time) needs the offset.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+UtcTimestamp = Annotated[datetime, AfterValidator(_utc)]
 
 
 class Model(BaseModel):

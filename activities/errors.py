@@ -9,6 +9,7 @@
     │   ├── PaymentFailed (402)
     │   └── ShippingFailed (422)
     ├── InvalidCommand (422)     a message whose payload is not the operation's input
+    ├── IdempotencyKeyReused (422) an Idempotency-Key sent again with another order
     ├── AlreadyCompensated (409) the operation's compensation ran first (a tombstone)
     ├── InvalidOrderState (409)  e.g. completing a cancelled order
     └── ReservationShipped (409) releasing stock still held by a live shipment; retryable:
@@ -84,6 +85,12 @@ class InvalidCommand(DomainError):
     http_status = 422
 
 
+class IdempotencyKeyReused(DomainError):
+    """The Idempotency-Key was used before with another order body."""
+
+    http_status = 422
+
+
 class AlreadyCompensated(DomainError):
     http_status = 409
 
@@ -108,6 +115,7 @@ _BY_CODE: dict[str, type[DomainError]] = {
         ShippingFailed,
         AlreadyCompensated,
         InvalidCommand,
+        IdempotencyKeyReused,
         InvalidOrderState,
         ReservationShipped,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from decimal import Decimal
 
 import sqlalchemy as sa
@@ -21,6 +22,17 @@ from activities.commands import (
 from activities.db import Database
 from activities.errors import BookNotFound, CustomerNotFound, InvalidOrderState, OrderNotFound
 from activities.tables import books, customers, order_items, orders
+
+# Order ids derived from an Idempotency-Key live in their own UUID namespace.
+IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1c9a52-3b8e-4c1e-9a57-0c0a5d6e2b11")
+
+
+def order_id_for(idempotency_key: str | None) -> str:
+    """The id a new order gets: derived from the client's Idempotency-Key, so a retried start
+    names the same order and can never create a second one; else a fresh UUID."""
+    if idempotency_key:
+        return str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, idempotency_key))
+    return str(uuid.uuid4())
 
 
 async def create_order(db: Database, cmd: CreateOrder, *, emit: Emit | None = None) -> OrderView:

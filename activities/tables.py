@@ -8,12 +8,14 @@ updates. Timestamps are written by the application, so both dialects behave alik
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
 metadata = sa.MetaData()
 
-MYSQL_TABLE_ARGS = {
+MYSQL_TABLE_ARGS: dict[str, Any] = {
     "mysql_engine": "InnoDB",
     "mysql_charset": "utf8mb4",
     "mysql_collate": "utf8mb4_bin",
@@ -172,5 +174,53 @@ outbox = sa.Table(
     sa.Column("published_at", Timestamp, nullable=True),
     sa.Index("ix_outbox_unpublished", "published_at", "id"),
     sa.Index("ix_outbox_order_seq", "order_id", "sequence"),
+    **MYSQL_TABLE_ARGS,
+)
+
+# Choreography: events a service has processed (its inbox of event ids). Written in the same
+# transaction as the event's effect when it has one, so a redelivered event is skipped.
+processed_events = sa.Table(
+    "processed_events",
+    metadata,
+    sa.Column("service", sa.String(32), primary_key=True),
+    sa.Column("event_id", sa.String(36), primary_key=True),
+    sa.Column("order_id", OrderId, nullable=False),
+    sa.Column("event_type", sa.String(64), nullable=False),
+    sa.Column("processed_at", Timestamp, nullable=False),
+    **MYSQL_TABLE_ARGS,
+)
+
+# Choreography: the events the order service has seen for each order, in the order it saw
+# them (GET /orders/{id} lists them; the order's COMPLETED/CANCELLED decision reads them).
+order_events = sa.Table(
+    "order_events",
+    metadata,
+    sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("event_id", sa.String(36), nullable=False, unique=True),
+    sa.Column("order_id", OrderId, nullable=False),
+    sa.Column("event_type", sa.String(64), nullable=False),
+    sa.Column("producer", sa.String(32), nullable=False),
+    sa.Column("sequence", sa.Integer, nullable=False),
+    sa.Column("occurred_at", Timestamp, nullable=False),
+    sa.Column("received_at", Timestamp, nullable=False),
+    sa.Index("ix_order_events_order", "order_id", "id"),
+    **MYSQL_TABLE_ARGS,
+)
+
+# Choreography: which of shipping's two prerequisites (stock reserved, payment completed) it
+# has seen per order, updated in the transaction that records the event as processed.
+shipping_prerequisites = sa.Table(
+    "shipping_prerequisites",
+    metadata,
+    sa.Column("order_id", OrderId, primary_key=True),
+    sa.Column("stock_reserved", sa.Boolean, nullable=False),
+    sa.Column("payment_completed", sa.Boolean, nullable=False),
+    sa.Column("shipping_address", LongText, nullable=True),
+    sa.Column("updated_at", Timestamp, nullable=False),
     **MYSQL_TABLE_ARGS,
 )

@@ -88,7 +88,10 @@ def db_sql() -> None:
 
 @app.command()
 def bench(
-    url: str = typer.Option("http://127.0.0.1:8005", help="The orchestrator's base URL."),
+    url: str | None = typer.Option(
+        None, help="Base URL (default: the orchestrator on 8005, or the order service on 8001)."
+    ),
+    pattern: Pattern = typer.Option(Pattern.orchestration, help="Saga style of the deployment."),
     sagas: int = typer.Option(500, min=1, help="How many sagas to run."),
     concurrency: int = typer.Option(1, min=1, max=1024, help="Sagas in flight at once."),
     out: str | None = typer.Option(None, help="Write the results as JSON to this file."),
@@ -103,7 +106,9 @@ def bench(
     asyncio.run(bench_module.seed_catalogue(settings.effective_database_url))
     from cloudmart.runner import run
 
-    result = run(bench_module.run_orchestration(url, sagas, concurrency))
+    default = SERVICE_PORTS["orchestrator" if pattern is Pattern.orchestration else "order"]
+    target = url or f"http://127.0.0.1:{default}"
+    result = run(bench_module.run(target, sagas, concurrency, pattern.value))
     typer.echo(bench_module.report(result))
     if out:
         with open(out, "w") as handle:

@@ -8,12 +8,11 @@ the same business operations directly.
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
-from activities import Database, check_order
+from activities import Database, check_order, order_id_for
 from activities.commands import CreateOrder, PlaceOrder
-from activities.errors import DomainError
+from activities.errors import DomainError, IdempotencyKeyReused
 from activities.registry import OPERATIONS, invoke
 from engine import Engine, SagaHandle, SagaStatus
 from engine.adapters import InMemoryTransport, SqlHistoryStore
@@ -22,15 +21,6 @@ from engine.history import Event
 from engine.ports import Transport
 from services._kit.settings import Settings
 from workflows.order_saga import place_order
-
-# Order ids derived from an Idempotency-Key live in their own UUID namespace.
-IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1c9a52-3b8e-4c1e-9a57-0c0a5d6e2b11")
-
-
-class IdempotencyKeyReused(DomainError):
-    """The Idempotency-Key was used before with another order body."""
-
-    http_status = 422
 
 
 class SagaUnknown(DomainError):
@@ -58,11 +48,7 @@ class Orchestrator:
         Unknown customers and books are refused here (404), before any saga exists.
         """
         await check_order(self.db, order)
-        order_id = (
-            str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, idempotency_key))
-            if idempotency_key
-            else str(uuid.uuid4())
-        )
+        order_id = order_id_for(idempotency_key)
         command = CreateOrder(order_id=order_id, **order.model_dump())
         try:
             return await self.engine.start(

@@ -28,18 +28,15 @@ def check(
     *,
     stock: Mapping[int, int],
     balances: Mapping[int, Decimal],
+    pattern: str = "orchestration",
 ) -> list[str]:
     """Violations of SPEC §6 for ``order_ids``; ``stock``/``balances`` are the starting totals
-    of the books and customers those orders touch (and that nothing else touches)."""
+    of the books and customers those orders touch (and that nothing else touches).
+
+    ``pattern="choreography"``: there are no saga rows; an order's own status is terminal
+    (``COMPLETED``, or ``CANCELLED`` standing for a ``FAILED`` saga)."""
     problems: list[str] = []
-    sagas = {
-        r.order_id: r.status
-        for r in _rows(
-            conn,
-            "SELECT order_id, status FROM saga_instances WHERE order_id IN :ids",
-            ids=list(order_ids),
-        )
-    }
+    sagas = _saga_statuses(conn, order_ids, pattern)
     for oid in order_ids:
         status = sagas.get(oid)
         if status not in TERMINAL:
@@ -133,6 +130,27 @@ def check(
             )
     problems.extend(_compensation_order(conn, list(sagas)))
     return problems
+
+
+def _saga_statuses(conn: sa.Connection, order_ids: Sequence[str], pattern: str) -> dict[str, str]:
+    if pattern == "choreography":
+        as_saga = {"COMPLETED": "COMPLETED", "CANCELLED": "FAILED"}
+        return {
+            r.order_id: as_saga.get(r.status, r.status)
+            for r in _rows(
+                conn,
+                "SELECT order_id, status FROM orders WHERE order_id IN :ids",
+                ids=list(order_ids),
+            )
+        }
+    return {
+        r.order_id: r.status
+        for r in _rows(
+            conn,
+            "SELECT order_id, status FROM saga_instances WHERE order_id IN :ids",
+            ids=list(order_ids),
+        )
+    }
 
 
 def _compensation_order(conn: sa.Connection, order_ids: list[str]) -> list[str]:

@@ -8,9 +8,9 @@ touches the environment: everything else receives a ``Settings`` instance.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Profile = Literal["dev", "test", "prod"]
@@ -64,6 +64,24 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1_000_000, ge=1024)
     served_countries: Annotated[tuple[str, ...], NoDecode] = ("JP",)
 
+    event_claim_idle: float = Field(
+        default=30.0,
+        gt=0,
+        description="Choreography: seconds an event may sit unacknowledged with a consumer "
+        "before another consumer of its group claims it (XAUTOCLAIM).",
+    )
+    event_max_deliveries: int = Field(
+        default=5, ge=1, description="Choreography: deliveries before an event is dead-lettered."
+    )
+    outbox_poll_interval: float = Field(
+        default=0.5, gt=0, description="Choreography: seconds between outbox relay polls."
+    )
+    failpoint: str | None = Field(
+        default=None,
+        description="Test profile only: 'crash_before_ack:<service>' or "
+        "'crash_before_publish:<service>' kills the process (SIGKILL) at that point.",
+    )
+
     log_level: str = "INFO"
     log_json: bool | None = Field(default=None, description="JSON logs; default: only in prod.")
 
@@ -73,6 +91,12 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(part.strip().upper() for part in value.split(",") if part.strip())
         return value
+
+    @model_validator(mode="after")
+    def _failpoints_only_in_tests(self) -> Settings:
+        if self.failpoint and self.env != "test":
+            raise ValueError("CLOUDMART_FAILPOINT is refused outside CLOUDMART_ENV=test")
+        return self
 
     @property
     def embedded(self) -> bool:
@@ -93,7 +117,7 @@ class _ProfileOnly(BaseSettings):
     env: Profile = "dev"
 
 
-def get_settings(**overrides: object) -> Settings:
+def get_settings(**overrides: Any) -> Settings:
     """Read settings from ``.env``, ``.env.<profile>`` and the environment (highest wins)."""
     profile = _ProfileOnly().env
-    return Settings(_env_file=(".env", f".env.{profile}"), **overrides)  # type: ignore[call-arg]
+    return Settings(_env_file=(".env", f".env.{profile}"), **overrides)

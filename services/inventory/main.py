@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from activities.db import Database
 from services._kit import Settings, create_app, get_settings
-from services._kit.commands import command_consumer
+from services._kit.events import service_lifespan
 from services.inventory.api import router
 
 
@@ -20,7 +20,7 @@ def build_app(settings: Settings | None = None, *, database: Database | None = N
         settings or get_settings(),
         router,
         database=database,
-        lifespan=command_consumer("inventory"),
+        lifespan=service_lifespan("inventory"),
     )
 
 

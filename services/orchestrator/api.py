@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import BaseModel, Field
 
-from activities.commands import PlaceOrder
-from activities.errors import BookNotFound, CustomerNotFound
+from activities.commands import PlaceOrder, UtcTimestamp
+from activities.errors import BookNotFound, CustomerNotFound, IdempotencyKeyReused
 from engine import SagaStatus
 from orchestration_pattern.orchestrator import (
-    IdempotencyKeyReused,
     Orchestrator,
     SagaFinished,
     SagaUnknown,
@@ -21,13 +19,6 @@ from services._kit import OrderIdPath, error_responses
 
 router = APIRouter(prefix="/saga", tags=["saga"])
 
-
-def _utc(value: datetime) -> datetime:
-    # The engine stores naive UTC; RFC 3339 (and OpenAPI's date-time) needs the offset.
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
-
-
-Timestamp = Annotated[datetime, AfterValidator(_utc)]
 
 SagaState = Literal[
     "STARTED",
@@ -72,8 +63,8 @@ class StepView(BaseModel):
         description="SCHEDULED, RETRYING, COMPLETED, FAILED, COMPENSATING, COMPENSATED"
     )
     attempts: int
-    scheduled_at: Timestamp | None
-    finished_at: Timestamp | None
+    scheduled_at: UtcTimestamp | None
+    finished_at: UtcTimestamp | None
     last_error: dict[str, Any] | None
     compensation: str | None
     compensation_attempts: int
@@ -88,8 +79,8 @@ class SagaView(BaseModel):
     )
     needs_operator: bool = Field(description="A compensation keeps failing: look at it.")
     cancel_requested: bool
-    created_at: Timestamp | None
-    updated_at: Timestamp | None
+    created_at: UtcTimestamp | None
+    updated_at: UtcTimestamp | None
     steps: list[StepView] = Field(default_factory=list)
 
     @classmethod
@@ -114,7 +105,7 @@ class HistoryEvent(BaseModel):
     step: str | None
     attempt: int
     payload: dict[str, Any]
-    created_at: Timestamp | None
+    created_at: UtcTimestamp | None
     owner: str | None
     version: int
 

@@ -1,10 +1,18 @@
-"""The order service's REST API: place, read and cancel orders."""
+"""The order service's REST API: place, read and cancel orders.
+
+``POST /orders`` depends on the pattern: in the orchestration the order row is created
+directly (201, the orchestrator starts sagas on ``/saga/start``); in the choreography it
+starts a choreographed saga (202, :func:`choreography_pattern.saga.start_order`).
+"""
 
 from __future__ import annotations
 
 import uuid
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Header, Request, status
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
 from activities import cancel_order, create_order, get_order
 from activities.commands import CreateOrder, OrderRef, OrderView, PlaceOrder
@@ -12,12 +20,37 @@ from activities.errors import (
     AlreadyCompensated,
     BookNotFound,
     CustomerNotFound,
+    IdempotencyKeyReused,
     InvalidOrderState,
     OrderNotFound,
 )
-from services._kit import DatabaseDep, OrderIdPath, error_responses
+from choreography_pattern.saga import SeenEvent, order_events, start_order
+from services._kit import DatabaseDep, OrderIdPath, SettingsDep, error_responses
 
 router = APIRouter(prefix="/orders", tags=["orders"])
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=200,
+        pattern=r"^[\x21-\x7e]+$",
+        description="Choreography: retry-safe start; the same key and body give the same order.",
+    ),
+]
+
+
+class OrderAccepted(BaseModel):
+    order_id: str
+    status: Literal["PENDING", "COMPLETED", "CANCELLED"]
+
+
+class OrderDetail(OrderView):
+    events: list[SeenEvent] = Field(
+        default_factory=list,
+        description="Choreography: the events the order service saw for this order, in order.",
+    )
 
 
 def new_order_id() -> str:
@@ -28,24 +61,53 @@ def new_order_id() -> str:
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=OrderView,
-    responses=error_responses(CustomerNotFound, BookNotFound, AlreadyCompensated),
-    summary="Place an order (PENDING); the server assigns its order_id",
+    responses={
+        202: {"model": OrderAccepted, "description": "Choreography: the saga has started."},
+        200: {"model": OrderAccepted, "description": "Choreography: a repeat of a keyed start."},
+        **error_responses(CustomerNotFound, BookNotFound, AlreadyCompensated, IdempotencyKeyReused),
+    },
+    summary="Place an order: orchestration creates it (201), choreography starts its saga (202)",
 )
-async def place_order(body: PlaceOrder, db: DatabaseDep, response: Response) -> OrderView:
+async def place_order(
+    body: PlaceOrder,
+    db: DatabaseDep,
+    settings: SettingsDep,
+    request: Request,
+    idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
+    if settings.pattern == "choreography":
+        order, created = await start_order(db, body, idempotency_key=idempotency_key)
+        choreography = getattr(request.app.state, "choreography", None)
+        if choreography is not None:
+            choreography.notify()
+        accepted = OrderAccepted(order_id=order.order_id, status=order.status)
+        return JSONResponse(
+            accepted.model_dump(mode="json"),
+            status_code=status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK,
+            headers={"Location": f"/orders/{order.order_id}"},
+        )
     cmd = CreateOrder.model_validate({**body.model_dump(), "order_id": new_order_id()})
     order = await create_order(db, cmd)
-    response.headers["Location"] = f"/orders/{order.order_id}"
-    return order
+    return JSONResponse(
+        order.model_dump(mode="json"),
+        status_code=status.HTTP_201_CREATED,
+        headers={"Location": f"/orders/{order.order_id}"},
+    )
 
 
 @router.get(
     "/{order_id}",
-    response_model=OrderView,
+    response_model=OrderDetail,
     responses=error_responses(OrderNotFound),
-    summary="An order with its items, total and status",
+    summary="An order with its items, total, status and (choreography) the events seen for it",
 )
-async def read_order(order_id: OrderIdPath, db: DatabaseDep) -> OrderView:
-    return await get_order(db, order_id)
+async def read_order(
+    order_id: OrderIdPath, db: DatabaseDep, settings: SettingsDep
+) -> OrderDetail | JSONResponse:
+    order = await get_order(db, order_id)
+    if settings.pattern != "choreography":
+        return JSONResponse(order.model_dump(mode="json"))  # the orchestration's body, as before
+    return OrderDetail(**order.model_dump(), events=await order_events(db, order_id))
 
 
 @router.put(

@@ -131,6 +131,30 @@ def test_up_embedded_runs_sagas_on_all_five_ports_and_stops_on_ctrl_c(tmp_path: 
         assert order["status"] == "COMPLETED"
         stock = json.loads(httpx.get("http://127.0.0.1:8002/inventory/1", timeout=5).text)
         assert stock["reserved"] == 0
+        bench = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cloudmart",
+                "bench",
+                "--sagas",
+                "6",
+                "--concurrency",
+                "2",
+                "--out",
+                str(tmp_path / "results.json"),
+            ],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert bench.returncode == 0, bench.stdout + bench.stderr
+        results = json.loads((tmp_path / "results.json").read_text())
+        assert (results["completed"], results["errors"]) == (6, 0)
+        assert results["latency_ms"]["p50"] > 0
     finally:
         proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=20)

@@ -4,7 +4,6 @@ through the orchestrator's REST API, and SPEC §6's guarantees checked by SQL af
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -16,9 +15,9 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from conftest import TEST_RABBITMQ_URL, mysql_database_url, until
-from invariants import check
 from processes import Deployment
 from rabbitmq_support import delete_topology, message_count
+from shop import JP, US, Shop, order, sync_engine
 
 from activities.db import create_engine
 from cloudmart.schema import create_schema
@@ -27,15 +26,6 @@ from engine.adapters import amqp_names
 pytestmark = [pytest.mark.mysql, pytest.mark.rabbitmq, pytest.mark.slow]
 
 SERVICES = ("order", "inventory", "payment", "shipping", "orchestrator")
-JP = {
-    "name": "Hanako",
-    "line1": "1-2-3 Shibuya",
-    "city": "Tokyo",
-    "postal_code": "150-0002",
-    "country": "JP",
-}
-US = {**JP, "city": "Springfield", "country": "US"}
-_ids = itertools.count(1)
 
 
 @pytest.fixture(scope="module")
@@ -68,9 +58,7 @@ async def _create(engine: Any) -> None:
 
 @pytest.fixture(scope="module")
 def sql(deployment: Deployment) -> Iterator[sa.Engine]:
-    engine = sa.create_engine(
-        sa.engine.make_url(deployment.database_url).set(drivername="mysql+pymysql")
-    )
+    engine = sync_engine(deployment.database_url)
     yield engine
     engine.dispose()
 
@@ -84,70 +72,9 @@ async def api(deployment: Deployment) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-class Shop:
-    """Books and customers of one scenario, with ids no other scenario uses."""
-
-    def __init__(self, sql: sa.Engine) -> None:
-        self.sql = sql
-        self.stock: dict[int, int] = {}
-        self.balances: dict[int, Decimal] = {}
-
-    def book(self, price: str, stock: int) -> int:
-        book_id = 10_000 + next(_ids)
-        with self.sql.begin() as conn:
-            conn.execute(
-                sa.text("INSERT INTO books VALUES (:b, :t, :p)"),
-                {"b": book_id, "t": f"book {book_id}", "p": price},
-            )
-            conn.execute(
-                sa.text("INSERT INTO inventory VALUES (:b, :n, 0)"), {"b": book_id, "n": stock}
-            )
-        self.stock[book_id] = stock
-        return book_id
-
-    def customer(self, balance: str) -> int:
-        customer_id = 10_000 + next(_ids)
-        with self.sql.begin() as conn:
-            conn.execute(
-                sa.text("INSERT INTO customers VALUES (:c, :n, :e, :b)"),
-                {"c": customer_id, "n": "Hanako", "e": f"c{customer_id}@example.jp", "b": balance},
-            )
-        self.balances[customer_id] = Decimal(balance)
-        return customer_id
-
-    def check(self, order_ids: list[str]) -> None:
-        with self.sql.connect() as conn:
-            assert check(conn, order_ids, stock=self.stock, balances=self.balances) == []
-
-    def stock_of(self, book_id: int) -> tuple[int, int]:
-        with self.sql.connect() as conn:
-            row = conn.execute(
-                sa.text("SELECT available, reserved FROM inventory WHERE book_id = :b"),
-                {"b": book_id},
-            ).one()
-        return int(row.available), int(row.reserved)
-
-    def balance_of(self, customer_id: int) -> Decimal:
-        with self.sql.connect() as conn:
-            return Decimal(
-                conn.scalar(
-                    sa.text("SELECT balance FROM customers WHERE customer_id = :c"),
-                    {"c": customer_id},
-                )
-            )
-
-
 @pytest.fixture
 def shop(sql: sa.Engine) -> Shop:
     return Shop(sql)
-
-
-def order(customer: int, *items: tuple[int, int], address: dict[str, str] = JP) -> dict[str, Any]:
-    return {
-        "customer_id": customer,
-        "items": [{"book_id": b, "quantity": q} for b, q in items],
-        "shipping_address": address,
-    }
 
 
 async def start(api: httpx.AsyncClient, body: dict[str, Any], **headers: str) -> str:

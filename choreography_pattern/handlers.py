@@ -1,0 +1,318 @@
+"""What each service does with each event: one small function per (service, event type).
+
+A handler maps an event to a business operation (:mod:`activities`, by name through
+:func:`activities.registry.invoke`) and the operation's outcome to the next event, written to
+the outbox by the operation's ``emit`` — inside the operation's transaction, only the first
+time it runs. No business rule lives here; only who reacts to what::
+
+    inventory  OrderCreated → reserve_stock            (StockReserved | StockUnavailable)
+               PaymentFailed, ShippingFailed → release_stock          (StockReleased)
+    payment    OrderCreated → process_payment        (PaymentCompleted | PaymentFailed)
+               StockUnavailable → cancel_payment                   (PaymentCancelled)
+               ShippingFailed → refund_payment                      (PaymentRefunded)
+    shipping   StockReserved + PaymentCompleted → arrange_shipping
+                                                     (ShippingArranged | ShippingFailed)
+    order      every event → logged; ShippingArranged → complete_order (OrderCompleted);
+               a failure once its compensations are all seen → cancel_order (OrderCancelled)
+
+Exactly once, per service: :func:`handle` skips an event whose id the service already
+processed (``processed_events``). The record is written in the same transaction as the
+event's effect: by the operation's ``emit``, or by the handler's own state transaction when no
+operation follows; otherwise (the operation had already run) right after. A crash before the
+record leaves the event unacknowledged; on redelivery the operations' own inbox makes the
+repeat harmless.
+
+Order across producers is not relied on; state guards it: a compensation that arrives first
+leaves a tombstone so the late forward operation does nothing (e.g. StockUnavailable before
+OrderCreated at payment: nothing is ever charged); shipping keeps which prerequisites it has
+seen in ``shipping_prerequisites``; the order service decides under a lock on the order row.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.dialects import mysql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from activities._inbox import now
+from activities.db import Database
+from activities.errors import DomainError, InvalidCommand, NotFound
+from activities.registry import invoke
+from activities.shipping import DEFAULT_SERVED_COUNTRIES
+from activities.tables import order_events, orders, shipping_prerequisites
+from choreography_pattern import events as ev
+from choreography_pattern.events import Event, event_for
+from choreography_pattern.outbox import (
+    insert_ignoring_duplicates,
+    mark_processed,
+    was_processed,
+    write_events,
+)
+
+log = structlog.get_logger("choreography.handlers")
+
+
+@dataclass
+class HandlerStats:
+    handled: int = 0
+    duplicates: int = 0
+
+
+@dataclass
+class Deps:
+    """What handlers need: the database, shipping's configuration, counters."""
+
+    db: Database
+    served_countries: Collection[str] = DEFAULT_SERVED_COUNTRIES
+    stats: dict[str, HandlerStats] = field(default_factory=dict)
+
+    def stats_of(self, service: str) -> HandlerStats:
+        return self.stats.setdefault(service, HandlerStats())
+
+
+# A step returns True when it already recorded the event as processed.
+Step = Callable[[Deps, Event], Awaitable[bool]]
+
+
+async def _run(
+    deps: Deps, service: str, operation: str, event: Event, payload: dict[str, Any]
+) -> bool:
+    """Run ``service.operation``; its first run writes the next event and the processed mark."""
+    marked = False
+
+    async def emit(conn: AsyncConnection, op: str, outcome: dict[str, Any]) -> None:
+        nonlocal marked
+        caused = event_for(service, op, event.order_id, outcome, event.context)
+        if caused is not None:
+            await write_events(conn, [caused])
+        await mark_processed(conn, service, event)
+        marked = True
+
+    try:
+        await invoke(
+            deps.db,
+            f"{service}.{operation}",
+            {"order_id": event.order_id, **payload},
+            served_countries=deps.served_countries,
+            emit=emit,
+        )
+    except (InvalidCommand, NotFound):
+        raise  # a payload this service cannot act on: redelivered, then dead-lettered
+    except DomainError as exc:
+        if not exc.non_retryable:
+            raise
+        # A business refusal (its event was written by emit), or a tombstone: done.
+        log.info(
+            "event.operation_refused",
+            service=service,
+            operation=operation,
+            order_id=event.order_id,
+            error=exc.code,
+        )
+    return marked
+
+
+def _operation(service: str, operation: str, payload: Callable[[Event], dict[str, Any]]) -> Step:
+    async def step(deps: Deps, event: Event) -> bool:
+        return await _run(deps, service, operation, event, payload(event))
+
+    step.__name__ = f"{service}_{operation}"
+    return step
+
+
+def _reason(event: Event) -> dict[str, Any]:
+    return {"reason": f"{event.type} for order {event.order_id}"}
+
+
+# shipping ---------------------------------------------------------------------------------
+
+
+async def _shipping_prerequisite(deps: Deps, event: Event) -> bool:
+    """Note a prerequisite; when both are seen, arrange the shipment."""
+    flag = "stock_reserved" if event.type == ev.STOCK_RESERVED else "payment_completed"
+    address = event.payload.get("shipping_address")
+    address_text = json.dumps(address) if address is not None else None
+
+    async def work(conn: AsyncConnection) -> str | None:
+        values = {
+            "order_id": event.order_id,
+            "stock_reserved": flag == "stock_reserved",
+            "payment_completed": flag == "payment_completed",
+            "shipping_address": address_text,
+            "updated_at": now(),
+        }
+        # The upsert locks the row until commit, so of two concurrent prerequisites the
+        # second waits and then sees the first: one of them always finds both.
+        update = {
+            flag: True,
+            "shipping_address": sa.func.coalesce(
+                shipping_prerequisites.c.shipping_address, address_text
+            ),
+            "updated_at": values["updated_at"],
+        }
+        if conn.dialect.name == "sqlite":
+            stmt: Any = (
+                sqlite.insert(shipping_prerequisites)
+                .values(values)
+                .on_conflict_do_update(index_elements=["order_id"], set_=update)
+            )
+        else:
+            stmt = (
+                mysql.insert(shipping_prerequisites).values(values).on_duplicate_key_update(update)
+            )
+        await conn.execute(stmt)
+        row = (
+            await conn.execute(
+                sa.select(shipping_prerequisites).where(
+                    shipping_prerequisites.c.order_id == event.order_id
+                )
+            )
+        ).one()
+        if row.stock_reserved and row.payment_completed and row.shipping_address:
+            return str(row.shipping_address)
+        await mark_processed(conn, "shipping", event)
+        return None
+
+    ready = await deps.db.transaction(work)
+    if ready is None:
+        return True
+    return await _run(deps, "shipping", "arrange_shipping", event, {"address": json.loads(ready)})
+
+
+# order ------------------------------------------------------------------------------------
+
+
+def decide(seen: Collection[str]) -> str | None:
+    """The order's next operation given the event types seen for it, or None (wait)."""
+    if ev.SHIPPING_ARRANGED in seen:
+        return "complete_order"
+    failures = [f for f in ev.COMPENSATIONS_NEEDED if f in seen]
+    if failures and all(ev.COMPENSATIONS_NEEDED[f] <= set(seen) for f in failures):
+        return "cancel_order"
+    return None
+
+
+async def _order_saw(deps: Deps, event: Event) -> bool:
+    """Log the event for the order; complete or cancel it when the events seen say so."""
+
+    async def work(conn: AsyncConnection) -> str | None:
+        await conn.execute(
+            insert_ignoring_duplicates(order_events).values(
+                event_id=event.event_id,
+                order_id=event.order_id,
+                event_type=event.type,
+                producer=event.producer,
+                sequence=event.sequence,
+                occurred_at=event.occurred_at,
+                received_at=now(),
+            )
+        )
+        # The order row is the lock that serialises decisions about one order.
+        status = await conn.scalar(
+            sa.select(orders.c.status).where(orders.c.order_id == event.order_id).with_for_update()
+        )
+        decision = None
+        if status == "PENDING":
+            seen = (
+                await conn.scalars(
+                    sa.select(order_events.c.event_type).where(
+                        order_events.c.order_id == event.order_id
+                    )
+                )
+            ).all()
+            decision = decide(seen)
+        # No order row yet (an event overtook OrderCreated): OrderCreated decides later.
+        if decision is None:
+            await mark_processed(conn, "order", event)
+        return decision
+
+    decision = await deps.db.transaction(work)
+    if decision is None:
+        return True
+    return await _run(deps, "order", decision, event, _reason(event))
+
+
+# the table --------------------------------------------------------------------------------
+
+_release = _operation("inventory", "release_stock", _reason)
+
+HANDLERS: dict[str, dict[str, Step]] = {
+    "inventory": {
+        ev.ORDER_CREATED: _operation(
+            "inventory", "reserve_stock", lambda e: {"items": e.payload["items"]}
+        ),
+        ev.PAYMENT_FAILED: _release,
+        ev.SHIPPING_FAILED: _release,
+    },
+    "payment": {
+        ev.ORDER_CREATED: _operation(
+            "payment",
+            "process_payment",
+            lambda e: {
+                "customer_id": e.payload["customer_id"],
+                "amount": e.payload["total_amount"],
+            },
+        ),
+        ev.STOCK_UNAVAILABLE: _operation("payment", "cancel_payment", _reason),
+        ev.SHIPPING_FAILED: _operation("payment", "refund_payment", _reason),
+    },
+    "shipping": {
+        ev.STOCK_RESERVED: _shipping_prerequisite,
+        ev.PAYMENT_COMPLETED: _shipping_prerequisite,
+    },
+    "order": {event_type: _order_saw for event_type in sorted(ev.EVENT_TYPES)},
+}
+
+
+def types_of(service: str) -> frozenset[str]:
+    """The event types ``service``'s consumer group handles."""
+    return frozenset(HANDLERS[service])
+
+
+async def handle(deps: Deps, service: str, event: Event) -> bool:
+    """Let ``service`` react to ``event``; False when it was a duplicate and was skipped."""
+    stats = deps.stats_of(service)
+    step = HANDLERS[service].get(event.type)
+    if step is None:
+        return True
+
+    async def seen(conn: AsyncConnection) -> bool:
+        return await was_processed(conn, service, event.event_id)
+
+    async with deps.db.engine.connect() as conn:
+        if await seen(conn):
+            stats.duplicates += 1
+            log.info(
+                "event.duplicate_skipped",
+                service=service,
+                event_type=event.type,
+                order_id=event.order_id,
+            )
+            return False
+    structlog.contextvars.bind_contextvars(order_id=event.order_id)
+    try:
+        if not await step(deps, event):
+
+            async def record(conn: AsyncConnection) -> None:
+                await mark_processed(conn, service, event)
+
+            await deps.db.transaction(record)
+    finally:
+        structlog.contextvars.unbind_contextvars("order_id")
+    stats.handled += 1
+    return True
+
+
+def handler_for(deps: Deps, service: str) -> Callable[[Event], Awaitable[None]]:
+    """The bus handler of ``service``'s consumer group."""
+
+    async def on_event(event: Event) -> None:
+        await handle(deps, service, event)
+
+    return on_event

@@ -1,0 +1,75 @@
+"""Writing events: into the outbox, inside the transaction of the change that caused them.
+
+:func:`write_events` inserts outbox rows on the caller's connection, so an event exists
+exactly when its cause committed (a rolled-back change leaves no event); the relay
+(:mod:`choreography_pattern.relay`) publishes them afterwards. :func:`mark_processed` records
+that a service handled an event (its inbox of event ids), idempotently.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from activities._inbox import now
+from activities.tables import outbox, processed_events
+from choreography_pattern.events import Event
+
+TOPIC = "events"
+
+
+def insert_ignoring_duplicates(table: sa.Table) -> sa.Insert:
+    """INSERT that silently skips a row whose key exists (MySQL/MariaDB and SQLite)."""
+    return (
+        table.insert()
+        .prefix_with("IGNORE", dialect="mysql")
+        .prefix_with("OR IGNORE", dialect="sqlite")
+    )
+
+
+async def write_events(conn: AsyncConnection, events: Sequence[Event]) -> None:
+    """Add ``events`` to the outbox in the caller's transaction."""
+    if not events:
+        return
+    stamp = now()
+    await conn.execute(
+        outbox.insert(),
+        [
+            {
+                "event_id": e.event_id,
+                "order_id": e.order_id,
+                "sequence": e.sequence,
+                "topic": TOPIC,
+                "event_type": e.type,
+                "payload": json.dumps(e.payload, default=str, separators=(",", ":")),
+                "created_at": stamp,
+                "published_at": None,
+            }
+            for e in events
+        ],
+    )
+
+
+async def mark_processed(conn: AsyncConnection, service: str, event: Event) -> None:
+    """Record that ``service`` handled ``event`` (a repeat of the record changes nothing)."""
+    await conn.execute(
+        insert_ignoring_duplicates(processed_events).values(
+            service=service,
+            event_id=event.event_id,
+            order_id=event.order_id,
+            event_type=event.type,
+            processed_at=now(),
+        )
+    )
+
+
+async def was_processed(conn: AsyncConnection, service: str, event_id: str) -> bool:
+    found = await conn.scalar(
+        sa.select(processed_events.c.event_id).where(
+            processed_events.c.service == service, processed_events.c.event_id == event_id
+        )
+    )
+    return found is not None

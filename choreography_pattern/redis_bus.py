@@ -1,0 +1,311 @@
+"""The event bus on Redis Streams: one stream, one consumer group per service.
+
+Keys (all under the deployment's namespace, so test runs and deployments share one Redis):
+
+- ``<ns>:events`` — the stream every service publishes to (XADD) and every group reads.
+- ``<ns>:events:dead:<group>`` — a group's dead letters, with the reason and original id.
+
+Why one stream: an order's events then sit in one log in publication order, which makes
+``cloudmart events tail`` and debugging trivial; a group reads every entry and acknowledges the
+types it does not handle without work (a cheap XACK). Four groups on one stream cost each entry
+four reads, far below the database work per event.
+
+Each consumer (one per service process, named ``<group>-<host>-<pid>-<random>``) reads new
+entries with XREADGROUP ``>`` and acknowledges (XACK) each after its handler returned — after
+the handler's transaction committed. Entries left pending by a consumer that died (or by a
+handler that raised) are taken over with XAUTOCLAIM once idle for ``claim_idle`` seconds;
+the entry's delivery count (XPENDING ``times_delivered``) decides when it has failed often
+enough (``max_deliveries``) to be dead-lettered. A dead-lettered entry is XADDed to the dead
+stream and XACKed in one MULTI/EXEC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Collection, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from choreography_pattern.bus import (
+    DEFAULT_MAX_DELIVERIES,
+    BeforeAck,
+    ConsumerStats,
+    Handler,
+    Verdict,
+    dead_letter_fields,
+    deliver,
+)
+from choreography_pattern.events import Event
+
+log = structlog.get_logger("choreography.redis")
+
+_TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+def stream_key(namespace: str) -> str:
+    return f"{namespace}:events"
+
+
+def dead_letter_key(namespace: str, group: str) -> str:
+    return f"{namespace}:events:dead:{group}"
+
+
+def _decode(raw: dict[bytes, bytes]) -> tuple[dict[str, str], bool]:
+    """The entry's fields as text; False when some were not UTF-8 (a malformed entry)."""
+    try:
+        return {k.decode(): v.decode() for k, v in raw.items()}, True
+    except UnicodeDecodeError:
+        return {
+            k.decode(errors="replace"): v.decode(errors="replace") for k, v in raw.items()
+        }, False
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RedisEventBus:
+    """:class:`choreography_pattern.bus.EventBus` on Redis Streams."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        namespace: str,
+        *,
+        claim_idle: float = 30.0,
+        max_deliveries: int = DEFAULT_MAX_DELIVERIES,
+        batch: int = 64,
+        concurrency: int = 16,
+        block: float = 1.0,
+    ) -> None:
+        self.client = client
+        self.namespace = namespace
+        self.stream = stream_key(namespace)
+        self._claim_idle_ms = max(1, int(claim_idle * 1000))
+        self._max_deliveries = max_deliveries
+        self._batch = batch
+        self._concurrency = concurrency
+        self._block_ms = max(1, int(block * 1000))
+
+    @classmethod
+    def from_url(cls, url: str, namespace: str, **options: Any) -> RedisEventBus:
+        return cls(aioredis.Redis.from_url(url, decode_responses=False), namespace, **options)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def ping(self) -> bool:
+        return bool(await self.client.ping())
+
+    async def publish(self, events: Sequence[Event]) -> None:
+        if not events:
+            return
+        async with self.client.pipeline(transaction=False) as pipe:
+            for event in events:
+                pipe.xadd(self.stream, event.to_fields())  # type: ignore[arg-type]
+            await pipe.execute()
+
+    async def publish_fields(self, fields: dict[str, str]) -> str:
+        """XADD a raw entry (tests use it for malformed entries and duplicates); its id."""
+        return _text(await self.client.xadd(self.stream, fields))  # type: ignore[arg-type]
+
+    async def dead_letters(self, group: str) -> list[dict[str, str]]:
+        entries = await self.client.xrange(dead_letter_key(self.namespace, group))
+        return [_decode(fields)[0] for _, fields in entries]
+
+    async def ensure_group(self, group: str) -> None:
+        """Create ``group`` on the stream (from its start) unless it exists."""
+        try:
+            await self.client.xgroup_create(self.stream, group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    @asynccontextmanager
+    async def consumer(
+        self,
+        group: str,
+        handler: Handler,
+        *,
+        types: Collection[str] | None = None,
+        before_ack: BeforeAck | None = None,
+    ) -> AsyncIterator[ConsumerStats]:
+        await self.ensure_group(group)
+        runner = _Consumer(self, group, handler, types, before_ack)
+        tasks = [asyncio.create_task(runner.read()), asyncio.create_task(runner.claim())]
+        try:
+            yield runner.stats
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await runner.stop()
+
+
+class _Consumer:
+    def __init__(
+        self,
+        bus: RedisEventBus,
+        group: str,
+        handler: Handler,
+        types: Collection[str] | None,
+        before_ack: BeforeAck | None,
+    ) -> None:
+        self.bus = bus
+        self.client = bus.client
+        self.group = group
+        self.handler = handler
+        self.types = types
+        self.before_ack = before_ack
+        self.name = f"{group}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.stats = ConsumerStats()
+        self.slots = asyncio.Semaphore(bus._concurrency)
+        self.in_flight: set[str] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def stop(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    def _spawn(self, entry_id: str, raw: dict[bytes, bytes]) -> None:
+        task = asyncio.create_task(self._process(entry_id, raw))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _resilient(self, what: str, step: Any) -> None:
+        """Run ``step`` forever; survive Redis going away (and the group with a restart)."""
+        delay = 0.1
+        while True:
+            try:
+                await step()
+                delay = 0.1
+            except _TRANSIENT as exc:
+                log.warning(f"events.{what}_unavailable", group=self.group, error=str(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                await self.bus.ensure_group(self.group)
+
+    async def read(self) -> None:
+        async def step() -> None:
+            await self.slots.acquire()
+            self.slots.release()
+            response = await self.client.xreadgroup(
+                self.group,
+                self.name,
+                {self.bus.stream: ">"},
+                count=self.bus._batch,
+                block=self.bus._block_ms,
+            )
+            for _stream, entries in response or []:
+                # Taken now, handled as slots free up: the claimer must not take them too.
+                self.in_flight.update(_text(entry_id) for entry_id, _ in entries)
+                for entry_id, raw in entries:
+                    await self.slots.acquire()
+                    self._spawn(_text(entry_id), raw)
+
+        await self._resilient("read", step)
+
+    async def claim(self) -> None:
+        interval = max(0.05, self.bus._claim_idle_ms / 2000)
+        cursor = "0-0"
+
+        async def step() -> None:
+            nonlocal cursor
+            await asyncio.sleep(interval)
+            response = await self.client.xautoclaim(
+                self.bus.stream,
+                self.group,
+                self.name,
+                min_idle_time=self.bus._claim_idle_ms,
+                start_id=cursor,
+                count=self.bus._batch,
+            )
+            cursor = _text(response[0])
+            for entry_id, raw in response[1]:
+                entry_id = _text(entry_id)
+                if entry_id in self.in_flight or raw is None:
+                    continue
+                self.stats.claimed += 1
+                self.in_flight.add(entry_id)
+                if await self._deliveries(entry_id) > self.bus._max_deliveries:
+                    fields, _ = _decode(raw)
+                    await self._dead_letter(entry_id, fields, "delivered too many times")
+                    self.in_flight.discard(entry_id)
+                    continue
+                await self.slots.acquire()
+                self._spawn(entry_id, raw)
+
+        await self._resilient("claim", step)
+
+    async def _deliveries(self, entry_id: str) -> int:
+        pending = await self.client.xpending_range(
+            self.bus.stream, self.group, min=entry_id, max=entry_id, count=1
+        )
+        return int(pending[0]["times_delivered"]) if pending else 0
+
+    async def _dead_letter(self, entry_id: str, fields: dict[str, str], reason: str) -> None:
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.xadd(
+                dead_letter_key(self.bus.namespace, self.group),
+                dead_letter_fields(fields, entry_id, reason),  # type: ignore[arg-type]
+            )
+            pipe.xack(self.bus.stream, self.group, entry_id)
+            await pipe.execute()
+        self.stats.dead_lettered += 1
+        log.error("event.dead_lettered", group=self.group, entry_id=entry_id, reason=reason)
+
+    async def _process(self, entry_id: str, raw: dict[bytes, bytes]) -> None:
+        try:
+            fields, readable = _decode(raw)
+            if not readable:
+                await self._dead_letter(entry_id, fields, "entry is not UTF-8")
+                return
+            verdict, event, reason = await deliver(
+                self.group, fields, self.handler, self.types, self.stats
+            )
+            if verdict is Verdict.DEAD:
+                await self._dead_letter(entry_id, fields, reason)
+            elif verdict is Verdict.RETRY:
+                # Left pending: XAUTOCLAIM delivers it again after claim_idle; counted there.
+                if await self._deliveries(entry_id) >= self.bus._max_deliveries:
+                    await self._dead_letter(entry_id, fields, reason)
+            else:
+                if verdict is Verdict.DONE and self.before_ack is not None and event is not None:
+                    self.before_ack(event)
+                await self.client.xack(self.bus.stream, self.group, entry_id)
+        except _TRANSIENT as exc:
+            # The entry stays pending and is claimed again once Redis is back.
+            log.warning("event.ack_failed", group=self.group, entry_id=entry_id, error=str(exc))
+        finally:
+            self.in_flight.discard(entry_id)
+            self.slots.release()
+
+
+async def tail(url: str, namespace: str) -> AsyncIterator[tuple[str, dict[str, str]]]:
+    """Entries as they are added to the stream from now on (XREAD from ``$``)."""
+    client = aioredis.Redis.from_url(url, decode_responses=False)
+    try:
+        last = "$"
+        while True:
+            response = await client.xread({stream_key(namespace): last}, block=1000, count=100)
+            for _stream, entries in response or []:
+                for entry_id, raw in entries:
+                    last = _text(entry_id)
+                    yield last, _decode(raw)[0]
+    finally:
+        with contextlib.suppress(*_TRANSIENT):
+            await client.aclose()

@@ -1,0 +1,136 @@
+"""The outbox relay: publishes committed outbox rows to the bus, oldest first.
+
+One relay runs in each service process and publishes the events *that service* produces (its
+own outbox, as if each service had its own database). A pass takes up to ``batch`` unpublished
+rows ordered by id — ``FOR UPDATE SKIP LOCKED`` on MySQL/MariaDB, so several relays split the
+rows instead of publishing them twice (SQLite has a single writer; a plain SELECT is enough) —
+publishes them, sets ``published_at`` and commits, all in one transaction.
+
+What can go wrong, and why it is fine:
+
+- the process dies after the business commit, before publishing: the row stays unpublished and
+  the next pass (after a restart, or another relay) publishes it;
+- the publish happened but the ``published_at`` commit was lost: the row is published again
+  with the same ``event_id``; consumers skip it (their inbox of event ids);
+- a rolled-back business transaction never wrote a row, so there is nothing to publish.
+
+A pass runs when :meth:`OutboxRelay.notify` is called (the process just wrote an event) and
+otherwise every ``poll_interval`` seconds, which also refreshes :attr:`OutboxRelay.lag`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Callable, Collection
+
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from activities._inbox import now
+from activities.db import Database
+from activities.tables import outbox
+from choreography_pattern.bus import EventBus
+from choreography_pattern.events import PRODUCER, Event
+
+log = structlog.get_logger("choreography.relay")
+
+BeforePublish = Callable[[list[Event]], None]
+
+
+class OutboxRelay:
+    """Moves outbox rows of ``producers`` (service names; None: all) onto ``bus``."""
+
+    def __init__(
+        self,
+        db: Database,
+        bus: EventBus,
+        *,
+        producers: Collection[str] | None = None,
+        batch: int = 200,
+        poll_interval: float = 0.5,
+        before_publish: BeforePublish | None = None,
+    ) -> None:
+        self.db = db
+        self.bus = bus
+        self.types = sorted(
+            t for t, p in PRODUCER.items() if producers is None or p in set(producers)
+        )
+        self.batch = batch
+        self.poll_interval = poll_interval
+        self.before_publish = before_publish
+        self.published = 0
+        self.lag = 0
+        self._wake = asyncio.Event()
+
+    def notify(self) -> None:
+        """Ask for a pass soon (an event was just written)."""
+        self._wake.set()
+
+    async def publish_pending(self) -> int:
+        """One pass: publish up to ``batch`` rows; how many were published."""
+
+        async def work(conn: AsyncConnection) -> int:
+            query = (
+                sa.select(
+                    outbox.c.id,
+                    outbox.c.order_id,
+                    outbox.c.event_type,
+                    outbox.c.payload,
+                    outbox.c.created_at,
+                )
+                .where(outbox.c.published_at.is_(None), outbox.c.event_type.in_(self.types))
+                .order_by(outbox.c.id)
+                .limit(self.batch)
+            )
+            if conn.dialect.name != "sqlite":
+                query = query.with_for_update(skip_locked=True)
+            rows = (await conn.execute(query)).all()
+            if not rows:
+                return 0
+            events = [
+                Event(r.event_type, r.order_id, json.loads(r.payload), r.created_at) for r in rows
+            ]
+            if self.before_publish is not None:
+                self.before_publish(events)
+            await self.bus.publish(events)
+            await conn.execute(
+                outbox.update()
+                .where(outbox.c.id.in_([r.id for r in rows]))
+                .values(published_at=now())
+            )
+            return len(rows)
+
+        count: int = await self.db.transaction(work)
+        self.published += count
+        return count
+
+    async def unpublished(self) -> int:
+        """Rows of this relay's producers not yet published (the outbox lag)."""
+        async with self.db.engine.connect() as conn:
+            value = await conn.scalar(
+                sa.select(sa.func.count())
+                .select_from(outbox)
+                .where(outbox.c.published_at.is_(None), outbox.c.event_type.in_(self.types))
+            )
+        return int(value or 0)
+
+    async def run(self) -> None:
+        """Publish until cancelled; survive the database or the bus being away for a while."""
+        while True:
+            woken = False
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.poll_interval):
+                    await self._wake.wait()
+                    woken = True
+            self._wake.clear()
+            try:
+                while await self.publish_pending() == self.batch:
+                    pass
+                if not woken:
+                    self.lag = await self.unpublished()
+            except Exception as exc:  # database or bus away: logged, retried on the next pass
+                log.warning("relay.pass_failed", error_type=type(exc).__name__, error=str(exc))
+                await asyncio.sleep(self.poll_interval)

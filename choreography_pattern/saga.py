@@ -1,0 +1,103 @@
+"""Starting a choreographed saga, and reading one back.
+
+:func:`start_order` is ``POST /orders`` in the choreography: ``create_order`` whose ``emit``
+writes ``OrderCreated`` to the outbox in the same transaction as the order row. From there the
+services carry the saga on by themselves. :func:`order_events` is the log of events the order
+service saw for an order (``GET /orders/{id}``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from pydantic import BaseModel
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from activities.commands import CreateOrder, OrderView, PlaceOrder, UtcTimestamp
+from activities.db import Database
+from activities.errors import IdempotencyKeyReused
+from activities.orders import check_order, create_order, order_id_for
+from activities.tables import order_events as order_events_table
+from choreography_pattern.events import CONTEXT_FIELDS, event_for
+from choreography_pattern.outbox import write_events
+
+
+class SeenEvent(BaseModel):
+    event_id: str
+    type: str
+    producer: str
+    sequence: int
+    occurred_at: UtcTimestamp
+    received_at: UtcTimestamp
+
+
+def _same_order(view: OrderView, order: PlaceOrder) -> bool:
+    def items(values: Any) -> list[tuple[int, int]]:
+        return sorted((i.book_id, i.quantity) for i in values)
+
+    return (
+        view.customer_id == order.customer_id
+        and items(view.items) == items(order.items)
+        and view.shipping_address == order.shipping_address
+    )
+
+
+async def start_order(
+    db: Database, order: PlaceOrder, *, idempotency_key: str | None = None
+) -> tuple[OrderView, bool]:
+    """Create the order and its ``OrderCreated`` event; the order and whether it is new.
+
+    Unknown customers and books are refused (404) before anything is written. With an
+    Idempotency-Key, a repeat with the same body returns the same order (not new); another
+    body is refused with :class:`IdempotencyKeyReused`.
+    """
+    await check_order(db, order)
+    command = CreateOrder(order_id=order_id_for(idempotency_key), **order.model_dump())
+    created = False
+
+    async def emit(conn: AsyncConnection, operation: str, outcome: dict[str, Any]) -> None:
+        nonlocal created
+        created = True
+        result = outcome.get("result") or {}
+        context = {k: result[k] for k in CONTEXT_FIELDS if k in result}
+        event = event_for("order", operation, command.order_id, outcome, context)
+        if event is not None:
+            await write_events(conn, [event])
+
+    view = await create_order(db, command, emit=emit)
+    if not created and not _same_order(view, order):
+        raise IdempotencyKeyReused(
+            "this Idempotency-Key was used with a different order", order_id=view.order_id
+        )
+    return view, created
+
+
+async def order_events(db: Database, order_id: str) -> list[SeenEvent]:
+    """The events the order service saw for ``order_id``, in the order it saw them."""
+    async with db.engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                sa.select(
+                    order_events_table.c.event_id,
+                    order_events_table.c.event_type,
+                    order_events_table.c.producer,
+                    order_events_table.c.sequence,
+                    order_events_table.c.occurred_at,
+                    order_events_table.c.received_at,
+                )
+                .where(order_events_table.c.order_id == order_id)
+                .order_by(order_events_table.c.id)
+            )
+        ).all()
+    return [
+        SeenEvent(
+            event_id=r.event_id,
+            type=r.event_type,
+            producer=r.producer,
+            sequence=r.sequence,
+            occurred_at=r.occurred_at,
+            received_at=r.received_at,
+        )
+        for r in rows
+    ]

@@ -1,0 +1,102 @@
+"""What the choreography's end-to-end and chaos suites share: a deployment of the four services
+on MariaDB and Redis, a shop of scenario-private books and customers, and waits on orders."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+import shop
+import sqlalchemy as sa
+from conftest import TEST_REDIS_URL, mysql_database_url, until
+from processes import Deployment
+from shop import Shop
+
+from activities.db import create_engine
+from cloudmart.schema import create_schema
+
+SERVICES = ("order", "inventory", "payment", "shipping")
+TERMINAL = ("COMPLETED", "CANCELLED")
+
+
+async def _create(url: str) -> None:
+    engine = create_engine(url)
+    await create_schema(engine)
+    await engine.dispose()
+
+
+@contextmanager
+def choreography_deployment(
+    database: str, directory: Path, *, base_port: int = 18000, **env: str
+) -> Iterator[Deployment]:
+    """The four services in the choreography, on a fresh database and Redis namespace."""
+    url = mysql_database_url(database)
+    asyncio.run(_create(url))
+    namespace = f"test-{uuid.uuid4().hex[:8]}"
+    deployed = Deployment(
+        database_url=url,
+        namespace=namespace,
+        directory=directory,
+        base_port=base_port,
+        pattern="choreography",
+        redis_url=TEST_REDIS_URL,
+        extra_env={"CLOUDMART_EVENT_CLAIM_IDLE": "1", **env},
+    )
+    try:
+        for name in SERVICES:
+            deployed.start(name)
+        yield deployed
+    finally:
+        deployed.stop_all()
+        delete_namespace(namespace)
+
+
+def delete_namespace(namespace: str) -> None:
+    client = redis.Redis.from_url(TEST_REDIS_URL)
+    try:
+        keys = list(client.scan_iter(match=f"{namespace}:*"))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+def sync_engine(deployment: Deployment) -> sa.Engine:
+    return shop.sync_engine(deployment.database_url)
+
+
+async def start(api: httpx.AsyncClient, body: dict[str, Any], **headers: str) -> str:
+    response = await api.post("/orders", json=body, headers=headers)
+    assert response.status_code == 202, response.text
+    order_id = str(response.json()["order_id"])
+    assert response.headers["location"] == f"/orders/{order_id}"
+    return order_id
+
+
+async def finished(api: httpx.AsyncClient, order_id: str, timeout: float = 30) -> dict[str, Any]:
+    """The order (with its events) once it is COMPLETED or CANCELLED."""
+
+    async def terminal() -> dict[str, Any] | None:
+        body: dict[str, Any] = (await api.get(f"/orders/{order_id}")).json()
+        return body if body["status"] in TERMINAL else None
+
+    return await until(terminal, timeout=timeout, interval=0.02)
+
+
+async def run_all(
+    api: httpx.AsyncClient, shop: Shop, bodies: list[dict[str, Any]], timeout: float = 60
+) -> dict[str, str]:
+    """Start every order at once; their final statuses once all are terminal (read by SQL)."""
+    ids = list(await asyncio.gather(*(start(api, body) for body in bodies)))
+
+    def done() -> dict[str, str] | None:
+        statuses = shop.statuses(ids)
+        return statuses if all(s in TERMINAL for s in statuses.values()) else None
+
+    return await until(done, timeout=timeout, interval=0.1)

@@ -1,0 +1,289 @@
+"""The seed's scenarios, choreographed: four real service processes on MariaDB and Redis
+Streams, driven through the order service's REST API, SPEC §6 checked by SQL after each."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from decimal import Decimal
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from choreography_support import choreography_deployment, finished, run_all, start, sync_engine
+from conftest import TEST_REDIS_URL, until
+from processes import Deployment
+from shop import JP, US, Shop, order
+
+from activities.orders import order_id_for
+from choreography_pattern import Event
+from choreography_pattern import events as ev
+from choreography_pattern.redis_bus import RedisEventBus, dead_letter_key, stream_key
+
+pytestmark = [pytest.mark.mysql, pytest.mark.redis, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    with choreography_deployment(
+        "cloudmart_test_choreography", tmp_path_factory.mktemp("choreography")
+    ) as deployed:
+        yield deployed
+
+
+@pytest.fixture(scope="module")
+def sql(deployment: Deployment) -> Iterator[sa.Engine]:
+    engine = sync_engine(deployment)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+async def api(deployment: Deployment) -> AsyncIterator[httpx.AsyncClient]:
+    limits = httpx.Limits(max_connections=64)
+    async with httpx.AsyncClient(
+        base_url=deployment.url("order"), timeout=30, limits=limits
+    ) as client:
+        yield client
+
+
+@pytest.fixture
+def shop(sql: sa.Engine) -> Shop:
+    return Shop(sql, pattern="choreography")
+
+
+@pytest.fixture
+async def bus(deployment: Deployment) -> AsyncIterator[RedisEventBus]:
+    redis_bus = RedisEventBus.from_url(TEST_REDIS_URL, deployment.namespace)
+    yield redis_bus
+    await redis_bus.aclose()
+
+
+# normal flows ------------------------------------------------------------------------------
+
+
+async def test_one_item_order_completes_with_every_effect(
+    api: httpx.AsyncClient, shop: Shop
+) -> None:
+    book, customer = shop.book("1200.00", 10), shop.customer("5000.00")
+    oid = await start(api, order(customer, (book, 2)))
+    body = await finished(api, oid)
+    assert body["status"] == "COMPLETED"
+    assert shop.stock_of(book) == (8, 0)
+    assert shop.balance_of(customer) == Decimal("2600.00")
+    seen = [e["type"] for e in body["events"]]
+    assert seen[0] == ev.ORDER_CREATED
+    assert {ev.STOCK_RESERVED, ev.PAYMENT_COMPLETED, ev.SHIPPING_ARRANGED} <= set(seen)
+    assert {e["producer"] for e in body["events"]} >= {"order", "inventory", "payment", "shipping"}
+    shop.check([oid])
+
+
+async def test_multi_item_order_completes(api: httpx.AsyncClient, shop: Shop) -> None:
+    books = [shop.book(p, 5) for p in ("100.00", "250.50", "9.99")]
+    customer = shop.customer("10000.00")
+    oid = await start(api, order(customer, (books[0], 1), (books[1], 2), (books[2], 3)))
+    assert (await finished(api, oid))["status"] == "COMPLETED"
+    assert shop.balance_of(customer) == Decimal("10000.00") - Decimal("630.97")
+    shop.check([oid])
+
+
+# failures and compensation -----------------------------------------------------------------
+
+
+async def test_stock_shortage_cancels_with_nothing_reserved_and_no_money_moved(
+    api: httpx.AsyncClient, shop: Shop
+) -> None:
+    book, customer = shop.book("100.00", 1), shop.customer("1000.00")
+    oid = await start(api, order(customer, (book, 2)))
+    body = await finished(api, oid)
+    assert body["status"] == "CANCELLED"
+    assert {ev.STOCK_UNAVAILABLE, ev.PAYMENT_CANCELLED} <= {e["type"] for e in body["events"]}
+    assert shop.stock_of(book) == (1, 0)
+    assert shop.balance_of(customer) == Decimal("1000.00")
+    shop.check([oid])
+
+
+async def test_payment_failure_releases_the_stock(api: httpx.AsyncClient, shop: Shop) -> None:
+    book, customer = shop.book("800.00", 3), shop.customer("500.00")
+    oid = await start(api, order(customer, (book, 1)))
+    body = await finished(api, oid)
+    assert body["status"] == "CANCELLED"
+    assert {ev.PAYMENT_FAILED, ev.STOCK_RELEASED} <= {e["type"] for e in body["events"]}
+    assert shop.stock_of(book) == (3, 0)
+    assert shop.balance_of(customer) == Decimal("500.00")
+    shop.check([oid])
+
+
+async def test_shipping_failure_refunds_and_releases_with_no_live_shipment(
+    api: httpx.AsyncClient, shop: Shop
+) -> None:
+    book, customer = shop.book("300.00", 4), shop.customer("1000.00")
+    oid = await start(api, order(customer, (book, 2), address=US))
+    body = await finished(api, oid)
+    assert body["status"] == "CANCELLED"
+    seen = {e["type"] for e in body["events"]}
+    assert {ev.SHIPPING_FAILED, ev.PAYMENT_REFUNDED, ev.STOCK_RELEASED} <= seen
+    assert shop.stock_of(book) == (4, 0)
+    assert shop.balance_of(customer) == Decimal("1000.00")
+    assert (
+        shop.count(
+            "SELECT COUNT(*) FROM shipments WHERE order_id = :o AND status = 'ARRANGED'", o=oid
+        )
+        == 0
+    )
+    shop.check([oid])
+
+
+async def test_partial_failure_one_book_short_reserves_none_of_the_order(
+    api: httpx.AsyncClient, shop: Shop
+) -> None:
+    plenty, scarce = shop.book("10.00", 50), shop.book("20.00", 1)
+    customer = shop.customer("1000.00")
+    oid = await start(api, order(customer, (plenty, 5), (scarce, 2)))
+    assert (await finished(api, oid))["status"] == "CANCELLED"
+    assert shop.stock_of(plenty) == (50, 0)
+    assert shop.stock_of(scarce) == (1, 0)
+    assert shop.balance_of(customer) == Decimal("1000.00")
+    shop.check([oid])
+
+
+# concurrency -------------------------------------------------------------------------------
+
+
+async def test_200_orders_for_50_copies_complete_exactly_50(
+    api: httpx.AsyncClient, shop: Shop
+) -> None:
+    book, customer = shop.book("1.00", 50), shop.customer("100000.00")
+    statuses = await run_all(api, shop, [order(customer, (book, 1)) for _ in range(200)])
+    assert list(statuses.values()).count("COMPLETED") == 50
+    assert shop.stock_of(book) == (0, 0)
+    shop.check(list(statuses))
+
+
+async def test_60_orders_by_one_customer_whose_balance_covers_20(
+    api: httpx.AsyncClient, shop: Shop
+) -> None:
+    book, customer = shop.book("50.00", 1000), shop.customer("1000.00")
+    statuses = await run_all(api, shop, [order(customer, (book, 1)) for _ in range(60)])
+    assert list(statuses.values()).count("COMPLETED") == 20
+    assert shop.balance_of(customer) == Decimal("0.00")
+    shop.check(list(statuses))
+
+
+async def test_500_orders_at_once_across_books_and_customers_all_end_and_conserve(
+    api: httpx.AsyncClient, shop: Shop
+) -> None:
+    books = [shop.book(f"{10 + i}.00", 40) for i in range(8)]
+    customers = [shop.customer("600.00") for _ in range(25)]
+    bodies = [
+        order(
+            customers[i % 25],
+            (books[i % 8], 1 + i % 3),
+            (books[(i + 3) % 8], 1),
+            address=US if i % 17 == 0 else JP,
+        )
+        for i in range(500)
+    ]
+    statuses = await run_all(api, shop, bodies, timeout=90)
+    assert set(statuses.values()) == {"COMPLETED", "CANCELLED"}
+    assert len(statuses) == 500
+    shop.check(list(statuses))
+
+
+# delivery faults ---------------------------------------------------------------------------
+
+
+async def test_every_event_delivered_again_two_to_four_times_changes_nothing(
+    api: httpx.AsyncClient, shop: Shop, bus: RedisEventBus
+) -> None:
+    book, customer = shop.book("100.00", 10), shop.customer("1000.00")
+    ok = await start(api, order(customer, (book, 1)))
+    failed = await start(api, order(customer, (book, 1), address=US))
+    await finished(api, ok)
+    await finished(api, failed)
+    before = (shop.stock_of(book), shop.balance_of(customer))
+    entries = await bus.client.xrange(stream_key(bus.namespace))
+    mine = [
+        {k.decode(): v.decode() for k, v in fields.items()}
+        for _, fields in entries
+        if fields[b"order_id"].decode() in (ok, failed)
+    ]
+    assert len(mine) >= 10
+    for copies, fields in zip(itertools.cycle([2, 3, 4]), mine, strict=False):
+        for _ in range(copies):
+            await bus.publish_fields(fields)
+    marker = await start(api, order(customer, (book, 1)))  # flows behind every duplicate
+    await finished(api, marker)
+    assert (shop.stock_of(book), shop.balance_of(customer)) == (
+        (before[0][0] - 1, 0),
+        before[1] - Decimal("100.00"),
+    )
+    assert shop.statuses([ok, failed]) == {ok: "COMPLETED", failed: "CANCELLED"}
+    metrics = (await api.get("/metrics")).text
+    assert 'cloudmart_events_duplicates_skipped_total{service="order"}' in metrics
+    assert 'cloudmart_events_duplicates_skipped_total{service="order"} 0.0' not in metrics
+    shop.check([ok, failed, marker])
+
+
+async def test_a_compensation_before_the_event_it_compensates_means_no_charge_ever(
+    api: httpx.AsyncClient, shop: Shop, bus: RedisEventBus
+) -> None:
+    book, customer = shop.book("100.00", 0), shop.customer("1000.00")
+    key = f"early-{uuid.uuid4()}"
+    oid = order_id_for(key)
+    await bus.publish([Event(ev.STOCK_UNAVAILABLE, oid, {})])
+    # Payment has taken it (tombstone + PaymentCancelled) before the order even exists.
+    await until(
+        lambda: shop.count(
+            "SELECT COUNT(*) FROM processed_events WHERE service = 'payment' AND order_id = :o",
+            o=oid,
+        ),
+        timeout=20,
+    )
+    assert await start(api, order(customer, (book, 1)), **{"Idempotency-Key": key}) == oid
+    body = await finished(api, oid)
+    assert body["status"] == "CANCELLED"
+    assert shop.balance_of(customer) == Decimal("1000.00")
+    assert shop.count("SELECT COUNT(*) FROM payments WHERE order_id = :o", o=oid) == 0
+    shop.check([oid])
+
+
+async def test_a_malformed_entry_is_dead_lettered_while_sagas_proceed(
+    api: httpx.AsyncClient, shop: Shop, bus: RedisEventBus
+) -> None:
+    await bus.publish_fields({"type": "OrderCreated", "order_id": "x", "payload": "{not json"})
+    dead = dead_letter_key(bus.namespace, "payment")
+    await until(lambda: bus.client.xlen(dead), timeout=20)
+    book, customer = shop.book("10.00", 10), shop.customer("1000.00")
+    oid = await start(api, order(customer, (book, 1)))
+    assert (await finished(api, oid))["status"] == "COMPLETED"
+
+
+# the API's contract ------------------------------------------------------------------------
+
+
+async def test_idempotency_key_returns_the_same_order_and_refuses_another_body(
+    api: httpx.AsyncClient, shop: Shop
+) -> None:
+    book, customer = shop.book("10.00", 10), shop.customer("1000.00")
+    headers = {"Idempotency-Key": f"key-{uuid.uuid4()}"}
+    first = await api.post("/orders", json=order(customer, (book, 1)), headers=headers)
+    again = await api.post("/orders", json=order(customer, (book, 1)), headers=headers)
+    other = await api.post("/orders", json=order(customer, (book, 2)), headers=headers)
+    assert first.status_code == 202 and again.status_code == 200
+    assert again.json()["order_id"] == first.json()["order_id"]
+    assert other.status_code == 422 and other.json()["error"] == "IdempotencyKeyReused"
+    await finished(api, first.json()["order_id"])
+    assert shop.stock_of(book) == (9, 0)
+
+
+async def test_unknown_customer_or_book_is_404_and_writes_nothing(
+    api: httpx.AsyncClient, shop: Shop
+) -> None:
+    book = shop.book("10.00", 10)
+    before = shop.count("SELECT COUNT(*) FROM outbox")
+    assert (await api.post("/orders", json=order(999_999, (book, 1)))).status_code == 404
+    customer = shop.customer("10.00")
+    assert (await api.post("/orders", json=order(customer, (999_999, 1)))).status_code == 404
+    assert shop.count("SELECT COUNT(*) FROM outbox") == before
