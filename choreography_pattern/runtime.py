@@ -10,6 +10,7 @@ once instead of at the next poll.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Collection, Iterable
 from contextlib import AsyncExitStack
 from types import TracebackType
@@ -48,6 +49,7 @@ class Choreography:
             before_publish=before_publish,
         )
         self.consumers: dict[str, ConsumerStats] = {}
+        self._handled = asyncio.Event()
         self._before_ack = before_ack or {}
         self._stack = AsyncExitStack()
         self._relay_task: asyncio.Task[None] | None = None
@@ -56,10 +58,22 @@ class Choreography:
         """An event was written in this process: publish it now."""
         self.relay.notify()
 
+    async def next_handled(self, timeout: float) -> None:
+        """Wait until this process handled another event, or ``timeout`` seconds passed.
+
+        Lets a reader (``GET /orders/{id}?wait=``) look again exactly when something changed.
+        """
+        handled = self._handled
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await handled.wait()
+
     def _handler(self, service: str) -> Callable[[Event], Awaitable[None]]:
         async def on_event(event: Event) -> None:
             await handle(self.deps, service, event)
             self.relay.notify()
+            handled, self._handled = self._handled, asyncio.Event()
+            handled.set()
 
         return on_event
 

@@ -8,7 +8,8 @@ service saw for an order (``GET /orders/{id}``).
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from pydantic import BaseModel
@@ -17,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from activities.commands import CreateOrder, OrderView, PlaceOrder, UtcTimestamp
 from activities.db import Database
 from activities.errors import IdempotencyKeyReused
-from activities.orders import check_order, create_order, order_id_for
+from activities.orders import check_order, create_order, get_order, order_id_for
 from activities.tables import order_events as order_events_table
 from choreography_pattern.events import CONTEXT_FIELDS, event_for
 from choreography_pattern.outbox import write_events
@@ -71,6 +72,31 @@ async def start_order(
             "this Idempotency-Key was used with a different order", order_id=view.order_id
         )
     return view, created
+
+
+class _Changes(Protocol):
+    async def next_handled(self, timeout: float) -> None: ...
+
+
+async def settled_order(
+    db: Database, order_id: str, *, wait: float, changes: _Changes | None
+) -> OrderView:
+    """The order once it is no longer PENDING, or as it is after ``wait`` seconds.
+
+    ``changes`` (the process's :class:`~choreography_pattern.runtime.Choreography`) says when
+    the order service handled another event, so the order is read again exactly then; the
+    order service decides COMPLETED/CANCELLED itself, so that is when the answer can change.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    order = await get_order(db, order_id)
+    while order.status == "PENDING" and changes is not None:
+        left = deadline - loop.time()
+        if left <= 0:
+            break
+        await changes.next_handled(min(left, 1.0))
+        order = await get_order(db, order_id)
+    return order
 
 
 async def order_events(db: Database, order_id: str) -> list[SeenEvent]:

@@ -133,18 +133,16 @@ async def _orchestrated(client: httpx.AsyncClient, i: int) -> str | None:
     return str(status.json()["status"])
 
 
-async def _choreographed(client: httpx.AsyncClient, i: int, poll: float) -> str | None:
+async def _choreographed(client: httpx.AsyncClient, i: int) -> str | None:
     started = await client.post("/orders", json=_body(i))
     if started.status_code != 202:
         return None
     order_id = started.json()["order_id"]
-    deadline = time.perf_counter() + 30
-    while time.perf_counter() < deadline:
-        status = str((await client.get(f"/orders/{order_id}")).json()["status"])
-        if status != "PENDING":
-            return "FAILED" if status == "CANCELLED" else status
-        await asyncio.sleep(poll)
-    return None
+    response = await client.get(f"/orders/{order_id}", params={"wait": 30})
+    if response.status_code != 200:
+        return None
+    status = str(response.json()["status"])
+    return {"COMPLETED": "COMPLETED", "CANCELLED": "FAILED"}.get(status)
 
 
 async def run(
@@ -152,8 +150,7 @@ async def run(
 ) -> BenchResult:
     """``sagas`` sagas, ``concurrency`` at a time (closed loop), through ``url``'s REST API.
 
-    Orchestration waits with the status long-poll; choreography polls the order (every 2 ms
-    at concurrency 1, else 20 ms), which bounds its latency figures' resolution.
+    Both wait for the end with a long-poll: the saga's status, or the order (choreography).
     """
     latencies: list[float] = []
     responses: list[float] = []
@@ -162,7 +159,6 @@ async def run(
     limits = httpx.Limits(
         max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2
     )
-    poll = 0.002 if concurrency == 1 else 0.02
 
     async def worker(client: httpx.AsyncClient) -> None:
         for i in todo:
@@ -170,7 +166,7 @@ async def run(
             if pattern == "orchestration":
                 status = await _orchestrated(client, i)
             else:
-                status = await _choreographed(client, i, poll)
+                status = await _choreographed(client, i)
             latencies.append((time.perf_counter() - began) * 1000)
             outcome[status if status in ("COMPLETED", "FAILED") else "errors"] += 1
 

@@ -83,10 +83,10 @@ async def finished(api: httpx.AsyncClient, order_id: str, timeout: float = 30) -
     """The order (with its events) once it is COMPLETED or CANCELLED."""
 
     async def terminal() -> dict[str, Any] | None:
-        body: dict[str, Any] = (await api.get(f"/orders/{order_id}")).json()
+        body: dict[str, Any] = (await api.get(f"/orders/{order_id}", params={"wait": 5})).json()
         return body if body["status"] in TERMINAL else None
 
-    return await until(terminal, timeout=timeout, interval=0.02)
+    return await until(terminal, timeout=timeout, interval=0.01)
 
 
 async def run_all(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Header, Request, status
+from fastapi import APIRouter, Header, Query, Request, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -24,7 +24,7 @@ from activities.errors import (
     InvalidOrderState,
     OrderNotFound,
 )
-from choreography_pattern.saga import SeenEvent, order_events, start_order
+from choreography_pattern.saga import SeenEvent, order_events, settled_order, start_order
 from services._kit import DatabaseDep, OrderIdPath, SettingsDep, error_responses
 
 router = APIRouter(prefix="/orders", tags=["orders"])
@@ -102,9 +102,25 @@ async def place_order(
     summary="An order with its items, total, status and (choreography) the events seen for it",
 )
 async def read_order(
-    order_id: OrderIdPath, db: DatabaseDep, settings: SettingsDep
+    order_id: OrderIdPath,
+    db: DatabaseDep,
+    settings: SettingsDep,
+    request: Request,
+    wait: Annotated[
+        float,
+        Query(
+            ge=0,
+            le=30,
+            description="Choreography long-poll: answer once the order is no longer PENDING, "
+            "or after this many seconds.",
+        ),
+    ] = 0,
 ) -> OrderDetail | JSONResponse:
-    order = await get_order(db, order_id)
+    if settings.pattern == "choreography" and wait > 0:
+        changes = getattr(request.app.state, "choreography", None)
+        order = await settled_order(db, order_id, wait=wait, changes=changes)
+    else:
+        order = await get_order(db, order_id)
     if settings.pattern != "choreography":
         return JSONResponse(order.model_dump(mode="json"))  # the orchestration's body, as before
     return OrderDetail(**order.model_dump(), events=await order_events(db, order_id))
