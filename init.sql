@@ -57,7 +57,7 @@ CREATE TABLE IF NOT EXISTS outbox (
 	PRIMARY KEY (id),
 	UNIQUE (event_id),
 	INDEX ix_outbox_order_seq (order_id, sequence),
-	INDEX ix_outbox_unpublished (published_at, id)
+	INDEX ix_outbox_unpublished (published_at, event_type, id)
 )ENGINE=InnoDB CHARSET=utf8mb4 COLLATE utf8mb4_bin;
 
 CREATE TABLE IF NOT EXISTS processed_events (

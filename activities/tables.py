@@ -172,7 +172,10 @@ outbox = sa.Table(
     sa.Column("payload", LongText, nullable=False),
     sa.Column("created_at", Timestamp, nullable=False),
     sa.Column("published_at", Timestamp, nullable=True),
-    sa.Index("ix_outbox_unpublished", "published_at", "id"),
+    # A relay reads the unpublished rows of its own event types; with the type in the index it
+    # scans (and, FOR UPDATE SKIP LOCKED, locks) only those, so relays of other services
+    # never skip each other's rows and wait for their next poll.
+    sa.Index("ix_outbox_unpublished", "published_at", "event_type", "id"),
     sa.Index("ix_outbox_order_seq", "order_id", "sequence"),
     **MYSQL_TABLE_ARGS,
 )
