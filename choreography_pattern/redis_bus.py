@@ -295,12 +295,15 @@ class _Consumer:
             self.slots.release()
 
 
-async def tail(url: str, namespace: str) -> AsyncIterator[tuple[str, dict[str, str]]]:
-    """Entries as they are added to the stream from now on (XREAD from ``$``)."""
+async def tail(
+    url: str, namespace: str, stop: asyncio.Event | None = None
+) -> AsyncIterator[tuple[str, dict[str, str]]]:
+    """Entries as they are added to the stream from now on (XREAD from ``$``), until ``stop``
+    is set (checked at least every second)."""
     client = aioredis.Redis.from_url(url, decode_responses=False)
     try:
         last = "$"
-        while True:
+        while stop is None or not stop.is_set():
             response = await client.xread({stream_key(namespace): last}, block=1000, count=100)
             for _stream, entries in response or []:
                 for entry_id, raw in entries:

@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import sys
 from enum import StrEnum
 
 import typer
@@ -162,21 +164,25 @@ def events_tail() -> None:
     if not settings.redis_url:
         typer.echo("cloudmart events tail needs CLOUDMART_REDIS_URL", err=True)
         raise typer.Exit(2)
-    try:
-        asyncio.run(_tail(settings.redis_url, settings.namespace))
-    except KeyboardInterrupt:
-        raise typer.Exit(0) from None
+    asyncio.run(_tail(settings.redis_url, settings.namespace))
 
 
 async def _tail(url: str, namespace: str) -> None:
     from choreography_pattern.redis_bus import tail
 
-    async for entry_id, fields in tail(url, namespace):
+    # Ctrl-C / SIGTERM end the tail cleanly, even where the shell started us with SIGINT
+    # ignored: the loop stops reading at its next turn (within a second).
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    async for entry_id, fields in tail(url, namespace, stop):
         typer.echo(
             f"{entry_id}  {fields.get('occurred_at', '?')}  {fields.get('type', '?'):<17} "
             f"order={fields.get('order_id', '?')}  from={fields.get('producer', '?')}  "
             f"seq={fields.get('sequence', '?')}"
         )
+        sys.stdout.flush()  # a line as soon as it happens, also into a pipe
 
 
 def _redacted(url: str) -> str:
