@@ -21,6 +21,7 @@ import asyncio
 import contextvars
 import dataclasses
 import json
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
@@ -58,14 +59,15 @@ class Fault:
 
 
 class InMemoryTransport:
-    """Request/reply by direct call; ``calls`` records every delivery as a ``RequestInfo``."""
+    """Request/reply by direct call; ``calls`` records the latest 10,000 deliveries."""
 
     def __init__(self, handlers: dict[str, Handler], *, clock: Clock | None = None) -> None:
         self._handlers = dict(handlers)
         self._clock = clock
         self._faults: dict[str, list[Fault]] = {}
         self._late: set[asyncio.Task[Any]] = set()
-        self.calls: list[RequestInfo] = []
+        # The latest deliveries, for tests; bounded so a long embedded run does not grow.
+        self.calls: deque[RequestInfo] = deque(maxlen=10_000)
 
     def inject(self, target: str, fault: Fault) -> None:
         """Queue ``fault`` for the next requests to ``target`` ("service.method")."""

@@ -1,8 +1,8 @@
 """The Transport contract, parametrised over adapter factories.
 
 A factory takes ``{"service.method": async handler(payload) -> reply}`` and returns an async
-context manager yielding a Transport whose requests reach those handlers. The RabbitMQ adapter
-joins by adding its factory to ``FACTORIES``.
+context manager yielding a Transport whose requests reach those handlers: in memory, and over
+the real RabbitMQ (a command server per service, queues deleted afterwards).
 """
 
 from __future__ import annotations
@@ -26,7 +26,15 @@ async def in_memory(handlers: Handlers) -> AsyncIterator[Transport]:
     yield InMemoryTransport(handlers)
 
 
-FACTORIES = {"memory": in_memory}
+@contextlib.asynccontextmanager
+async def rabbitmq(handlers: Handlers) -> AsyncIterator[Transport]:
+    from rabbitmq_support import rabbitmq_transport_pair, unique_namespace
+
+    async with rabbitmq_transport_pair(handlers, unique_namespace()) as transport:
+        yield transport
+
+
+FACTORIES = {"memory": in_memory, "rabbitmq": rabbitmq}
 
 
 @pytest.fixture(params=sorted(FACTORIES))

@@ -204,7 +204,7 @@ async def test_cancel_before_the_first_step_sends_nothing() -> None:
     await r.engine.run_until_idle()
     status = await r.engine.status("o-1")
     assert (status.status, status.failure_reason) == ("FAILED", "cancelled")
-    assert r.transport.calls == []
+    assert list(r.transport.calls) == []
 
 
 async def test_cancel_is_honoured_at_the_next_step_boundary() -> None:
