@@ -7,18 +7,27 @@
     cloudmart serve SERVICE                one service on its port (real infrastructure)
     cloudmart up [--pattern P]             every service; embedded when no database is set
     cloudmart events tail                  print choreography events as they flow (Redis)
+    cloudmart check [--baseline FILE]      check every saga guarantee over the database
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from enum import StrEnum
+from typing import TYPE_CHECKING, TypeVar
 
 import typer
 
 from services._kit.settings import SERVICE_PORTS, Settings, get_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+T = TypeVar("T")
 
 app = typer.Typer(
     help="CloudMart sagas: an online bookstore's order flow as a saga.", no_args_is_help=True
@@ -86,6 +95,61 @@ def db_sql() -> None:
     from cloudmart.schema import generate_init_sql
 
     typer.echo(generate_init_sql(), nl=False)
+
+
+@app.command()
+def check(
+    grace: float = typer.Option(
+        60.0, min=0, help="Seconds a saga may still be running before it counts as stuck."
+    ),
+    baseline: str | None = typer.Option(
+        None, help="Compare stock and money with this snapshot (from --snapshot)."
+    ),
+    snapshot: str | None = typer.Option(
+        None, help="Only write the current stock and money totals to this file, as a baseline."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Check SPEC §6's guarantees over the database; exit 0 only when every one holds.
+
+    Reports, with the offending ids: sagas or orders not terminal after --grace seconds, a
+    COMPLETED one missing an effect, a FAILED one with an effect left, a step or compensation
+    completed twice, compensations out of reverse order, two owners driving one saga, and stock
+    or money not conserved (against --baseline).
+    """
+    from pathlib import Path
+
+    from cloudmart import check as checker
+
+    settings = get_settings()
+    if snapshot:
+        taken = asyncio.run(_with_engine(settings, checker.snapshot))
+        Path(snapshot).write_text(taken.to_json())
+        typer.echo(
+            f"baseline of {len(taken.stock)} books and {len(taken.money)} customers: {snapshot}"
+        )
+        return
+    before = checker.Baseline.from_json(Path(baseline).read_text()) if baseline else None
+
+    async def run(engine: AsyncEngine) -> checker.CheckReport:
+        return await checker.check(engine, grace_seconds=grace, baseline=before)
+
+    report = asyncio.run(_with_engine(settings, run))
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        typer.echo(report.render())
+    raise typer.Exit(0 if report.ok else 1)
+
+
+async def _with_engine(settings: Settings, use: Callable[[AsyncEngine], Awaitable[T]]) -> T:
+    from activities.db import create_engine
+
+    engine = create_engine(settings.effective_database_url, pool_size=1, max_overflow=0)
+    try:
+        return await use(engine)
+    finally:
+        await engine.dispose()
 
 
 @app.command()

@@ -8,7 +8,8 @@ from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
-from invariants import check
+
+from cloudmart.check import Baseline, check_connection
 
 JP = {
     "name": "Hanako",
@@ -68,11 +69,12 @@ class Shop:
 
     def check(self, order_ids: list[str]) -> None:
         """SPEC §6 holds for these orders and this scenario's books and customers."""
+        baseline = Baseline(stock=dict(self.stock), money=dict(self.balances))
         with self.sql.connect() as conn:
-            problems = check(
-                conn, order_ids, stock=self.stock, balances=self.balances, pattern=self.pattern
+            report = check_connection(
+                conn, grace_seconds=0.0, baseline=baseline, order_ids=order_ids
             )
-        assert problems == []
+        assert report.ok, report.render()
 
     def stock_of(self, book_id: int) -> tuple[int, int]:
         with self.sql.connect() as conn:

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from domain_data import JP, balance, clean, stock
-from invariants import check
 
 from activities import Database
 from activities.commands import OrderItem, PlaceOrder
@@ -20,6 +19,7 @@ from choreography_pattern import Choreography, Event, InMemoryEventBus, start_or
 from choreography_pattern import events as ev
 from choreography_pattern.handlers import decide
 from choreography_pattern.saga import order_events
+from cloudmart.check import Baseline, check_connection
 from cloudmart.schema import create_schema
 
 STOCK = {1: 10, 2: 5, 3: 50}
@@ -94,8 +94,10 @@ async def shop(db: Database) -> AsyncIterator[Shop]:
 
 
 def invariants(sync: sa.Engine, order_ids: list[str]) -> list[str]:
+    baseline = Baseline(stock=STOCK, money=BALANCES)
     with sync.connect() as conn:
-        return check(conn, order_ids, stock=STOCK, balances=BALANCES, pattern="choreography")
+        report = check_connection(conn, grace_seconds=0.0, baseline=baseline, order_ids=order_ids)
+    return [str(v) for v in report.violations]
 
 
 async def test_one_item_order_completes_with_every_effect(shop: Shop, sync: sa.Engine) -> None:

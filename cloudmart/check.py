@@ -1,0 +1,500 @@
+"""``cloudmart check``: SPEC §6's guarantees, checked over a live database.
+
+Every rule is one SQL query that returns the offending ids, so a report names exactly what broke
+and the check stays cheap on a large database. All queries run in one read-only transaction
+(REPEATABLE READ on MySQL/MariaDB: one consistent snapshot), so a check taken under load never
+sees half of an operation.
+
+Rules (``Violation.rule``):
+
+``stuck``
+    A saga not COMPLETED/FAILED, or (choreography: no saga row) an order still PENDING, created
+    more than ``grace_seconds`` ago. A saga PARKED for an operator is stuck too.
+``completed``
+    A COMPLETED saga/order whose effects are not all there: order COMPLETED, payment captured for
+    the order's total, shipment ARRANGED, every item's units consumed.
+``failed``
+    A FAILED saga (or CANCELLED order) with an effect left: payment captured, shipment live, stock
+    still reserved or consumed, order not cancelled.
+``twice``
+    A step completed, or a compensation completed, twice in one saga's history.
+``compensation-order``
+    Compensations not in reverse order of their steps.
+``owners``
+    Two owners wrote history under one lease version: two orchestrators drove one saga at once.
+``stock``
+    A book whose ``reserved`` is not the sum of its live reservations, negative stock, or (given a
+    baseline) ``available + reserved + shipped`` changed.
+``money``
+    A negative balance, or (given a baseline) ``balance + captured payments`` changed.
+
+Outcome rules (``completed``/``failed``) skip sagas that reached their end less than
+``grace_seconds`` ago: in the choreography an order can be CANCELLED while the compensations of
+other services are still on their way. Conservation needs the totals from before the load: take a
+:func:`snapshot` first (``cloudmart check --snapshot FILE``) and pass it as ``baseline``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+__all__ = [
+    "Baseline",
+    "CheckReport",
+    "Violation",
+    "check",
+    "check_connection",
+    "snapshot",
+    "snapshot_connection",
+]
+
+TERMINAL = ("COMPLETED", "FAILED")
+CENT = Decimal("0.01")
+SHOWN_PER_RULE = 50
+
+
+@dataclass(frozen=True)
+class Violation:
+    rule: str
+    subject: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"[{self.rule}] {self.subject}: {self.detail}"
+
+
+@dataclass
+class Baseline:
+    """Per book ``available + reserved + shipped``, per customer ``balance + captured``."""
+
+    stock: dict[int, int] = field(default_factory=dict)
+    money: dict[int, Decimal] = field(default_factory=dict)
+    taken_at: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "taken_at": self.taken_at,
+                "stock": {str(k): v for k, v in sorted(self.stock.items())},
+                "money": {str(k): str(v) for k, v in sorted(self.money.items())},
+            },
+            indent=2,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Baseline:
+        data = json.loads(text)
+        return cls(
+            stock={int(k): int(v) for k, v in data.get("stock", {}).items()},
+            money={int(k): Decimal(v) for k, v in data.get("money", {}).items()},
+            taken_at=str(data.get("taken_at", "")),
+        )
+
+
+@dataclass
+class CheckReport:
+    violations: list[Violation]
+    sagas: dict[str, int]
+    orders: dict[str, int]
+    checked_at: str
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    def by_rule(self) -> dict[str, int]:
+        return dict(Counter(v.rule for v in self.violations))
+
+    def render(self, limit: int = SHOWN_PER_RULE) -> str:
+        lines = [
+            f"sagas: {_counts(self.sagas)}",
+            f"orders: {_counts(self.orders)}",
+        ]
+        if self.ok:
+            lines.append("every invariant holds")
+            return "\n".join(lines)
+        lines.append(f"{len(self.violations)} violation(s): {_counts(self.by_rule())}")
+        shown: Counter[str] = Counter()
+        for violation in self.violations:
+            shown[violation.rule] += 1
+            if shown[violation.rule] <= limit:
+                lines.append(f"  {violation}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "checked_at": self.checked_at,
+            "sagas": self.sagas,
+            "orders": self.orders,
+            "violations_by_rule": self.by_rule(),
+            "violations": [asdict(v) for v in self.violations],
+        }
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
+
+
+async def snapshot(engine: AsyncEngine) -> Baseline:
+    """The conservation totals now, to compare a later :func:`check` against."""
+    async with engine.connect() as conn:
+        return await conn.run_sync(snapshot_connection)
+
+
+async def check(
+    engine: AsyncEngine,
+    *,
+    grace_seconds: float = 60.0,
+    baseline: Baseline | None = None,
+    order_ids: Sequence[str] | None = None,
+) -> CheckReport:
+    """Every rule over the database behind ``engine`` (see the module's docstring)."""
+    async with engine.connect() as conn:
+        return await conn.run_sync(
+            lambda sync: check_connection(
+                sync, grace_seconds=grace_seconds, baseline=baseline, order_ids=order_ids
+            )
+        )
+
+
+def snapshot_connection(conn: sa.Connection) -> Baseline:
+    with _snapshot_transaction(conn):
+        return Baseline(
+            stock={int(r.book_id): int(r.total) for r in conn.execute(sa.text(STOCK_TOTALS))},
+            money={
+                int(r.customer_id): _money_of(r.total) for r in conn.execute(sa.text(MONEY_TOTALS))
+            },
+            taken_at=_now().isoformat(),
+        )
+
+
+def check_connection(
+    conn: sa.Connection,
+    *,
+    grace_seconds: float = 60.0,
+    baseline: Baseline | None = None,
+    order_ids: Sequence[str] | None = None,
+) -> CheckReport:
+    """:func:`check` on a synchronous connection (tests use it with a sync engine)."""
+    now = _now()
+    cutoff = now - timedelta(seconds=grace_seconds)
+    scope = _Scope(conn, order_ids)
+    found: list[Violation] = []
+    with _snapshot_transaction(conn):
+        sagas = scope.counts("saga_instances", "s")
+        orders = scope.counts("orders", "o")
+        found += _stuck(scope, cutoff)
+        found += _outcomes(scope, cutoff)
+        found += _history(scope)
+        if order_ids is None or baseline is not None:
+            found += _stock(conn, baseline)
+            found += _money(conn, baseline)
+    return CheckReport(found, sagas, orders, now.isoformat())
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+@contextmanager
+def _snapshot_transaction(conn: sa.Connection) -> Iterator[None]:
+    """One consistent read of the whole database: REPEATABLE READ where the server has it
+    (InnoDB takes the snapshot at the first read), and nothing written."""
+    if conn.in_transaction():
+        conn.rollback()
+    if conn.dialect.name in ("mysql", "mariadb"):
+        conn.execution_options(isolation_level="REPEATABLE READ")
+    transaction = conn.begin()
+    try:
+        yield
+    finally:
+        transaction.rollback()
+
+
+class _Scope:
+    """Runs a rule's query, limited to ``order_ids`` when given."""
+
+    def __init__(self, conn: sa.Connection, order_ids: Sequence[str] | None) -> None:
+        self.conn = conn
+        self.order_ids = list(order_ids) if order_ids is not None else None
+
+    def rows(self, sql: str, alias: str, suffix: str = "", **params: object) -> list[sa.Row[Any]]:
+        """``sql`` (a SELECT, with or without WHERE) limited to the scope, then ``suffix``
+        (GROUP BY / HAVING)."""
+        statement = sql
+        if self.order_ids is not None:
+            if not self.order_ids:
+                return []
+            joiner = " AND " if " WHERE " in sql else " WHERE "
+            statement = f"{sql}{joiner}{alias}.order_id IN :scope_ids"
+            params["scope_ids"] = self.order_ids
+        text = sa.text(f"{statement} {suffix}")
+        if self.order_ids is not None:
+            text = text.bindparams(sa.bindparam("scope_ids", expanding=True))
+        if "cutoff" in params:  # typed, so SQLite compares it in its own datetime format
+            text = text.bindparams(sa.bindparam("cutoff", type_=sa.DateTime()))
+        return list(self.conn.execute(text, params))
+
+    def counts(self, table: str, alias: str) -> dict[str, int]:
+        rows = self.rows(
+            f"SELECT {alias}.status, COUNT(*) AS n FROM {table} {alias}",
+            alias,
+            f"GROUP BY {alias}.status",
+        )
+        return {str(r.status): int(r.n) for r in rows}
+
+
+# The outcome of every order: its saga's status in the orchestration; in the choreography (no
+# saga row) COMPLETED, or FAILED for a CANCELLED order. ``ended_at`` is when it got there.
+OUTCOMES = """
+SELECT o.order_id, o.status AS order_status, o.total_amount,
+       CASE WHEN s.status IS NOT NULL THEN s.status
+            WHEN o.status = 'COMPLETED' THEN 'COMPLETED'
+            WHEN o.status = 'CANCELLED' THEN 'FAILED'
+            ELSE o.status END AS outcome,
+       COALESCE(s.updated_at, o.updated_at) AS ended_at,
+       p.status AS payment_status, p.amount AS paid,
+       sh.status AS shipment_status
+FROM orders o
+LEFT JOIN saga_instances s ON s.order_id = o.order_id
+LEFT JOIN payments p ON p.order_id = o.order_id
+LEFT JOIN shipments sh ON sh.order_id = o.order_id
+"""
+
+HELD = """
+SELECT r.order_id, r.book_id, r.quantity, r.status FROM stock_reservations r
+"""
+
+ITEMS = """
+SELECT i.order_id, i.book_id, i.quantity FROM order_items i
+"""
+
+STOCK_TOTALS = """
+SELECT i.book_id, i.available + i.reserved + COALESCE(
+    (SELECT SUM(r.quantity) FROM stock_reservations r
+     WHERE r.book_id = i.book_id AND r.status = 'CONSUMED'), 0) AS total
+FROM inventory i
+"""
+
+MONEY_TOTALS = """
+SELECT c.customer_id, c.balance + COALESCE(
+    (SELECT SUM(p.amount) FROM payments p
+     WHERE p.customer_id = c.customer_id AND p.status = 'COMPLETED'), 0) AS total
+FROM customers c
+"""
+
+
+def _money_of(value: object) -> Decimal:
+    # SQLite hands computed money back as a float
+    return Decimal(str(value)).quantize(CENT)
+
+
+def _moment(value: datetime | str) -> datetime:
+    # SQLite hands a computed (COALESCE) timestamp back as text
+    return value if isinstance(value, datetime) else datetime.fromisoformat(value)
+
+
+def _when(value: datetime | str) -> str:
+    return _moment(value).isoformat(timespec="seconds")
+
+
+def _stuck(scope: _Scope, cutoff: datetime) -> list[Violation]:
+    found = [
+        Violation(
+            "stuck",
+            f"saga {r.order_id}",
+            f"{r.status} since {_when(r.created_at)}"
+            + (" (needs an operator)" if r.needs_operator else ""),
+        )
+        for r in scope.rows(
+            "SELECT s.order_id, s.status, s.created_at, s.needs_operator FROM saga_instances s "
+            "WHERE s.status NOT IN ('COMPLETED', 'FAILED') AND s.created_at < :cutoff",
+            "s",
+            cutoff=cutoff,
+        )
+    ]
+    found += [
+        Violation("stuck", f"order {r.order_id}", f"PENDING since {_when(r.created_at)}")
+        for r in scope.rows(
+            "SELECT o.order_id, o.created_at FROM orders o "
+            "LEFT JOIN saga_instances s ON s.order_id = o.order_id "
+            "WHERE s.order_id IS NULL AND o.status = 'PENDING' AND o.created_at < :cutoff",
+            "o",
+            cutoff=cutoff,
+        )
+    ]
+    if scope.order_ids is not None:
+        known = {r.order_id for r in scope.rows("SELECT o.order_id FROM orders o", "o")}
+        known |= {r.order_id for r in scope.rows("SELECT s.order_id FROM saga_instances s", "s")}
+        found += [
+            Violation("stuck", f"order {oid}", "no saga and no order")
+            for oid in scope.order_ids
+            if oid not in known
+        ]
+    return found
+
+
+def _outcomes(scope: _Scope, cutoff: datetime) -> list[Violation]:
+    ended = {
+        r.order_id: r
+        for r in scope.rows(OUTCOMES, "o")
+        if r.outcome in TERMINAL and r.ended_at is not None and _moment(r.ended_at) <= cutoff
+    }
+    if not ended:
+        return []
+    held: dict[str, list[sa.Row[Any]]] = {}
+    for r in scope.rows(HELD, "r"):
+        if r.order_id in ended:
+            held.setdefault(r.order_id, []).append(r)
+    items: dict[str, dict[int, int]] = {}
+    for r in scope.rows(ITEMS, "i"):
+        if r.order_id in ended:
+            items.setdefault(r.order_id, {})[int(r.book_id)] = int(r.quantity)
+    found: list[Violation] = []
+    for oid, r in ended.items():
+        reservations = held.get(oid, [])
+        if r.outcome == "COMPLETED":
+            found += _completed(oid, r, reservations, items.get(oid, {}))
+        else:
+            found += _failed(oid, r, reservations)
+    return found
+
+
+def _completed(
+    oid: str, r: sa.Row[Any], reservations: list[sa.Row[Any]], items: dict[int, int]
+) -> Iterable[Violation]:
+    subject = f"COMPLETED {oid}"
+    if r.order_status != "COMPLETED":
+        yield Violation("completed", subject, f"order is {r.order_status}")
+    if r.payment_status != "COMPLETED":
+        yield Violation("completed", subject, f"payment is {r.payment_status}")
+    elif _money_of(r.paid) != _money_of(r.total_amount):
+        yield Violation(
+            "completed", subject, f"paid {_money_of(r.paid)} of {_money_of(r.total_amount)}"
+        )
+    if r.shipment_status != "ARRANGED":
+        yield Violation("completed", subject, f"shipment is {r.shipment_status}")
+    consumed = {int(h.book_id): int(h.quantity) for h in reservations if h.status == "CONSUMED"}
+    if consumed != items or len(consumed) != len(reservations):
+        states = sorted(f"{h.book_id}x{h.quantity} {h.status}" for h in reservations)
+        yield Violation("completed", subject, f"items {items} but reservations {states}")
+
+
+def _failed(oid: str, r: sa.Row[Any], reservations: list[sa.Row[Any]]) -> Iterable[Violation]:
+    subject = f"FAILED {oid}"
+    if r.order_status not in ("CANCELLED", None):
+        yield Violation("failed", subject, f"order is {r.order_status}")
+    if r.payment_status == "COMPLETED":
+        yield Violation("failed", subject, f"payment of {_money_of(r.paid)} still captured")
+    if r.shipment_status == "ARRANGED":
+        yield Violation("failed", subject, "shipment still arranged")
+    live = sorted(f"{h.book_id}x{h.quantity} {h.status}" for h in reservations)
+    if any(h.status in ("RESERVED", "CONSUMED") for h in reservations):
+        yield Violation("failed", subject, f"stock still held: {live}")
+
+
+def _history(scope: _Scope) -> list[Violation]:
+    found = [
+        Violation("twice", f"saga {r.order_id}", f"{r.event_type} {r.n}x at step {r.position}")
+        for r in scope.rows(
+            "SELECT s.order_id, l.event_type, l.position, COUNT(*) AS n FROM saga_step_logs l "
+            "JOIN saga_instances s ON s.saga_id = l.saga_id "
+            "WHERE l.event_type IN ('StepCompleted', 'CompensationCompleted')",
+            "s",
+            "GROUP BY s.order_id, l.event_type, l.position HAVING COUNT(*) > 1",
+        )
+    ]
+    found += [
+        Violation(
+            "compensation-order",
+            f"saga {r.order_id}",
+            f"step {r.first} compensated before step {r.second}",
+        )
+        for r in scope.rows(
+            "SELECT s.order_id, a.position AS first, b.position AS second "
+            "FROM saga_step_logs a JOIN saga_step_logs b "
+            "ON b.saga_id = a.saga_id AND b.seq > a.seq "
+            "JOIN saga_instances s ON s.saga_id = a.saga_id "
+            "WHERE a.event_type = 'CompensationCompleted' "
+            "AND b.event_type = 'CompensationCompleted' AND a.position < b.position",
+            "s",
+        )
+    ]
+    found += [
+        Violation("owners", f"saga {r.order_id}", f"{r.n} owners under lease version {r.version}")
+        for r in scope.rows(
+            "SELECT s.order_id, l.version, COUNT(DISTINCT l.owner) AS n FROM saga_step_logs l "
+            "JOIN saga_instances s ON s.saga_id = l.saga_id",
+            "s",
+            "GROUP BY s.order_id, l.version HAVING COUNT(DISTINCT l.owner) > 1",
+        )
+    ]
+    return found
+
+
+def _stock(conn: sa.Connection, baseline: Baseline | None) -> list[Violation]:
+    found = [
+        Violation(
+            "stock",
+            f"book {r.book_id}",
+            f"reserved {r.reserved} but live reservations hold {r.held}",
+        )
+        for r in conn.execute(
+            sa.text(
+                "SELECT i.book_id, i.reserved, COALESCE((SELECT SUM(r.quantity) "
+                "FROM stock_reservations r WHERE r.book_id = i.book_id "
+                "AND r.status = 'RESERVED'), 0) AS held FROM inventory i"
+            )
+        )
+        if int(r.reserved) != int(r.held)
+    ]
+    found += [
+        Violation("stock", f"book {r.book_id}", f"negative: available {r.available}")
+        for r in conn.execute(
+            sa.text("SELECT book_id, available FROM inventory WHERE available < 0")
+        )
+    ]
+    if baseline is not None:
+        for r in conn.execute(sa.text(STOCK_TOTALS)):
+            before = baseline.stock.get(int(r.book_id))
+            if before is not None and int(r.total) != before:
+                found.append(
+                    Violation(
+                        "stock",
+                        f"book {r.book_id}",
+                        f"available+reserved+shipped = {r.total}, was {before}",
+                    )
+                )
+    return found
+
+
+def _money(conn: sa.Connection, baseline: Baseline | None) -> list[Violation]:
+    found = [
+        Violation("money", f"customer {r.customer_id}", f"negative balance {r.balance}")
+        for r in conn.execute(
+            sa.text("SELECT customer_id, balance FROM customers WHERE balance < 0")
+        )
+    ]
+    if baseline is not None:
+        for r in conn.execute(sa.text(MONEY_TOTALS)):
+            before = baseline.money.get(int(r.customer_id))
+            if before is not None and _money_of(r.total) != before:
+                found.append(
+                    Violation(
+                        "money",
+                        f"customer {r.customer_id}",
+                        f"balance+captured = {_money_of(r.total)}, was {before}",
+                    )
+                )
+    return found
