@@ -125,9 +125,12 @@ async def run_once(
     so a later repeat is judged afresh (used for unknown ids).
     """
     key = operation_key(order_id, operation)
+    repeated = False
 
     async def work(conn: AsyncConnection) -> dict[str, Any]:
+        nonlocal repeated
         seen = await _recorded(conn, key)
+        repeated = seen is not None
         if seen is not None:
             return seen
         outcome = _encode(await effect(conn))
@@ -137,6 +140,8 @@ async def run_once(
         return outcome
 
     outcome: dict[str, Any] = await _until_settled(db, work)
+    if repeated:
+        db.inbox_repeats[operation] += 1
     return _decode(outcome, result_type, operation)
 
 
@@ -155,9 +160,12 @@ async def run_compensation(
     """
     key = operation_key(order_id, operation)
     forward_key = operation_key(order_id, forward)
+    repeated = False
 
     async def work(conn: AsyncConnection) -> dict[str, Any]:
+        nonlocal repeated
         seen = await _recorded(conn, key)
+        repeated = seen is not None
         if seen is not None:
             return seen
         forward_outcome = await _recorded(conn, forward_key)
@@ -171,4 +179,6 @@ async def run_compensation(
         return outcome
 
     outcome: dict[str, Any] = await _until_settled(db, work)
+    if repeated:
+        db.inbox_repeats[operation] += 1
     return Compensation.model_validate(outcome["result"])

@@ -10,6 +10,7 @@ deadlock-prone under concurrent inserts.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -95,11 +96,16 @@ def _limit_idle_transactions(engine: AsyncEngine, seconds: int) -> None:
 
 
 class Database:
-    """A pool plus the transaction discipline the activities rely on."""
+    """A pool plus the transaction discipline the activities rely on.
+
+    ``inbox_repeats`` counts, per operation name, the repeats the activities answered from the
+    inbox instead of running them again (metrics read it).
+    """
 
     def __init__(self, engine: AsyncEngine, *, lock_retries: int = 8) -> None:
         self.engine = engine
         self._lock_retries = lock_retries
+        self.inbox_repeats: Counter[str] = Counter()
 
     @classmethod
     def from_url(cls, url: str, **pool: Any) -> Database:

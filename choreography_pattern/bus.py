@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequ
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from enum import Enum
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import structlog
 
@@ -73,6 +73,28 @@ class EventBus(Protocol):
     async def dead_letters(self, group: str) -> list[dict[str, str]]: ...
 
 
+@dataclass(frozen=True)
+class Backlog:
+    """A consumer group's backlog, for metrics.
+
+    ``pending``: delivered, not yet acknowledged; ``lag``: not yet delivered to the group
+    (``None`` when the bus cannot tell); ``dead``: entries in the group's dead letters, kept
+    under the name ``dead_letters``.
+    """
+
+    pending: int
+    lag: int | None
+    dead: int
+    dead_letters: str
+
+
+@runtime_checkable
+class ReportsBacklog(Protocol):
+    """A bus that can tell a group's backlog (the Redis one; metrics read it on scrape)."""
+
+    async def backlog(self, group: str) -> Backlog: ...
+
+
 async def deliver(
     group: str,
     fields: dict[str, str],
@@ -88,7 +110,11 @@ async def deliver(
     if types is not None and event.type not in types:
         return Verdict.SKIP, event, ""
     try:
-        await handler(event)
+        # The order id is the correlation id: every line logged while handling it carries it.
+        with structlog.contextvars.bound_contextvars(
+            order_id=event.order_id, event_type=event.type, event_id=event.event_id
+        ):
+            await handler(event)
     except Exception as exc:  # any handler failure: redelivered later, dead after max tries
         stats.failed += 1
         log.warning(

@@ -38,6 +38,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from choreography_pattern.bus import (
     DEFAULT_MAX_DELIVERIES,
+    Backlog,
     BeforeAck,
     ConsumerStats,
     Handler,
@@ -122,6 +123,27 @@ class RedisEventBus:
     async def dead_letters(self, group: str) -> list[dict[str, str]]:
         entries = await self.client.xrange(dead_letter_key(self.namespace, group))
         return [_decode(fields)[0] for _, fields in entries]
+
+    async def backlog(self, group: str) -> Backlog:
+        """``group``'s pending entries and lag (XINFO GROUPS) and dead-letter length (XLEN)."""
+        dead_key = dead_letter_key(self.namespace, group)
+        try:
+            groups = await self.client.xinfo_groups(self.stream)
+        except ResponseError as exc:
+            if "no such key" not in str(exc):
+                raise
+            groups = []  # nothing published yet: no stream, no backlog
+        info = next((g for g in groups if _text(g["name"]) == group), None)
+        dead = int(await self.client.xlen(dead_key))
+        if info is None:
+            return Backlog(pending=0, lag=0, dead=dead, dead_letters=dead_key)
+        lag = info.get("lag")
+        return Backlog(
+            pending=int(info["pending"]),
+            lag=None if lag is None else int(lag),
+            dead=dead,
+            dead_letters=dead_key,
+        )
 
     async def ensure_group(self, group: str) -> None:
         """Create ``group`` on the stream (from its start) unless it exists."""

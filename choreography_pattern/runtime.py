@@ -15,11 +15,14 @@ from collections.abc import Awaitable, Callable, Collection, Iterable
 from contextlib import AsyncExitStack
 from types import TracebackType
 
+import sqlalchemy as sa
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from activities._inbox import now
 from activities.db import Database
 from activities.shipping import DEFAULT_SERVED_COUNTRIES
-from choreography_pattern.bus import BeforeAck, ConsumerStats, EventBus
+from activities.tables import outbox
+from choreography_pattern.bus import BeforeAck, ConsumerStats, EventBus, ReportsBacklog
 from choreography_pattern.events import Event
 from choreography_pattern.handlers import Deps, handle, types_of
 from choreography_pattern.relay import BeforePublish, OutboxRelay
@@ -109,7 +112,11 @@ class Choreography:
         return self.collect()
 
     def collect(self) -> Iterable[Metric]:
-        """Prometheus collector: dead letters, duplicates skipped, outbox lag, events handled."""
+        """Prometheus collector: dead letters, duplicates skipped, events handled, published.
+
+        What lives outside the process (the outbox, the groups' backlog) is read on scrape by
+        :meth:`probe`.
+        """
         dead = CounterMetricFamily(
             "cloudmart_events_dead_lettered",
             "Events moved to the dead-letter stream.",
@@ -129,13 +136,55 @@ class Choreography:
             dead.add_metric([service], consumer.dead_lettered)
             dups.add_metric([service], stats.duplicates)
             handled.add_metric([service], stats.handled)
-        lag = GaugeMetricFamily(
-            "cloudmart_outbox_unpublished",
-            "Outbox rows of this process's events not yet published.",
-        )
-        lag.add_metric([], self.relay.lag)
         published = CounterMetricFamily(
             "cloudmart_outbox_published", "Events published by this process's relay."
         )
         published.add_metric([], self.relay.published)
-        return [dead, dups, handled, lag, published]
+        return [dead, dups, handled, published]
+
+    async def probe(self) -> list[Metric]:
+        """Read on scrape: the outbox's unpublished rows and the age of the oldest, and, on a
+        bus that reports it, each group's pending entries, lag and dead letters."""
+        async with self.db.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(sa.func.count(), sa.func.min(outbox.c.created_at)).where(
+                        outbox.c.published_at.is_(None), outbox.c.event_type.in_(self.relay.types)
+                    )
+                )
+            ).one()
+        unpublished = GaugeMetricFamily(
+            "cloudmart_outbox_unpublished",
+            "Outbox rows of this process's events not yet published.",
+        )
+        unpublished.add_metric([], float(row[0] or 0))
+        age = GaugeMetricFamily(
+            "cloudmart_outbox_lag_seconds",
+            "Age of the oldest outbox row of this process's events not yet published (0: none).",
+        )
+        age.add_metric([], max(0.0, (now() - row[1]).total_seconds()) if row[1] else 0.0)
+        metrics: list[Metric] = [unpublished, age]
+        if isinstance(self.bus, ReportsBacklog):
+            pending = GaugeMetricFamily(
+                "cloudmart_consumer_pending",
+                "Events delivered to the group and not yet acknowledged (XPENDING).",
+                labels=["group"],
+            )
+            lag = GaugeMetricFamily(
+                "cloudmart_consumer_lag",
+                "Events on the stream not yet delivered to the group (XINFO GROUPS lag).",
+                labels=["group"],
+            )
+            dead = GaugeMetricFamily(
+                "cloudmart_dlq_depth",
+                "Messages in this service's dead-letter queue or stream.",
+                labels=["queue"],
+            )
+            for service in self.services:
+                backlog = await self.bus.backlog(service)
+                pending.add_metric([service], backlog.pending)
+                if backlog.lag is not None:
+                    lag.add_metric([service], backlog.lag)
+                dead.add_metric([backlog.dead_letters], backlog.dead)
+            metrics += [pending, lag, dead]
+        return metrics

@@ -12,6 +12,7 @@ import asyncio
 from typing import Any, Protocol
 
 import sqlalchemy as sa
+import structlog
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -55,6 +56,7 @@ async def start_order(
     """
     await check_order(db, order)
     command = CreateOrder(order_id=order_id_for(idempotency_key), **order.model_dump())
+    structlog.contextvars.bind_contextvars(order_id=command.order_id)  # the correlation id
     created = False
 
     async def emit(conn: AsyncConnection, operation: str, outcome: dict[str, Any]) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 import uuid as _uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
@@ -43,6 +44,7 @@ from engine.history import (
     Projection,
     SagaRecord,
 )
+from engine.observer import NO_FAILED_STEP
 
 if TYPE_CHECKING:
     from engine.api import Engine, RetryPolicy
@@ -204,9 +206,13 @@ class _Run:
         self.by_pos: dict[int, list[Event]] = {}
         self.compensation_started: Event | None = None
         self.cancel_recorded = False
+        # The step whose failure made the saga compensate (metrics; see engine.observer).
+        self.failed_step = NO_FAILED_STEP
         for event in events:
             if event.position is not None:
                 self.by_pos.setdefault(event.position, []).append(event)
+            if event.type == ET.STEP_FAILED and event.step is not None:
+                self.failed_step = event.step
             if event.type == ET.COMPENSATION_STARTED:
                 self.compensation_started = event
             elif event.type == ET.CANCEL_REQUESTED:
@@ -357,6 +363,7 @@ class _Run:
         attempt: int,
     ) -> dict[str, Any]:
         engine = self.engine
+        observer = engine.observer
         policy = retry or engine.step_retry
         service, method = _split(target)
         log = self.log.bind(step=target)
@@ -364,6 +371,7 @@ class _Run:
             limit = timeout or engine.default_step_timeout
             if self.deadline is not None:
                 limit = max(0.0, min(limit, (self.deadline - self.clock.now()).total_seconds()))
+            began = time.perf_counter()
             try:
                 result = await self.transport.request(
                     service,
@@ -371,18 +379,23 @@ class _Run:
                     payload,
                     timeout=limit,
                     idempotency_key=key,
-                    headers={
-                        "saga_id": self.record.saga_id,
-                        "workflow_id": self.record.workflow_id,
-                        "attempt": str(attempt),
-                    },
+                    headers=self._headers(target, attempt),
                 )
             except Exception as exc:  # every transport failure is classified and recorded
                 wire = _wire(exc)
                 business = (isinstance(exc, RemoteError) and exc.non_retryable) or (
                     wire["type"] in policy.non_retryable
                 )
+                outcome = (
+                    "refused"
+                    if business
+                    else "timed_out"
+                    if isinstance(exc, StepTimeout)
+                    else "transport_error"
+                )
+                observer.step_attempted(target, outcome, time.perf_counter() - began)
                 if business:
+                    self.failed_step = target
                     self.emit(
                         ET.STEP_FAILED,
                         position=position,
@@ -398,6 +411,7 @@ class _Run:
                 retry_at = self.clock.now() + timedelta(seconds=delay)
                 past_deadline = self.deadline is not None and retry_at >= self.deadline
                 if not policy.allows(attempt + 1) or past_deadline:
+                    self.failed_step = target
                     self.emit(
                         ET.STEP_FAILED,
                         position=position,
@@ -426,6 +440,7 @@ class _Run:
                 await self.clock.sleep(delay)
                 attempt += 1
                 continue
+            observer.step_attempted(target, "completed", time.perf_counter() - began)
             self.emit(
                 ET.STEP_COMPLETED,
                 position=position,
@@ -533,6 +548,7 @@ class _Run:
         self.projection.finished = True
         await self.flush(honour_cancel=False)
         self.engine.counters.sagas_completed += 1
+        self.engine.observer.saga_finished(self.record.workflow_name, COMPLETED, NO_FAILED_STEP)
         self.log.info("saga.completed")
 
     async def _park(self, error: BaseException | None) -> None:
@@ -549,6 +565,7 @@ class _Run:
             self.log.warning("saga.abandoned", reason=repr(stop.error))
             return
         self.engine.counters.sagas_parked += 1
+        self.engine.observer.saga_finished(self.record.workflow_name, PARKED, NO_FAILED_STEP)
         self.log.error("saga.parked", error=message)
 
     async def _compensate(self, reason: str, *, cancelled: bool) -> None:
@@ -592,17 +609,15 @@ class _Run:
                         comp.payload,
                         timeout=engine.default_step_timeout,
                         idempotency_key=comp.key,
-                        headers={
-                            "saga_id": self.record.saga_id,
-                            "workflow_id": self.record.workflow_id,
-                            "attempt": str(attempt),
-                        },
+                        headers=self._headers(comp.target, attempt),
                     )
                 except Exception as exc:  # compensations are retried until they succeed
                     wire = _wire(exc)
                     if wire["type"] == "AlreadyCompensated":
+                        engine.observer.compensation_attempted(comp.target, "already_compensated")
                         result = {"already_compensated": True}
                         break
+                    engine.observer.compensation_attempted(comp.target, "failed")
                     delay = policy.delay(attempt)
                     self.projection.compensation_attempts += 1
                     engine.counters.compensation_retries += 1
@@ -611,6 +626,7 @@ class _Run:
                     ):
                         self.projection.needs_operator = True
                         engine.counters.operator_alerts += 1
+                        engine.observer.operator_flagged(self.record.workflow_name)
                         log.error(
                             "compensation.needs_operator", attempt=attempt, error=wire["type"]
                         )
@@ -629,6 +645,7 @@ class _Run:
                     await self.clock.sleep(delay)
                     attempt += 1
                     continue
+                engine.observer.compensation_attempted(comp.target, "completed")
                 break
             self.emit(
                 ET.COMPENSATION_COMPLETED,
@@ -647,9 +664,24 @@ class _Run:
         self.projection.finished = True
         await self.flush(honour_cancel=False)
         engine.counters.sagas_failed += 1
+        engine.observer.saga_finished(self.record.workflow_name, FAILED, self.failed_step)
         self.log.info("saga.failed", reason=reason)
 
     # -- helpers -----------------------------------------------------------------------------
+
+    def _headers(self, step: str, attempt: int) -> dict[str, str]:
+        """A command's headers: the ids the receiver binds to its log lines.
+
+        The workflow id is the business key — the order id of an order saga — and travels as
+        ``order_id`` too, the correlation id every CloudMart log line carries.
+        """
+        return {
+            "saga_id": self.record.saga_id,
+            "workflow_id": self.record.workflow_id,
+            "order_id": self.record.workflow_id,
+            "step": step,
+            "attempt": str(attempt),
+        }
 
     def _check_deadline(self) -> None:
         if self.deadline is not None and self.clock.now() >= self.deadline:

@@ -22,6 +22,7 @@ from engine._runtime import WorkflowContext, _Run, canonical_json
 from engine.clock import FakeClock, SystemClock
 from engine.errors import SagaNotFound, WorkflowAlreadyStarted, WorkflowDefinitionError
 from engine.history import STARTED, TERMINAL_STATUSES, Event, EventType, SagaRecord
+from engine.observer import NullObserver, SagaObserver
 from engine.ports import Clock, HistoryStore, Transport
 
 __all__ = [
@@ -171,7 +172,8 @@ class Engine:
     under a lease (``lease_seconds``) whose fencing version every history write checks.
     ``saga_deadline`` (seconds, None = none) makes a saga compensate once exceeded;
     ``compensation_alert_attempts`` failed attempts of one compensation flag the saga
-    ``needs_operator`` (and count ``counters.operator_alerts``).
+    ``needs_operator`` (and count ``counters.operator_alerts``). ``observer`` hears of every
+    saga and step outcome (:mod:`engine.observer`; metrics hang on it).
     """
 
     def __init__(
@@ -190,6 +192,7 @@ class Engine:
         compensation_retry: RetryPolicy = DEFAULT_COMPENSATION_RETRY,
         poll_interval: float | None = None,
         claim_batch: int = 100,
+        observer: SagaObserver | None = None,
     ) -> None:
         self.store = store
         self.transport = transport
@@ -204,6 +207,7 @@ class Engine:
         self.poll_interval = poll_interval or max(0.05, lease_seconds / 3)
         self.claim_batch = claim_batch
         self.counters = EngineCounters()
+        self.observer: SagaObserver = observer or NullObserver()
         self._workflows: dict[str, Workflow] = {}
         self._runs: dict[str, tuple[_Run, asyncio.Task[None]]] = {}
         self._supervisor: asyncio.Task[None] | None = None
@@ -268,6 +272,7 @@ class Engine:
                 )
             return SagaHandle(stored.saga_id, workflow_id, stored.status, created=False)
         self.counters.sagas_started += 1
+        self.observer.saga_started(name)
         self._spawn(wf, stored, [started], 1)
         return SagaHandle(saga_id, workflow_id, STARTED, created=True)
 
@@ -297,6 +302,7 @@ class Engine:
         if record is None:
             raise SagaNotFound(workflow_id)
         deadline = asyncio.get_running_loop().time() + timeout
+        events: builtins.list[Event] | None = None
         while record.status not in TERMINAL_STATUSES:
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:
@@ -306,8 +312,10 @@ class Engine:
                 await asyncio.wait([entry[1]], timeout=left)
             else:
                 await asyncio.sleep(min(left, self.poll_interval))
-            record = await self.store.get(workflow_id) or record
-        return await self.status(workflow_id)
+            record, events = await self.store.load(record.saga_id)
+        if events is None:
+            record, events = await self.store.load(record.saga_id)
+        return _status(record, events)
 
     async def history(self, workflow_id: str) -> list[Event]:
         """The saga's events in seq order."""
@@ -345,6 +353,7 @@ class Engine:
                 continue
             record, events = await self.store.load(row.saga_id)
             self.counters.sagas_recovered += 1
+            self.observer.saga_resumed(row.workflow_name)
             _log.info(
                 "saga.recovered", saga_id=row.saga_id, workflow_id=row.workflow_id, version=version
             )

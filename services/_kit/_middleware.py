@@ -58,8 +58,13 @@ class RequestContext:
             await send(message)
 
         began = time.perf_counter()
+        # order_id: bound by the route (services._kit.app.bind_order_id); "..." (structlog's
+        # "unbound") until then, and reset with the rest when the request ends.
         with structlog.contextvars.bound_contextvars(
-            request_id=request_id, correlation_id=correlation_id, service=self.service
+            request_id=request_id,
+            correlation_id=correlation_id,
+            service=self.service,
+            order_id=...,
         ):
             try:
                 await self.app(scope, receive, send_with_id)

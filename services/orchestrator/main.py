@@ -11,10 +11,12 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
+from prometheus_client.core import Metric
 
 from activities.db import Database
 from engine.adapters.rabbitmq import RabbitMQTransport
 from engine.ports import Transport
+from orchestration_pattern.metrics import PrometheusSagaObserver, sagas_needing_operator
 from orchestration_pattern.orchestrator import Orchestrator, build_engine, in_process_transport
 from services._kit import Settings, create_app, get_settings
 from services.orchestrator.api import router
@@ -39,7 +41,14 @@ def build_app(settings: Settings | None = None, *, database: Database | None = N
                     return rabbit.connected
 
                 app.state.health_checks["rabbitmq"] = broker_up
-            engine = build_engine(db, settings, transport)
+            observer = PrometheusSagaObserver(app.state.metrics)
+            engine = build_engine(db, settings, transport, observer=observer)
+            observer.track_running(lambda: engine.running)
+
+            async def operator_flags() -> list[Metric]:
+                return await sagas_needing_operator(db)
+
+            app.state.telemetry.add_probe("sagas", operator_flags)
             app.state.orchestrator = Orchestrator(engine, db)
             await engine.recover()
             await stack.enter_async_context(engine)  # background loop: leases, claims

@@ -168,6 +168,23 @@ async def test_exhausted_retries_count_the_step_as_possibly_done_and_compensate_
     assert (await r.engine.status("o-1")).status == "FAILED"
 
 
+@pytest.mark.parametrize("definition", [place_order, place_order_declarative])
+async def test_the_step_after_the_pivot_is_retried_until_done_never_compensated(
+    definition: Any,
+) -> None:
+    r = rig()
+    # more lost replies than SERVICE_RETRY allows: the order may be completed already, and
+    # shipping was arranged, so the saga can only go forward
+    r.transport.inject("order.complete_order", Fault("drop_reply", times=8))
+    await r.engine.start(definition, order(), workflow_id="o-1")
+    await r.engine.run_until_idle()
+    status = await r.engine.status("o-1")
+    assert status.status == "COMPLETED"
+    assert status.steps[-1].attempts == 9
+    assert r.services.executions[("o-1", "order.complete_order")] == 1
+    assert [kind for kind, _ in r.services.for_saga("o-1")] == ["do"] * 5
+
+
 async def test_step_timeout_is_recorded_and_retried_with_the_same_key() -> None:
     r = rig(default_step_timeout=5.0)
     r.transport.inject("shipping.arrange_shipping", Fault("delay", seconds=60))
