@@ -8,7 +8,10 @@ the same business operations directly.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, cast
+
+import structlog
 
 from activities import Database, check_order, order_id_for
 from activities.commands import CreateOrder, PlaceOrder
@@ -17,8 +20,10 @@ from activities.registry import OPERATIONS, invoke
 from engine import Engine, SagaHandle, SagaStatus
 from engine.adapters import InMemoryTransport, SqlHistoryStore
 from engine.errors import SagaAlreadyFinished, SagaNotFound, WorkflowAlreadyStarted
-from engine.history import Event
-from engine.ports import Transport
+from engine.history import Event, SagaRecord
+from engine.observer import SagaObserver
+from engine.ports import HistoryStore, Transport
+from services._kit import failpoints
 from services._kit.settings import Settings
 from workflows.order_saga import place_order
 
@@ -49,6 +54,7 @@ class Orchestrator:
         """
         await check_order(self.db, order)
         order_id = order_id_for(idempotency_key)
+        structlog.contextvars.bind_contextvars(order_id=order_id)  # the correlation id
         command = CreateOrder(order_id=order_id, **order.model_dump())
         try:
             return await self.engine.start(
@@ -99,14 +105,52 @@ def in_process_transport(db: Database, settings: Settings) -> InMemoryTransport:
     return InMemoryTransport({name: handler(name) for name in OPERATIONS})
 
 
-def build_engine(db: Database, settings: Settings, transport: Transport) -> Engine:
-    """The engine of one orchestrator process, configured from settings."""
+class _HistoryFailpoints:
+    """The history store, passing each write by the ``freeze_before_history`` and
+    ``crash_after_history`` failure points (used only when one of them is armed)."""
+
+    def __init__(self, store: HistoryStore) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def create(self, record: SagaRecord, events: Sequence[Event]) -> tuple[SagaRecord, bool]:
+        types = [e.type for e in events]
+        failpoints.hit("freeze_before_history", events=types)
+        stored, created = await self._store.create(record, events)
+        if created:
+            failpoints.hit("crash_after_history", events=types)
+        return stored, created
+
+    async def append(self, saga_id: str, events: Sequence[Event], **fence: Any) -> None:
+        types = [e.type for e in events]
+        failpoints.hit("freeze_before_history", events=types)
+        await self._store.append(saga_id, events, **fence)
+        failpoints.hit("crash_after_history", events=types)
+
+
+def build_engine(
+    db: Database,
+    settings: Settings,
+    transport: Transport,
+    *,
+    observer: SagaObserver | None = None,
+) -> Engine:
+    """The engine of one orchestrator process, configured from settings.
+
+    ``observer`` receives its saga and step events (the process's metrics).
+    """
+    store: HistoryStore = SqlHistoryStore(db.engine)
+    if failpoints.armed("crash_after_history") or failpoints.armed("freeze_before_history"):
+        store = cast(HistoryStore, _HistoryFailpoints(store))
     return Engine(
-        SqlHistoryStore(db.engine),
+        store,
         transport,
         lease_seconds=settings.lease_seconds,
         compensation_alert_attempts=settings.compensation_alert_attempts,
         default_step_timeout=settings.request_timeout,
         saga_deadline=settings.saga_deadline,
         workflows=[place_order],
+        observer=observer,
     )

@@ -4,24 +4,44 @@
 developer's running CloudMart is never touched), waits for ``/health``, and can kill
 (SIGKILL), pause (SIGSTOP), resume and restart any of them. Each process logs to a file in
 the deployment's directory, which a failing test can print.
+
+A process name is a service (``orchestrator``) or a service and a replica number
+(``orchestrator-2``: the same service on its own port, ``base_port + offset + 10 * (n - 1)``).
+
+No process outlives the test run: each one leads a session (and process group) of its own,
+its pid is appended to ``pids`` in the deployment's directory, and :meth:`Deployment.stop_all`
+— also run at interpreter exit for any deployment not stopped — ends every group it started.
+A SIGTERM to the test run is taken as Ctrl-C, so fixtures and that exit hook still run (only
+a SIGKILL of the test run itself leaves its processes behind, listed in ``pids``).
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
 PORT_OFFSETS = {"order": 1, "inventory": 2, "payment": 3, "shipping": 4, "orchestrator": 5}
+_live: weakref.WeakSet[Deployment] = weakref.WeakSet()
 
 
-@dataclass
+def service_of(name: str) -> tuple[str, int]:
+    """``"orchestrator-2"`` → ``("orchestrator", 2)``; ``"payment"`` → ``("payment", 1)``."""
+    service, _, replica = name.partition("-")
+    return service, int(replica) if replica else 1
+
+
+@dataclass(eq=False)
 class Deployment:
     database_url: str
     namespace: str
@@ -32,9 +52,14 @@ class Deployment:
     redis_url: str | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    started: list[subprocess.Popen[bytes]] = field(default_factory=list, repr=False)
+
+    def __post_init__(self) -> None:
+        _live.add(self)
 
     def port(self, name: str) -> int:
-        return self.base_port + PORT_OFFSETS[name]
+        service, replica = service_of(name)
+        return self.base_port + PORT_OFFSETS[service] + 10 * (replica - 1)
 
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.port(name)}"
@@ -55,15 +80,31 @@ class Deployment:
         )
         return env
 
-    def start(self, name: str, *, wait: bool = True) -> subprocess.Popen[bytes]:
-        log = (self.directory / f"{name}.log").open("ab")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "cloudmart", "serve", name, "--port", str(self.port(name))],
-            env=self.env(),
-            cwd=self.directory,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    def start(
+        self, name: str, *, wait: bool = True, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start process ``name``; ``env`` adds variables for this start only."""
+        service, _ = service_of(name)
+        with (self.directory / f"{name}.log").open("ab") as log:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "cloudmart",
+                    "serve",
+                    service,
+                    "--port",
+                    str(self.port(name)),
+                ],
+                env={**self.env(), **(env or {})},
+                cwd=self.directory,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: stop_all ends all of it
+            )
+        self.started.append(proc)
+        with (self.directory / "pids").open("a") as pids:
+            pids.write(f"{proc.pid} {name}\n")
         self.processes[name] = proc
         if wait:
             self.wait_healthy(name)
@@ -83,10 +124,14 @@ class Deployment:
             time.sleep(0.05)
         raise TimeoutError(f"{name} not healthy within {timeout}s:\n{self.log(name)}")
 
+    def alive(self, name: str) -> bool:
+        proc = self.processes.get(name)
+        return proc is not None and proc.poll() is None
+
     def kill(self, name: str) -> None:
         """SIGKILL: no shutdown code runs, as in a crash."""
         proc = self.processes[name]
-        proc.send_signal(signal.SIGKILL)
+        _signal_group(proc, signal.SIGKILL)
         proc.wait(timeout=10)
 
     def pause(self, name: str) -> None:
@@ -95,23 +140,53 @@ class Deployment:
     def resume(self, name: str) -> None:
         self.processes[name].send_signal(signal.SIGCONT)
 
-    def restart(self, name: str) -> None:
+    def restart(
+        self, name: str, *, wait: bool = True, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         if self.processes[name].poll() is None:
             self.kill(name)
-        self.start(name)
+        else:
+            self.processes[name].wait()
+        return self.start(name, wait=wait, env=env)
 
     def log(self, name: str) -> str:
         path = self.directory / f"{name}.log"
         return path.read_text(errors="replace")[-6000:] if path.exists() else ""
 
     def stop_all(self) -> None:
-        for proc in self.processes.values():
+        """Stop every process this deployment started (SIGTERM, then SIGKILL), whole groups."""
+        _live.discard(self)
+        for proc in self.started:
             if proc.poll() is None:
-                proc.send_signal(signal.SIGCONT)
-                proc.terminate()
-        for proc in self.processes.values():
+                _signal_group(proc, signal.SIGCONT)
+                _signal_group(proc, signal.SIGTERM)
+        for proc in self.started:
             try:
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                _signal_group(proc, signal.SIGKILL)
                 proc.wait(timeout=5)
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    # The process leads its own group (start_new_session), so its pid is the group id; while
+    # it is not reaped (poll() is None) that id cannot name anyone else's group.
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+
+
+@atexit.register
+def _stop_forgotten() -> None:
+    for deployment in list(_live):
+        deployment.stop_all()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+if threading.current_thread() is threading.main_thread() and (
+    signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+):
+    signal.signal(signal.SIGTERM, _interrupt)

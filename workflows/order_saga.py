@@ -17,6 +17,7 @@ __all__ = [
     "MILESTONES",
     "ORDER_WORKFLOW",
     "SERVICE_RETRY",
+    "UNTIL_DONE_RETRY",
     "place_order",
     "place_order_declarative",
     "workflow_from_definition",
@@ -25,6 +26,12 @@ __all__ = [
 # One policy for every service command: transport trouble and timeouts only (business errors
 # arrive non_retryable and are never retried).
 SERVICE_RETRY = RetryPolicy(initial_interval=0.2, backoff=2.0, max_interval=5.0, max_attempts=5)
+# Steps after the pivot (shipping arranged) cannot be undone: they are retried until they are
+# done. Giving up would compensate a saga whose last command may well have run — e.g. an order
+# COMPLETED just before the broker went away, which ``order.cancel_order`` then refuses forever.
+UNTIL_DONE_RETRY = RetryPolicy(
+    initial_interval=0.2, backoff=2.0, max_interval=5.0, max_attempts=None
+)
 
 MILESTONES = {
     "order.create_order": "ORDER_CREATED",
@@ -75,7 +82,7 @@ async def place_order(ctx: WorkflowContext, order: dict[str, Any]) -> dict[str, 
         retry=SERVICE_RETRY,
         milestone="SHIPPING_ARRANGED",
     )
-    await ctx.step("order.complete_order", ref, retry=SERVICE_RETRY)
+    await ctx.step("order.complete_order", ref, retry=UNTIL_DONE_RETRY)
     return {
         "order_id": order["order_id"],
         "total_amount": created["total_amount"],
@@ -103,7 +110,9 @@ def workflow_from_definition(
     Each command gets the saga's running state: the input merged with every earlier reply
     (``amount`` defaults to ``total_amount``, ``address`` to ``shipping_address``); each
     compensation gets ``{"order_id"}``. A step's optional ``"milestone"`` (default: from
-    :data:`MILESTONES`) becomes the saga status when it completes.
+    :data:`MILESTONES`) becomes the saga status when it completes. A step without a
+    compensation after one with a compensation comes after the pivot: it is retried until done
+    (:data:`UNTIL_DONE_RETRY`) instead of by ``retry``.
     """
     steps = list(definition["steps"])
     for spec in steps:
@@ -113,15 +122,18 @@ def workflow_from_definition(
     async def run_definition(ctx: WorkflowContext, data: dict[str, Any]) -> dict[str, Any]:
         state = dict(data)
         ref = {"order_id": state["order_id"]}
+        compensatable_before = False
         for spec in steps:
             target = f"{spec['service']}.{spec['command']}"
             compensation = spec.get("compensation")
+            after_pivot = compensatable_before and not compensation
+            compensatable_before = compensatable_before or bool(compensation)
             reply = await ctx.step(
                 target,
                 state,
                 compensate=f"{spec['service']}.{compensation}" if compensation else None,
                 compensation_payload=ref,
-                retry=retry,
+                retry=UNTIL_DONE_RETRY if after_pivot else retry,
                 milestone=spec.get("milestone", MILESTONES.get(target)),
             )
             state.update(reply)

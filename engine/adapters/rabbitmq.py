@@ -20,6 +20,9 @@ connection lost while waiting                command may have run: the engine re
                                              with the same idempotency key
 ===========================================  =================================================
 
+A request made while the connection is down first waits, within its timeout, for the robust
+connection to come back; it fails with ``TransportError`` ("not sent") only if it does not.
+
 Server, :class:`RabbitMQCommandServer`: consumes ``<ns>.<service>.commands`` (durable, bound
 with the service's routing key, dead-lettering to ``<ns>.dlx`` → ``<ns>.<service>.dead``) with
 a bounded prefetch and manual acks. Per message: decode (malformed → dead-letter at once), call
@@ -85,6 +88,8 @@ _BROKER_ERRORS: tuple[type[BaseException], ...] = (
 )
 # Headers rebound into the log context on receipt (STYLE.md, Logging).
 _LOG_HEADERS = ("saga_id", "workflow_id", "order_id", "step", "attempt")
+# Headers a reply carries back from its command, so both ends log the same ids.
+_REPLY_HEADERS = ("saga_id", "workflow_id", "order_id")
 
 
 def _encode(data: dict[str, Any]) -> bytes:
@@ -134,6 +139,7 @@ class RabbitMQTransport:
         # Up and with its reply queue consumed: cleared on a connection loss, set again only
         # after the robust channel re-declared the reply queue (reconnect callbacks run last).
         self._ready = False
+        self._up = asyncio.Event()  # set exactly while _ready: requests wait on it
 
     async def __aenter__(self) -> RabbitMQTransport:
         await self.start()
@@ -170,11 +176,13 @@ class RabbitMQTransport:
         connection.reconnect_callbacks.add(self._on_reconnected)
         self._connection = connection
         self._ready = True
+        self._up.set()
         logger.info("transport.started", reply_queue=self.reply_queue)
 
     async def close(self) -> None:
         connection, self._connection, self._exchange = self._connection, None, None
         self._ready = False
+        self._up.clear()
         self._fail_pending("transport closed")
         if connection is not None:
             await connection.close()
@@ -206,6 +214,12 @@ class RabbitMQTransport:
             correlation_id=correlation_id,
         )
         self.stats.requests += 1
+        deadline = asyncio.get_running_loop().time() + timeout
+        if not self.connected:
+            # The robust connection comes back by itself (a broker restart, a dropped link):
+            # wait for it within this request's timeout instead of failing at once, so an
+            # outage shorter than the step's retries costs time, not the saga.
+            await self._wait_connected(timeout)
         if not self.connected:
             self.stats.transport_errors += 1
             raise TransportError(f"RabbitMQ unreachable: {service}.{method} not sent")
@@ -225,7 +239,7 @@ class RabbitMQTransport:
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[correlation_id] = future
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout_at(deadline):
                 await self._publish(exchange, message, service, method)
                 return await future
         except TimeoutError:
@@ -243,6 +257,13 @@ class RabbitMQTransport:
             del self._pending[correlation_id]
             if future.done() and not future.cancelled():
                 future.exception()  # retrieved: a failure set while publishing is not "lost"
+
+    async def _wait_connected(self, timeout: float) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                await self._up.wait()
+        except TimeoutError:
+            logger.info("request.broker_still_unreachable", waited=timeout)
 
     async def _publish(
         self, exchange: AbstractExchange, message: aio_pika.Message, service: str, method: str
@@ -287,12 +308,14 @@ class RabbitMQTransport:
 
     def _on_connection_lost(self, _sender: Any, exc: BaseException | None = None) -> None:
         self._ready = False
+        self._up.clear()
         if self._connection is not None:
             logger.warning("transport.connection_lost", error=repr(exc), pending=len(self._pending))
         self._fail_pending("connection to RabbitMQ lost while waiting for the reply")
 
     def _on_reconnected(self, _sender: Any) -> None:
         self._ready = True
+        self._up.set()
         self.stats.reconnects += 1
         logger.info("transport.reconnected", reply_queue=self.reply_queue)
 
@@ -444,6 +467,22 @@ class RabbitMQCommandServer:
         """True while connected to the broker and consuming (a health check reads it)."""
         return self._ready and self._connection is not None
 
+    async def queue_depths(self) -> dict[str, int]:
+        """Messages waiting in the command queue and in the dead-letter queue, by queue name.
+
+        Passive declares on a channel of their own, so a missing queue cannot close the
+        consuming channel. Raises :class:`~engine.errors.TransportError` when not connected.
+        """
+        connection = self._connection
+        if connection is None or not self.connected:
+            raise TransportError("not connected to RabbitMQ")
+        depths: dict[str, int] = {}
+        async with connection.channel() as channel:
+            for name in (self.queue_name, self.dead_letter_queue):
+                queue = await channel.declare_queue(name, passive=True)
+                depths[name] = queue.declaration_result.message_count or 0
+        return depths
+
     def _on_connection_lost(self, _sender: Any, exc: BaseException | None = None) -> None:
         self._ready = False
         if self._connection is not None:
@@ -524,10 +563,14 @@ class RabbitMQCommandServer:
         if not message.reply_to or not message.correlation_id or channel is None:
             logger.debug("command.no_reply_to")
             return
+        headers = {k: v for k, v in (message.headers or {}).items() if k in _REPLY_HEADERS}
         # mandatory=False: a requester that went away simply misses the reply (it re-sends).
         await channel.default_exchange.publish(
             aio_pika.Message(
-                body, content_type="application/json", correlation_id=message.correlation_id
+                body,
+                content_type="application/json",
+                correlation_id=message.correlation_id,
+                headers=headers,
             ),
             routing_key=message.reply_to,
             mandatory=False,

@@ -8,12 +8,15 @@ A service is its routers plus one call::
 :func:`create_app` adds what every service shares: the database (built from the settings in
 the lifespan, on ``app.state.db``; :func:`db_of` is the route dependency), structured logging,
 the error mapping of :mod:`services._kit.errors`, the request middleware (request id, latency
-metrics, body limit, prod bearer token), ``GET /health`` and ``GET /metrics``.
+metrics, body limit, prod bearer token), ``GET /health`` and ``GET /metrics`` (the app's own
+registry, ``app.state.metrics``, with the process's :class:`~services._kit.metrics.Telemetry`
+on ``app.state.telemetry``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Annotated
@@ -27,9 +30,11 @@ from pydantic import BaseModel
 from starlette.middleware import Middleware
 
 from activities.db import Database
+from services._kit import failpoints
 from services._kit._middleware import ApiKeyGuard, BodyLimit, RequestContext
 from services._kit.errors import install_error_handlers
 from services._kit.logging import configure_logging
+from services._kit.metrics import Telemetry
 from services._kit.settings import Settings
 
 log = structlog.get_logger("services.app")
@@ -38,6 +43,7 @@ HealthCheck = Callable[[], Awaitable[bool]]
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
 HEALTH_CHECK_TIMEOUT = 5.0
+MAX_BOUND_ID = 128
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -64,6 +70,23 @@ async def settings_of(request: Request) -> Settings:
     """The app's :class:`Settings` (a FastAPI dependency)."""
     settings: Settings = request.app.state.settings
     return settings
+
+
+async def bind_order_id(request: Request) -> None:
+    """Bind the request's order id — the correlation id — to every line it logs.
+
+    From the ``{order_id}`` path parameter, else from a JSON body's ``order_id`` (the body is
+    already read and cached by then). A route that creates the order binds the new id itself.
+    """
+    order_id = request.path_params.get("order_id")
+    if order_id is None and request.headers.get("content-type", "").startswith("application/json"):
+        try:
+            body = json.loads(await request.body() or b"null")
+        except ValueError:  # FastAPI answers malformed JSON itself; nothing to bind
+            body = None
+        order_id = body.get("order_id") if isinstance(body, dict) else None
+    if isinstance(order_id, str) and 0 < len(order_id) <= MAX_BOUND_ID:
+        structlog.contextvars.bind_contextvars(order_id=order_id)
 
 
 DatabaseDep = Annotated[Database, Depends(db_of)]
@@ -102,6 +125,7 @@ def create_app(
             "non-loopback host; give the broker a user of its own in the prod profile"
         )
     configure_logging(settings)
+    failpoints.arm(settings.failpoint, env=settings.env)
 
     metrics = CollectorRegistry(auto_describe=True)
     latency = Histogram(
@@ -111,6 +135,7 @@ def create_app(
         buckets=LATENCY_BUCKETS,
         registry=metrics,
     )
+    telemetry = Telemetry(metrics)
 
     @asynccontextmanager
     async def run(app: FastAPI) -> AsyncIterator[None]:
@@ -123,6 +148,7 @@ def create_app(
             idle_transaction_timeout=settings.db_idle_transaction_timeout,
         )
         app.state.db = db
+        telemetry.database = db
         log.info("service.started", service=service, dialect=db.dialect)
         try:
             if lifespan is None:
@@ -150,11 +176,12 @@ def create_app(
     app.state.service = service
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.telemetry = telemetry
     app.state.health_checks = dict(health_checks or {})
     install_error_handlers(app)
     app.include_router(_operations_router())
     for router in routers:
-        app.include_router(router)
+        app.include_router(router, dependencies=[Depends(bind_order_id)])
     return app
 
 
@@ -197,6 +224,7 @@ def _operations_router() -> APIRouter:
         responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
     )
     async def metrics(request: Request) -> Response:
+        await request.app.state.telemetry.refresh()
         return Response(generate_latest(request.app.state.metrics), media_type=CONTENT_TYPE_LATEST)
 
     return router

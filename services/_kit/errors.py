@@ -94,7 +94,11 @@ def error_responses(*errors: type[DomainError]) -> dict[int | str, dict[str, Any
 
 
 def is_database_unavailable(exc: BaseException) -> bool:
-    """True when the database cannot be reached or gave no connection in time."""
+    """True when the database cannot be reached or gave no connection in time — also when
+    ``exc`` wraps such an error as its cause (the engine's ``StoreUnavailable`` does)."""
+    cause = exc.__cause__
+    if cause is not None and cause is not exc and is_database_unavailable(cause):
+        return True
     if isinstance(
         exc, sa_exc.TimeoutError | sa_exc.OperationalError | sa_exc.InterfaceError | ConnectionError
     ):

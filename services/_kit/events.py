@@ -6,16 +6,14 @@ group on the Redis stream and a relay for the events it produces
 service's app runs the whole choreography — all four groups and the relay — on the in-process
 bus, as the orchestrator's app runs the whole orchestration there; the other apps run none.
 
-Failure points for chaos tests (``CLOUDMART_FAILPOINT``, refused outside the test profile by
-:class:`Settings`): ``crash_before_ack:<service>`` kills the process after a handler committed
-and before the XACK; ``crash_before_publish:<service>`` kills it after the relay locked
-committed outbox rows and before it published them.
+Failure points for chaos tests (:mod:`services._kit.failpoints`): ``crash_before_ack:<service>``
+kills the process after a handler committed and before the XACK;
+``crash_before_publish:<service>`` kills it after the relay locked committed outbox rows and
+before it published them.
 """
 
 from __future__ import annotations
 
-import os
-import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -24,6 +22,7 @@ import structlog
 from fastapi import FastAPI
 
 from activities.db import Database
+from services._kit import failpoints
 from services._kit.app import Lifespan
 from services._kit.settings import Settings
 
@@ -37,18 +36,15 @@ def consumes_events(settings: Settings) -> bool:
     return settings.pattern == "choreography"
 
 
-def _crash(point: str) -> Callable[[Any], None]:
+def _failpoint(point: str, service: str) -> Callable[[Any], None] | None:
+    """A hook for ``point`` in ``service``'s consumer or relay, only when it is armed."""
+    if not failpoints.armed(point, service=service):
+        return None
+
     def crash(_: Any) -> None:
-        log.warning("failpoint.crash", point=point)
-        os.kill(os.getpid(), signal.SIGKILL)
+        failpoints.hit(point, service=service)
 
     return crash
-
-
-def _failpoint(settings: Settings, point: str, service: str) -> Callable[[Any], None] | None:
-    if settings.env == "test" and settings.failpoint == f"{point}:{service}":
-        return _crash(settings.failpoint)
-    return None
 
 
 def event_consumer(service: str) -> Lifespan:
@@ -93,13 +89,15 @@ def event_consumer(service: str) -> Lifespan:
                 before_ack={
                     s: hook
                     for s in services
-                    if (hook := _failpoint(settings, "crash_before_ack", s)) is not None
+                    if (hook := _failpoint("crash_before_ack", s)) is not None
                 },
-                before_publish=_failpoint(settings, "crash_before_publish", service),
+                before_publish=_failpoint("crash_before_publish", service),
             )
             await stack.enter_async_context(choreography)
             app.state.choreography = choreography
             app.state.metrics.register(choreography)
+            app.state.telemetry.add_probe("choreography", choreography.probe)
+            stack.callback(app.state.telemetry.remove_probe, "choreography")
             yield
 
     return run

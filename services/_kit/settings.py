@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from services._kit import failpoints
+
 Profile = Literal["dev", "test", "prod"]
 SERVICE_PORTS: dict[str, int] = {
     "order": 8001,
@@ -78,8 +80,8 @@ class Settings(BaseSettings):
     )
     failpoint: str | None = Field(
         default=None,
-        description="Test profile only: 'crash_before_ack:<service>' or "
-        "'crash_before_publish:<service>' kills the process (SIGKILL) at that point.",
+        description="Test profile only: a failure point to arm, e.g. 'crash_before_ack:<service>' "
+        "or 'crash_after_history:<N>' (every spelling: services/_kit/failpoints.py).",
     )
 
     log_level: str = "INFO"
@@ -96,6 +98,8 @@ class Settings(BaseSettings):
     def _failpoints_only_in_tests(self) -> Settings:
         if self.failpoint and self.env != "test":
             raise ValueError("CLOUDMART_FAILPOINT is refused outside CLOUDMART_ENV=test")
+        if self.failpoint:
+            failpoints.parse(self.failpoint)  # a misspelt point fails at start, not silently
         return self
 
     @property

@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from sqlalchemy import exc as sa_exc
 
 from activities.errors import DomainError, PaymentFailed, ShippingFailed, StockUnavailable
+from engine.errors import StoreUnavailable
 from services._kit import Settings, create_app, error_responses
 from services._kit.errors import MAX_REPORTED_ERRORS, is_database_unavailable
 
@@ -188,4 +189,24 @@ def test_error_responses_groups_domain_errors_by_status() -> None:
     ],
 )
 def test_is_database_unavailable(exc: BaseException, unavailable: bool) -> None:
+    assert is_database_unavailable(exc) is unavailable
+
+
+def _caused_by(error: Exception, cause: BaseException) -> Exception:
+    error.__cause__ = cause
+    return error
+
+
+@pytest.mark.parametrize(
+    ("exc", "unavailable"),
+    [
+        # the engine's history store wraps the driver's error (StoreUnavailable)
+        (_caused_by(StoreUnavailable("x"), sa_exc.OperationalError("x", {}, Exception())), True),
+        (_caused_by(StoreUnavailable("x"), sa_exc.ProgrammingError("x", {}, Exception())), False),
+        (_caused_by(RuntimeError("x"), _caused_by(ValueError(), ConnectionRefusedError())), True),
+    ],
+)
+def test_a_database_outage_wrapped_as_a_cause_is_unavailable(
+    exc: BaseException, unavailable: bool
+) -> None:
     assert is_database_unavailable(exc) is unavailable

@@ -1,0 +1,158 @@
+"""Chaos in the network between the orchestration and RabbitMQ: every process reaches the
+broker through a :class:`~faults.proxy.FaultProxy`, which first slows the link past the step
+timeout, then black-holes it, then lets it heal — while orders keep coming.
+
+What must hold: timed-out steps are sent again with the same idempotency key, and the
+services' inboxes keep each step's effect to one however often its command arrives (late
+copies included); every saga is terminal within 60 s of the link healing; SPEC §6 holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from conftest import TEST_RABBITMQ_URL, mysql_database_url, until
+from faults.load import Load
+from faults.proxy import FaultProxy
+from faults.scenario import (
+    all_healthy,
+    all_terminal,
+    baseline,
+    invariants_hold,
+    scenario,
+    sync_engine,
+)
+from processes import Deployment
+from rabbitmq_support import delete_topology
+
+from activities.db import create_engine
+from cloudmart.schema import create_schema
+
+pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.mysql, pytest.mark.rabbitmq]
+
+SERVICES = ("order", "inventory", "payment", "shipping", "orchestrator")
+SAGAS = 40
+PACE = 0.2
+STEP_TIMEOUT = 1.5  # CLOUDMART_REQUEST_TIMEOUT: seconds a step waits for its reply
+DELAY = 2.0  # each way, so a round trip through the broker takes 4 × DELAY > STEP_TIMEOUT
+PROXY_PORT = 28600
+
+
+@pytest.fixture(scope="module")
+def proxy() -> Iterator[FaultProxy]:
+    broker = urlsplit(TEST_RABBITMQ_URL)
+    with FaultProxy(
+        broker.hostname or "127.0.0.1", broker.port or 5672, listen_port=PROXY_PORT
+    ) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def deployment(proxy: FaultProxy, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    url = mysql_database_url("cloudmart_test_infra_network")
+
+    async def create() -> None:
+        engine = create_engine(url)
+        await create_schema(engine)
+        await engine.dispose()
+
+    asyncio.run(create())
+    broker = urlsplit(TEST_RABBITMQ_URL)
+    login, _, _ = broker.netloc.rpartition("@")
+    host = f"{proxy.address[0]}:{proxy.port}"
+    rabbitmq_url = broker._replace(netloc=f"{login}@{host}" if login else host).geturl()
+    deployed = Deployment(
+        database_url=url,
+        namespace=f"infra-{uuid.uuid4().hex[:8]}",
+        directory=Path(tmp_path_factory.mktemp("network-chaos")),
+        base_port=28500,
+        rabbitmq_url=rabbitmq_url,
+        extra_env={
+            "CLOUDMART_REQUEST_TIMEOUT": str(STEP_TIMEOUT),
+            "CLOUDMART_LEASE_SECONDS": "3",
+        },
+    )
+    try:
+        for name in SERVICES:
+            deployed.start(name)
+        yield deployed
+    finally:
+        deployed.stop_all()
+        asyncio.run(delete_topology(TEST_RABBITMQ_URL, deployed.namespace, SERVICES[:-1]))
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=64)) as http:
+        yield http
+
+
+def history_count(sql: sa.Engine, order_ids: list[str], condition: str) -> int:
+    statement = sa.text(
+        "SELECT COUNT(*) FROM saga_step_logs l JOIN saga_instances i ON i.saga_id = l.saga_id "
+        f"WHERE i.order_id IN :ids AND {condition}"
+    ).bindparams(sa.bindparam("ids", expanding=True))
+    with sql.connect() as conn:
+        return int(conn.scalar(statement, {"ids": order_ids}) or 0)
+
+
+RESENT_AND_COMPLETED = "l.attempt > 1 AND l.event_type = 'StepCompleted'"
+ONE_RECORD = (
+    "(SELECT COUNT(*) FROM inbox b WHERE b.order_id = i.order_id "
+    "AND b.operation = SUBSTRING_INDEX(l.step_name, '.', -1)) = 1"
+)
+
+
+def timeouts(sql: sa.Engine, order_ids: list[str]) -> int:
+    return history_count(sql, order_ids, "l.event_type = 'StepTimedOut'")
+
+
+async def test_slow_then_dead_then_healed_link_retries_with_the_same_keys_and_no_double_effects(
+    deployment: Deployment, proxy: FaultProxy, client: httpx.AsyncClient
+) -> None:
+    sql = sync_engine(deployment.database_url)
+    try:
+        _, bodies = scenario(sql, pattern="orchestration", count=SAGAS)
+        before = baseline(sql)
+        load = Load(client, f"{deployment.url('orchestrator')}/saga/start", bodies, PACE)
+        running = asyncio.create_task(load.run())
+        try:
+            await until(lambda: len(load.accepted) >= 5, timeout=60)
+            # 1. slower than the step timeout: steps time out and are sent again
+            proxy.delay(DELAY)
+            await until(lambda: timeouts(sql, load.accepted) >= 3, timeout=60)
+            # 2. a black hole: nothing gets through either way
+            proxy.blackhole()
+            silenced = timeouts(sql, load.accepted)
+            await until(lambda: timeouts(sql, load.accepted) >= silenced + 3, timeout=60)
+            assert proxy.stats.bytes_swallowed > 0
+            # 3. healed: connections cut by the black hole are reset and reconnect
+            proxy.pass_through()
+            healed = time.monotonic()
+            await running
+        finally:
+            running.cancel()
+        assert load.refused == [] and len(load.accepted) == SAGAS
+        assert load.answers.unexpected == []
+        await all_terminal(sql, load.accepted, "orchestration", healed)
+        # every saga's steps and compensations took effect once (the checker's "twice",
+        # "completed", "failed", stock and money rules), though many were sent more than once
+        await invariants_hold(sql, before)
+        # steps that completed only after being sent again: each has one inbox record, under
+        # the one key every copy of its command carried
+        resent = history_count(sql, load.accepted, RESENT_AND_COMPLETED)
+        assert resent > 0, "no step completed after a resend"
+        assert (
+            history_count(sql, load.accepted, f"{RESENT_AND_COMPLETED} AND {ONE_RECORD}") == resent
+        )
+        await all_healthy(client, deployment)
+    finally:
+        sql.dispose()
