@@ -8,6 +8,7 @@
     cloudmart up [--pattern P]             every service; embedded when no database is set
     cloudmart events tail                  print choreography events as they flow (Redis)
     cloudmart check [--baseline FILE]      check every saga guarantee over the database
+    cloudmart bench [--rate R] [--mix M]   sagas through the REST API; floor; report
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
+from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import typer
@@ -152,33 +154,152 @@ async def _with_engine(settings: Settings, use: Callable[[AsyncEngine], Awaitabl
         await engine.dispose()
 
 
-@app.command()
+bench_app = typer.Typer(
+    help="Measure the system: sagas through the REST API, the floor of its parts, charts."
+)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.callback(invoke_without_command=True)
 def bench(
+    ctx: typer.Context,
     url: str | None = typer.Option(
         None, help="Base URL (default: the orchestrator on 8005, or the order service on 8001)."
     ),
     pattern: Pattern = typer.Option(Pattern.orchestration, help="Saga style of the deployment."),
     sagas: int = typer.Option(500, min=1, help="How many sagas to run."),
     concurrency: int = typer.Option(1, min=1, max=1024, help="Sagas in flight at once."),
+    rate: float | None = typer.Option(
+        None, min=0.1, help="Open loop: start this many sagas per second (instead of concurrency)."
+    ),
+    mix: str = typer.Option(
+        "", help="Share of orders failing at each step, e.g. stock=0.1,payment=0.1,shipping=0.1."
+    ),
+    start: bool = typer.Option(
+        False, "--start", help="Start the deployment's processes first and stop them at the end."
+    ),
+    base_port: int | None = typer.Option(
+        None, help="Services on BASE+1..BASE+5 (order..orchestrator) instead of 8001-8005."
+    ),
+    floor: Path | None = typer.Option(
+        None,
+        exists=True,
+        dir_okay=False,
+        help="A `cloudmart bench floor` file: report latency as a multiple of it.",
+    ),
     out: str | None = typer.Option(None, help="Write the results as JSON to this file."),
 ) -> None:
-    """Drive sagas through a running deployment's REST API and report throughput and latency.
+    """Drive sagas through a deployment's REST API; report throughput, latency and invariants.
 
-    Needs CLOUDMART_DATABASE_URL (the deployment's database) to add the bench's catalogue.
+    Needs CLOUDMART_DATABASE_URL (the deployment's database): the bench adds its catalogue
+    there and checks every invariant after the run. Subcommands: floor, report.
     """
+    if ctx.invoked_subcommand is not None:
+        return
     from cloudmart import bench as bench_module
-
-    settings = get_settings()
-    asyncio.run(bench_module.seed_catalogue(settings.effective_database_url))
     from cloudmart.runner import run
 
-    default = SERVICE_PORTS["orchestrator" if pattern is Pattern.orchestration else "order"]
-    target = url or f"http://127.0.0.1:{default}"
-    result = run(bench_module.run(target, sagas, concurrency, pattern.value))
+    try:
+        shares = bench_module.parse_mix(mix)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--mix") from exc
+    settings = get_settings(pattern=pattern.value)
+    floor_data = json.loads(floor.read_text()) if floor else None
+    ports = bench_module.ports_from(base_port)
+    entry = "orchestrator" if pattern is Pattern.orchestration else "order"
+    target = url or f"http://127.0.0.1:{ports[entry]}"
+
+    def go() -> bench_module.BenchResult:
+        return run(
+            bench_module.run(
+                target,
+                sagas,
+                concurrency,
+                pattern.value,
+                rate=rate,
+                mix=shares,
+                database_url=settings.effective_database_url,
+                floor=floor_data,
+                settings={
+                    "url": target,
+                    "db_pool_size": settings.db_pool_size,
+                    "db_max_overflow": settings.db_max_overflow,
+                    "namespace": settings.namespace,
+                    "started_deployment": start,
+                },
+                progress=sys.stderr,
+            )
+        )
+
+    if start:
+        if settings.embedded:
+            typer.echo("cloudmart bench --start needs CLOUDMART_DATABASE_URL", err=True)
+            raise typer.Exit(2)
+        asyncio.run(_db_init(settings, seed=False, reset=False))
+        log_path = f"bench-{pattern.value}.log"
+        typer.echo(
+            f"starting {pattern.value} on {sorted(ports.values())}; logs: {log_path}", err=True
+        )
+        with bench_module.deployment(services_of(pattern), pattern.value, ports, log_path=log_path):
+            result = go()
+    else:
+        result = go()
     typer.echo(bench_module.report(result))
     if out:
         with open(out, "w") as handle:
             handle.write(bench_module.to_json(result))
+
+
+@bench_app.command("floor")
+def bench_floor(
+    samples: int = typer.Option(1000, min=10, help="Measurements per primitive."),
+    warmup: int = typer.Option(100, min=0, help="Unmeasured operations before them."),
+    out: str | None = typer.Option(None, help="Write the figures as JSON to this file."),
+) -> None:
+    """Measure what a saga cannot avoid: a RabbitMQ round trip, a MariaDB commit, a Redis hop.
+
+    Uses CLOUDMART_DATABASE_URL, CLOUDMART_RABBITMQ_URL and CLOUDMART_REDIS_URL.
+    """
+    from cloudmart import floor as floor_module
+    from cloudmart.runner import run
+    from services._kit.logging import configure_logging
+
+    settings = get_settings()
+    if settings.embedded or not settings.rabbitmq_url or not settings.redis_url:
+        typer.echo(
+            "cloudmart bench floor needs CLOUDMART_DATABASE_URL, CLOUDMART_RABBITMQ_URL "
+            "and CLOUDMART_REDIS_URL",
+            err=True,
+        )
+        raise typer.Exit(2)
+    configure_logging(settings.model_copy(update={"log_level": "WARNING"}))
+    figures = run(
+        floor_module.measure(
+            database_url=settings.effective_database_url,
+            rabbitmq_url=settings.rabbitmq_url,
+            redis_url=settings.redis_url,
+            samples=samples,
+            warmup=warmup,
+            progress=sys.stderr,
+        )
+    )
+    typer.echo(floor_module.report(figures))
+    if out:
+        with open(out, "w") as handle:
+            json.dump(figures, handle, indent=2)
+
+
+@bench_app.command("report")
+def bench_report(
+    results: list[str] = typer.Argument(..., help="Results files of `cloudmart bench --out`."),
+    out_dir: str = typer.Option("bench-report", help="Where to write the charts and report.md."),
+) -> None:
+    """Charts (PNG) and a markdown table of every run, from results files."""
+    from cloudmart import report as report_module
+
+    written = report_module.write_report(report_module.load_results(results), out_dir)
+    for line in written:
+        typer.echo(line)
 
 
 @app.command()

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Coroutine, Iterator
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import uvicorn
 
@@ -90,22 +90,54 @@ def _pump(prefix: str, stream: Iterator[bytes]) -> None:
         sys.stdout.flush()
 
 
+def start_services(
+    services: list[str],
+    pattern: str,
+    *,
+    ports: dict[str, int] | None = None,
+    output: IO[bytes] | None = None,
+) -> dict[str, subprocess.Popen[bytes]]:
+    """Start ``cloudmart serve NAME`` for each service (on ``ports[NAME]`` when given).
+
+    Their logs go to ``output``, or else to our stdout, each line prefixed with the name.
+    """
+    width = max(len(s) for s in services)
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    for name in services:
+        port = ["--port", str(ports[name])] if ports else []
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cloudmart", "serve", name, "--pattern", pattern, *port],
+            stdout=output or subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        procs[name] = proc
+        if output is None:
+            assert proc.stdout is not None
+            threading.Thread(
+                target=_pump, args=(name.ljust(width), proc.stdout), daemon=True
+            ).start()
+    return procs
+
+
+def stop_services(procs: dict[str, subprocess.Popen[bytes]]) -> None:
+    """SIGTERM every process still running, SIGKILL those not gone within 10 s."""
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs.values():
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
 def supervise(services: list[str], pattern: str) -> int:
     """Start ``cloudmart serve NAME`` for each service, prefix their logs, stop all on Ctrl-C.
 
     Returns the exit code: 0 after Ctrl-C, else the code of the first process that died.
     """
-    width = max(len(s) for s in services)
-    procs: dict[str, subprocess.Popen[bytes]] = {}
-    for name in services:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "cloudmart", "serve", name, "--pattern", pattern],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        procs[name] = proc
-        assert proc.stdout is not None
-        threading.Thread(target=_pump, args=(name.ljust(width), proc.stdout), daemon=True).start()
+    procs = start_services(services, pattern)
     try:
         while True:
             for name, proc in procs.items():
@@ -118,11 +150,4 @@ def supervise(services: list[str], pattern: str) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in procs.values():
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_services(procs)

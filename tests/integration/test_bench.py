@@ -1,0 +1,179 @@
+"""``cloudmart bench`` against a real deployment (MariaDB, RabbitMQ, Redis), as a user runs it:
+a run with a failure mix checked by ``cloudmart.check``, an open-loop run, the floor, the report
+and the notebook over results the test produced."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import TEST_RABBITMQ_URL, TEST_REDIS_URL, mysql_database_url
+from processes import Deployment
+
+from cloudmart import bench
+from cloudmart.runner import run
+
+pytestmark = [pytest.mark.mysql, pytest.mark.rabbitmq, pytest.mark.redis, pytest.mark.slow]
+
+BASE_PORT = 28000
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    system = Deployment(
+        database_url=mysql_database_url("cloudmart_test_bench"),
+        namespace="bench-test",
+        directory=tmp_path_factory.mktemp("bench"),
+        base_port=BASE_PORT,
+        rabbitmq_url=TEST_RABBITMQ_URL,
+        redis_url=TEST_REDIS_URL,
+    )
+    try:
+        _cloudmart(system, "db", "init")
+        for name in ("order", "inventory", "payment", "shipping", "orchestrator"):
+            system.start(name)
+        yield system
+    finally:
+        system.stop_all()
+
+
+def _cloudmart(system: Deployment, *args: str) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "cloudmart", *args],
+        env=system.env(),
+        cwd=system.directory,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def test_bench_with_a_mix_reports_failures_fully_compensated(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    floor_file = tmp_path / "floor.json"
+    floor_file.write_text(json.dumps({"sagas": {"orchestration": {"p50_ms": 10.0}}}))
+    out = tmp_path / "mix.json"
+    done = _cloudmart(
+        deployment,
+        "bench", "--base-port", str(BASE_PORT), "--sagas", "30", "--concurrency", "4",
+        "--mix", "stock=0.1,payment=0.1,shipping=0.1", "--floor", str(floor_file),
+        "--out", str(out),
+    )  # fmt: skip
+    result: dict[str, Any] = json.loads(out.read_text())
+    assert (result["completed"], result["failed"], result["errors"]) == (21, 9, 0)
+    assert result["unexpected"] == 0
+    assert result["outcomes_by_kind"] == {
+        "ok": {"COMPLETED": 21},
+        "payment": {"FAILED": 3},
+        "shipping": {"FAILED": 3},
+        "stock": {"FAILED": 3},
+    }
+    assert result["check"]["ok"] is True and result["check"]["violations"] == 0
+    assert result["check"]["sagas"] == {"COMPLETED": 21, "FAILED": 9}
+    assert result["rollback_success"] == 1.0
+    assert result["error_rate"] == 0.0
+    assert len(result["latency_quantiles"]) == 100
+    assert result["rest_ms"]["count"] >= 60  # a start and at least one status per saga
+    assert result["latency_vs_floor"] == round(result["latency_ms"]["p50"] / 10.0, 2)
+    assert result["machine"]["cores"] >= 1 and result["machine"]["cpu"]
+    assert {"python", "sqlalchemy", "aio-pika", "redis"} <= result["versions"].keys()
+    assert "MariaDB" in result["versions"]["database"]
+    assert result["settings"]["mix"] == {"stock": 0.1, "payment": 0.1, "shipping": 0.1}
+    assert result["settings"]["concurrency"] == 4 and result["settings"]["db_pool_size"] == 5
+    assert result["timestamp"]
+    assert "30/30 sagas" in done.stderr  # the progress line
+    assert "invariants: ok" in done.stdout and "100.00% of FAILED sagas" in done.stdout
+
+
+def test_open_loop_starts_at_the_rate_asked(deployment: Deployment, tmp_path: Path) -> None:
+    out = tmp_path / "open.json"
+    _cloudmart(
+        deployment,
+        "bench", "--base-port", str(BASE_PORT), "--sagas", "12", "--rate", "40",
+        "--out", str(out),
+    )  # fmt: skip
+    result = json.loads(out.read_text())
+    assert (result["completed"], result["errors"]) == (12, 0)
+    assert result["rate"] == 40.0 and result["settings"]["concurrency"] is None
+    assert result["check"]["ok"] is True
+    assert result["rollback_success"] is None  # nothing failed
+    # Saga i is due at i/40 s: the run cannot end before the last one was due.
+    assert result["wall_seconds"] >= 11 / 40
+
+
+def test_floor_measures_the_three_primitives(deployment: Deployment, tmp_path: Path) -> None:
+    out = tmp_path / "floor.json"
+    done = _cloudmart(
+        deployment, "bench", "floor", "--samples", "30", "--warmup", "3", "--out", str(out)
+    )
+    figures = json.loads(out.read_text())
+    for name in ("rabbitmq_round_trip", "mariadb_commit", "redis_stream_hop"):
+        assert figures["primitives"][name]["count"] == 30
+        assert 0 < figures["primitives"][name]["p50"] <= figures["primitives"][name]["p99"]
+    orchestration = figures["sagas"]["orchestration"]
+    assert orchestration["formula"] == "5 × rabbitmq_round_trip + 12 × mariadb_commit"
+    assert orchestration["p50_ms"] > 0
+    assert figures["sagas"]["choreography"]["counts"]["redis_stream_hop"] == 3
+    assert "one orchestration saga" in done.stdout
+
+
+def test_report_and_notebook_over_results_of_a_real_run(
+    deployment: Deployment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    results = tmp_path / "results"
+    results.mkdir()
+    for concurrency in (1, 4):
+        result = run(
+            bench.run(
+                deployment.url("orchestrator"),
+                10,
+                concurrency,
+                database_url=deployment.database_url,
+            )
+        )
+        assert result.completed == 10
+        (results / f"c{concurrency}.json").write_text(bench.to_json(result))
+
+    done = _cloudmart(
+        deployment, "bench", "report", *map(str, sorted(results.glob("*.json"))),
+        "--out-dir", str(tmp_path / "report"),
+    )  # fmt: skip
+    assert (tmp_path / "report" / "latency_cdf.png").exists()
+    assert (tmp_path / "report" / "throughput.png").exists()
+    assert "patterns: skipped" in done.stdout  # one pattern only: a note, not a crash
+    assert "| c1.json |" in (tmp_path / "report" / "report.md").read_text()
+
+    notebook_path = Path(__file__).parents[2] / "notebooks" / "performance.ipynb"
+    notebook = nbformat.read(notebook_path, as_version=4)
+    assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code")
+    monkeypatch.setenv("CLOUDMART_BENCH_RESULTS", str(results / "*.json"))
+    nbclient.NotebookClient(
+        notebook, timeout=120, kernel_name="python3", resources={"metadata": {"path": tmp_path}}
+    ).execute()
+    printed = "".join(
+        output.get("text", "")
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for output in cell.outputs
+    )
+    assert "2 run(s)" in printed
+    assert "patterns: nothing to draw" in printed
+    images = [
+        output
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for output in cell.outputs
+        if "image/png" in output.get("data", {})
+    ]
+    assert len(images) == 2  # the latency CDF and throughput against concurrency

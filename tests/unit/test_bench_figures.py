@@ -1,0 +1,210 @@
+"""The bench's arithmetic, the floor's formulas and the report, without any server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from cloudmart import bench, floor, report
+from cloudmart.cli import app
+
+
+def test_quantile_is_nearest_rank() -> None:
+    ordered = [1.0, 2.0, 3.0, 4.0]
+    assert [bench.quantile(ordered, q) for q in (0.01, 0.25, 0.5, 0.75, 1.0)] == [
+        1.0,
+        1.0,
+        2.0,
+        3.0,
+        4.0,
+    ]
+
+
+def test_percentiles_of_one_to_hundred() -> None:
+    figures = bench.percentiles([float(i) for i in range(100, 0, -1)])
+    assert figures == {
+        "p50": 50.0,
+        "p95": 95.0,
+        "p99": 99.0,
+        "max": 100.0,
+        "mean": 50.5,
+        "count": 100,
+    }
+    assert bench.percentiles([]) == {}
+
+
+def test_quantiles_are_a_hundred_rising_points_ending_at_the_max() -> None:
+    samples = [float(x) for x in (5, 1, 9, 3, 7, 2)]
+    points = bench.quantiles(samples)
+    assert len(points) == 100
+    assert points == sorted(points)
+    assert (points[0], points[49], points[-1]) == (1.0, 3.0, 9.0)
+    assert bench.quantiles([]) == []
+
+
+def test_cdf_points_pair_each_quantile_with_its_share() -> None:
+    xs, ys = report.cdf_points([1.0, 2.0, 3.0, 4.0])
+    assert xs == [1.0, 2.0, 3.0, 4.0]
+    assert ys == [0.25, 0.5, 0.75, 1.0]
+
+
+def test_parse_mix() -> None:
+    assert bench.parse_mix("stock=0.1, payment=0.2,shipping=0") == {
+        "stock": 0.1,
+        "payment": 0.2,
+        "shipping": 0.0,
+    }
+    assert bench.parse_mix("") == {}
+    for bad in ("stock", "tax=0.1", "stock=1.5", "stock=0.6,payment=0.6"):
+        with pytest.raises(ValueError):
+            bench.parse_mix(bad)
+
+
+def test_plan_makes_the_asked_share_of_each_failure_and_is_repeatable() -> None:
+    kinds = bench.plan(30, {"stock": 0.1, "payment": 0.1, "shipping": 0.2})
+    assert len(kinds) == 30
+    assert (kinds.count("stock"), kinds.count("payment"), kinds.count("shipping")) == (3, 3, 6)
+    assert kinds.count("ok") == 18
+    assert bench.plan(30, {"stock": 0.1, "payment": 0.1, "shipping": 0.2}) == kinds
+    assert bench.plan(5, {}) == ["ok"] * 5
+
+
+def test_order_bodies_fail_where_the_business_rules_say() -> None:
+    ok = bench.order_body(3, "ok")
+    assert ok["customer_id"] == bench.BENCH_CUSTOMER
+    assert ok["items"][0]["book_id"] in bench.BENCH_BOOKS
+    assert ok["shipping_address"]["country"] == "JP"
+    assert bench.order_body(3, "stock")["items"][0]["book_id"] == bench.SOLD_OUT_BOOK
+    assert bench.order_body(3, "payment")["customer_id"] == bench.BROKE_CUSTOMER
+    assert bench.order_body(3, "shipping")["shipping_address"]["country"] == "US"
+
+
+def test_rollback_success_counts_each_broken_saga_once() -> None:
+    assert bench.rollback_success(0, []) is None
+    assert bench.rollback_success(4, []) == 1.0
+    assert bench.rollback_success(4, ["FAILED a", "FAILED a", "FAILED b"]) == 0.5
+
+
+def test_saga_floor_is_the_formula_over_the_primitives() -> None:
+    primitives = {
+        "rabbitmq_round_trip": {"p50": 2.0, "p99": 5.0},
+        "mariadb_commit": {"p50": 1.0, "p99": 3.0},
+        "redis_stream_hop": {"p50": 0.5, "p99": 1.0},
+    }
+    floors = floor.saga_floors(primitives)
+    orchestration, choreography = floors["orchestration"], floors["choreography"]
+    assert orchestration["formula"] == "5 × rabbitmq_round_trip + 12 × mariadb_commit"
+    assert (orchestration["p50_ms"], orchestration["p99_ms"]) == (5 * 2.0 + 12 * 1.0, 25 + 36)
+    assert choreography["formula"] == "9 × mariadb_commit + 3 × redis_stream_hop"
+    assert choreography["p50_ms"] == 9 * 1.0 + 3 * 0.5
+    assert bench.floor_ms({"sagas": floors}, "orchestration") == 22.0
+    assert bench.floor_ms({"sagas": {}}, "orchestration") is None
+
+
+def _result(**overrides: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "pattern": "orchestration",
+        "sagas": 100,
+        "concurrency": 1,
+        "rate": None,
+        "mix": {},
+        "completed": 100,
+        "failed": 0,
+        "errors": 0,
+        "sagas_per_second": 10.0,
+        "terminal_per_second": 10.0,
+        "latency_ms": {"p50": 50.0, "p99": 90.0},
+        "rest_ms": {"p50": 5.0, "p99": 9.0},
+        "latency_quantiles": [float(i) for i in range(1, 101)],
+        "rollback_success": None,
+        "check": {"ok": True, "violations": 0},
+        "latency_vs_floor": None,
+        "timestamp": "2026-11-26T00:00:00+00:00",
+    }
+    return {**base, **overrides}
+
+
+def test_charts_without_their_data_say_what_they_need() -> None:
+    one = [_result()]
+    assert report.latency_cdf(one) is not None
+    for chart in (report.throughput, report.patterns, report.failure_mix, report.floor_multiple):
+        with pytest.raises(report.NoData):
+            chart(one)
+    with pytest.raises(report.NoData):
+        report.latency_cdf([_result(latency_quantiles=[])])
+
+
+def test_charts_draw_when_the_runs_are_there() -> None:
+    runs = [
+        _result(concurrency=1),
+        _result(concurrency=32, terminal_per_second=90.0),
+        _result(pattern="choreography", concurrency=32, terminal_per_second=200.0),
+        _result(concurrency=32, mix={"stock": 0.1, "payment": 0.2}, failed=30),
+        _result(latency_vs_floor=3.2),
+    ]
+    for name, chart in report.CHARTS.items():
+        figure = chart(runs)
+        assert figure.axes, name
+
+
+def test_markdown_table_has_a_row_per_run() -> None:
+    table = report.markdown_table(
+        [
+            _result(_file="a.json"),
+            _result(
+                _file="b.json",
+                rate=20.0,
+                mix={"stock": 0.1},
+                rollback_success=1.0,
+                check={"ok": False, "violations": 2},
+                latency_vs_floor=4.5,
+            ),
+        ]
+    )
+    lines = table.strip().splitlines()
+    assert len(lines) == 4
+    assert lines[0].count("|") == lines[1].count("|") == lines[2].count("|")
+    assert "| a.json |" in lines[2] and "c=1" in lines[2] and "| ok |" in lines[2]
+    assert "20/s open" in lines[3] and "stock 0.1" in lines[3]
+    assert "100%" in lines[3] and "2 ✗" in lines[3] and "4.5×" in lines[3]
+
+
+def test_write_report_writes_charts_with_data_and_notes_the_rest(tmp_path: Path) -> None:
+    files = []
+    for i, result in enumerate([_result(), _result(concurrency=8)]):
+        path = tmp_path / f"r{i}.json"
+        path.write_text(json.dumps(result))
+        files.append(str(path))
+    said = report.write_report(report.load_results(files), tmp_path / "out")
+    assert (tmp_path / "out" / "latency_cdf.png").stat().st_size > 0
+    assert (tmp_path / "out" / "throughput.png").stat().st_size > 0
+    assert not (tmp_path / "out" / "patterns.png").exists()
+    assert any(line.startswith("patterns: skipped") for line in said)
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "| r0.json |" in text and "| r1.json |" in text
+    assert "- patterns: skipped" in text and "![latency_cdf](latency_cdf.png)" in text
+
+
+def test_bench_report_command_on_a_single_pattern(tmp_path: Path) -> None:
+    path = tmp_path / "one.json"
+    path.write_text(json.dumps(_result()))
+    result = CliRunner().invoke(
+        app, ["bench", "report", str(path), "--out-dir", str(tmp_path / "rep")]
+    )
+    assert result.exit_code == 0, result.output
+    assert "patterns: skipped" in result.output
+    assert (tmp_path / "rep" / "report.md").exists()
+
+
+def test_bench_is_a_group_and_refuses_a_bad_mix() -> None:
+    runner = CliRunner()
+    helped = runner.invoke(app, ["bench", "--help"])
+    assert helped.exit_code == 0
+    assert "floor" in helped.output and "report" in helped.output and "--rate" in helped.output
+    refused = runner.invoke(app, ["bench", "--mix", "tax=0.5"])
+    assert refused.exit_code == 2
+    assert "mix" in refused.output
