@@ -17,6 +17,11 @@ handler that raised) are taken over with XAUTOCLAIM once idle for ``claim_idle``
 the entry's delivery count (XPENDING ``times_delivered``) decides when it has failed often
 enough (``max_deliveries``) to be dead-lettered. A dead-lettered entry is XADDed to the dead
 stream and XACKed in one MULTI/EXEC.
+
+The stream is trimmed (:meth:`RedisEventBus.trim`, every ``trim_interval`` seconds from each
+consumer) below the oldest entry some group still needs: its oldest pending entry, or the
+entries after its last delivered one. Nothing is trimmed until every group named in
+``retain_for`` exists, since a group created later reads the stream from its start.
 """
 
 from __future__ import annotations
@@ -71,6 +76,11 @@ def _decode(raw: dict[bytes, bytes]) -> tuple[dict[str, str], bool]:
         }, False
 
 
+def _entry_order(entry_id: str) -> tuple[int, int]:
+    millis, _, seq = entry_id.partition("-")
+    return int(millis), int(seq or 0)
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -88,6 +98,8 @@ class RedisEventBus:
         batch: int = 64,
         concurrency: int = 16,
         block: float = 1.0,
+        retain_for: Collection[str] = (),
+        trim_interval: float = 60.0,
     ) -> None:
         self.client = client
         self.namespace = namespace
@@ -97,6 +109,8 @@ class RedisEventBus:
         self._batch = batch
         self._concurrency = concurrency
         self._block_ms = max(1, int(block * 1000))
+        self._retain_for = tuple(retain_for)
+        self._trim_interval = trim_interval
 
     @classmethod
     def from_url(cls, url: str, namespace: str, **options: Any) -> RedisEventBus:
@@ -145,6 +159,35 @@ class RedisEventBus:
             dead_letters=dead_key,
         )
 
+    async def trim(self, groups: Collection[str]) -> int:
+        """Delete the entries every group in ``groups`` has read and acknowledged.
+
+        Keeps everything from the oldest entry a group still needs (its oldest pending entry,
+        or the one after its last delivered entry); trims nothing while one of ``groups`` does
+        not exist yet. Returns how many entries went.
+        """
+        try:
+            info = await self.client.xinfo_groups(self.stream)
+        except ResponseError:  # no stream yet
+            return 0
+        by_name = {_text(g["name"]): g for g in info}
+        if not groups or not set(groups) <= set(by_name):
+            return 0
+        needed: list[str] = []
+        for name in groups:
+            needed.append(_text(by_name[name]["last-delivered-id"]))
+            if int(by_name[name]["pending"]) > 0:
+                summary = await self.client.xpending(self.stream, name)
+                needed.append(_text(summary["min"]))
+        keep_from = min(needed, key=_entry_order)
+        if keep_from == "0-0":
+            return 0
+        # MINID deletes ids below keep_from; the last delivered entry itself stays (harmless)
+        removed = int(await self.client.xtrim(self.stream, minid=keep_from, approximate=False))
+        if removed:
+            log.info("events.trimmed", removed=removed, keep_from=keep_from)
+        return removed
+
     async def ensure_group(self, group: str) -> None:
         """Create ``group`` on the stream (from its start) unless it exists."""
         try:
@@ -165,6 +208,8 @@ class RedisEventBus:
         await self.ensure_group(group)
         runner = _Consumer(self, group, handler, types, before_ack)
         tasks = [asyncio.create_task(runner.read()), asyncio.create_task(runner.claim())]
+        if self._retain_for:
+            tasks.append(asyncio.create_task(runner.trim()))
         try:
             yield runner.stats
         finally:
@@ -240,6 +285,13 @@ class _Consumer:
                     self._spawn(_text(entry_id), raw)
 
         await self._resilient("read", step)
+
+    async def trim(self) -> None:
+        async def step() -> None:
+            await asyncio.sleep(self.bus._trim_interval)
+            await self.bus.trim(self.bus._retain_for)
+
+        await self._resilient("trim", step)
 
     async def claim(self) -> None:
         interval = max(0.05, self.bus._claim_idle_ms / 2000)

@@ -75,6 +75,8 @@ def event_consumer(service: str) -> Lifespan:
                     settings.namespace,
                     claim_idle=settings.event_claim_idle,
                     max_deliveries=settings.event_max_deliveries,
+                    retain_for=CHOREOGRAPHED_SERVICES,
+                    trim_interval=settings.event_trim_interval,
                 )
                 stack.push_async_callback(redis_bus.aclose)
                 bus = redis_bus

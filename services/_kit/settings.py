@@ -75,6 +75,12 @@ class Settings(BaseSettings):
     event_max_deliveries: int = Field(
         default=5, ge=1, description="Choreography: deliveries before an event is dead-lettered."
     )
+    event_trim_interval: float = Field(
+        default=60.0,
+        gt=0,
+        description="Choreography: seconds between trims of the event stream below the "
+        "oldest entry a service's group still needs.",
+    )
     outbox_poll_interval: float = Field(
         default=0.5, gt=0, description="Choreography: seconds between outbox relay polls."
     )
