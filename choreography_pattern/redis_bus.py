@@ -33,7 +33,7 @@ import socket
 import uuid
 from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 import structlog
@@ -56,6 +56,10 @@ from choreography_pattern.events import Event
 log = structlog.get_logger("choreography.redis")
 
 _TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
+
+# What redis-py returns without decoding, which its type hints leave loose.
+_Entry = tuple[bytes, dict[bytes, bytes]]
+_StreamRead = list[tuple[bytes, list[_Entry]]]
 
 
 def stream_key(namespace: str) -> str:
@@ -135,7 +139,9 @@ class RedisEventBus:
         return _text(await self.client.xadd(self.stream, fields))  # type: ignore[arg-type]
 
     async def dead_letters(self, group: str) -> list[dict[str, str]]:
-        entries = await self.client.xrange(dead_letter_key(self.namespace, group))
+        entries = cast(
+            list[_Entry], await self.client.xrange(dead_letter_key(self.namespace, group))
+        )
         return [_decode(fields)[0] for _, fields in entries]
 
     async def backlog(self, group: str) -> Backlog:
@@ -270,12 +276,15 @@ class _Consumer:
         async def step() -> None:
             await self.slots.acquire()
             self.slots.release()
-            response = await self.client.xreadgroup(
-                self.group,
-                self.name,
-                {self.bus.stream: ">"},
-                count=self.bus._batch,
-                block=self.bus._block_ms,
+            response = cast(
+                _StreamRead | None,
+                await self.client.xreadgroup(
+                    self.group,
+                    self.name,
+                    {self.bus.stream: ">"},
+                    count=self.bus._batch,
+                    block=self.bus._block_ms,
+                ),
             )
             for _stream, entries in response or []:
                 # Taken now, handled as slots free up: the claimer must not take them too.
@@ -378,7 +387,10 @@ async def tail(
     try:
         last = "$"
         while stop is None or not stop.is_set():
-            response = await client.xread({stream_key(namespace): last}, block=1000, count=100)
+            response = cast(
+                _StreamRead | None,
+                await client.xread({stream_key(namespace): last}, block=1000, count=100),
+            )
             for _stream, entries in response or []:
                 for entry_id, raw in entries:
                     last = _text(entry_id)
