@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -170,13 +170,15 @@ async def check(
 
 def snapshot_connection(conn: sa.Connection) -> Baseline:
     with _snapshot_transaction(conn):
-        return Baseline(
-            stock={int(r.book_id): int(r.total) for r in conn.execute(sa.text(STOCK_TOTALS))},
-            money={
-                int(r.customer_id): _money_of(r.total) for r in conn.execute(sa.text(MONEY_TOTALS))
-            },
-            taken_at=_now().isoformat(),
-        )
+        return _totals(conn)
+
+
+def _totals(conn: sa.Connection) -> Baseline:
+    return Baseline(
+        stock={int(r.book_id): int(r.total) for r in conn.execute(sa.text(STOCK_TOTALS))},
+        money={int(r.customer_id): _money_of(r.total) for r in conn.execute(sa.text(MONEY_TOTALS))},
+        taken_at=_now().isoformat(),
+    )
 
 
 def check_connection(
@@ -198,8 +200,16 @@ def check_connection(
         found += _outcomes(scope, cutoff)
         found += _history(scope)
         if order_ids is None or baseline is not None:
-            found += _stock(conn, baseline)
-            found += _money(conn, baseline)
+            found += _stock(conn)
+            found += _money(conn)
+        if baseline is not None:
+            now_totals = _totals(conn)
+            found += _changed(
+                "stock", "book", "available+reserved+shipped", baseline.stock, now_totals.stock
+            )
+            found += _changed(
+                "money", "customer", "balance+captured", baseline.money, now_totals.money
+            )
     return CheckReport(found, sagas, orders, now.isoformat())
 
 
@@ -443,7 +453,7 @@ def _history(scope: _Scope) -> list[Violation]:
     return found
 
 
-def _stock(conn: sa.Connection, baseline: Baseline | None) -> list[Violation]:
+def _stock(conn: sa.Connection) -> list[Violation]:
     found = [
         Violation(
             "stock",
@@ -459,42 +469,29 @@ def _stock(conn: sa.Connection, baseline: Baseline | None) -> list[Violation]:
         )
         if int(r.reserved) != int(r.held)
     ]
-    found += [
+    return found + [
         Violation("stock", f"book {r.book_id}", f"negative: available {r.available}")
         for r in conn.execute(
             sa.text("SELECT book_id, available FROM inventory WHERE available < 0")
         )
     ]
-    if baseline is not None:
-        for r in conn.execute(sa.text(STOCK_TOTALS)):
-            before = baseline.stock.get(int(r.book_id))
-            if before is not None and int(r.total) != before:
-                found.append(
-                    Violation(
-                        "stock",
-                        f"book {r.book_id}",
-                        f"available+reserved+shipped = {r.total}, was {before}",
-                    )
-                )
-    return found
 
 
-def _money(conn: sa.Connection, baseline: Baseline | None) -> list[Violation]:
-    found = [
+def _money(conn: sa.Connection) -> list[Violation]:
+    return [
         Violation("money", f"customer {r.customer_id}", f"negative balance {r.balance}")
         for r in conn.execute(
             sa.text("SELECT customer_id, balance FROM customers WHERE balance < 0")
         )
     ]
-    if baseline is not None:
-        for r in conn.execute(sa.text(MONEY_TOTALS)):
-            before = baseline.money.get(int(r.customer_id))
-            if before is not None and _money_of(r.total) != before:
-                found.append(
-                    Violation(
-                        "money",
-                        f"customer {r.customer_id}",
-                        f"balance+captured = {_money_of(r.total)}, was {before}",
-                    )
-                )
-    return found
+
+
+def _changed(
+    rule: str, noun: str, what: str, before: Mapping[int, Any], now: Mapping[int, Any]
+) -> list[Violation]:
+    """Conservation: every total of the baseline unchanged (rows added since are not judged)."""
+    return [
+        Violation(rule, f"{noun} {key}", f"{what} = {now[key]}, was {value}")
+        for key, value in sorted(before.items())
+        if key in now and now[key] != value
+    ]
