@@ -10,7 +10,7 @@ once instead of at the next poll.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import weakref
 from collections.abc import Awaitable, Callable, Collection, Iterable
 from contextlib import AsyncExitStack
 from types import TracebackType
@@ -52,31 +52,37 @@ class Choreography:
             before_publish=before_publish,
         )
         self.consumers: dict[str, ConsumerStats] = {}
-        self._handled = asyncio.Event()
         self._before_ack = before_ack or {}
         self._stack = AsyncExitStack()
         self._relay_task: asyncio.Task[None] | None = None
+        self._handled_for: weakref.WeakValueDictionary[str, asyncio.Event] = (
+            weakref.WeakValueDictionary()
+        )
 
     def notify(self) -> None:
         """An event was written in this process: publish it now."""
         self.relay.notify()
 
-    async def next_handled(self, timeout: float) -> None:
-        """Wait until this process handled another event, or ``timeout`` seconds passed.
+    def watch(self, order_id: str) -> asyncio.Event:
+        """An event set when this process next handles an event for ``order_id``.
 
-        Lets a reader (``GET /orders/{id}?wait=``) look again exactly when something changed.
+        Lets a reader (``GET /orders/{id}?wait=``) look again exactly when something changed
+        for its order: it takes the watch *before* reading, so no change slips in between,
+        and a thousand readers are not all woken by every event. The registry holds it weakly:
+        the entry goes with the last reader holding it.
         """
-        handled = self._handled
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await handled.wait()
+        change = self._handled_for.get(order_id)
+        if change is None:
+            change = self._handled_for[order_id] = asyncio.Event()
+        return change
 
     def _handler(self, service: str) -> Callable[[Event], Awaitable[None]]:
         async def on_event(event: Event) -> None:
             await handle(self.deps, service, event)
             self.relay.notify()
-            handled, self._handled = self._handled, asyncio.Event()
-            handled.set()
+            waiting = self._handled_for.pop(event.order_id, None)
+            if waiting is not None:
+                waiting.set()
 
         return on_event
 

@@ -9,6 +9,7 @@ service saw for an order (``GET /orders/{id}``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any, Protocol
 
 import sqlalchemy as sa
@@ -77,7 +78,7 @@ async def start_order(
 
 
 class _Changes(Protocol):
-    async def next_handled(self, timeout: float) -> None: ...
+    def watch(self, order_id: str) -> asyncio.Event: ...
 
 
 async def settled_order(
@@ -86,19 +87,21 @@ async def settled_order(
     """The order once it is no longer PENDING, or as it is after ``wait`` seconds.
 
     ``changes`` (the process's :class:`~choreography_pattern.runtime.Choreography`) says when
-    the order service handled another event, so the order is read again exactly then; the
-    order service decides COMPLETED/CANCELLED itself, so that is when the answer can change.
+    this process handled another event for the order, so the order is read again exactly then;
+    the order service decides COMPLETED/CANCELLED itself, so that is when the answer can change.
+    Another process (a second order service) deciding it is seen within a second.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
-    order = await get_order(db, order_id)
-    while order.status == "PENDING" and changes is not None:
-        left = deadline - loop.time()
-        if left <= 0:
-            break
-        await changes.next_handled(min(left, 1.0))
+    while True:
+        change = changes.watch(order_id) if changes is not None else None
         order = await get_order(db, order_id)
-    return order
+        left = deadline - loop.time()
+        if order.status != "PENDING" or change is None or left <= 0:
+            return order
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(min(left, 1.0)):
+                await change.wait()
 
 
 async def order_events(db: Database, order_id: str) -> list[SeenEvent]:

@@ -10,4 +10,4 @@ bash scripts/ensure-services.sh
 .venv/bin/ruff format --check .
 .venv/bin/mypy engine workflows activities services cloudmart orchestration_pattern choreography_pattern
 rm -f .coverage .coverage.*
-.venv/bin/python -m pytest --cov --cov-report=term -p no:cacheprovider "$@"
+.venv/bin/python -m pytest --cov --cov-report=term -p no:cacheprovider --durations=15 "$@"
