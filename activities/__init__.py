@@ -18,6 +18,7 @@ from activities.orders import (
     create_order,
     get_order,
     order_id_for,
+    request_cancel,
 )
 from activities.payments import cancel_payment, get_payment, process_payment, refund_payment
 from activities.shipping import arrange_shipping, cancel_shipping, get_shipment
@@ -41,5 +42,6 @@ __all__ = [
     "process_payment",
     "refund_payment",
     "release_stock",
+    "request_cancel",
     "reserve_stock",
 ]

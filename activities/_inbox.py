@@ -29,6 +29,7 @@ from activities.errors import AlreadyCompensated, DomainError, from_wire
 from activities.tables import inbox
 
 R = TypeVar("R", bound=BaseModel)
+T = TypeVar("T")
 Emit = Callable[[AsyncConnection, str, dict[str, Any]], Awaitable[None]]
 """``emit(conn, operation, outcome)``: called inside the operation's transaction, the first
 time it runs, with its recorded outcome (``{"result": ...}`` or ``{"error": ...}``); the
@@ -107,6 +108,22 @@ async def _until_settled(db: Database, work: Callable[[AsyncConnection], Awaitab
             if attempt == _RACE_RETRIES:
                 raise
     raise RuntimeError("inbox race did not settle")  # pragma: no cover - needs 5 lost races
+
+
+async def forbid(conn: AsyncConnection, order_id: str, operation: str, by: str) -> bool:
+    """Leave a tombstone in ``operation``'s slot unless it already ran (or was forbidden), so
+    it never will; True when this call left it. A concurrent run of ``operation`` shows up as
+    a race that :func:`settled` resolves."""
+    if await _recorded(conn, operation_key(order_id, operation)) is not None:
+        return False
+    await _record(conn, order_id, operation, {"tombstone": by})
+    return True
+
+
+async def settled(db: Database, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    """Run ``work`` in a transaction, again after losing an inbox race (see ``_until_settled``)."""
+    result: T = await _until_settled(db, work)
+    return result
 
 
 async def run_once(

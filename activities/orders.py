@@ -9,7 +9,7 @@ from decimal import Decimal
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from activities._inbox import Emit, now, run_compensation, run_once
+from activities._inbox import Emit, forbid, now, run_compensation, run_once, settled
 from activities.commands import (
     Address,
     Compensation,
@@ -149,6 +149,38 @@ async def cancel_order(db: Database, cmd: OrderRef, *, emit: Emit | None = None)
         )
 
     return await run_compensation(db, cmd.order_id, "cancel_order", "create_order", effect, emit)
+
+
+async def request_cancel(db: Database, cmd: OrderRef, *, emit: Emit | None = None) -> OrderView:
+    """Ask a PENDING order's saga to stop and undo what it did (the choreography's cancel).
+
+    From now on the order cannot complete: a tombstone takes ``complete_order``'s place. The
+    first request calls ``emit`` (the choreography writes ``OrderCancelRequested``, which the
+    services compensate on); the order stays PENDING until they have, then becomes CANCELLED.
+    A COMPLETED order is refused (InvalidOrderState); a CANCELLED one, or a repeated request,
+    changes nothing.
+    """
+
+    async def work(conn: AsyncConnection) -> OrderView:
+        # The order row is the lock that serialises decisions about one order.
+        status = await conn.scalar(
+            sa.select(orders.c.status).where(orders.c.order_id == cmd.order_id).with_for_update()
+        )
+        if status is None:
+            raise OrderNotFound(f"order {cmd.order_id} does not exist", order_id=cmd.order_id)
+        if status == "COMPLETED":
+            raise InvalidOrderState(
+                f"order {cmd.order_id} is COMPLETED; it cannot be cancelled",
+                order_id=cmd.order_id,
+                status=status,
+            )
+        view = await _view(conn, cmd.order_id)
+        first = status == "PENDING" and await forbid(conn, cmd.order_id, "complete_order", "cancel")
+        if first and emit is not None:
+            await emit(conn, "request_cancel", {"result": view.model_dump(mode="json")})
+        return view
+
+    return await settled(db, work)
 
 
 async def complete_order(db: Database, cmd: OrderRef, *, emit: Emit | None = None) -> OrderView:

@@ -4,7 +4,8 @@ Every event is a fact about one order. Its ``event_id`` is ``uuid5(order_id:type
 has at most one event of each type (each is the outcome of an operation that runs at most
 once per order), so a re-published or re-delivered event always carries the same id and
 consumers can drop repeats. ``sequence`` is the event's position in its *producer's* life
-cycle for the order (payment: 1 = charged or refused, 2 = cancelled or refunded), a fixed
+cycle for the order (payment: 1 = charged or refused, 2 = cancelled or refunded; order: 1 =
+created, 2 = cancel requested, 3 = completed or cancelled), a fixed
 ordinal per type: it needs no counter and orders one producer's events; nothing relies on
 the order of events *across* producers (handlers are guarded by state instead).
 
@@ -34,20 +35,24 @@ PAYMENT_CANCELLED = "PaymentCancelled"
 PAYMENT_REFUNDED = "PaymentRefunded"
 SHIPPING_ARRANGED = "ShippingArranged"
 SHIPPING_FAILED = "ShippingFailed"
+SHIPPING_CANCELLED = "ShippingCancelled"
+ORDER_CANCEL_REQUESTED = "OrderCancelRequested"
 ORDER_COMPLETED = "OrderCompleted"
 ORDER_CANCELLED = "OrderCancelled"
 
 # (service, operation) → (event on success, event on business refusal or None), sequence.
 _OUTCOMES: dict[tuple[str, str], tuple[str, str | None, int]] = {
     ("order", "create_order"): (ORDER_CREATED, None, 1),
-    ("order", "complete_order"): (ORDER_COMPLETED, None, 2),
-    ("order", "cancel_order"): (ORDER_CANCELLED, None, 2),
+    ("order", "request_cancel"): (ORDER_CANCEL_REQUESTED, None, 2),
+    ("order", "complete_order"): (ORDER_COMPLETED, None, 3),
+    ("order", "cancel_order"): (ORDER_CANCELLED, None, 3),
     ("inventory", "reserve_stock"): (STOCK_RESERVED, STOCK_UNAVAILABLE, 1),
     ("inventory", "release_stock"): (STOCK_RELEASED, None, 2),
     ("payment", "process_payment"): (PAYMENT_COMPLETED, PAYMENT_FAILED, 1),
     ("payment", "cancel_payment"): (PAYMENT_CANCELLED, None, 2),
     ("payment", "refund_payment"): (PAYMENT_REFUNDED, None, 2),
     ("shipping", "arrange_shipping"): (SHIPPING_ARRANGED, SHIPPING_FAILED, 1),
+    ("shipping", "cancel_shipping"): (SHIPPING_CANCELLED, None, 2),
 }
 
 PRODUCER: dict[str, str] = {}
@@ -59,12 +64,16 @@ for (_service, _op), (_ok, _failed, _seq) in _OUTCOMES.items():
             SEQUENCE[_type] = _seq
 EVENT_TYPES: frozenset[str] = frozenset(PRODUCER)
 
-# A failure event, and the compensation events that must all be seen before the order is
-# CANCELLED (the order service's rule; see choreography_pattern.handlers).
+# A failure event (or a customer's cancel request), and the compensation events that must
+# all be seen before the order is CANCELLED (the order service's rule; see
+# choreography_pattern.handlers). A cancel request undoes whatever may have happened, in
+# reverse: the shipment first, then the stock (released once the shipment is cancelled), and
+# the payment.
 COMPENSATIONS_NEEDED: dict[str, frozenset[str]] = {
     STOCK_UNAVAILABLE: frozenset({PAYMENT_CANCELLED}),
     PAYMENT_FAILED: frozenset({STOCK_RELEASED}),
     SHIPPING_FAILED: frozenset({PAYMENT_REFUNDED, STOCK_RELEASED}),
+    ORDER_CANCEL_REQUESTED: frozenset({SHIPPING_CANCELLED, STOCK_RELEASED, PAYMENT_REFUNDED}),
 }
 
 # The order's data carried from event to event.

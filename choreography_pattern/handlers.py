@@ -189,12 +189,18 @@ async def _shipping_prerequisite(deps: Deps, event: Event) -> bool:
 
 
 def decide(seen: Collection[str]) -> str | None:
-    """The order's next operation given the event types seen for it, or None (wait)."""
+    """The order's next operation given the event types seen for it, or None (wait).
+
+    A failure or a cancel request rules out completing: the order is cancelled once every
+    compensation they call for has been seen. Only a cancel request can come with
+    ``ShippingArranged`` (the shipment is then cancelled first).
+    """
+    failures = [f for f in ev.COMPENSATIONS_NEEDED if f in seen]
+    if failures:
+        done = all(ev.COMPENSATIONS_NEEDED[f] <= set(seen) for f in failures)
+        return "cancel_order" if done else None
     if ev.SHIPPING_ARRANGED in seen:
         return "complete_order"
-    failures = [f for f in ev.COMPENSATIONS_NEEDED if f in seen]
-    if failures and all(ev.COMPENSATIONS_NEEDED[f] <= set(seen) for f in failures):
-        return "cancel_order"
     return None
 
 
@@ -249,6 +255,7 @@ HANDLERS: dict[str, dict[str, Step]] = {
         ),
         ev.PAYMENT_FAILED: _release,
         ev.SHIPPING_FAILED: _release,
+        ev.SHIPPING_CANCELLED: _release,
     },
     "payment": {
         ev.ORDER_CREATED: _operation(
@@ -261,10 +268,12 @@ HANDLERS: dict[str, dict[str, Step]] = {
         ),
         ev.STOCK_UNAVAILABLE: _operation("payment", "cancel_payment", _reason),
         ev.SHIPPING_FAILED: _operation("payment", "refund_payment", _reason),
+        ev.ORDER_CANCEL_REQUESTED: _operation("payment", "refund_payment", _reason),
     },
     "shipping": {
         ev.STOCK_RESERVED: _shipping_prerequisite,
         ev.PAYMENT_COMPLETED: _shipping_prerequisite,
+        ev.ORDER_CANCEL_REQUESTED: _operation("shipping", "cancel_shipping", _reason),
     },
     "order": {event_type: _order_saw for event_type in sorted(ev.EVENT_TYPES)},
 }

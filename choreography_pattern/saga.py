@@ -17,10 +17,16 @@ import structlog
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from activities.commands import CreateOrder, OrderView, PlaceOrder, UtcTimestamp
+from activities.commands import CreateOrder, OrderRef, OrderView, PlaceOrder, UtcTimestamp
 from activities.db import Database
 from activities.errors import IdempotencyKeyReused
-from activities.orders import check_order, create_order, get_order, order_id_for
+from activities.orders import (
+    check_order,
+    create_order,
+    get_order,
+    order_id_for,
+    request_cancel,
+)
 from activities.tables import order_events as order_events_table
 from choreography_pattern.events import CONTEXT_FIELDS, event_for
 from choreography_pattern.outbox import write_events
@@ -75,6 +81,22 @@ async def start_order(
             "this Idempotency-Key was used with a different order", order_id=view.order_id
         )
     return view, created
+
+
+async def cancel_choreographed_order(db: Database, order_id: str) -> OrderView:
+    """A customer's cancel: ``OrderCancelRequested`` goes out with the request, in its
+    transaction; the services undo their steps (shipment, then stock, and payment) and the
+    order service cancels the order once it has seen all three. The order (PENDING until
+    then) is returned; a COMPLETED one is refused."""
+
+    async def emit(conn: AsyncConnection, operation: str, outcome: dict[str, Any]) -> None:
+        result = outcome.get("result") or {}
+        context = {k: result[k] for k in CONTEXT_FIELDS if k in result}
+        event = event_for("order", operation, order_id, outcome, context)
+        if event is not None:
+            await write_events(conn, [event])
+
+    return await request_cancel(db, OrderRef(order_id=order_id, reason="cancelled"), emit=emit)
 
 
 class _Changes(Protocol):

@@ -24,7 +24,13 @@ from activities.errors import (
     InvalidOrderState,
     OrderNotFound,
 )
-from choreography_pattern.saga import SeenEvent, order_events, settled_order, start_order
+from choreography_pattern.saga import (
+    SeenEvent,
+    cancel_choreographed_order,
+    order_events,
+    settled_order,
+    start_order,
+)
 from services._kit import DatabaseDep, OrderIdPath, SettingsDep, error_responses
 
 router = APIRouter(prefix="/orders", tags=["orders"])
@@ -129,11 +135,24 @@ async def read_order(
 @router.put(
     "/{order_id}/cancel",
     response_model=OrderView,
-    responses=error_responses(OrderNotFound, InvalidOrderState),
+    responses={
+        **error_responses(OrderNotFound, InvalidOrderState),
+        202: {
+            "model": OrderView,
+            "description": "Choreography: cancel requested. The services undo what they did "
+            "(shipment, stock, payment) and the order, PENDING until then, becomes CANCELLED "
+            "(`GET /orders/{order_id}?wait=` tells when).",
+        },
+    },
     summary="Cancel a PENDING order (409 once it is COMPLETED); repeating it is harmless",
 )
-async def cancel(order_id: OrderIdPath, db: DatabaseDep) -> OrderView:
+async def cancel(
+    order_id: OrderIdPath, db: DatabaseDep, settings: SettingsDep
+) -> OrderView | JSONResponse:
     # Read first: cancelling an id that was never created would leave a tombstone for it.
     await get_order(db, order_id)
+    if settings.pattern == "choreography":
+        view = await cancel_choreographed_order(db, order_id)
+        return JSONResponse(view.model_dump(mode="json"), status_code=status.HTTP_202_ACCEPTED)
     await cancel_order(db, OrderRef(order_id=order_id, reason="cancelled via REST"))
     return await get_order(db, order_id)

@@ -300,3 +300,27 @@ async def test_unknown_customer_or_book_is_404_and_writes_nothing(
     customer = shop.customer("10.00")
     assert (await api.post("/orders", json=order(customer, (999_999, 1)))).status_code == 404
     assert shop.count("SELECT COUNT(*) FROM outbox") == before
+
+
+# a customer's cancel -------------------------------------------------------------------------
+
+
+async def test_cancelled_orders_end_cancelled_with_every_effect_undone(
+    api: httpx.AsyncClient, shop: Shop
+) -> None:
+    # Cancels land at every point of the flow: some before a step ran, some after shipping
+    # was arranged; none may complete, and whatever happened is undone.
+    book, customer = shop.book("10.00", 100), shop.customer("1000.00")
+    oids = [await start(api, order(customer, (book, 1))) for _ in range(20)]
+    answers = [await api.put(f"/orders/{oid}/cancel") for oid in oids]
+    accepted = [oid for oid, a in zip(oids, answers, strict=True) if a.status_code == 202]
+    refused = [oid for oid, a in zip(oids, answers, strict=True) if a.status_code == 409]
+    assert len(accepted) + len(refused) == len(oids), [a.text for a in answers]
+    assert all(a.json()["status"] in ("PENDING", "CANCELLED") for a in answers if a.is_success)
+    ended = {oid: (await finished(api, oid))["status"] for oid in oids}
+    assert {ended[oid] for oid in accepted} <= {"CANCELLED"}
+    assert {ended[oid] for oid in refused} <= {"COMPLETED"}  # it had completed already
+    completed = len(refused)
+    assert shop.stock_of(book) == (100 - completed, 0)
+    assert shop.balance_of(customer) == Decimal("1000.00") - 10 * completed
+    shop.check(oids)

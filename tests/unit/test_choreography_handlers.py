@@ -13,12 +13,14 @@ import sqlalchemy as sa
 from domain_data import JP, balance, clean, stock
 
 from activities import Database
-from activities.commands import OrderItem, PlaceOrder
-from activities.errors import IdempotencyKeyReused
+from activities.commands import OrderItem, OrderRef, PlaceOrder
+from activities.errors import AlreadyCompensated, IdempotencyKeyReused, InvalidOrderState
+from activities.orders import complete_order
+from activities.registry import invoke
 from choreography_pattern import Choreography, Event, InMemoryEventBus, start_order
 from choreography_pattern import events as ev
 from choreography_pattern.handlers import decide
-from choreography_pattern.saga import order_events
+from choreography_pattern.saga import cancel_choreographed_order, order_events
 from cloudmart.check import Baseline, check_connection
 from cloudmart.schema import create_schema
 
@@ -227,3 +229,77 @@ def test_the_order_is_decided_only_once_every_compensation_is_seen() -> None:
     )
     assert decide([ev.SHIPPING_FAILED, ev.PAYMENT_REFUNDED]) is None
     assert decide([ev.SHIPPING_FAILED, ev.PAYMENT_REFUNDED, ev.STOCK_RELEASED]) == "cancel_order"
+
+
+def test_a_cancel_request_rules_out_completing_until_everything_is_undone() -> None:
+    arranged = [ev.ORDER_CREATED, ev.STOCK_RESERVED, ev.PAYMENT_COMPLETED, ev.SHIPPING_ARRANGED]
+    assert decide([*arranged, ev.ORDER_CANCEL_REQUESTED]) is None
+    assert decide([*arranged, ev.ORDER_CANCEL_REQUESTED, ev.SHIPPING_CANCELLED]) is None
+    undone = [ev.SHIPPING_CANCELLED, ev.STOCK_RELEASED, ev.PAYMENT_REFUNDED]
+    assert decide([*arranged, ev.ORDER_CANCEL_REQUESTED, *undone]) == "cancel_order"
+
+
+async def test_cancel_requested_before_any_step_ran_cancels_with_nothing_moved(
+    shop: Shop, sync: sa.Engine
+) -> None:
+    oid = await shop.place(1, (1, 2))
+    pending = await cancel_choreographed_order(shop.db, oid)
+    assert pending.status == "PENDING"  # CANCELLED only once the services have undone
+    await shop.settle()
+    assert await shop.status(oid) == "CANCELLED"
+    assert await stock(shop.db, 1) == (10, 0)
+    assert await balance(shop.db, 1) == Decimal("10000.00")
+    seen = {e.type for e in await order_events(shop.db, oid)}
+    assert ev.ORDER_COMPLETED not in seen
+    assert {ev.SHIPPING_CANCELLED, ev.STOCK_RELEASED, ev.PAYMENT_REFUNDED} <= seen
+    assert invariants(sync, [oid]) == []
+
+
+async def test_cancel_after_shipping_was_arranged_undoes_shipment_stock_and_payment(
+    shop: Shop, sync: sa.Engine
+) -> None:
+    oid = await shop.place(1, (1, 2))
+    # Every step ran (the bus has not delivered anything yet): units consumed, money taken.
+    for name, payload in (
+        ("inventory.reserve_stock", {"items": [{"book_id": 1, "quantity": 2}]}),
+        ("payment.process_payment", {"customer_id": 1, "amount": "2000.00"}),
+        ("shipping.arrange_shipping", {"address": JP.model_dump()}),
+    ):
+        await invoke(shop.db, name, {"order_id": oid, **payload})
+    assert await stock(shop.db, 1) == (8, 0)
+    await cancel_choreographed_order(shop.db, oid)
+    with pytest.raises(AlreadyCompensated):  # the order can no longer complete
+        await complete_order(shop.db, OrderRef(order_id=oid))
+    await shop.settle()
+    assert await shop.status(oid) == "CANCELLED"
+    assert await stock(shop.db, 1) == (10, 0)
+    assert await balance(shop.db, 1) == Decimal("10000.00")
+    async with shop.db.engine.connect() as conn:
+        shipment = await conn.scalar(
+            sa.text("SELECT status FROM shipments WHERE order_id = :o"), {"o": oid}
+        )
+    assert shipment == "CANCELLED"
+    assert invariants(sync, [oid]) == []
+
+
+async def test_cancel_of_a_completed_order_is_refused_and_a_repeat_changes_nothing(
+    shop: Shop, sync: sa.Engine
+) -> None:
+    done = await shop.place(1, (3, 1))
+    await shop.settle()
+    with pytest.raises(InvalidOrderState):
+        await cancel_choreographed_order(shop.db, done)
+    assert await shop.status(done) == "COMPLETED"
+    other = await shop.place(1, (3, 1))
+    await cancel_choreographed_order(shop.db, other)
+    await cancel_choreographed_order(shop.db, other)
+    await shop.settle()
+    await cancel_choreographed_order(shop.db, other)  # CANCELLED already: nothing to do
+    async with shop.db.engine.connect() as conn:
+        requests = await conn.scalar(
+            sa.text("SELECT COUNT(*) FROM outbox WHERE order_id = :o AND event_type = :t"),
+            {"o": other, "t": ev.ORDER_CANCEL_REQUESTED},
+        )
+    assert requests == 1
+    assert await shop.status(other) == "CANCELLED"
+    assert invariants(sync, [done, other]) == []
