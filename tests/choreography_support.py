@@ -4,31 +4,20 @@ on MariaDB and Redis, a shop of scenario-private books and customers, and waits 
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
-import redis
 import shop
 import sqlalchemy as sa
-from conftest import TEST_REDIS_URL, mysql_database_url, until
-from processes import Deployment
+from conftest import until
+from processes import Deployment, deployed
 from shop import Shop
-
-from activities.db import create_engine
-from cloudmart.schema import create_schema
 
 SERVICES = ("order", "inventory", "payment", "shipping")
 TERMINAL = ("COMPLETED", "CANCELLED")
-
-
-async def _create(url: str) -> None:
-    engine = create_engine(url)
-    await create_schema(engine)
-    await engine.dispose()
 
 
 @contextmanager
@@ -36,35 +25,14 @@ def choreography_deployment(
     database: str, directory: Path, *, base_port: int = 18000, **env: str
 ) -> Iterator[Deployment]:
     """The four services in the choreography, on a fresh database and Redis namespace."""
-    url = mysql_database_url(database)
-    asyncio.run(_create(url))
-    namespace = f"test-{uuid.uuid4().hex[:8]}"
-    deployed = Deployment(
-        database_url=url,
-        namespace=namespace,
-        directory=directory,
+    with deployed(
+        "choreography",
+        database,
+        directory,
         base_port=base_port,
-        pattern="choreography",
-        redis_url=TEST_REDIS_URL,
-        extra_env={"CLOUDMART_EVENT_CLAIM_IDLE": "1", **env},
-    )
-    try:
-        for name in SERVICES:
-            deployed.start(name)
-        yield deployed
-    finally:
-        deployed.stop_all()
-        delete_namespace(namespace)
-
-
-def delete_namespace(namespace: str) -> None:
-    client = redis.Redis.from_url(TEST_REDIS_URL)
-    try:
-        keys = list(client.scan_iter(match=f"{namespace}:*"))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
+        **{"CLOUDMART_EVENT_CLAIM_IDLE": "1", **env},
+    ) as deployment:
+        yield deployment
 
 
 def sync_engine(deployment: Deployment) -> sa.Engine:

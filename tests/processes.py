@@ -17,6 +17,7 @@ a SIGKILL of the test run itself leaves its processes behind, listed in ``pids``
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import os
@@ -25,7 +26,9 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -190,3 +193,77 @@ if threading.current_thread() is threading.main_thread() and (
     signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 ):
     signal.signal(signal.SIGTERM, _interrupt)
+
+
+SERVICES_OF = {
+    "orchestration": ("order", "inventory", "payment", "shipping", "orchestrator"),
+    "choreography": ("order", "inventory", "payment", "shipping"),
+}
+
+
+@contextlib.contextmanager
+def deployed(
+    pattern: str,
+    database: str,
+    directory: Path,
+    *,
+    base_port: int,
+    namespace: str | None = None,
+    **env: str,
+) -> Iterator[Deployment]:
+    """Every process of ``pattern``, started and healthy, on a fresh database ``database``
+    (schema created) and a broker namespace of their own (RabbitMQ for the orchestration, Redis
+    for the choreography), cleaned before (what a crashed run left) and after."""
+    from conftest import TEST_RABBITMQ_URL, TEST_REDIS_URL, mysql_database_url
+    from rabbitmq_support import delete_topology
+
+    from activities.db import create_engine
+    from cloudmart.schema import create_schema
+
+    async def create(url: str) -> None:
+        engine = create_engine(url)
+        await create_schema(engine)
+        await engine.dispose()
+
+    services = SERVICES_OF[pattern]
+    namespace = namespace or f"test-{uuid.uuid4().hex[:8]}"
+
+    def clean() -> None:
+        if pattern == "orchestration":
+            asyncio.run(delete_topology(TEST_RABBITMQ_URL, namespace, services[:-1]))
+        else:
+            delete_redis_namespace(TEST_REDIS_URL, namespace)
+
+    url = mysql_database_url(database)
+    asyncio.run(create(url))
+    clean()
+    deployment = Deployment(
+        database_url=url,
+        namespace=namespace,
+        directory=directory,
+        base_port=base_port,
+        pattern=pattern,
+        rabbitmq_url=TEST_RABBITMQ_URL if pattern == "orchestration" else None,
+        redis_url=TEST_REDIS_URL if pattern == "choreography" else None,
+        extra_env=env,
+    )
+    try:
+        for name in services:
+            deployment.start(name)
+        yield deployment
+    finally:
+        deployment.stop_all()
+        clean()
+
+
+def delete_redis_namespace(url: str, namespace: str) -> None:
+    """Delete every Redis key of ``namespace`` (its streams and dead letters)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=f"{namespace}:*"))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()

@@ -11,15 +11,13 @@ from typing import Any
 
 import httpx
 import pytest
-from choreography_support import SERVICES, delete_namespace, finished, start
-from conftest import TEST_REDIS_URL, mysql_database_url, until
-from processes import Deployment
+from choreography_support import SERVICES, finished, start
+from conftest import TEST_REDIS_URL, until
+from processes import Deployment, deployed
 from prometheus_client.parser import text_string_to_metric_families
 from shop import US, Shop, order, sync_engine
 
-from activities.db import create_engine
 from choreography_pattern.redis_bus import RedisEventBus, dead_letter_key
-from cloudmart.schema import create_schema
 
 pytestmark = [pytest.mark.mysql, pytest.mark.redis, pytest.mark.slow]
 
@@ -27,33 +25,18 @@ NAMESPACE = "metrics-chor"
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
-async def _create_schema(url: str) -> None:
-    engine = create_engine(url)
-    await create_schema(engine)
-    await engine.dispose()
-
-
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    url = mysql_database_url("cloudmart_test_metrics_chor")
-    asyncio.run(_create_schema(url))
-    delete_namespace(NAMESPACE)  # what a crashed run may have left
-    deployed = Deployment(
-        database_url=url,
-        namespace=NAMESPACE,
-        directory=tmp_path_factory.mktemp("metrics-chor"),
+    with deployed(
+        "choreography",
+        "cloudmart_test_metrics_chor",
+        tmp_path_factory.mktemp("metrics-chor"),
         base_port=28200,
-        pattern="choreography",
-        redis_url=TEST_REDIS_URL,
-        extra_env={"CLOUDMART_EVENT_CLAIM_IDLE": "1", "CLOUDMART_LOG_JSON": "true"},
-    )
-    try:
-        for name in SERVICES:
-            deployed.start(name)
-        yield deployed
-    finally:
-        deployed.stop_all()
-        delete_namespace(NAMESPACE)
+        namespace=NAMESPACE,
+        CLOUDMART_EVENT_CLAIM_IDLE="1",
+        CLOUDMART_LOG_JSON="true",
+    ) as deployment:
+        yield deployment
 
 
 @pytest.fixture(scope="module")

@@ -13,14 +13,11 @@ import aio_pika
 import httpx
 import pytest
 import sqlalchemy as sa
-from conftest import TEST_RABBITMQ_URL, mysql_database_url, until
-from processes import Deployment
+from conftest import TEST_RABBITMQ_URL, until
+from processes import Deployment, deployed
 from prometheus_client.parser import text_string_to_metric_families
-from rabbitmq_support import delete_topology
 from shop import US, Shop, order, sync_engine
 
-from activities.db import create_engine
-from cloudmart.schema import create_schema
 from engine.adapters import amqp_names
 
 pytestmark = [pytest.mark.mysql, pytest.mark.rabbitmq, pytest.mark.slow]
@@ -38,32 +35,17 @@ SAGA_EVENTS = {
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
-async def _create_schema(url: str) -> None:
-    engine = create_engine(url)
-    await create_schema(engine)
-    await engine.dispose()
-
-
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    url = mysql_database_url("cloudmart_test_metrics")
-    asyncio.run(_create_schema(url))
-    asyncio.run(delete_topology(TEST_RABBITMQ_URL, NAMESPACE, SERVICES[:-1]))  # a crashed run's
-    deployed = Deployment(
-        database_url=url,
-        namespace=NAMESPACE,
-        directory=tmp_path_factory.mktemp("metrics"),
+    with deployed(
+        "orchestration",
+        "cloudmart_test_metrics",
+        tmp_path_factory.mktemp("metrics"),
         base_port=28100,
-        rabbitmq_url=TEST_RABBITMQ_URL,
-        extra_env={"CLOUDMART_LOG_JSON": "true"},
-    )
-    try:
-        for name in SERVICES:
-            deployed.start(name)
-        yield deployed
-    finally:
-        deployed.stop_all()
-        asyncio.run(delete_topology(TEST_RABBITMQ_URL, NAMESPACE, SERVICES[:-1]))
+        namespace=NAMESPACE,
+        CLOUDMART_LOG_JSON="true",
+    ) as deployment:
+        yield deployment
 
 
 @pytest.fixture(scope="module")

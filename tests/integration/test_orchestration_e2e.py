@@ -14,13 +14,11 @@ import aio_pika
 import httpx
 import pytest
 import sqlalchemy as sa
-from conftest import TEST_RABBITMQ_URL, mysql_database_url, until
-from processes import Deployment
-from rabbitmq_support import delete_topology, message_count
+from conftest import TEST_RABBITMQ_URL, until
+from processes import Deployment, deployed
+from rabbitmq_support import message_count
 from shop import JP, US, Shop, order, sync_engine
 
-from activities.db import create_engine
-from cloudmart.schema import create_schema
 from engine.adapters import amqp_names
 
 pytestmark = [pytest.mark.mysql, pytest.mark.rabbitmq, pytest.mark.slow]
@@ -30,30 +28,15 @@ SERVICES = ("order", "inventory", "payment", "shipping", "orchestrator")
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    url = mysql_database_url("cloudmart_test_orchestration")
-    engine = create_engine(url)
-    asyncio.run(_create(engine))
-    namespace = f"test-{uuid.uuid4().hex[:8]}"
-    deployed = Deployment(
-        database_url=url,
-        namespace=namespace,
-        directory=tmp_path_factory.mktemp("orchestration"),
+    with deployed(
+        "orchestration",
+        "cloudmart_test_orchestration",
+        tmp_path_factory.mktemp("orchestration"),
         base_port=18100,
-        rabbitmq_url=TEST_RABBITMQ_URL,
-        extra_env={"CLOUDMART_REQUEST_TIMEOUT": "5", "CLOUDMART_LEASE_SECONDS": "3"},
-    )
-    try:
-        for name in SERVICES:
-            deployed.start(name)
-        yield deployed
-    finally:
-        deployed.stop_all()
-        asyncio.run(delete_topology(TEST_RABBITMQ_URL, namespace, SERVICES[:-1]))
-
-
-async def _create(engine: Any) -> None:
-    await create_schema(engine)
-    await engine.dispose()
+        CLOUDMART_REQUEST_TIMEOUT="5",
+        CLOUDMART_LEASE_SECONDS="3",
+    ) as deployment:
+        yield deployment
 
 
 @pytest.fixture(scope="module")
