@@ -184,7 +184,8 @@ class RedisEventBus:
             needed.append(_text(by_name[name]["last-delivered-id"]))
             if int(by_name[name]["pending"]) > 0:
                 summary = await self.client.xpending(self.stream, name)
-                needed.append(_text(summary["min"]))
+                if summary["min"] is not None:  # acknowledged since XINFO: nothing pending
+                    needed.append(_text(summary["min"]))
         keep_from = min(needed, key=_entry_order)
         if keep_from == "0-0":
             return 0
@@ -219,10 +220,7 @@ class RedisEventBus:
         try:
             yield runner.stats
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await runner.stop()
+            await runner.stop(tasks, grace=self._block_ms / 1000 + 5.0)
 
 
 class _Consumer:
@@ -245,11 +243,29 @@ class _Consumer:
         self.slots = asyncio.Semaphore(bus._concurrency)
         self.in_flight: set[str] = set()
         self.tasks: set[asyncio.Task[None]] = set()
+        self.stopping = asyncio.Event()
 
-    async def stop(self) -> None:
-        for task in list(self.tasks):
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+    async def stop(self, loops: list[asyncio.Task[None]], *, grace: float) -> None:
+        """Let the loops finish their current command and the handlers their event, then
+        cancel what is left after ``grace`` seconds.
+
+        Cancelling a Redis command between its request and its reply can put the connection
+        back in the pool with the reply still unread, and the next command on it then waits
+        for an answer that never comes: so a stop asks first and cancels only stragglers.
+        """
+        self.stopping.set()
+        for group in (loops, list(self.tasks)):
+            if not group:
+                continue
+            _, late = await asyncio.wait(group, timeout=grace)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*group, return_exceptions=True)
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less when the consumer is stopping."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), seconds)
 
     def _spawn(self, entry_id: str, raw: dict[bytes, bytes]) -> None:
         task = asyncio.create_task(self._process(entry_id, raw))
@@ -257,20 +273,27 @@ class _Consumer:
         task.add_done_callback(self.tasks.discard)
 
     async def _resilient(self, what: str, step: Any) -> None:
-        """Run ``step`` forever; survive Redis going away (and the group with a restart)."""
+        """Run ``step`` until the consumer stops; survive Redis going away (and the group
+        with a restart)."""
         delay = 0.1
-        while True:
+        while not self.stopping.is_set():
             try:
                 await step()
                 delay = 0.1
             except _TRANSIENT as exc:
                 log.warning(f"events.{what}_unavailable", group=self.group, error=str(exc))
-                await asyncio.sleep(delay)
+                await self._pause(delay)
                 delay = min(delay * 2, 2.0)
             except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                await self.bus.ensure_group(self.group)
+                if "NOGROUP" in str(exc):
+                    await self.bus.ensure_group(self.group)
+                else:
+                    log.exception(f"events.{what}_failed", group=self.group)
+                    await self._pause(1.0)
+            except Exception:
+                # A loop that died would stop this consumer for good, silently: log, go on.
+                log.exception(f"events.{what}_failed", group=self.group)
+                await self._pause(1.0)
 
     async def read(self) -> None:
         async def step() -> None:
@@ -297,8 +320,9 @@ class _Consumer:
 
     async def trim(self) -> None:
         async def step() -> None:
-            await asyncio.sleep(self.bus._trim_interval)
-            await self.bus.trim(self.bus._retain_for)
+            await self._pause(self.bus._trim_interval)
+            if not self.stopping.is_set():
+                await self.bus.trim(self.bus._retain_for)
 
         await self._resilient("trim", step)
 
@@ -308,7 +332,9 @@ class _Consumer:
 
         async def step() -> None:
             nonlocal cursor
-            await asyncio.sleep(interval)
+            await self._pause(interval)
+            if self.stopping.is_set():
+                return
             response = await self.client.xautoclaim(
                 self.bus.stream,
                 self.group,

@@ -6,6 +6,7 @@ which entries a group has not received or not acknowledged, then checks what ``t
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -108,3 +109,22 @@ async def test_consumers_trim_the_stream_as_they_go(bus: RedisEventBus) -> None:
         await bus.publish(events(1))  # still flowing after a trim
         await until(lambda: handled["a"] == handled["b"] == 61, timeout=10)
     assert handled == {"a": 61, "b": 61}
+
+
+async def test_stopping_consumers_under_load_leaves_the_client_usable(bus: RedisEventBus) -> None:
+    # Stopping used to cancel commands between request and reply; the connection went back
+    # to the pool with a reply unread and the next command on it waited forever.
+    def counter(handled: dict[str, int], group: str) -> Callable[[Event], Awaitable[None]]:
+        async def handler(_: Event) -> None:
+            handled[group] += 1
+
+        return handler
+
+    for _ in range(30):
+        seen = {"a": 0, "b": 0}
+        async with asyncio.timeout(20):
+            async with bus.consumer("a", counter(seen, "a")), bus.consumer("b", counter(seen, "b")):
+                for _ in range(3):
+                    await bus.publish(events(20))
+                await until(lambda s=seen: s["a"] == s["b"] == 60, timeout=10)  # type: ignore[misc]
+            assert await bus.client.ping()
