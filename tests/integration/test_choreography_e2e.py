@@ -184,7 +184,7 @@ async def test_60_orders_by_one_customer_whose_balance_covers_20(
     shop.check(list(statuses))
 
 
-async def test_500_orders_at_once_across_books_and_customers_all_end_and_conserve(
+async def test_300_orders_at_once_across_books_and_customers_all_end_and_conserve(
     api: httpx.AsyncClient, shop: Shop
 ) -> None:
     books = [shop.book(f"{10 + i}.00", 40) for i in range(8)]
@@ -196,11 +196,11 @@ async def test_500_orders_at_once_across_books_and_customers_all_end_and_conserv
             (books[(i + 3) % 8], 1),
             address=US if i % 17 == 0 else JP,
         )
-        for i in range(500)
+        for i in range(300)
     ]
     statuses = await run_all(api, shop, bodies, timeout=90)
     assert set(statuses.values()) == {"COMPLETED", "CANCELLED"}
-    assert len(statuses) == 500
+    assert len(statuses) == 300
     shop.check(list(statuses))
 
 
