@@ -248,8 +248,10 @@ def deployed(
         extra_env=env,
     )
     try:
+        for name in services:  # all start at once, then each is waited for
+            deployment.start(name, wait=False)
         for name in services:
-            deployment.start(name)
+            deployment.wait_healthy(name)
         yield deployment
     finally:
         deployment.stop_all()

@@ -18,15 +18,14 @@ from typing import Any
 
 import httpx
 import sqlalchemy as sa
-from conftest import TEST_RABBITMQ_URL, mysql_database_url, until
-from processes import Deployment
-from rabbitmq_support import delete_topology, message_count
+from conftest import TEST_RABBITMQ_URL, until
+from processes import Deployment, deployed
+from rabbitmq_support import message_count
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from activities.db import create_engine
 from activities.orders import order_id_for
 from cloudmart.check import Baseline, check, snapshot
-from cloudmart.schema import create_schema
 from engine.adapters import amqp_names
 
 SERVICES = ("order", "inventory", "payment", "shipping", "orchestrator")
@@ -35,38 +34,21 @@ TERMINAL = ("COMPLETED", "FAILED")
 HEALED_WITHIN = 60.0
 
 
-async def _create(url: str) -> None:
-    engine = create_engine(url)
-    await create_schema(engine)
-    await engine.dispose()
-
-
 @contextmanager
 def orchestration_deployment(
     name: str, directory: Path, *, base_port: int, **env: str
 ) -> Iterator[Deployment]:
     """The five processes on a fresh database ``cloudmart_test_chaos_<name>`` and a RabbitMQ
     namespace ``chaos-<name>-<random>``; every queue and exchange is deleted afterwards."""
-    url = mysql_database_url(f"cloudmart_test_chaos_{name}")
-    asyncio.run(_create(url))
-    namespace = f"chaos-{name}-{uuid.uuid4().hex[:6]}"
-    deployed = Deployment(
-        database_url=url,
-        namespace=namespace,
-        directory=directory,
+    with deployed(
+        "orchestration",
+        f"cloudmart_test_chaos_{name}",
+        directory,
         base_port=base_port,
-        rabbitmq_url=TEST_RABBITMQ_URL,
-        extra_env=env,
-    )
-    try:
-        for service in SERVICES:
-            deployed.start(service, wait=False)
-        for service in SERVICES:
-            deployed.wait_healthy(service)
-        yield deployed
-    finally:
-        deployed.stop_all()
-        asyncio.run(delete_topology(TEST_RABBITMQ_URL, namespace, SERVICES[:-1]))
+        namespace=f"chaos-{name}-{uuid.uuid4().hex[:6]}",
+        **env,
+    ) as deployment:
+        yield deployment
 
 
 @dataclass

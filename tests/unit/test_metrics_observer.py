@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import structlog
+from durable_engine.engine_unit_kit import order
 from prometheus_client import CollectorRegistry
 
 import services._kit.logging as kit_logging
@@ -34,21 +35,6 @@ STEPS: dict[str, str | None] = {
 WORKFLOW = "place_order"
 
 
-def order_input(order_id: str) -> dict[str, Any]:
-    return {
-        "order_id": order_id,
-        "customer_id": 1,
-        "items": [{"book_id": 1, "quantity": 2}],
-        "shipping_address": {
-            "name": "Hanako",
-            "line1": "1-2-3",
-            "city": "Tokyo",
-            "postal_code": "150-0002",
-            "country": "JP",
-        },
-    }
-
-
 class Rig:
     def __init__(self, services: FakeServices, **engine_kwargs: Any) -> None:
         self.registry = CollectorRegistry()
@@ -70,7 +56,7 @@ class Rig:
         return self.registry.get_sample_value(name, labels) or 0.0
 
     async def run(self, order_id: str) -> str:
-        await self.engine.start(place_order, order_input(order_id), workflow_id=order_id)
+        await self.engine.start(place_order, order(order_id), workflow_id=order_id)
         await self.engine.run_until_idle()
         return (await self.engine.status(order_id)).status
 
@@ -170,7 +156,7 @@ async def test_a_compensation_that_keeps_failing_flags_the_saga_for_an_operator(
 
 async def test_a_cancelled_saga_finishes_failed_with_no_failed_step() -> None:
     rig = Rig(services())
-    await rig.engine.start(place_order, order_input("o-cancel"), workflow_id="o-cancel")
+    await rig.engine.start(place_order, order("o-cancel"), workflow_id="o-cancel")
     await rig.engine.cancel("o-cancel")
     await rig.engine.run_until_idle()
 
@@ -180,7 +166,7 @@ async def test_a_cancelled_saga_finishes_failed_with_no_failed_step() -> None:
 
 async def test_a_resumed_saga_counts_as_resumed_not_started() -> None:
     rig = Rig(services())
-    await rig.engine.start(place_order, order_input("o-resume"), workflow_id="o-resume")
+    await rig.engine.start(place_order, order("o-resume"), workflow_id="o-resume")
     await rig.engine.stop()  # the process stops before the saga ran: it is left unfinished
     registry = CollectorRegistry()
     engine = Engine(
