@@ -10,13 +10,14 @@ deadlock-prone under concurrent inserts.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
 import structlog
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 from tenacity import (
@@ -68,19 +69,46 @@ def create_engine(
             pool_timeout=pool_timeout,
             connect_args={"timeout": 30},
         )
-    kwargs: dict[str, Any] = {
-        "isolation_level": "READ COMMITTED",
-        "pool_pre_ping": True,
-        "pool_recycle": 3600,
-    }
+    kwargs: dict[str, Any] = {"isolation_level": "READ COMMITTED", "pool_recycle": 3600}
     if pool_size == 0:
         kwargs["poolclass"] = NullPool
     else:
         kwargs.update(pool_size=pool_size, max_overflow=max_overflow, pool_timeout=pool_timeout)
     engine = create_async_engine(url, **kwargs)
+    _ping_when_idle(engine)
     if idle_transaction_timeout:
         _limit_idle_transactions(engine, int(idle_transaction_timeout))
     return engine
+
+
+PING_AFTER_IDLE = 1.0
+"""Seconds a pooled connection may sit unused before its next checkout pings it first."""
+
+
+def _ping_when_idle(engine: AsyncEngine) -> None:
+    """Ping a connection at checkout only when it sat in the pool over ``PING_AFTER_IDLE``.
+
+    ``pool_pre_ping`` pings at every checkout: one round trip more per transaction, on every
+    hot path. A connection that was used a moment ago is as alive as a ping would show; one
+    that sat idle (a server restart may have passed) is pinged and, if dead, replaced before
+    anyone uses it. A server that dies under load fails the statements in flight either way,
+    and the pool then replaces every connection older than the failure.
+    """
+    dialect = engine.sync_engine.dialect
+
+    @sa.event.listens_for(engine.sync_engine, "checkin")
+    def on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @sa.event.listens_for(engine.sync_engine, "checkout")
+    def on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since <= PING_AFTER_IDLE:
+            return
+        try:
+            dialect.do_ping(dbapi_connection)
+        except Exception as exc:  # dead: the pool discards it and checks out another
+            raise DisconnectionError(f"pooled connection failed its ping: {exc}") from exc
 
 
 def _limit_idle_transactions(engine: AsyncEngine, seconds: int) -> None:

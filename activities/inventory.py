@@ -23,11 +23,45 @@ from activities.db import Database
 from activities.errors import (
     BookNotFound,
     DomainError,
-    OrderNotFound,
     ReservationShipped,
     StockUnavailable,
 )
-from activities.tables import books, inventory, orders, stock_reservations
+from activities.orders import require_order
+from activities.tables import books, inventory, stock_reservations
+
+# Built once (see activities._inbox): the forward path runs them for every order.
+_TAKE = (
+    inventory.update()
+    .where(
+        inventory.c.book_id == sa.bindparam("book"), inventory.c.available >= sa.bindparam("qty")
+    )
+    .values(
+        available=inventory.c.available - sa.bindparam("qty"),
+        reserved=inventory.c.reserved + sa.bindparam("qty"),
+    )
+)
+_INSERT_RESERVATIONS = stock_reservations.insert()
+_RESERVATIONS_IN = (
+    sa.select(stock_reservations.c.book_id, stock_reservations.c.quantity)
+    .where(
+        stock_reservations.c.order_id == sa.bindparam("order_id"),
+        stock_reservations.c.status == sa.bindparam("source"),
+    )
+    .order_by(stock_reservations.c.book_id)
+)
+_MOVE_RESERVED = (
+    inventory.update()
+    .where(inventory.c.book_id == sa.bindparam("book"))
+    .values(reserved=inventory.c.reserved + sa.bindparam("delta"))
+)
+_SET_RESERVATION = (
+    stock_reservations.update()
+    .where(
+        stock_reservations.c.order_id == sa.bindparam("b_order"),
+        stock_reservations.c.book_id == sa.bindparam("book"),
+    )
+    .values(status=sa.bindparam("target"), updated_at=sa.bindparam("stamp"))
+)
 
 
 async def reserve_stock(
@@ -40,28 +74,17 @@ async def reserve_stock(
     items = sorted(cmd.items, key=lambda i: i.book_id)
 
     async def effect(conn: AsyncConnection) -> StockReservation | DomainError:
-        if (
-            await conn.scalar(sa.select(orders.c.order_id).where(orders.c.order_id == cmd.order_id))
-            is None
-        ):
-            raise OrderNotFound(f"order {cmd.order_id} does not exist", order_id=cmd.order_id)
+        await require_order(conn, cmd.order_id)
         taken: list[OrderItem] = []
         for item in items:
-            moved = await conn.execute(
-                inventory.update()
-                .where(inventory.c.book_id == item.book_id, inventory.c.available >= item.quantity)
-                .values(
-                    available=inventory.c.available - item.quantity,
-                    reserved=inventory.c.reserved + item.quantity,
-                )
-            )
+            moved = await conn.execute(_TAKE, {"book": item.book_id, "qty": item.quantity})
             if moved.rowcount != 1:
                 await _put_back(conn, taken)
                 return await _shortage(conn, cmd.order_id, item)
             taken.append(item)
         stamp = now()
         await conn.execute(
-            stock_reservations.insert(),
+            _INSERT_RESERVATIONS,
             [
                 {
                     "order_id": cmd.order_id,
@@ -166,27 +189,14 @@ async def move_reservation(conn: AsyncConnection, order_id: str, *, ship: bool) 
     when a shipment is arranged and comes back exactly when it is cancelled.
     """
     source, target = ("RESERVED", "CONSUMED") if ship else ("CONSUMED", "RESERVED")
-    rows = (
-        await conn.execute(
-            sa.select(stock_reservations.c.book_id, stock_reservations.c.quantity)
-            .where(stock_reservations.c.order_id == order_id, stock_reservations.c.status == source)
-            .order_by(stock_reservations.c.book_id)
-        )
-    ).all()
-    delta = -1 if ship else 1
+    rows = (await conn.execute(_RESERVATIONS_IN, {"order_id": order_id, "source": source})).all()
+    sign = -1 if ship else 1
     stamp = now()
     for book_id, quantity in rows:
+        await conn.execute(_MOVE_RESERVED, {"book": book_id, "delta": sign * quantity})
         await conn.execute(
-            inventory.update()
-            .where(inventory.c.book_id == book_id)
-            .values(reserved=inventory.c.reserved + delta * quantity)
-        )
-        await conn.execute(
-            stock_reservations.update()
-            .where(
-                stock_reservations.c.order_id == order_id, stock_reservations.c.book_id == book_id
-            )
-            .values(status=target, updated_at=stamp)
+            _SET_RESERVATION,
+            {"b_order": order_id, "book": book_id, "target": target, "stamp": stamp},
         )
     return [OrderItem(book_id=b, quantity=q) for b, q in rows]
 

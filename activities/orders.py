@@ -27,6 +27,36 @@ from activities.tables import books, customers, order_items, orders
 IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1c9a52-3b8e-4c1e-9a57-0c0a5d6e2b11")
 
 
+# Built once (see activities._inbox): every order runs them.
+_ORDER_EXISTS = sa.select(orders.c.order_id).where(orders.c.order_id == sa.bindparam("order_id"))
+_CUSTOMER = sa.select(customers.c.customer_id).where(
+    customers.c.customer_id == sa.bindparam("customer")
+)
+_PRICES = sa.select(books.c.book_id, books.c.price).where(
+    books.c.book_id.in_(sa.bindparam("books", expanding=True))
+)
+_INSERT_ORDER = orders.insert()
+_INSERT_ITEMS = order_items.insert()
+_STATUS = sa.select(orders.c.status).where(orders.c.order_id == sa.bindparam("order_id"))
+_MOVE_STATUS = (
+    orders.update()
+    .where(orders.c.order_id == sa.bindparam("b_order"), orders.c.status == sa.bindparam("old"))
+    .values(status=sa.bindparam("new"), updated_at=sa.bindparam("stamp"))
+)
+_ORDER = sa.select(orders).where(orders.c.order_id == sa.bindparam("order_id"))
+_ITEMS = (
+    sa.select(order_items.c.book_id, order_items.c.quantity)
+    .where(order_items.c.order_id == sa.bindparam("order_id"))
+    .order_by(order_items.c.book_id)
+)
+
+
+async def require_order(conn: AsyncConnection, order_id: str) -> None:
+    """OrderNotFound unless the order exists (the steps after create_order check first)."""
+    if await conn.scalar(_ORDER_EXISTS, {"order_id": order_id}) is None:
+        raise OrderNotFound(f"order {order_id} does not exist", order_id=order_id)
+
+
 def order_id_for(idempotency_key: str | None) -> str:
     """The id a new order gets: derived from the client's Idempotency-Key, so a retried start
     names the same order and can never create a second one; else a fresh UUID."""
@@ -47,18 +77,19 @@ async def create_order(db: Database, cmd: CreateOrder, *, emit: Emit | None = No
         total = _total(cmd, prices)
         stamp = now()
         await conn.execute(
-            orders.insert().values(
-                order_id=cmd.order_id,
-                customer_id=cmd.customer_id,
-                status="PENDING",
-                total_amount=total,
-                shipping_address=cmd.shipping_address.model_dump_json(),
-                created_at=stamp,
-                updated_at=stamp,
-            )
+            _INSERT_ORDER,
+            {
+                "order_id": cmd.order_id,
+                "customer_id": cmd.customer_id,
+                "status": "PENDING",
+                "total_amount": total,
+                "shipping_address": cmd.shipping_address.model_dump_json(),
+                "created_at": stamp,
+                "updated_at": stamp,
+            },
         )
         await conn.execute(
-            order_items.insert(),
+            _INSERT_ITEMS,
             [
                 {
                     "order_id": cmd.order_id,
@@ -83,17 +114,13 @@ async def create_order(db: Database, cmd: CreateOrder, *, emit: Emit | None = No
 
 async def _prices(conn: AsyncConnection, order: PlaceOrder) -> dict[int, Decimal]:
     """The price of every book of the order; CustomerNotFound / BookNotFound otherwise."""
-    customer = await conn.scalar(
-        sa.select(customers.c.customer_id).where(customers.c.customer_id == order.customer_id)
-    )
+    customer = await conn.scalar(_CUSTOMER, {"customer": order.customer_id})
     if customer is None:
         raise CustomerNotFound(
             f"customer {order.customer_id} does not exist", customer_id=order.customer_id
         )
     wanted = [item.book_id for item in order.items]
-    rows = await conn.execute(
-        sa.select(books.c.book_id, books.c.price).where(books.c.book_id.in_(wanted))
-    )
+    rows = await conn.execute(_PRICES, {"books": wanted})
     prices = {book_id: Decimal(price) for book_id, price in rows}
     missing = sorted(set(wanted) - set(prices))
     if missing:
@@ -116,9 +143,7 @@ async def _set_status(
     conn: AsyncConnection, order_id: str, new: str, allowed_from: tuple[str, ...]
 ) -> str | None:
     """Move the order to ``new`` if it is in ``allowed_from``; return the status it had."""
-    current: str | None = await conn.scalar(
-        sa.select(orders.c.status).where(orders.c.order_id == order_id)
-    )
+    current: str | None = await conn.scalar(_STATUS, {"order_id": order_id})
     if current is None or current == new:
         return current
     if current not in allowed_from:
@@ -128,9 +153,7 @@ async def _set_status(
             status=current,
         )
     await conn.execute(
-        orders.update()
-        .where(orders.c.order_id == order_id, orders.c.status == current)
-        .values(status=new, updated_at=now())
+        _MOVE_STATUS, {"b_order": order_id, "old": current, "new": new, "stamp": now()}
     )
     return current
 
@@ -196,16 +219,10 @@ async def complete_order(db: Database, cmd: OrderRef, *, emit: Emit | None = Non
 
 
 async def _view(conn: AsyncConnection, order_id: str) -> OrderView:
-    row = (await conn.execute(sa.select(orders).where(orders.c.order_id == order_id))).one_or_none()
+    row = (await conn.execute(_ORDER, {"order_id": order_id})).one_or_none()
     if row is None:
         raise OrderNotFound(f"order {order_id} does not exist", order_id=order_id)
-    items = (
-        await conn.execute(
-            sa.select(order_items.c.book_id, order_items.c.quantity)
-            .where(order_items.c.order_id == order_id)
-            .order_by(order_items.c.book_id)
-        )
-    ).all()
+    items = (await conn.execute(_ITEMS, {"order_id": order_id})).all()
     return OrderView(
         order_id=row.order_id,
         customer_id=row.customer_id,

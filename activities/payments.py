@@ -15,8 +15,20 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from activities._inbox import Emit, now, run_compensation, run_once
 from activities.commands import Compensation, OrderRef, PaymentView, ProcessPayment
 from activities.db import Database
-from activities.errors import CustomerNotFound, DomainError, NotFound, OrderNotFound, PaymentFailed
-from activities.tables import customers, orders, payments
+from activities.errors import CustomerNotFound, DomainError, NotFound, PaymentFailed
+from activities.orders import require_order
+from activities.tables import customers, payments
+
+# Built once (see activities._inbox): the forward path runs them for every order.
+_DEBIT = (
+    customers.update()
+    .where(
+        customers.c.customer_id == sa.bindparam("customer"),
+        customers.c.balance >= sa.bindparam("amount"),
+    )
+    .values(balance=customers.c.balance - sa.bindparam("amount"))
+)
+_INSERT_PAYMENT = payments.insert()
 
 
 async def process_payment(
@@ -28,16 +40,8 @@ async def process_payment(
     """
 
     async def effect(conn: AsyncConnection) -> PaymentView | DomainError:
-        if (
-            await conn.scalar(sa.select(orders.c.order_id).where(orders.c.order_id == cmd.order_id))
-            is None
-        ):
-            raise OrderNotFound(f"order {cmd.order_id} does not exist", order_id=cmd.order_id)
-        debited = await conn.execute(
-            customers.update()
-            .where(customers.c.customer_id == cmd.customer_id, customers.c.balance >= cmd.amount)
-            .values(balance=customers.c.balance - cmd.amount)
-        )
+        await require_order(conn, cmd.order_id)
+        debited = await conn.execute(_DEBIT, {"customer": cmd.customer_id, "amount": cmd.amount})
         refusal: DomainError | None = None
         if debited.rowcount != 1:
             balance = await conn.scalar(
@@ -56,14 +60,15 @@ async def process_payment(
         status = "FAILED" if refusal else "COMPLETED"
         stamp = now()
         await conn.execute(
-            payments.insert().values(
-                order_id=cmd.order_id,
-                customer_id=cmd.customer_id,
-                amount=cmd.amount,
-                status=status,
-                created_at=stamp,
-                updated_at=stamp,
-            )
+            _INSERT_PAYMENT,
+            {
+                "order_id": cmd.order_id,
+                "customer_id": cmd.customer_id,
+                "amount": cmd.amount,
+                "status": status,
+                "created_at": stamp,
+                "updated_at": stamp,
+            },
         )
         return refusal or PaymentView(
             order_id=cmd.order_id,

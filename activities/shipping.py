@@ -11,9 +11,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from activities._inbox import Emit, now, run_compensation, run_once
 from activities.commands import ArrangeShipping, Compensation, OrderRef, ShipmentView
 from activities.db import Database
-from activities.errors import DomainError, NotFound, OrderNotFound, ShippingFailed
+from activities.errors import DomainError, NotFound, ShippingFailed
 from activities.inventory import move_reservation
-from activities.tables import orders, shipments
+from activities.orders import require_order
+from activities.tables import shipments
 
 DEFAULT_SERVED_COUNTRIES: tuple[str, ...] = ("JP",)
 
@@ -21,6 +22,10 @@ DEFAULT_SERVED_COUNTRIES: tuple[str, ...] = ("JP",)
 def tracking_number(order_id: str) -> str:
     """Deterministic per order, so a repeated arrangement names the same parcel."""
     return "CM" + hashlib.sha256(order_id.encode()).hexdigest()[:16].upper()
+
+
+# Built once (see activities._inbox): the forward path runs them for every order.
+_INSERT_SHIPMENT = shipments.insert()
 
 
 async def arrange_shipping(
@@ -33,11 +38,7 @@ async def arrange_shipping(
     """Arrange delivery and consume the reserved units; ShippingFailed outside served countries."""
 
     async def effect(conn: AsyncConnection) -> ShipmentView | DomainError:
-        if (
-            await conn.scalar(sa.select(orders.c.order_id).where(orders.c.order_id == cmd.order_id))
-            is None
-        ):
-            raise OrderNotFound(f"order {cmd.order_id} does not exist", order_id=cmd.order_id)
+        await require_order(conn, cmd.order_id)
         country = cmd.address.country
         served = country in served_countries
         reason = None if served else f"we do not ship to {country}"
@@ -50,12 +51,13 @@ async def arrange_shipping(
             reason=reason,
         )
         await conn.execute(
-            shipments.insert().values(
+            _INSERT_SHIPMENT,
+            {
                 **view.model_dump(),
-                address=cmd.address.model_dump_json(),
-                created_at=stamp,
-                updated_at=stamp,
-            )
+                "address": cmd.address.model_dump_json(),
+                "created_at": stamp,
+                "updated_at": stamp,
+            },
         )
         if not served:
             return ShippingFailed(reason or "", order_id=cmd.order_id, country=country)

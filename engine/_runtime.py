@@ -202,6 +202,7 @@ class _Run:
         self.version = version
         self.owner = engine.owner_id
         self.seq = len(events)
+        self.history = list(events)  # every committed event: recorded ones, then our flushes
         self.pending: list[Event] = []
         self.by_pos: dict[int, list[Event]] = {}
         self.compensation_started: Event | None = None
@@ -283,6 +284,7 @@ class _Run:
             raise
         except Exception as exc:  # conflict (fenced) or store failure: this run must stop here
             raise _Stop("abandon", error=exc) from exc
+        self.history.extend(events)
         self.pending = []
 
     # -- the body's operations -------------------------------------------------------------
@@ -547,6 +549,7 @@ class _Run:
         self.projection.result = result
         self.projection.finished = True
         await self.flush(honour_cancel=False)
+        self._remember()
         self.engine.counters.sagas_completed += 1
         self.engine.observer.saga_finished(self.record.workflow_name, COMPLETED, NO_FAILED_STEP)
         self.log.info("saga.completed")
@@ -663,11 +666,36 @@ class _Run:
         self.projection.needs_operator = False
         self.projection.finished = True
         await self.flush(honour_cancel=False)
+        self._remember()
         engine.counters.sagas_failed += 1
         engine.observer.saga_finished(self.record.workflow_name, FAILED, self.failed_step)
         self.log.info("saga.failed", reason=reason)
 
     # -- helpers -----------------------------------------------------------------------------
+
+    def _remember(self) -> None:
+        """Hand the engine the saga's final row and history, as just committed.
+
+        ``cancel_requested`` is what this run saw: a cancel that arrived during the last step
+        (too late to be honoured) is on the stored row but not here.
+        """
+        p = self.projection
+        record = dataclasses.replace(
+            self.record,
+            status=p.status,
+            current_step=p.current_step,
+            result=None if p.result is None else json.loads(json.dumps(p.result, default=str)),
+            failure_reason=p.failure_reason,
+            owner=None,
+            lease_expires_at=None,
+            version=self.version,
+            next_seq=self.seq,
+            needs_operator=p.needs_operator,
+            cancel_requested=any(e.type == ET.CANCEL_REQUESTED for e in self.history),
+            compensation_attempts=p.compensation_attempts,
+            updated_at=self.history[-1].created_at,
+        )
+        self.engine._remember(record, self.history)
 
     def _headers(self, step: str, attempt: int) -> dict[str, str]:
         """A command's headers: the ids the receiver binds to its log lines.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import collections
 import contextlib
 import dataclasses
 import functools
@@ -173,7 +174,9 @@ class Engine:
     ``saga_deadline`` (seconds, None = none) makes a saga compensate once exceeded;
     ``compensation_alert_attempts`` failed attempts of one compensation flag the saga
     ``needs_operator`` (and count ``counters.operator_alerts``). ``observer`` hears of every
-    saga and step outcome (:mod:`engine.observer`; metrics hang on it).
+    saga and step outcome (:mod:`engine.observer`; metrics hang on it). The last
+    ``finished_cache`` sagas this engine finished are kept, so ``wait`` and ``status`` answer
+    them without reading the store.
     """
 
     def __init__(
@@ -193,6 +196,7 @@ class Engine:
         poll_interval: float | None = None,
         claim_batch: int = 100,
         observer: SagaObserver | None = None,
+        finished_cache: int = 2048,
     ) -> None:
         self.store = store
         self.transport = transport
@@ -210,6 +214,13 @@ class Engine:
         self.observer: SagaObserver = observer or NullObserver()
         self._workflows: dict[str, Workflow] = {}
         self._runs: dict[str, tuple[_Run, asyncio.Task[None]]] = {}
+        # workflow_id -> saga_id of the sagas this engine drives right now
+        self._local: dict[str, str] = {}
+        # workflow_id -> the final row and history of a saga this engine finished (newest last)
+        self._finished: collections.OrderedDict[str, tuple[SagaRecord, builtins.list[Event]]] = (
+            collections.OrderedDict()
+        )
+        self.finished_cache = finished_cache
         self._supervisor: asyncio.Task[None] | None = None
         for wf in workflows:
             self.register(wf)
@@ -287,6 +298,9 @@ class Engine:
 
     async def status(self, workflow_id: str) -> SagaStatus:
         """The saga's projection and a per-step summary built from its history."""
+        known = self._finished.get(workflow_id)
+        if known is not None:
+            return _status(*known)
         record = await self.store.get(workflow_id)
         if record is None:
             raise SagaNotFound(workflow_id)
@@ -296,15 +310,24 @@ class Engine:
     async def wait(self, workflow_id: str, *, timeout: float) -> SagaStatus:
         """The saga's status once it is finished, or as it is after ``timeout`` seconds.
 
-        A saga this engine drives is awaited directly; one driven elsewhere is polled.
+        A saga this engine drives is awaited directly and, once it finished, answered from what
+        its run committed (no read); one driven elsewhere is polled.
         """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        saga_id = self._local.get(workflow_id)
+        entry = None if saga_id is None else self._runs.get(saga_id)
+        if entry is not None:
+            await asyncio.wait([entry[1]], timeout=timeout)
+        known = self._finished.get(workflow_id)
+        if known is not None:
+            return _status(*known)
         record = await self.store.get(workflow_id)
         if record is None:
             raise SagaNotFound(workflow_id)
-        deadline = asyncio.get_running_loop().time() + timeout
         events: builtins.list[Event] | None = None
         while record.status not in TERMINAL_STATUSES:
-            left = deadline - asyncio.get_running_loop().time()
+            left = deadline - loop.time()
             if left <= 0:
                 break
             entry = self._runs.get(record.saga_id)
@@ -367,14 +390,24 @@ class Engine:
         run = _Run(self, wf, record, events, version)
         task = asyncio.get_running_loop().create_task(run.run(), name=f"saga:{record.saga_id}")
         self._runs[record.saga_id] = (run, task)
+        self._local[record.workflow_id] = record.saga_id
         task.add_done_callback(functools.partial(self._forget, record.saga_id))
 
     def _forget(self, saga_id: str, task: asyncio.Task[None]) -> None:
         entry = self._runs.get(saga_id)
         if entry is not None and entry[1] is task:
             del self._runs[saga_id]
+            if self._local.get(entry[0].record.workflow_id) == saga_id:
+                del self._local[entry[0].record.workflow_id]
         if not task.cancelled() and task.exception() is not None:
             _log.error("saga.crashed", saga_id=saga_id, error=repr(task.exception()))
+
+    def _remember(self, record: SagaRecord, events: builtins.list[Event]) -> None:
+        """Keep a saga this engine just finished (COMPLETED or FAILED: final states), so that
+        ``wait`` and ``status`` answer it without a read; the oldest is forgotten first."""
+        self._finished[record.workflow_id] = (record, events)
+        while len(self._finished) > self.finished_cache:
+            self._finished.popitem(last=False)
 
     @property
     def running(self) -> int:

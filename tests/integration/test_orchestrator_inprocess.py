@@ -11,7 +11,11 @@ import httpx
 import pytest
 from conftest import mysql_database_url
 from rest_support import prepared_database, running, settings_for
+from sqlalchemy.ext.asyncio import create_async_engine
 
+from engine import Engine
+from engine.adapters import InMemoryTransport, SqlHistoryStore
+from services.orchestrator.api import SagaView
 from services.orchestrator.main import build_app
 
 JP = {
@@ -32,15 +36,19 @@ def order(*items: tuple[int, int], customer: int = 1, country: str = "JP") -> di
 
 
 @pytest.fixture(params=["sqlite", "mariadb"])
-async def api(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'orchestrator.db'}"
-    else:
-        url = mysql_database_url("cloudmart_test_orchestrator_inprocess")
-    async with prepared_database(url):
+        return f"sqlite+aiosqlite:///{tmp_path / 'orchestrator.db'}"
+    return mysql_database_url("cloudmart_test_orchestrator_inprocess")
+
+
+@pytest.fixture
+async def api(database_url: str, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    async with prepared_database(database_url):
         pass
+    embedded = database_url.startswith("sqlite")
     settings = settings_for(
-        None if request.param == "sqlite" else url, sqlite_path=str(tmp_path / "orchestrator.db")
+        None if embedded else database_url, sqlite_path=str(tmp_path / "orchestrator.db")
     )
     async with running(build_app(settings)) as client:
         yield client
@@ -72,6 +80,25 @@ async def test_a_saga_completes_and_reports_every_step(api: httpx.AsyncClient) -
     ]
     history = (await api.get(f"/saga/{oid}/history")).json()
     assert history[0]["type"] == "WorkflowStarted" and history[-1]["type"] == "WorkflowCompleted"
+
+
+async def test_the_answer_of_the_engine_that_ran_a_saga_is_what_the_database_holds(
+    api: httpx.AsyncClient, database_url: str
+) -> None:
+    """The orchestrator answers a saga it finished from memory; a reader of the database must
+    see the very same status (timestamps, results, errors and all)."""
+    done = await started(api, order((1, 2)))
+    failed = await started(api, order((1, 1), country="US"))
+    answers = {oid: await final(api, oid) for oid in (done, failed)}
+    assert [answers[done]["status"], answers[failed]["status"]] == ["COMPLETED", "FAILED"]
+    db = create_async_engine(database_url)
+    try:
+        reader = Engine(SqlHistoryStore(db), InMemoryTransport({}), owner_id="reader")
+        for oid, answer in answers.items():
+            stored = SagaView.of(await reader.status(oid)).model_dump(mode="json")
+            assert answer == stored
+    finally:
+        await db.dispose()
 
 
 async def test_a_failing_step_compensates_in_reverse_and_fails(api: httpx.AsyncClient) -> None:

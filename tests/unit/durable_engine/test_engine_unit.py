@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from typing import Any
 
@@ -415,6 +416,55 @@ async def test_wait_returns_the_finished_status_of_a_saga_this_engine_drives() -
     await r.engine.start(place_order, order(), workflow_id="o-1")
     status = await r.engine.wait("o-1", timeout=5)
     assert status.status == "COMPLETED"
+
+
+@pytest.mark.parametrize("fault", ["none", "refused", "retried_then_refused", "cancelled"])
+async def test_a_finished_saga_is_answered_from_memory_exactly_as_the_store_has_it(
+    fault: str,
+) -> None:
+    r = rig()
+    if fault == "refused":
+        r.services.refuse.add("payment.process_payment")
+    elif fault == "retried_then_refused":
+        r.transport.inject("payment.process_payment", Fault("transient", times=2))
+        r.services.refuse.add("shipping.arrange_shipping")
+    await r.engine.start(place_order, order(), workflow_id="o-1")
+    if fault == "cancelled":
+        await r.engine.cancel("o-1")
+    await r.engine.run_until_idle()
+    remembered = await r.engine.status("o-1")
+    assert remembered.status == ("COMPLETED" if fault == "none" else "FAILED")
+    # Another engine on the same store has nothing in memory: it reads the store.
+    stored = await r.new_engine("reader").status("o-1")
+    assert remembered == stored
+    assert await r.engine.wait("o-1", timeout=1) == stored
+
+
+async def test_wait_for_a_saga_this_engine_finished_reads_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    r = rig()
+    await r.engine.start(place_order, order(), workflow_id="o-1")
+    waiting = asyncio.ensure_future(r.engine.wait("o-1", timeout=5))
+    await r.engine.run_until_idle()
+
+    async def no_read(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the store was read")
+
+    monkeypatch.setattr(r.store, "get", no_read)
+    monkeypatch.setattr(r.store, "load", no_read)
+    assert (await waiting).status == "COMPLETED"
+    assert (await r.engine.wait("o-1", timeout=5)).status == "COMPLETED"
+
+
+async def test_the_engine_forgets_its_oldest_finished_sagas_past_its_cache() -> None:
+    r = rig()
+    engine_ = r.new_engine("small", finished_cache=2)
+    for i in range(3):
+        await engine_.start(place_order, order(f"o-{i}"), workflow_id=f"o-{i}")
+    await engine_.run_until_idle()
+    assert list(engine_._finished) == ["o-1", "o-2"]
+    assert (await engine_.status("o-0")).status == "COMPLETED"  # read from the store
 
 
 async def test_wait_gives_up_after_its_timeout_with_the_current_status() -> None:
