@@ -27,6 +27,7 @@ from activities.commands import Compensation
 from activities.db import Database
 from activities.errors import AlreadyCompensated, DomainError, from_wire
 from activities.tables import inbox
+from engine.adapters.prepared import Prepared
 
 R = TypeVar("R", bound=BaseModel)
 T = TypeVar("T")
@@ -51,14 +52,15 @@ class _Raced(Exception):
     """Another transaction recorded the same operation first; run again to read its outcome."""
 
 
-# Built once: every command runs both, and building a statement costs about as much CPU as
-# running it.
-_SELECT_OUTCOME = sa.select(inbox.c.outcome).where(inbox.c.message_key == sa.bindparam("key"))
-_INSERT_OUTCOME = inbox.insert()
+# Every command runs both (see engine.adapters.prepared).
+_SELECT_OUTCOME = Prepared(
+    sa.select(inbox.c.outcome).where(inbox.c.message_key == sa.bindparam("key"))
+)
+_INSERT_OUTCOME = Prepared(inbox.insert())
 
 
 async def _recorded(conn: AsyncConnection, key: str) -> dict[str, Any] | None:
-    row = await conn.scalar(_SELECT_OUTCOME, {"key": key})
+    row = await _SELECT_OUTCOME.scalar(conn, {"key": key})
     return None if row is None else dict(json.loads(row))
 
 
@@ -66,8 +68,8 @@ async def _record(
     conn: AsyncConnection, order_id: str, operation: str, outcome: dict[str, Any]
 ) -> None:
     try:
-        await conn.execute(
-            _INSERT_OUTCOME,
+        await _INSERT_OUTCOME.run(
+            conn,
             {
                 "message_key": operation_key(order_id, operation),
                 "order_id": order_id,

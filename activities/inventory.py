@@ -28,9 +28,10 @@ from activities.errors import (
 )
 from activities.orders import require_order
 from activities.tables import books, inventory, stock_reservations
+from engine.adapters.prepared import Prepared
 
-# Built once (see activities._inbox): the forward path runs them for every order.
-_TAKE = (
+# The forward path runs them for every order (see engine.adapters.prepared).
+_TAKE = Prepared(
     inventory.update()
     .where(
         inventory.c.book_id == sa.bindparam("book"), inventory.c.available >= sa.bindparam("qty")
@@ -40,8 +41,8 @@ _TAKE = (
         reserved=inventory.c.reserved + sa.bindparam("qty"),
     )
 )
-_INSERT_RESERVATIONS = stock_reservations.insert()
-_RESERVATIONS_IN = (
+_INSERT_RESERVATIONS = Prepared(stock_reservations.insert())
+_RESERVATIONS_IN = Prepared(
     sa.select(stock_reservations.c.book_id, stock_reservations.c.quantity)
     .where(
         stock_reservations.c.order_id == sa.bindparam("order_id"),
@@ -49,12 +50,12 @@ _RESERVATIONS_IN = (
     )
     .order_by(stock_reservations.c.book_id)
 )
-_MOVE_RESERVED = (
+_MOVE_RESERVED = Prepared(
     inventory.update()
     .where(inventory.c.book_id == sa.bindparam("book"))
     .values(reserved=inventory.c.reserved + sa.bindparam("delta"))
 )
-_SET_RESERVATION = (
+_SET_RESERVATION = Prepared(
     stock_reservations.update()
     .where(
         stock_reservations.c.order_id == sa.bindparam("b_order"),
@@ -77,14 +78,14 @@ async def reserve_stock(
         await require_order(conn, cmd.order_id)
         taken: list[OrderItem] = []
         for item in items:
-            moved = await conn.execute(_TAKE, {"book": item.book_id, "qty": item.quantity})
-            if moved.rowcount != 1:
+            moved = await _TAKE.run(conn, {"book": item.book_id, "qty": item.quantity})
+            if moved != 1:
                 await _put_back(conn, taken)
                 return await _shortage(conn, cmd.order_id, item)
             taken.append(item)
         stamp = now()
-        await conn.execute(
-            _INSERT_RESERVATIONS,
+        await _INSERT_RESERVATIONS.run_many(
+            conn,
             [
                 {
                     "order_id": cmd.order_id,
@@ -189,13 +190,13 @@ async def move_reservation(conn: AsyncConnection, order_id: str, *, ship: bool) 
     when a shipment is arranged and comes back exactly when it is cancelled.
     """
     source, target = ("RESERVED", "CONSUMED") if ship else ("CONSUMED", "RESERVED")
-    rows = (await conn.execute(_RESERVATIONS_IN, {"order_id": order_id, "source": source})).all()
+    rows = await _RESERVATIONS_IN.rows(conn, {"order_id": order_id, "source": source})
     sign = -1 if ship else 1
     stamp = now()
     for book_id, quantity in rows:
-        await conn.execute(_MOVE_RESERVED, {"book": book_id, "delta": sign * quantity})
-        await conn.execute(
-            _SET_RESERVATION,
+        await _MOVE_RESERVED.run(conn, {"book": book_id, "delta": sign * quantity})
+        await _SET_RESERVATION.run(
+            conn,
             {"b_order": order_id, "book": book_id, "target": target, "stamp": stamp},
         )
     return [OrderItem(book_id=b, quantity=q) for b, q in rows]

@@ -22,29 +22,36 @@ from activities.commands import (
 from activities.db import Database
 from activities.errors import BookNotFound, CustomerNotFound, InvalidOrderState, OrderNotFound
 from activities.tables import books, customers, order_items, orders
+from engine.adapters.prepared import Prepared
 
 # Order ids derived from an Idempotency-Key live in their own UUID namespace.
 IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1c9a52-3b8e-4c1e-9a57-0c0a5d6e2b11")
 
 
-# Built once (see activities._inbox): every order runs them.
-_ORDER_EXISTS = sa.select(orders.c.order_id).where(orders.c.order_id == sa.bindparam("order_id"))
-_CUSTOMER = sa.select(customers.c.customer_id).where(
-    customers.c.customer_id == sa.bindparam("customer")
+# Every order runs them (see engine.adapters.prepared).
+_ORDER_EXISTS = Prepared(
+    sa.select(orders.c.order_id).where(orders.c.order_id == sa.bindparam("order_id"))
+)
+_CUSTOMER = Prepared(
+    sa.select(customers.c.customer_id).where(customers.c.customer_id == sa.bindparam("customer"))
 )
 _PRICES = sa.select(books.c.book_id, books.c.price).where(
     books.c.book_id.in_(sa.bindparam("books", expanding=True))
 )
-_INSERT_ORDER = orders.insert()
-_INSERT_ITEMS = order_items.insert()
-_STATUS = sa.select(orders.c.status).where(orders.c.order_id == sa.bindparam("order_id"))
-_MOVE_STATUS = (
+_INSERT_ORDER = Prepared(orders.insert())
+_INSERT_ITEMS = Prepared(order_items.insert())
+_STATUS = Prepared(sa.select(orders.c.status).where(orders.c.order_id == sa.bindparam("order_id")))
+_MOVE_STATUS = Prepared(
     orders.update()
     .where(orders.c.order_id == sa.bindparam("b_order"), orders.c.status == sa.bindparam("old"))
     .values(status=sa.bindparam("new"), updated_at=sa.bindparam("stamp"))
 )
-_ORDER = sa.select(orders).where(orders.c.order_id == sa.bindparam("order_id"))
-_ITEMS = (
+_ORDER = Prepared(
+    sa.select(
+        orders.c.customer_id, orders.c.status, orders.c.total_amount, orders.c.shipping_address
+    ).where(orders.c.order_id == sa.bindparam("order_id"))
+)
+_ITEMS = Prepared(
     sa.select(order_items.c.book_id, order_items.c.quantity)
     .where(order_items.c.order_id == sa.bindparam("order_id"))
     .order_by(order_items.c.book_id)
@@ -53,7 +60,7 @@ _ITEMS = (
 
 async def require_order(conn: AsyncConnection, order_id: str) -> None:
     """OrderNotFound unless the order exists (the steps after create_order check first)."""
-    if await conn.scalar(_ORDER_EXISTS, {"order_id": order_id}) is None:
+    if await _ORDER_EXISTS.scalar(conn, {"order_id": order_id}) is None:
         raise OrderNotFound(f"order {order_id} does not exist", order_id=order_id)
 
 
@@ -76,8 +83,8 @@ async def create_order(db: Database, cmd: CreateOrder, *, emit: Emit | None = No
         prices = await _prices(conn, cmd)
         total = _total(cmd, prices)
         stamp = now()
-        await conn.execute(
-            _INSERT_ORDER,
+        await _INSERT_ORDER.run(
+            conn,
             {
                 "order_id": cmd.order_id,
                 "customer_id": cmd.customer_id,
@@ -88,8 +95,8 @@ async def create_order(db: Database, cmd: CreateOrder, *, emit: Emit | None = No
                 "updated_at": stamp,
             },
         )
-        await conn.execute(
-            _INSERT_ITEMS,
+        await _INSERT_ITEMS.run_many(
+            conn,
             [
                 {
                     "order_id": cmd.order_id,
@@ -114,7 +121,7 @@ async def create_order(db: Database, cmd: CreateOrder, *, emit: Emit | None = No
 
 async def _prices(conn: AsyncConnection, order: PlaceOrder) -> dict[int, Decimal]:
     """The price of every book of the order; CustomerNotFound / BookNotFound otherwise."""
-    customer = await conn.scalar(_CUSTOMER, {"customer": order.customer_id})
+    customer = await _CUSTOMER.scalar(conn, {"customer": order.customer_id})
     if customer is None:
         raise CustomerNotFound(
             f"customer {order.customer_id} does not exist", customer_id=order.customer_id
@@ -143,7 +150,7 @@ async def _set_status(
     conn: AsyncConnection, order_id: str, new: str, allowed_from: tuple[str, ...]
 ) -> str | None:
     """Move the order to ``new`` if it is in ``allowed_from``; return the status it had."""
-    current: str | None = await conn.scalar(_STATUS, {"order_id": order_id})
+    current: str | None = await _STATUS.scalar(conn, {"order_id": order_id})
     if current is None or current == new:
         return current
     if current not in allowed_from:
@@ -152,9 +159,7 @@ async def _set_status(
             order_id=order_id,
             status=current,
         )
-    await conn.execute(
-        _MOVE_STATUS, {"b_order": order_id, "old": current, "new": new, "stamp": now()}
-    )
+    await _MOVE_STATUS.run(conn, {"b_order": order_id, "old": current, "new": new, "stamp": now()})
     return current
 
 
@@ -219,17 +224,18 @@ async def complete_order(db: Database, cmd: OrderRef, *, emit: Emit | None = Non
 
 
 async def _view(conn: AsyncConnection, order_id: str) -> OrderView:
-    row = (await conn.execute(_ORDER, {"order_id": order_id})).one_or_none()
-    if row is None:
+    rows = await _ORDER.rows(conn, {"order_id": order_id})
+    if not rows:
         raise OrderNotFound(f"order {order_id} does not exist", order_id=order_id)
-    items = (await conn.execute(_ITEMS, {"order_id": order_id})).all()
+    customer_id, status, total_amount, shipping_address = rows[0]
+    items = await _ITEMS.rows(conn, {"order_id": order_id})
     return OrderView(
-        order_id=row.order_id,
-        customer_id=row.customer_id,
-        status=row.status,
-        total_amount=row.total_amount,
+        order_id=order_id,
+        customer_id=customer_id,
+        status=status,
+        total_amount=total_amount,
         items=[OrderItem(book_id=b, quantity=q) for b, q in items],
-        shipping_address=Address.model_validate(json.loads(row.shipping_address)),
+        shipping_address=Address.model_validate(json.loads(shipping_address)),
     )
 
 

@@ -18,9 +18,10 @@ from activities.db import Database
 from activities.errors import CustomerNotFound, DomainError, NotFound, PaymentFailed
 from activities.orders import require_order
 from activities.tables import customers, payments
+from engine.adapters.prepared import Prepared
 
-# Built once (see activities._inbox): the forward path runs them for every order.
-_DEBIT = (
+# The forward path runs them for every order (see engine.adapters.prepared).
+_DEBIT = Prepared(
     customers.update()
     .where(
         customers.c.customer_id == sa.bindparam("customer"),
@@ -28,7 +29,7 @@ _DEBIT = (
     )
     .values(balance=customers.c.balance - sa.bindparam("amount"))
 )
-_INSERT_PAYMENT = payments.insert()
+_INSERT_PAYMENT = Prepared(payments.insert())
 
 
 async def process_payment(
@@ -41,9 +42,9 @@ async def process_payment(
 
     async def effect(conn: AsyncConnection) -> PaymentView | DomainError:
         await require_order(conn, cmd.order_id)
-        debited = await conn.execute(_DEBIT, {"customer": cmd.customer_id, "amount": cmd.amount})
+        debited = await _DEBIT.run(conn, {"customer": cmd.customer_id, "amount": cmd.amount})
         refusal: DomainError | None = None
-        if debited.rowcount != 1:
+        if debited != 1:
             balance = await conn.scalar(
                 sa.select(customers.c.balance).where(customers.c.customer_id == cmd.customer_id)
             )
@@ -59,8 +60,8 @@ async def process_payment(
             )
         status = "FAILED" if refusal else "COMPLETED"
         stamp = now()
-        await conn.execute(
-            _INSERT_PAYMENT,
+        await _INSERT_PAYMENT.run(
+            conn,
             {
                 "order_id": cmd.order_id,
                 "customer_id": cmd.customer_id,

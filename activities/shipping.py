@@ -15,6 +15,7 @@ from activities.errors import DomainError, NotFound, ShippingFailed
 from activities.inventory import move_reservation
 from activities.orders import require_order
 from activities.tables import shipments
+from engine.adapters.prepared import Prepared
 
 DEFAULT_SERVED_COUNTRIES: tuple[str, ...] = ("JP",)
 
@@ -24,8 +25,8 @@ def tracking_number(order_id: str) -> str:
     return "CM" + hashlib.sha256(order_id.encode()).hexdigest()[:16].upper()
 
 
-# Built once (see activities._inbox): the forward path runs them for every order.
-_INSERT_SHIPMENT = shipments.insert()
+# The forward path runs them for every order (see engine.adapters.prepared).
+_INSERT_SHIPMENT = Prepared(shipments.insert())
 
 
 async def arrange_shipping(
@@ -50,8 +51,8 @@ async def arrange_shipping(
             tracking_number=tracking_number(cmd.order_id) if served else None,
             reason=reason,
         )
-        await conn.execute(
-            _INSERT_SHIPMENT,
+        await _INSERT_SHIPMENT.run(
+            conn,
             {
                 **view.model_dump(),
                 "address": cmd.address.model_dump_json(),

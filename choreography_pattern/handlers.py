@@ -54,6 +54,7 @@ from choreography_pattern.outbox import (
     was_processed,
     write_events,
 )
+from engine.adapters.prepared import Prepared
 
 log = structlog.get_logger("choreography.handlers")
 
@@ -133,6 +134,15 @@ def _reason(event: Event) -> dict[str, Any]:
 # shipping ---------------------------------------------------------------------------------
 
 
+_PREREQUISITES = Prepared(
+    sa.select(
+        shipping_prerequisites.c.stock_reserved,
+        shipping_prerequisites.c.payment_completed,
+        shipping_prerequisites.c.shipping_address,
+    ).where(shipping_prerequisites.c.order_id == sa.bindparam("order_id"))
+)
+
+
 async def _shipping_prerequisite(deps: Deps, event: Event) -> bool:
     """Note a prerequisite; when both are seen, arrange the shipment."""
     flag = "stock_reserved" if event.type == ev.STOCK_RESERVED else "payment_completed"
@@ -167,15 +177,10 @@ async def _shipping_prerequisite(deps: Deps, event: Event) -> bool:
                 mysql.insert(shipping_prerequisites).values(values).on_duplicate_key_update(update)
             )
         await conn.execute(stmt)
-        row = (
-            await conn.execute(
-                sa.select(shipping_prerequisites).where(
-                    shipping_prerequisites.c.order_id == event.order_id
-                )
-            )
-        ).one()
-        if row.stock_reserved and row.payment_completed and row.shipping_address:
-            return str(row.shipping_address)
+        rows = await _PREREQUISITES.rows(conn, {"order_id": event.order_id})
+        stock_reserved, payment_completed, address_seen = rows[0]
+        if stock_reserved and payment_completed and address_seen:
+            return str(address_seen)
         await mark_processed(conn, "shipping", event)
         return None
 
@@ -204,35 +209,40 @@ def decide(seen: Collection[str]) -> str | None:
     return None
 
 
+# Every event the order service sees runs these (see engine.adapters.prepared).
+_LOG_EVENT = Prepared(insert_ignoring_duplicates(order_events))
+_LOCK_ORDER = Prepared(
+    sa.select(orders.c.status)
+    .where(orders.c.order_id == sa.bindparam("order_id"))
+    .with_for_update()
+)
+_SEEN = Prepared(
+    sa.select(order_events.c.event_type).where(order_events.c.order_id == sa.bindparam("order_id"))
+)
+
+
 async def _order_saw(deps: Deps, event: Event) -> bool:
     """Log the event for the order; complete or cancel it when the events seen say so."""
 
     async def work(conn: AsyncConnection) -> str | None:
-        await conn.execute(
-            insert_ignoring_duplicates(order_events).values(
-                event_id=event.event_id,
-                order_id=event.order_id,
-                event_type=event.type,
-                producer=event.producer,
-                sequence=event.sequence,
-                occurred_at=event.occurred_at,
-                received_at=now(),
-            )
+        await _LOG_EVENT.run(
+            conn,
+            {
+                "event_id": event.event_id,
+                "order_id": event.order_id,
+                "event_type": event.type,
+                "producer": event.producer,
+                "sequence": event.sequence,
+                "occurred_at": event.occurred_at,
+                "received_at": now(),
+            },
         )
         # The order row is the lock that serialises decisions about one order.
-        status = await conn.scalar(
-            sa.select(orders.c.status).where(orders.c.order_id == event.order_id).with_for_update()
-        )
+        status = await _LOCK_ORDER.scalar(conn, {"order_id": event.order_id})
         decision = None
         if status == "PENDING":
-            seen = (
-                await conn.scalars(
-                    sa.select(order_events.c.event_type).where(
-                        order_events.c.order_id == event.order_id
-                    )
-                )
-            ).all()
-            decision = decide(seen)
+            seen = await _SEEN.rows(conn, {"order_id": event.order_id})
+            decision = decide([event_type for (event_type,) in seen])
         # No order row yet (an event overtook OrderCreated): OrderCreated decides later.
         if decision is None:
             await mark_processed(conn, "order", event)

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from activities._inbox import now
 from activities.tables import outbox, processed_events
 from choreography_pattern.events import Event
+from engine.adapters.prepared import Prepared
 
 TOPIC = "events"
 
@@ -30,13 +31,22 @@ def insert_ignoring_duplicates(table: sa.Table) -> sa.Insert:
     )
 
 
+# Every event runs these (see engine.adapters.prepared).
+_INSERT_OUTBOX = Prepared(outbox.insert())
+_MARK_PROCESSED = Prepared(insert_ignoring_duplicates(processed_events))
+_PROCESSED = Prepared(
+    sa.select(processed_events.c.event_id).where(
+        processed_events.c.service == sa.bindparam("service"),
+        processed_events.c.event_id == sa.bindparam("event_id"),
+    )
+)
+
+
 async def write_events(conn: AsyncConnection, events: Sequence[Event]) -> None:
     """Add ``events`` to the outbox in the caller's transaction."""
-    if not events:
-        return
     stamp = now()
-    await conn.execute(
-        outbox.insert(),
+    await _INSERT_OUTBOX.run_many(
+        conn,
         [
             {
                 "event_id": e.event_id,
@@ -55,21 +65,17 @@ async def write_events(conn: AsyncConnection, events: Sequence[Event]) -> None:
 
 async def mark_processed(conn: AsyncConnection, service: str, event: Event) -> None:
     """Record that ``service`` handled ``event`` (a repeat of the record changes nothing)."""
-    await conn.execute(
-        insert_ignoring_duplicates(processed_events).values(
-            service=service,
-            event_id=event.event_id,
-            order_id=event.order_id,
-            event_type=event.type,
-            processed_at=now(),
-        )
+    await _MARK_PROCESSED.run(
+        conn,
+        {
+            "service": service,
+            "event_id": event.event_id,
+            "order_id": event.order_id,
+            "event_type": event.type,
+            "processed_at": now(),
+        },
     )
 
 
 async def was_processed(conn: AsyncConnection, service: str, event_id: str) -> bool:
-    found = await conn.scalar(
-        sa.select(processed_events.c.event_id).where(
-            processed_events.c.service == service, processed_events.c.event_id == event_id
-        )
-    )
-    return found is not None
+    return await _PROCESSED.scalar(conn, {"service": service, "event_id": event_id}) is not None

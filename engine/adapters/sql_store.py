@@ -30,6 +30,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from engine.adapters.prepared import Prepared
 from engine.adapters.sql_tables import metadata, saga_instances, saga_step_logs
 from engine.errors import (
     CancelRequested,
@@ -87,18 +88,19 @@ def _update_statement(*, honour_cancel: bool, finished: bool) -> sa.Update:
     return sa.update(_si).where(*where).values(**values)
 
 
+# The appends' statements run on the driver's cursor (engine.adapters.prepared).
 _UPDATES = {
-    (hc, fin): _update_statement(honour_cancel=hc, finished=fin)
+    (hc, fin): Prepared(_update_statement(honour_cancel=hc, finished=fin))
     for hc in (True, False)
     for fin in (True, False)
 }
-_INSERT_INSTANCE = (
+_INSERT_INSTANCE = Prepared(
     sa.insert(_si)
     .prefix_with("IGNORE", dialect="mysql")
     .prefix_with("IGNORE", dialect="mariadb")
     .prefix_with("OR IGNORE", dialect="sqlite")
 )
-_INSERT_EVENTS = sa.insert(_sl)
+_INSERT_EVENTS = Prepared(sa.insert(_sl))
 
 
 @dataclasses.dataclass(eq=False)
@@ -107,7 +109,7 @@ class _Write:
     events: Sequence[Event]
     instance: dict[str, Any] | None = None  # a create
     params: dict[str, Any] | None = None  # an append
-    statement: sa.Update | None = None
+    statement: Prepared | None = None
     done: bool = False
     created: bool = False
     error: BaseException | None = None
@@ -266,20 +268,17 @@ class SqlHistoryStore:
         async with self._engine.begin() as conn:
             for item in batch:
                 if item.instance is not None:
-                    result = await conn.execute(_INSERT_INSTANCE, item.instance)
-                    ok = result.rowcount == 1
+                    ok = await _INSERT_INSTANCE.run(conn, item.instance) == 1
                     outcomes.append((item, ok, None))
                 else:
                     assert item.statement is not None
                     assert item.params is not None
-                    result = await conn.execute(item.statement, item.params)
-                    ok = result.rowcount == 1
+                    ok = await item.statement.run(conn, item.params) == 1
                     error = None if ok else await self._why(conn, item)
                     outcomes.append((item, ok, error))
                 if ok:
                     rows.extend(_event_row(item.saga_id, e) for e in item.events)
-            if rows:
-                await conn.execute(_INSERT_EVENTS, rows)
+            await _INSERT_EVENTS.run_many(conn, rows)
         self.commits += 1
         self.writes += len(batch)
         for item, ok, refusal in outcomes:

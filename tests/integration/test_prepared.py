@@ -1,0 +1,127 @@
+"""Prepared statements: the driver's cursor on MariaDB answers exactly as SQLAlchemy does on
+SQLite, inside the caller's transaction, and its errors leave as SQLAlchemy's."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from conftest import mysql_database_url
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from activities.db import create_engine
+from engine.adapters.prepared import Prepared
+
+metadata = sa.MetaData()
+things = sa.Table(
+    "prepared_things",
+    metadata,
+    sa.Column("thing_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("name", sa.String(40), nullable=False),
+    sa.Column("flag", sa.Boolean, nullable=True),
+    sa.Column("amount", sa.Numeric(10, 2), nullable=False),
+    sa.Column("at", sa.DateTime().with_variant(sa.dialects.mysql.DATETIME(fsp=6), "mysql")),
+)
+
+INSERT = Prepared(things.insert())
+BY_NAME = Prepared(
+    sa.select(things.c.thing_id, things.c.amount, things.c.at)
+    .where(things.c.name == sa.bindparam("name"))
+    .order_by(things.c.thing_id)
+)
+ADD = Prepared(  # the same parameter twice, and a condition on it
+    things.update()
+    .where(things.c.thing_id == sa.bindparam("id"), things.c.amount >= sa.bindparam("delta"))
+    .values(amount=things.c.amount - sa.bindparam("delta"))
+)
+CLEAR_FLAG = Prepared(  # a value the statement holds itself
+    things.update().where(things.c.thing_id == sa.bindparam("id")).values(flag=None)
+)
+FLAG = Prepared(sa.select(things.c.flag).where(things.c.thing_id == sa.bindparam("id")))
+AT = datetime(2026, 11, 26, 12, 0, 0, 123456)
+
+
+@pytest.fixture(params=["sqlite", "mariadb"])
+async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'prepared.db'}"
+    else:
+        url = mysql_database_url("cloudmart_test_prepared")
+    engine = create_engine(url, pool_size=2, max_overflow=0)
+    async with engine.begin() as conn:
+        await conn.run_sync(metadata.create_all)
+    yield engine
+    await engine.dispose()
+
+
+def row(thing_id: int, name: str = "a", flag: bool | None = True) -> dict[str, object]:
+    return {"thing_id": thing_id, "name": name, "flag": flag, "amount": Decimal("5.00"), "at": AT}
+
+
+async def test_statements_answer_alike_on_every_dialect(db: AsyncEngine) -> None:
+    async with db.begin() as conn:
+        assert await INSERT.run(conn, row(1)) == 1
+        assert await INSERT.run_many(conn, [row(2), row(3, name="b")]) == 2
+        assert await BY_NAME.rows(conn, {"name": "a"}) == [
+            (1, Decimal("5.00"), AT),
+            (2, Decimal("5.00"), AT),
+        ]
+        assert await BY_NAME.scalar(conn, {"name": "nobody"}) is None
+        assert await ADD.run(conn, {"id": 1, "delta": Decimal("2.00")}) == 1
+        assert await ADD.run(conn, {"id": 1, "delta": Decimal("9.00")}) == 0  # not enough
+        assert await FLAG.scalar(conn, {"id": 2}) == 1  # a boolean reads as the driver has it
+        assert await CLEAR_FLAG.run(conn, {"id": 2}) == 1
+        assert await FLAG.scalar(conn, {"id": 2}) is None
+        assert await INSERT.run_many(conn, []) == 0
+    async with db.connect() as conn:
+        assert await BY_NAME.scalar(conn, {"name": "b"}) == 3
+        assert (await BY_NAME.rows(conn, {"name": "a"}))[0][1] == Decimal("3.00")
+
+
+async def test_statements_run_inside_the_callers_transaction(db: AsyncEngine) -> None:
+    async def insert_then_fail() -> None:
+        async with db.begin() as conn:
+            await INSERT.run(conn, row(1))
+            raise RuntimeError("roll it back")
+
+    with pytest.raises(RuntimeError):
+        await insert_then_fail()
+    async with db.connect() as conn:
+        assert await BY_NAME.rows(conn, {"name": "a"}) == []
+
+
+async def test_a_duplicate_key_is_sqlalchemys_integrity_error(db: AsyncEngine) -> None:
+    async with db.begin() as conn:
+        await INSERT.run(conn, row(1))
+    with pytest.raises(IntegrityError):
+        async with db.begin() as conn:
+            await INSERT.run(conn, row(1))
+    async with db.connect() as conn:  # the pool is fine afterwards
+        assert len(await BY_NAME.rows(conn, {"name": "a"})) == 1
+
+
+async def test_a_lost_connection_is_invalidated_and_replaced() -> None:
+    url = mysql_database_url("cloudmart_test_prepared_lost")
+    engine = create_engine(url, pool_size=1, max_overflow=0)
+    killer = create_engine(url, pool_size=1, max_overflow=0)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+        async with engine.connect() as conn:
+            victim = await conn.scalar(sa.text("SELECT CONNECTION_ID()"))
+            async with killer.connect() as other:
+                await other.execute(sa.text(f"KILL {victim}"))
+            with pytest.raises(DBAPIError) as raised:
+                await BY_NAME.rows(conn, {"name": "a"})
+        assert raised.value.connection_invalidated
+        async with engine.connect() as conn:
+            assert await conn.scalar(sa.text("SELECT CONNECTION_ID()")) != victim
+            assert await BY_NAME.rows(conn, {"name": "a"}) == []
+    finally:
+        await engine.dispose()
+        await killer.dispose()
