@@ -47,8 +47,8 @@ def is_lock_conflict(exc: BaseException) -> bool:
 def create_engine(
     url: str,
     *,
-    pool_size: int = 5,
-    max_overflow: int = 5,
+    pool_size: int = 10,
+    max_overflow: int = 0,
     pool_timeout: float = 10.0,
     idle_transaction_timeout: int | None = None,
 ) -> AsyncEngine:

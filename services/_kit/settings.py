@@ -46,8 +46,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
 
     sqlite_path: str = "cloudmart.db"
-    db_pool_size: int = Field(default=5, ge=1, le=40)
-    db_max_overflow: int = Field(default=5, ge=0, le=40)
+    db_pool_size: int = Field(default=10, ge=1, le=40)
+    db_max_overflow: int = Field(default=0, ge=0, le=40)
     db_pool_timeout: float = Field(default=10.0, gt=0)
     db_lock_retries: int = Field(default=8, ge=1, le=50)
     db_idle_transaction_timeout: int = Field(

@@ -88,7 +88,7 @@ def test_bench_with_a_mix_reports_failures_fully_compensated(
     assert {"python", "sqlalchemy", "aio-pika", "redis"} <= result["versions"].keys()
     assert "MariaDB" in result["versions"]["database"]
     assert result["settings"]["mix"] == {"stock": 0.1, "payment": 0.1, "shipping": 0.1}
-    assert result["settings"]["concurrency"] == 4 and result["settings"]["db_pool_size"] == 5
+    assert result["settings"]["concurrency"] == 4 and result["settings"]["db_pool_size"] == 10
     assert result["timestamp"]
     assert "30/30 sagas" in done.stderr  # the progress line
     assert "invariants: ok" in done.stdout and "100.00% of FAILED sagas" in done.stdout
