@@ -143,6 +143,40 @@ _PREREQUISITES = Prepared(
 )
 
 
+def _note_prerequisite(dialect: str, flag: str) -> Prepared:
+    """Upsert ``flag`` (and the address, if none yet) into the order's prerequisites row."""
+    values: dict[str, Any] = {
+        "order_id": sa.bindparam("order_id"),
+        "stock_reserved": sa.bindparam("stock_reserved"),
+        "payment_completed": sa.bindparam("payment_completed"),
+        "shipping_address": sa.bindparam("address"),
+        "updated_at": sa.bindparam("stamp"),
+    }
+    update = {
+        flag: sa.true(),
+        "shipping_address": sa.func.coalesce(
+            shipping_prerequisites.c.shipping_address, sa.bindparam("address")
+        ),
+        "updated_at": sa.bindparam("stamp"),
+    }
+    if dialect == "sqlite":
+        return Prepared(
+            sqlite.insert(shipping_prerequisites)
+            .values(values)
+            .on_conflict_do_update(index_elements=["order_id"], set_=update)
+        )
+    return Prepared(
+        mysql.insert(shipping_prerequisites).values(values).on_duplicate_key_update(update)
+    )
+
+
+_NOTE_PREREQUISITE = {
+    (dialect, flag): _note_prerequisite(dialect, flag)
+    for dialect in ("sqlite", "mysql")
+    for flag in ("stock_reserved", "payment_completed")
+}
+
+
 async def _shipping_prerequisite(deps: Deps, event: Event) -> bool:
     """Note a prerequisite; when both are seen, arrange the shipment."""
     flag = "stock_reserved" if event.type == ev.STOCK_RESERVED else "payment_completed"
@@ -150,33 +184,19 @@ async def _shipping_prerequisite(deps: Deps, event: Event) -> bool:
     address_text = json.dumps(address) if address is not None else None
 
     async def work(conn: AsyncConnection) -> str | None:
-        values = {
-            "order_id": event.order_id,
-            "stock_reserved": flag == "stock_reserved",
-            "payment_completed": flag == "payment_completed",
-            "shipping_address": address_text,
-            "updated_at": now(),
-        }
         # The upsert locks the row until commit, so of two concurrent prerequisites the
         # second waits and then sees the first: one of them always finds both.
-        update = {
-            flag: True,
-            "shipping_address": sa.func.coalesce(
-                shipping_prerequisites.c.shipping_address, address_text
-            ),
-            "updated_at": values["updated_at"],
-        }
-        if conn.dialect.name == "sqlite":
-            stmt: Any = (
-                sqlite.insert(shipping_prerequisites)
-                .values(values)
-                .on_conflict_do_update(index_elements=["order_id"], set_=update)
-            )
-        else:
-            stmt = (
-                mysql.insert(shipping_prerequisites).values(values).on_duplicate_key_update(update)
-            )
-        await conn.execute(stmt)
+        dialect = "sqlite" if conn.dialect.name == "sqlite" else "mysql"
+        await _NOTE_PREREQUISITE[(dialect, flag)].run(
+            conn,
+            {
+                "order_id": event.order_id,
+                "stock_reserved": flag == "stock_reserved",
+                "payment_completed": flag == "payment_completed",
+                "address": address_text,
+                "stamp": now(),
+            },
+        )
         rows = await _PREREQUISITES.rows(conn, {"order_id": event.order_id})
         stock_reserved, payment_completed, address_seen = rows[0]
         if stock_reserved and payment_completed and address_seen:

@@ -64,6 +64,25 @@ class OutboxRelay:
         self.published = 0
         self.lag = 0
         self._wake = asyncio.Event()
+        # Built once: a pass runs for nearly every event the process writes.
+        self._pending = (
+            sa.select(
+                outbox.c.id,
+                outbox.c.order_id,
+                outbox.c.event_type,
+                outbox.c.payload,
+                outbox.c.created_at,
+            )
+            .where(outbox.c.published_at.is_(None), outbox.c.event_type.in_(self.types))
+            .order_by(outbox.c.id)
+            .limit(self.batch)
+        )
+        self._pending_locked = self._pending.with_for_update(skip_locked=True)
+        self._published = (
+            outbox.update()
+            .where(outbox.c.id.in_(sa.bindparam("ids", expanding=True)))
+            .values(published_at=sa.bindparam("stamp"))
+        )
 
     def notify(self) -> None:
         """Ask for a pass soon (an event was just written)."""
@@ -73,20 +92,8 @@ class OutboxRelay:
         """One pass: publish up to ``batch`` rows; how many were published."""
 
         async def work(conn: AsyncConnection) -> int:
-            query = (
-                sa.select(
-                    outbox.c.id,
-                    outbox.c.order_id,
-                    outbox.c.event_type,
-                    outbox.c.payload,
-                    outbox.c.created_at,
-                )
-                .where(outbox.c.published_at.is_(None), outbox.c.event_type.in_(self.types))
-                .order_by(outbox.c.id)
-                .limit(self.batch)
-            )
-            if conn.dialect.name != "sqlite":
-                query = query.with_for_update(skip_locked=True)
+            # SQLite has one writer and no row locks: a plain SELECT is enough there.
+            query = self._pending if conn.dialect.name == "sqlite" else self._pending_locked
             rows = (await conn.execute(query)).all()
             if not rows:
                 return 0
@@ -96,11 +103,7 @@ class OutboxRelay:
             if self.before_publish is not None:
                 self.before_publish(events)
             await self.bus.publish(events)
-            await conn.execute(
-                outbox.update()
-                .where(outbox.c.id.in_([r.id for r in rows]))
-                .values(published_at=now())
-            )
+            await conn.execute(self._published, {"ids": [r.id for r in rows], "stamp": now()})
             return len(rows)
 
         count: int = await self.db.transaction(work)
