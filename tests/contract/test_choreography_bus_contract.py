@@ -129,3 +129,33 @@ async def test_a_group_only_handles_the_types_it_asks_for(bus: Any) -> None:
         await bus.publish([Event(ev.STOCK_RESERVED, "o2", {})])
         await until(lambda: len(got) == 2, timeout=10)
     assert got == [ev.STOCK_RESERVED, ev.STOCK_RESERVED]
+
+
+@pytest.mark.redis
+async def test_redis_acks_the_types_a_group_ignores_and_dead_letters_unknown_ones() -> None:
+    namespace = f"test-bus-{uuid.uuid4().hex[:8]}"
+    redis_bus = RedisEventBus.from_url(
+        TEST_REDIS_URL, namespace, claim_idle=0.1, max_deliveries=3, block=0.1
+    )
+    client = aioredis.Redis.from_url(TEST_REDIS_URL)
+    got: list[str] = []
+
+    async def handler(event: Event) -> None:
+        got.append(event.type)
+
+    async def nothing_pending() -> bool:
+        return int((await client.xpending(redis_bus.stream, "g"))["pending"]) == 0
+
+    try:
+        async with redis_bus.consumer("g", handler, types={ev.STOCK_RESERVED}) as stats:
+            await redis_bus.publish([created(), created(), Event(ev.STOCK_RESERVED, "o1", {})])
+            await redis_bus.publish_fields({"type": "NoSuchEvent", "order_id": "x"})
+            await until(lambda: got == [ev.STOCK_RESERVED] and stats.dead_lettered == 1)
+            await until(nothing_pending)  # the ignored ones were acknowledged too
+        assert got == [ev.STOCK_RESERVED]
+    finally:
+        keys = [k async for k in client.scan_iter(match=f"{namespace}:*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+        await redis_bus.aclose()
