@@ -35,9 +35,20 @@ _ORDER_EXISTS = Prepared(
 _CUSTOMER = Prepared(
     sa.select(customers.c.customer_id).where(customers.c.customer_id == sa.bindparam("customer"))
 )
-_PRICES = sa.select(books.c.book_id, books.c.price).where(
-    books.c.book_id.in_(sa.bindparam("books", expanding=True))
-)
+_PRICES: dict[int, Prepared] = {}  # by the number of books asked for (1..MAX_ITEMS)
+
+
+def _prices_of(count: int) -> Prepared:
+    statement = _PRICES.get(count)
+    if statement is None:
+        ids: list[sa.BindParameter[int]] = [sa.bindparam(f"b{i}") for i in range(count)]
+        statement = Prepared(
+            sa.select(books.c.book_id, books.c.price).where(books.c.book_id.in_(ids))
+        )
+        _PRICES[count] = statement  # at most MAX_ITEMS of them: an order has no more books
+    return statement
+
+
 _INSERT_ORDER = Prepared(orders.insert())
 _INSERT_ITEMS = Prepared(order_items.insert())
 _STATUS = Prepared(sa.select(orders.c.status).where(orders.c.order_id == sa.bindparam("order_id")))
@@ -127,7 +138,7 @@ async def _prices(conn: AsyncConnection, order: PlaceOrder) -> dict[int, Decimal
             f"customer {order.customer_id} does not exist", customer_id=order.customer_id
         )
     wanted = [item.book_id for item in order.items]
-    rows = await conn.execute(_PRICES, {"books": wanted})
+    rows = await _prices_of(len(wanted)).rows(conn, {f"b{i}": b for i, b in enumerate(wanted)})
     prices = {book_id: Decimal(price) for book_id, price in rows}
     missing = sorted(set(wanted) - set(prices))
     if missing:
