@@ -172,9 +172,8 @@ outbox = sa.Table(
     sa.Column("payload", LongText, nullable=False),
     sa.Column("created_at", Timestamp, nullable=False),
     sa.Column("published_at", Timestamp, nullable=True),
-    # A relay reads the unpublished rows of its own event types; with the type in the index it
-    # scans (and, FOR UPDATE SKIP LOCKED, locks) only those, so relays of other services
-    # never skip each other's rows and wait for their next poll.
+    # A relay reads the ids of the unpublished rows of its own event types through this index,
+    # then locks those rows by primary key (choreography_pattern.relay).
     sa.Index("ix_outbox_unpublished", "published_at", "event_type", "id"),
     sa.Index("ix_outbox_order_seq", "order_id", "sequence"),
     **MYSQL_TABLE_ARGS,

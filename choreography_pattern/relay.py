@@ -1,10 +1,11 @@
 """The outbox relay: publishes committed outbox rows to the bus, oldest first.
 
 One relay runs in each service process and publishes the events *that service* produces (its
-own outbox, as if each service had its own database). A pass takes up to ``batch`` unpublished
-rows ordered by id — ``FOR UPDATE SKIP LOCKED`` on MySQL/MariaDB, so several relays split the
-rows instead of publishing them twice (SQLite has a single writer; a plain SELECT is enough) —
-publishes them, sets ``published_at`` and commits, all in one transaction.
+own outbox, as if each service had its own database). A pass reads the ids of up to ``batch``
+unpublished rows ordered by id, locks them by primary key ``FOR UPDATE SKIP LOCKED`` on
+MySQL/MariaDB, so several relays of one service split the rows instead of publishing them
+twice (SQLite has a single writer; a plain SELECT is enough), publishes them, sets
+``published_at`` and commits, all in one transaction.
 
 What can go wrong, and why it is fine:
 
@@ -23,7 +24,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
+from typing import Any
 
 import sqlalchemy as sa
 import structlog
@@ -77,7 +79,35 @@ class OutboxRelay:
             .order_by(outbox.c.id)
             .limit(self.batch)
         )
-        self._pending_locked = self._pending.with_for_update(skip_locked=True)
+        # Which rows to lock is read first, without locking; they are then locked by primary
+        # key. A locking range scan also locks, for an instant, the first index entry past
+        # its range: another service's row. That service's relay, finding its own row locked
+        # at that instant, skipped it and published it only on its next poll (0.5 s late, in
+        # about one saga in a hundred). Locks taken by primary key touch no other row.
+        # More candidates than a batch, so that relays of one service running at the same time
+        # each find rows the others have not locked.
+        self._candidates = (
+            sa.select(outbox.c.id)
+            .where(outbox.c.published_at.is_(None), outbox.c.event_type.in_(self.types))
+            .order_by(outbox.c.id)
+            .limit(self.batch * 4)
+        )
+        self._lock = (
+            sa.select(
+                outbox.c.id,
+                outbox.c.order_id,
+                outbox.c.event_type,
+                outbox.c.payload,
+                outbox.c.created_at,
+                outbox.c.published_at,
+            )
+            # By primary key alone: a condition on published_at would let the optimizer
+            # scan (and lock) the unpublished rows of every type instead.
+            .where(outbox.c.id.in_(sa.bindparam("ids", expanding=True)))
+            .order_by(outbox.c.id)
+            .limit(self.batch)
+            .with_for_update(skip_locked=True)
+        )
         self._published = (
             outbox.update()
             .where(outbox.c.id.in_(sa.bindparam("ids", expanding=True)))
@@ -92,9 +122,16 @@ class OutboxRelay:
         """One pass: publish up to ``batch`` rows; how many were published."""
 
         async def work(conn: AsyncConnection) -> int:
-            # SQLite has one writer and no row locks: a plain SELECT is enough there.
-            query = self._pending if conn.dialect.name == "sqlite" else self._pending_locked
-            rows = (await conn.execute(query)).all()
+            rows: Sequence[Any]
+            if conn.dialect.name == "sqlite":  # one writer, no row locks: a plain SELECT
+                rows = (await conn.execute(self._pending)).all()
+            else:
+                ids = (await conn.execute(self._candidates)).scalars().all()
+                if not ids:
+                    return 0
+                # Rows another relay of this service holds are skipped: it publishes them.
+                locked = (await conn.execute(self._lock, {"ids": list(ids)})).all()
+                rows = [r for r in locked if r.published_at is None]  # not published meanwhile
             if not rows:
                 return 0
             events = [
