@@ -297,7 +297,12 @@ def bench_report(
     """Charts (PNG) and a markdown table of every run, from results files."""
     from cloudmart import report as report_module
 
-    written = report_module.write_report(report_module.load_results(results), out_dir)
+    try:
+        loaded = report_module.load_results(results)
+    except report_module.NotResults as exc:
+        typer.echo(f"cloudmart bench report: {exc}", err=True)
+        raise typer.Exit(2) from None
+    written = report_module.write_report(loaded, out_dir)
     for line in written:
         typer.echo(line)
 

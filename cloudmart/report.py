@@ -34,13 +34,33 @@ class NoData(Exception):
     """The results hold nothing this chart can draw; the message says what it needs."""
 
 
+class NotResults(ValueError):
+    """A file given as results is not one ``cloudmart bench --out`` wrote."""
+
+
+_RESULT_KEYS = frozenset({"pattern", "sagas", "completed", "failed", "errors"})
+
+
 def load_results(paths: Iterable[str | Path]) -> list[Result]:
-    """The content of each results file, its name under ``"_file"``, oldest run first."""
+    """The content of each results file, its name under ``"_file"``, oldest run first.
+
+    A ``cloudmart bench floor`` file is passed over (``*.json`` picks it up beside the results);
+    any other file that is not a results file raises :class:`NotResults`, as does finding none.
+    """
     results = []
     for path in paths:
-        data = json.loads(Path(path).read_text())
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise NotResults(f"{path}: not a results file ({exc})") from exc
+        if isinstance(data, dict) and "primitives" in data and "pattern" not in data:
+            continue  # the floor
+        if not isinstance(data, dict) or not data.keys() >= _RESULT_KEYS:
+            raise NotResults(f"{path}: not a results file of `cloudmart bench --out`")
         data["_file"] = Path(path).name
         results.append(data)
+    if not results:
+        raise NotResults("no results file among the files given")
     return sorted(results, key=lambda r: (r.get("timestamp", ""), r["_file"]))
 
 

@@ -208,3 +208,21 @@ def test_bench_is_a_group_and_refuses_a_bad_mix() -> None:
     refused = runner.invoke(app, ["bench", "--mix", "tax=0.5"])
     assert refused.exit_code == 2
     assert "mix" in refused.output
+
+
+def test_report_passes_over_the_floor_and_refuses_what_is_not_results(tmp_path: Path) -> None:
+    run, floor_file, junk = tmp_path / "run.json", tmp_path / "floor.json", tmp_path / "junk.json"
+    run.write_text(json.dumps(_result()))
+    floor_file.write_text(json.dumps({"primitives": {}, "sagas": {}, "timestamp": "t"}))
+    junk.write_text(json.dumps({"hello": 1}))
+    assert [r["_file"] for r in report.load_results([floor_file, run])] == ["run.json"]
+    runner = CliRunner()
+    out = tmp_path / "report"
+    ok = runner.invoke(app, ["bench", "report", str(run), str(floor_file), "--out-dir", str(out)])
+    assert ok.exit_code == 0, ok.output
+    assert (out / "report.md").exists()
+    for given in ([str(junk)], [str(floor_file)], [str(tmp_path / "missing.json")]):
+        refused = runner.invoke(app, ["bench", "report", *given, "--out-dir", str(out)])
+        assert refused.exit_code == 2
+        assert "cloudmart bench report:" in refused.output
+        assert "Traceback" not in refused.output
