@@ -67,14 +67,15 @@ class OutboxRelay:
         self.lag = 0
         self._wake = asyncio.Event()
         # Built once: a pass runs for nearly every event the process writes.
+        columns = (
+            outbox.c.id,
+            outbox.c.order_id,
+            outbox.c.event_type,
+            outbox.c.payload,
+            outbox.c.created_at,
+        )
         self._pending = (
-            sa.select(
-                outbox.c.id,
-                outbox.c.order_id,
-                outbox.c.event_type,
-                outbox.c.payload,
-                outbox.c.created_at,
-            )
+            sa.select(*columns)
             .where(outbox.c.published_at.is_(None), outbox.c.event_type.in_(self.types))
             .order_by(outbox.c.id)
             .limit(self.batch)
@@ -93,14 +94,7 @@ class OutboxRelay:
             .limit(self.batch * 4)
         )
         self._lock = (
-            sa.select(
-                outbox.c.id,
-                outbox.c.order_id,
-                outbox.c.event_type,
-                outbox.c.payload,
-                outbox.c.created_at,
-                outbox.c.published_at,
-            )
+            sa.select(*columns, outbox.c.published_at)
             # By primary key alone: a condition on published_at would let the optimizer
             # scan (and lock) the unpublished rows of every type instead.
             .where(outbox.c.id.in_(sa.bindparam("ids", expanding=True)))

@@ -152,9 +152,11 @@ class Deployment:
             self.processes[name].wait()
         return self.start(name, wait=wait, env=env)
 
-    def log(self, name: str) -> str:
+    def log(self, name: str, *, tail: int | None = 6000) -> str:
+        """The last ``tail`` characters of the process's log (all of it with None)."""
         path = self.directory / f"{name}.log"
-        return path.read_text(errors="replace")[-6000:] if path.exists() else ""
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return text if tail is None else text[-tail:]
 
     def stop_all(self) -> None:
         """Stop every process this deployment started (SIGTERM, then SIGKILL), whole groups."""

@@ -302,7 +302,9 @@ async def test_a_frozen_orchestrator_is_taken_over_and_its_late_writes_never_lan
         def stopped_everywhere() -> bool:
             # It stops driving every saga it held: the fence refused its write
             # (saga.abandoned) or the renewal of its lease (saga.lease_lost).
-            log = deployment.log("orchestrator")
+            # The whole log: an abandoned saga's line carries its error, SQL and all, so
+            # the lines of ten sagas can be longer than any fixed tail.
+            log = deployment.log("orchestrator", tail=None)
             found = re.findall(r"saga\.(?:abandoned|lease_lost)\b.*?saga_id=([0-9a-f-]{36})", log)
             return set(found) >= held
 
