@@ -29,9 +29,6 @@ IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1c9a52-3b8e-4c1e-9a57-0c0a5d6e2b11")
 
 
 # Every order runs them (see engine.adapters.prepared).
-_ORDER_EXISTS = Prepared(
-    sa.select(orders.c.order_id).where(orders.c.order_id == sa.bindparam("order_id"))
-)
 _CUSTOMER = Prepared(
     sa.select(customers.c.customer_id).where(customers.c.customer_id == sa.bindparam("customer"))
 )
@@ -71,7 +68,7 @@ _ITEMS = Prepared(
 
 async def require_order(conn: AsyncConnection, order_id: str) -> None:
     """OrderNotFound unless the order exists (the steps after create_order check first)."""
-    if await _ORDER_EXISTS.scalar(conn, {"order_id": order_id}) is None:
+    if await _STATUS.scalar(conn, {"order_id": order_id}) is None:
         raise OrderNotFound(f"order {order_id} does not exist", order_id=order_id)
 
 

@@ -4,7 +4,7 @@ One relay runs in each service process and publishes the events *that service* p
 own outbox, as if each service had its own database). A pass reads the ids of up to ``batch``
 unpublished rows ordered by id, locks them by primary key ``FOR UPDATE SKIP LOCKED`` on
 MySQL/MariaDB, so several relays of one service split the rows instead of publishing them
-twice (SQLite has a single writer; a plain SELECT is enough), publishes them, sets
+twice (SQLite has a single writer and compiles the lock away), publishes them, sets
 ``published_at`` and commits, all in one transaction.
 
 What can go wrong, and why it is fine:
@@ -24,8 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Callable, Collection, Sequence
-from typing import Any
+from collections.abc import Callable, Collection
 
 import sqlalchemy as sa
 import structlog
@@ -67,26 +66,14 @@ class OutboxRelay:
         self.lag = 0
         self._wake = asyncio.Event()
         # Built once: a pass runs for nearly every event the process writes.
-        columns = (
-            outbox.c.id,
-            outbox.c.order_id,
-            outbox.c.event_type,
-            outbox.c.payload,
-            outbox.c.created_at,
-        )
-        self._pending = (
-            sa.select(*columns)
-            .where(outbox.c.published_at.is_(None), outbox.c.event_type.in_(self.types))
-            .order_by(outbox.c.id)
-            .limit(self.batch)
-        )
         # Which rows to lock is read first, without locking; they are then locked by primary
         # key. A locking range scan also locks, for an instant, the first index entry past
         # its range: another service's row. That service's relay, finding its own row locked
         # at that instant, skipped it and published it only on its next poll (0.5 s late, in
         # about one saga in a hundred). Locks taken by primary key touch no other row.
         # More candidates than a batch, so that relays of one service running at the same time
-        # each find rows the others have not locked.
+        # each find rows the others have not locked. (SQLite has one writer and no row locks:
+        # it compiles the lock away.)
         self._candidates = (
             sa.select(outbox.c.id)
             .where(outbox.c.published_at.is_(None), outbox.c.event_type.in_(self.types))
@@ -94,7 +81,14 @@ class OutboxRelay:
             .limit(self.batch * 4)
         )
         self._lock = (
-            sa.select(*columns, outbox.c.published_at)
+            sa.select(
+                outbox.c.id,
+                outbox.c.order_id,
+                outbox.c.event_type,
+                outbox.c.payload,
+                outbox.c.created_at,
+                outbox.c.published_at,
+            )
             # By primary key alone: a condition on published_at would let the optimizer
             # scan (and lock) the unpublished rows of every type instead.
             .where(outbox.c.id.in_(sa.bindparam("ids", expanding=True)))
@@ -116,16 +110,12 @@ class OutboxRelay:
         """One pass: publish up to ``batch`` rows; how many were published."""
 
         async def work(conn: AsyncConnection) -> int:
-            rows: Sequence[Any]
-            if conn.dialect.name == "sqlite":  # one writer, no row locks: a plain SELECT
-                rows = (await conn.execute(self._pending)).all()
-            else:
-                ids = (await conn.execute(self._candidates)).scalars().all()
-                if not ids:
-                    return 0
-                # Rows another relay of this service holds are skipped: it publishes them.
-                locked = (await conn.execute(self._lock, {"ids": list(ids)})).all()
-                rows = [r for r in locked if r.published_at is None]  # not published meanwhile
+            ids = (await conn.execute(self._candidates)).scalars().all()
+            if not ids:
+                return 0
+            # Rows another relay of this service holds are skipped: it publishes them.
+            locked = (await conn.execute(self._lock, {"ids": list(ids)})).all()
+            rows = [r for r in locked if r.published_at is None]  # not published meanwhile
             if not rows:
                 return 0
             events = [
