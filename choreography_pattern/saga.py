@@ -21,7 +21,6 @@ from activities.commands import CreateOrder, OrderRef, OrderView, PlaceOrder, Ut
 from activities.db import Database
 from activities.errors import IdempotencyKeyReused
 from activities.orders import (
-    check_order,
     create_order,
     get_order,
     order_id_for,
@@ -57,11 +56,11 @@ async def start_order(
 ) -> tuple[OrderView, bool]:
     """Create the order and its ``OrderCreated`` event; the order and whether it is new.
 
-    Unknown customers and books are refused (404) before anything is written. With an
-    Idempotency-Key, a repeat with the same body returns the same order (not new); another
-    body is refused with :class:`IdempotencyKeyReused`.
+    Unknown customers and books are refused (404) before anything is written:
+    ``create_order`` looks them up inside its transaction and writes nothing, outbox included,
+    when one is missing. With an Idempotency-Key, a repeat with the same body returns the same
+    order (not new); another body is refused with :class:`IdempotencyKeyReused`.
     """
-    await check_order(db, order)
     command = CreateOrder(order_id=order_id_for(idempotency_key), **order.model_dump())
     structlog.contextvars.bind_contextvars(order_id=command.order_id)  # the correlation id
     created = False
