@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -11,57 +12,52 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from activities.db import Database
 
 
-class _Deadlock(Exception):
-    def __init__(self) -> None:
-        super().__init__(1213, "Deadlock found when trying to get lock")
-
-
 def _deadlock() -> DBAPIError:
-    return DBAPIError("UPDATE inventory ...", {}, _Deadlock())
+    return DBAPIError("UPDATE inventory ...", {}, Exception(1213, "Deadlock found"))
+
+
+def _duplicate() -> DBAPIError:
+    return DBAPIError("INSERT ...", {}, Exception(1062, "Duplicate entry"))
+
+
+class _Flaky:
+    """A unit of work that raises ``error()`` on its first ``failures`` attempts."""
+
+    def __init__(self, failures: int, error: Callable[[], DBAPIError]) -> None:
+        self.failures, self.error, self.attempts = failures, error, 0
+
+    def __call__(self, _conn: AsyncConnection) -> Awaitable[str]:
+        self.attempts += 1
+        return self._run()
+
+    async def _run(self) -> str:
+        if self.attempts <= self.failures:
+            raise self.error()
+        return "done"
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> Database:
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
     database = Database.from_url(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}", lock_retries=4)
-    yield database  # type: ignore[misc]
+    yield database
     await database.dispose()
 
 
 async def test_a_conflict_is_run_again_until_it_succeeds(db: Database) -> None:
-    attempts = 0
-
-    async def work(_conn: AsyncConnection) -> str:
-        nonlocal attempts
-        attempts += 1
-        if attempts < 3:
-            raise _deadlock()
-        return "done"
-
+    work = _Flaky(2, _deadlock)
     assert await db.transaction(work) == "done"
-    assert attempts == 3
+    assert work.attempts == 3
 
 
-async def test_lock_retries_counts_every_attempt_the_first_included(db: Database) -> None:
-    attempts = 0
-
-    async def work(_conn: AsyncConnection) -> None:
-        nonlocal attempts
-        attempts += 1
-        raise _deadlock()
-
+@pytest.mark.parametrize(
+    ("error", "attempts"),
+    [(_deadlock, 4), (_duplicate, 1)],
+    ids=["lock_retries_counts_the_first_attempt", "other_errors_are_not_retried"],
+)
+async def test_attempts_stop_at_lock_retries_or_at_once_for_other_errors(
+    db: Database, error: Callable[[], DBAPIError], attempts: int
+) -> None:
+    work = _Flaky(10, error)
     with pytest.raises(DBAPIError):
         await db.transaction(work)
-    assert attempts == 4
-
-
-async def test_other_errors_are_not_retried(db: Database) -> None:
-    attempts = 0
-
-    async def work(_conn: AsyncConnection) -> None:
-        nonlocal attempts
-        attempts += 1
-        raise DBAPIError("INSERT ...", {}, Exception(1062, "Duplicate entry"))
-
-    with pytest.raises(DBAPIError):
-        await db.transaction(work)
-    assert attempts == 1
+    assert work.attempts == attempts
