@@ -65,8 +65,15 @@ async def _recorded(conn: AsyncConnection, key: str) -> dict[str, Any] | None:
 
 
 async def _record(
-    conn: AsyncConnection, order_id: str, operation: str, outcome: dict[str, Any]
+    conn: AsyncConnection,
+    order_id: str,
+    operation: str,
+    outcome: dict[str, Any],
+    *,
+    last: bool = False,
 ) -> None:
+    """Insert the outcome; ``last``: nothing follows in the transaction, so the insert carries
+    its ``COMMIT`` (see engine.adapters.prepared)."""
     try:
         await _INSERT_OUTCOME.run(
             conn,
@@ -77,6 +84,7 @@ async def _record(
                 "outcome": json.dumps(outcome, default=str),
                 "created_at": now(),
             },
+            commit=last,
         )
     except IntegrityError as exc:
         raise _Raced from exc
@@ -160,7 +168,7 @@ async def run_once(
         if seen is not None:
             return seen
         outcome = _encode(await effect(conn))
-        await _record(conn, order_id, operation, outcome)
+        await _record(conn, order_id, operation, outcome, last=emit is None)
         if emit is not None:
             await emit(conn, operation, outcome)
         return outcome
@@ -199,7 +207,7 @@ async def run_compensation(
             await _record(conn, order_id, forward, {"tombstone": operation})
         took_effect = forward_outcome is not None and "result" in forward_outcome
         outcome = _encode(await effect(conn, took_effect))
-        await _record(conn, order_id, operation, outcome)
+        await _record(conn, order_id, operation, outcome, last=emit is None)
         if emit is not None:
             await emit(conn, operation, outcome)
         return outcome

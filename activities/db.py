@@ -29,6 +29,8 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from engine.adapters.prepared import skip_commits_already_sent
+
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
 
@@ -84,6 +86,7 @@ def create_engine(
     else:
         kwargs.update(pool_size=pool_size, max_overflow=max_overflow, pool_timeout=pool_timeout)
     engine = create_async_engine(url, **kwargs)
+    skip_commits_already_sent(engine)
     _ping_when_idle(engine)
     _roll_back_open_transactions(engine)
     if idle_transaction_timeout:

@@ -64,7 +64,11 @@ async def write_events(conn: AsyncConnection, events: Sequence[Event]) -> None:
 
 
 async def mark_processed(conn: AsyncConnection, service: str, event: Event) -> None:
-    """Record that ``service`` handled ``event`` (a repeat of the record changes nothing)."""
+    """Record that ``service`` handled ``event`` (a repeat of the record changes nothing).
+
+    It is the last statement of the handler's transaction wherever it is called, so it carries
+    the transaction's ``COMMIT`` (see :mod:`engine.adapters.prepared`): nothing may follow it.
+    """
     await _MARK_PROCESSED.run(
         conn,
         {
@@ -74,6 +78,7 @@ async def mark_processed(conn: AsyncConnection, service: str, event: Event) -> N
             "event_type": event.type,
             "processed_at": now(),
         },
+        commit=True,
     )
 
 

@@ -15,6 +15,13 @@ both paths alike. Bound values get their type's processing (a boolean is sent as
 rows come back as plain tuples in the statement's column order, as the driver reads them (a
 boolean column reads as ``0``/``1``). Statements that rely on Python-side column defaults do not
 belong here: every column an ``INSERT`` fills must be given.
+
+The last write of a transaction can carry its ``COMMIT`` (``run(..., commit=True)``,
+``run_many(..., commit=True)``): both go to the server in one packet (aiomysql connects with
+multiple statements allowed), which saves the transaction's last round trip. The caller runs
+nothing after it; :func:`skip_commits_already_sent` has the engine then skip the ``COMMIT``
+SQLAlchemy would send. If the write fails, the ``COMMIT`` never runs and the transaction rolls
+back as usual.
 """
 
 from __future__ import annotations
@@ -23,11 +30,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 import sqlalchemy as sa
+from aiomysql.cursors import RE_INSERT_VALUES
 from sqlalchemy.engine import Dialect
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.compiler import SQLCompiler
 
-__all__ = ["Prepared"]
+__all__ = ["Prepared", "skip_commits_already_sent"]
 
 _DRIVER_DIALECTS = frozenset({"mysql", "mariadb"})
 # Each positional parameter: its name, its type's bind processor (None: sent as it is) and
@@ -61,27 +69,42 @@ class Prepared:
         rows = await self.rows(conn, params)
         return rows[0][0] if rows else None
 
-    async def run(self, conn: AsyncConnection, params: Mapping[str, Any] | None = None) -> int:
-        """Run a DML statement once; the rows it matched."""
+    async def run(
+        self,
+        conn: AsyncConnection,
+        params: Mapping[str, Any] | None = None,
+        *,
+        commit: bool = False,
+    ) -> int:
+        """Run a DML statement once; the rows it matched. ``commit``: the transaction's last
+        statement, sent with its ``COMMIT`` (module docstring)."""
         params = params or {}
         if conn.dialect.name not in _DRIVER_DIALECTS:
             return int((await conn.execute(self.statement, dict(params))).rowcount)
         sql, order = self._sql(conn.dialect, params)
         async with _DriverCursor(conn, sql, params) as cursor:
-            await cursor.execute(sql, _values(order, params))
-            return int(cursor.rowcount)
+            return await _execute(cursor, sql, _values(order, params), commit=commit)
 
-    async def run_many(self, conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]) -> int:
+    async def run_many(
+        self, conn: AsyncConnection, rows: Sequence[Mapping[str, Any]], *, commit: bool = False
+    ) -> int:
         """Run a DML statement for each parameter set (an ``INSERT`` goes as one multi-row
-        statement); every set must have the same keys. Returns the rows affected."""
+        statement); every set must have the same keys. Returns the rows affected.
+        ``commit``: as for :meth:`run` (an ``INSERT`` only; other statements ignore it)."""
         if not rows:
             return 0
         if conn.dialect.name not in _DRIVER_DIALECTS:
             return int((await conn.execute(self.statement, [dict(r) for r in rows])).rowcount)
         sql, order = self._sql(conn.dialect, rows[0])
         async with _DriverCursor(conn, sql, rows) as cursor:
-            await cursor.executemany(sql, [_values(order, row) for row in rows])
-            return int(cursor.rowcount)
+            insert = RE_INSERT_VALUES.match(sql) if commit else None
+            if insert is None:
+                await cursor.executemany(sql, [_values(order, row) for row in rows])
+                return int(cursor.rowcount)
+            head, one_row, tail = insert.groups()
+            many = head + ",".join([one_row] * len(rows)) + tail
+            values = [value for row in rows for value in _values(order, row)]
+            return await _execute(cursor, many, values, commit=True)
 
     def _sql(self, dialect: Dialect, params: Mapping[str, Any]) -> tuple[str, _Order]:
         key = (dialect.name, tuple(params))
@@ -105,6 +128,45 @@ class Prepared:
             found = (compiled.string, order)
             self._compiled[key] = found
         return found
+
+
+async def _execute(cursor: Any, sql: str, values: list[Any], *, commit: bool) -> int:
+    """Run ``sql`` on ``cursor``, with ``COMMIT`` in the same packet when ``commit``; the rows
+    the statement matched."""
+    if not commit:
+        await cursor.execute(sql, values)
+        return int(cursor.rowcount)
+    await cursor.execute(sql + _AND_COMMIT, values)
+    matched = int(cursor.rowcount)
+    await cursor.nextset()  # the COMMIT's own reply; an error there is raised here
+    driver = cursor.connection
+    driver._committed_by = driver._result
+    return matched
+
+
+_AND_COMMIT = "; COMMIT"
+
+
+def skip_commits_already_sent(engine: AsyncEngine) -> None:
+    """Have ``engine`` skip a transaction's ``COMMIT`` when its last statement carried one.
+
+    The connection remembers the reply of the ``COMMIT`` a :class:`Prepared` sent; when nothing
+    ran on the connection since (its latest reply is still that one), the transaction is
+    already committed and SQLAlchemy's ``COMMIT`` would be one more round trip for nothing.
+    Without this, such a transaction is still correct: the second ``COMMIT`` does nothing.
+    """
+    dialect = engine.sync_engine.dialect
+    commit = dialect.do_commit
+
+    def do_commit(dbapi_connection: Any) -> None:
+        driver: Any = getattr(dbapi_connection, "driver_connection", None)
+        sent = getattr(driver, "_committed_by", None)
+        if sent is not None and sent is driver._result:
+            driver._committed_by = None
+            return
+        commit(dbapi_connection)
+
+    dialect.do_commit = do_commit  # type: ignore[method-assign]
 
 
 def _values(order: _Order, params: Mapping[str, Any]) -> list[Any]:

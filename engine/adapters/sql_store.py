@@ -278,7 +278,7 @@ class SqlHistoryStore:
                     outcomes.append((item, ok, error))
                 if ok:
                     rows.extend(_event_row(item.saga_id, e) for e in item.events)
-            await _INSERT_EVENTS.run_many(conn, rows)
+            await _INSERT_EVENTS.run_many(conn, rows, commit=True)
         self.commits += 1
         self.writes += len(batch)
         for item, ok, refusal in outcomes:

@@ -125,3 +125,55 @@ async def test_a_lost_connection_is_invalidated_and_replaced() -> None:
     finally:
         await engine.dispose()
         await killer.dispose()
+
+
+async def test_a_last_write_carries_its_commit(db: AsyncEngine) -> None:
+    async with db.begin() as conn:
+        await INSERT.run(conn, row(1))
+        assert await INSERT.run_many(conn, [row(2), row(3, name="b")], commit=True) == 2
+    async with db.begin() as conn:
+        assert await ADD.run(conn, {"id": 3, "delta": Decimal("1.00")}, commit=True) == 1
+    async with db.connect() as conn:
+        assert await BY_NAME.rows(conn, {"name": "a"}) == [
+            (1, Decimal("5.00"), AT),
+            (2, Decimal("5.00"), AT),
+        ]
+        assert (await BY_NAME.rows(conn, {"name": "b"}))[0][1] == Decimal("4.00")
+
+
+async def test_a_last_write_that_fails_commits_nothing(db: AsyncEngine) -> None:
+    async with db.begin() as conn:
+        await INSERT.run(conn, row(1))
+
+    async def insert_then_a_duplicate() -> None:
+        async with db.begin() as conn:
+            await INSERT.run(conn, row(2))
+            await INSERT.run(conn, row(1), commit=True)  # fails: its COMMIT never runs
+
+    with pytest.raises(IntegrityError):
+        await insert_then_a_duplicate()
+    async with db.connect() as conn:
+        assert [r[0] for r in await BY_NAME.rows(conn, {"name": "a"})] == [1]
+
+
+async def test_the_engine_sends_no_second_commit() -> None:
+    engine = create_engine(mysql_database_url("cloudmart_test_prepared_commit"), pool_size=1)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+
+        async def commits() -> int:
+            async with engine.connect() as conn:  # the pool's one connection, every time
+                result = await conn.execute(sa.text("SHOW SESSION STATUS LIKE 'Com_commit'"))
+                return int(result.one()[1])
+
+        before = await commits()
+        async with engine.begin() as conn:
+            await INSERT.run(conn, row(1), commit=True)
+        carried = await commits() - before
+        async with engine.begin() as conn:
+            await INSERT.run(conn, row(2))
+        separate = await commits() - before - carried
+        assert (carried, separate) == (1, 1)
+    finally:
+        await engine.dispose()
