@@ -6,6 +6,14 @@ same command reads the first outcome back and changes nothing. Two concurrent de
 on the inbox primary key: the loser's transaction fails on the duplicate key, is rolled back
 whole (its effect with it) and, run again, reads the winner's outcome.
 
+A forward operation's first attempt does not look its key up first: almost every command is
+new, and a repeat is caught all the same when its outcome is inserted — the insert fails on
+the key (or the effect's own insert does), the transaction rolls back with the effect in it,
+and the next attempt reads the recorded outcome first. A refusal the effect raises is not
+trusted on that first attempt either: the operation may have run before with another
+outcome, or been compensated (a tombstone), so the next attempt looks first. That saves a
+round trip on every new command, at the price of a rolled-back effect on a repeat.
+
 A compensation first looks up its forward operation's row. If there is none, the forward
 operation never ran: the compensation inserts a *tombstone* in its place, and the forward
 command, should it arrive late, finds the tombstone and raises :class:`AlreadyCompensated`.
@@ -50,6 +58,10 @@ def operation_key(order_id: str, operation: str) -> str:
 
 class _Raced(Exception):
     """Another transaction recorded the same operation first; run again to read its outcome."""
+
+
+class _LookFirst(Exception):
+    """A first attempt that did not read the inbox was refused: run again, reading it first."""
 
 
 # Every command runs both (see engine.adapters.prepared).
@@ -119,7 +131,7 @@ async def _until_settled(db: Database, work: Callable[[AsyncConnection], Awaitab
     for attempt in range(1, _RACE_RETRIES + 1):
         try:
             return await db.transaction(work)
-        except _Raced:
+        except (_Raced, _LookFirst):
             continue
         except IntegrityError:
             if attempt == _RACE_RETRIES:
@@ -160,14 +172,23 @@ async def run_once(
     """
     key = operation_key(order_id, operation)
     repeated = False
+    look_first = False  # see the module docstring: not on the first attempt
 
     async def work(conn: AsyncConnection) -> dict[str, Any]:
-        nonlocal repeated
-        seen = await _recorded(conn, key)
-        repeated = seen is not None
-        if seen is not None:
-            return seen
-        outcome = _encode(await effect(conn))
+        nonlocal repeated, look_first
+        if look_first:
+            seen = await _recorded(conn, key)
+            repeated = seen is not None
+            if seen is not None:
+                return seen
+        looked, look_first = look_first, True
+        try:
+            done = await effect(conn)
+        except DomainError as exc:
+            if looked:
+                raise
+            raise _LookFirst from exc
+        outcome = _encode(done)
         await _record(conn, order_id, operation, outcome, last=emit is None)
         if emit is not None:
             await emit(conn, operation, outcome)

@@ -103,6 +103,18 @@ async def test_cancel_before_create_leaves_tombstone(db) -> None:  # type: ignor
     assert await count(db, orders, "o1") == 0
 
 
+async def test_complete_order_after_a_cancel_is_refused_as_compensated(db) -> None:  # type: ignore[no-untyped-def]
+    from activities.orders import request_cancel
+
+    await create_order(db, order("o1", (1, 1)))
+    await request_cancel(db, ref("o1"))  # leaves a tombstone in complete_order's slot
+    await cancel_order(db, ref("o1"))
+    # Run blind, completing a CANCELLED order is a state conflict; the tombstone is the answer.
+    with pytest.raises(AlreadyCompensated):
+        await complete_order(db, ref("o1"))
+    assert (await get_order(db, "o1")).status == "CANCELLED"
+
+
 async def test_complete_order_then_cancel_is_refused(db) -> None:  # type: ignore[no-untyped-def]
     await create_order(db, order("o1", (1, 1)))
     assert (await complete_order(db, ref("o1"))).status == "COMPLETED"
