@@ -54,14 +54,17 @@ _MOVE_STATUS = Prepared(
     .where(orders.c.order_id == sa.bindparam("b_order"), orders.c.status == sa.bindparam("old"))
     .values(status=sa.bindparam("new"), updated_at=sa.bindparam("stamp"))
 )
-_ORDER = Prepared(
+_ORDER_WITH_ITEMS = Prepared(  # a row per item; one round trip for the whole order
     sa.select(
-        orders.c.customer_id, orders.c.status, orders.c.total_amount, orders.c.shipping_address
-    ).where(orders.c.order_id == sa.bindparam("order_id"))
-)
-_ITEMS = Prepared(
-    sa.select(order_items.c.book_id, order_items.c.quantity)
-    .where(order_items.c.order_id == sa.bindparam("order_id"))
+        orders.c.customer_id,
+        orders.c.status,
+        orders.c.total_amount,
+        orders.c.shipping_address,
+        order_items.c.book_id,
+        order_items.c.quantity,
+    )
+    .select_from(orders.outerjoin(order_items, order_items.c.order_id == orders.c.order_id))
+    .where(orders.c.order_id == sa.bindparam("order_id"))
     .order_by(order_items.c.book_id)
 )
 
@@ -155,20 +158,26 @@ def _total(order: PlaceOrder, prices: dict[int, Decimal]) -> Decimal:
 
 
 async def _set_status(
-    conn: AsyncConnection, order_id: str, new: str, allowed_from: tuple[str, ...]
+    conn: AsyncConnection, order_id: str, new: str, allowed_from: str
 ) -> str | None:
-    """Move the order to ``new`` if it is in ``allowed_from``; return the status it had."""
+    """Move the order to ``new`` if it is ``allowed_from``; return the status it had.
+
+    The conditional update goes first: it is the common case, and when it matches nothing
+    the status read afterwards says why (no order, already ``new``, or another status).
+    """
+    stamp = now()
+    if await _MOVE_STATUS.run(
+        conn, {"b_order": order_id, "old": allowed_from, "new": new, "stamp": stamp}
+    ):
+        return allowed_from
     current: str | None = await _STATUS.scalar(conn, {"order_id": order_id})
     if current is None or current == new:
         return current
-    if current not in allowed_from:
-        raise InvalidOrderState(
-            f"order {order_id} is {current}; it cannot become {new}",
-            order_id=order_id,
-            status=current,
-        )
-    await _MOVE_STATUS.run(conn, {"b_order": order_id, "old": current, "new": new, "stamp": now()})
-    return current
+    raise InvalidOrderState(
+        f"order {order_id} is {current}; it cannot become {new}",
+        order_id=order_id,
+        status=current,
+    )
 
 
 async def cancel_order(db: Database, cmd: OrderRef, *, emit: Emit | None = None) -> Compensation:
@@ -176,9 +185,7 @@ async def cancel_order(db: Database, cmd: OrderRef, *, emit: Emit | None = None)
 
     async def effect(conn: AsyncConnection, took_effect: bool) -> Compensation:
         previous = (
-            await _set_status(conn, cmd.order_id, "CANCELLED", ("PENDING",))
-            if took_effect
-            else None
+            await _set_status(conn, cmd.order_id, "CANCELLED", "PENDING") if took_effect else None
         )
         return Compensation(
             order_id=cmd.order_id, operation="cancel_order", undone=previous == "PENDING"
@@ -223,7 +230,7 @@ async def complete_order(db: Database, cmd: OrderRef, *, emit: Emit | None = Non
     """Release the semantic lock: PENDING → COMPLETED, once every step has succeeded."""
 
     async def effect(conn: AsyncConnection) -> OrderView:
-        previous = await _set_status(conn, cmd.order_id, "COMPLETED", ("PENDING",))
+        previous = await _set_status(conn, cmd.order_id, "COMPLETED", "PENDING")
         if previous is None:
             raise OrderNotFound(f"order {cmd.order_id} does not exist", order_id=cmd.order_id)
         return await _view(conn, cmd.order_id)
@@ -232,17 +239,16 @@ async def complete_order(db: Database, cmd: OrderRef, *, emit: Emit | None = Non
 
 
 async def _view(conn: AsyncConnection, order_id: str) -> OrderView:
-    rows = await _ORDER.rows(conn, {"order_id": order_id})
+    rows = await _ORDER_WITH_ITEMS.rows(conn, {"order_id": order_id})
     if not rows:
         raise OrderNotFound(f"order {order_id} does not exist", order_id=order_id)
-    customer_id, status, total_amount, shipping_address = rows[0]
-    items = await _ITEMS.rows(conn, {"order_id": order_id})
+    customer_id, status, total_amount, shipping_address, _, _ = rows[0]
     return OrderView(
         order_id=order_id,
         customer_id=customer_id,
         status=status,
         total_amount=total_amount,
-        items=[OrderItem(book_id=b, quantity=q) for b, q in items],
+        items=[OrderItem(book_id=b, quantity=q) for *_, b, q in rows if b is not None],
         shipping_address=Address.model_validate(json.loads(shipping_address)),
     )
 
