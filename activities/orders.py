@@ -28,10 +28,9 @@ from engine.adapters.prepared import Prepared
 IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1c9a52-3b8e-4c1e-9a57-0c0a5d6e2b11")
 
 
-# Every order runs them (see engine.adapters.prepared).
-_CUSTOMER = Prepared(
-    sa.select(customers.c.customer_id).where(customers.c.customer_id == sa.bindparam("customer"))
-)
+# Every order runs one (see engine.adapters.prepared): the customer, outer-joined to the
+# books asked for, so one round trip tells an unknown customer (no row), unknown books (not
+# among the rows) and the prices.
 _PRICES: dict[int, Prepared] = {}  # by the number of books asked for (1..MAX_ITEMS)
 
 
@@ -40,7 +39,9 @@ def _prices_of(count: int) -> Prepared:
     if statement is None:
         ids: list[sa.BindParameter[int]] = [sa.bindparam(f"b{i}") for i in range(count)]
         statement = Prepared(
-            sa.select(books.c.book_id, books.c.price).where(books.c.book_id.in_(ids))
+            sa.select(books.c.book_id, books.c.price)
+            .select_from(customers.outerjoin(books, books.c.book_id.in_(ids)))
+            .where(customers.c.customer_id == sa.bindparam("customer"))
         )
         _PRICES[count] = statement  # at most MAX_ITEMS of them: an order has no more books
     return statement
@@ -132,14 +133,14 @@ async def create_order(db: Database, cmd: CreateOrder, *, emit: Emit | None = No
 
 async def _prices(conn: AsyncConnection, order: PlaceOrder) -> dict[int, Decimal]:
     """The price of every book of the order; CustomerNotFound / BookNotFound otherwise."""
-    customer = await _CUSTOMER.scalar(conn, {"customer": order.customer_id})
-    if customer is None:
+    wanted = [item.book_id for item in order.items]
+    params: dict[str, object] = {f"b{i}": b for i, b in enumerate(wanted)}
+    rows = await _prices_of(len(wanted)).rows(conn, {**params, "customer": order.customer_id})
+    if not rows:
         raise CustomerNotFound(
             f"customer {order.customer_id} does not exist", customer_id=order.customer_id
         )
-    wanted = [item.book_id for item in order.items]
-    rows = await _prices_of(len(wanted)).rows(conn, {f"b{i}": b for i, b in enumerate(wanted)})
-    prices = {book_id: Decimal(price) for book_id, price in rows}
+    prices = {book_id: Decimal(price) for book_id, price in rows if book_id is not None}
     missing = sorted(set(wanted) - set(prices))
     if missing:
         raise BookNotFound(f"unknown book ids: {missing}", book_ids=missing)
