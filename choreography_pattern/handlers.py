@@ -70,11 +70,16 @@ class HandlerStats:
 
 @dataclass
 class Deps:
-    """What handlers need: the database, shipping's configuration, counters."""
+    """What handlers need: the database, shipping's configuration, counters.
+
+    ``events_written`` counts the events the handlers wrote to the outbox (in transactions
+    that may still roll back); the runtime wakes the relay only when it grew.
+    """
 
     db: Database
     served_countries: Collection[str] = DEFAULT_SERVED_COUNTRIES
     stats: dict[str, HandlerStats] = field(default_factory=dict)
+    events_written: int = 0
 
     def stats_of(self, service: str) -> HandlerStats:
         return self.stats.setdefault(service, HandlerStats())
@@ -97,6 +102,7 @@ async def _run(
         caused = event_for(service, op, event.order_id, outcome, event.context)
         if caused is not None:
             await write_events(conn, [caused])
+            deps.events_written += 1
         await mark_processed(conn, service, event)
         marked = True
 

@@ -64,7 +64,9 @@ class Choreography:
         self.relay.notify()
 
     def watch(self, order_id: str) -> asyncio.Event:
-        """An event set when this process next handles an event for ``order_id``.
+        """An event set when this process's order service next writes an event for
+        ``order_id`` while handling one: the only time the order's status can change
+        (``OrderCompleted``, ``OrderCancelled`` are written with the new status).
 
         Lets a reader (``GET /orders/{id}?wait=``) look again exactly when something changed
         for its order: it takes the watch *before* reading, so no change slips in between,
@@ -78,11 +80,15 @@ class Choreography:
 
     def _handler(self, service: str) -> Callable[[Event], Awaitable[None]]:
         async def on_event(event: Event) -> None:
+            written = self.deps.events_written
             await handle(self.deps, service, event)
+            if self.deps.events_written == written:
+                return  # nothing new to publish (another handler's write also counts)
             self.relay.notify()
-            waiting = self._handled_for.pop(event.order_id, None)
-            if waiting is not None:
-                waiting.set()
+            if service == "order":
+                waiting = self._handled_for.pop(event.order_id, None)
+                if waiting is not None:
+                    waiting.set()
 
         return on_event
 
