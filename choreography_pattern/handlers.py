@@ -246,13 +246,14 @@ def decide(seen: Collection[str]) -> str | None:
 
 # Every event the order service sees runs these (see engine.adapters.prepared).
 _LOG_EVENT = Prepared(insert_ignoring_duplicates(order_events))
-_LOCK_ORDER = Prepared(
-    sa.select(orders.c.status)
+# The order row is the lock that serialises decisions about one order; the event types seen
+# for it come with it (no row at all: no order yet). Locking the order's event rows as well
+# costs nothing: in READ COMMITTED a locked row blocks no insert of another event.
+_LOCK_ORDER_WITH_SEEN = Prepared(
+    sa.select(orders.c.status, order_events.c.event_type)
+    .select_from(orders.outerjoin(order_events, order_events.c.order_id == orders.c.order_id))
     .where(orders.c.order_id == sa.bindparam("order_id"))
     .with_for_update()
-)
-_SEEN = Prepared(
-    sa.select(order_events.c.event_type).where(order_events.c.order_id == sa.bindparam("order_id"))
 )
 
 
@@ -260,9 +261,7 @@ async def _order_saw(deps: Deps, event: Event) -> bool | None:
     """Log the event for the order; complete or cancel it when the events seen say so."""
 
     async def work(conn: AsyncConnection) -> str | None:
-        if await was_processed(conn, "order", event.event_id):
-            return _DUPLICATE
-        await _LOG_EVENT.run(
+        logged = await _LOG_EVENT.run(
             conn,
             {
                 "event_id": event.event_id,
@@ -274,12 +273,14 @@ async def _order_saw(deps: Deps, event: Event) -> bool | None:
                 "received_at": now(),
             },
         )
-        # The order row is the lock that serialises decisions about one order.
-        status = await _LOCK_ORDER.scalar(conn, {"order_id": event.order_id})
+        # An event is logged no later than it is marked processed: one that was not logged
+        # yet is new. One logged before may still await its decision (a crash in between).
+        if not logged and await was_processed(conn, "order", event.event_id):
+            return _DUPLICATE
+        rows = await _LOCK_ORDER_WITH_SEEN.rows(conn, {"order_id": event.order_id})
         decision = None
-        if status == "PENDING":
-            seen = await _SEEN.rows(conn, {"order_id": event.order_id})
-            decision = decide([event_type for (event_type,) in seen])
+        if rows and rows[0][0] == "PENDING":
+            decision = decide([event_type for _, event_type in rows if event_type is not None])
         # No order row yet (an event overtook OrderCreated): OrderCreated decides later.
         if decision is None:
             await mark_processed(conn, "order", event)

@@ -307,3 +307,28 @@ async def test_cancel_of_a_completed_order_is_refused_and_a_repeat_changes_nothi
     assert requests == 1
     assert await shop.status(other) == "CANCELLED"
     assert invariants(sync, [done, other]) == []
+
+
+async def test_an_event_logged_but_not_decided_is_decided_when_it_comes_again(
+    shop: Shop, sync: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The order service logs ShippingArranged and commits, then fails before completing the
+    # order (a crash there): the redelivery finds the event logged, not processed, and decides.
+    from choreography_pattern import handlers
+
+    run, failures = handlers._run, []
+
+    async def fails_once(deps: Any, service: str, operation: str, *args: Any) -> bool:
+        if service == "order" and operation == "complete_order" and not failures:
+            failures.append(operation)
+            raise RuntimeError("the order service died before complete_order")
+        return await run(deps, service, operation, *args)
+
+    monkeypatch.setattr(handlers, "_run", fails_once)
+    oid = await shop.place(1, (1, 1))
+    await shop.settle()
+    assert failures == ["complete_order"]
+    assert await shop.status(oid) == "COMPLETED"
+    types = [e.type for e in await order_events(shop.db, oid)]
+    assert types.count(ev.SHIPPING_ARRANGED) == 1  # logged once, though handled twice
+    assert invariants(sync, [oid]) == []
