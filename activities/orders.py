@@ -22,7 +22,7 @@ from activities.commands import (
 from activities.db import Database
 from activities.errors import BookNotFound, CustomerNotFound, InvalidOrderState, OrderNotFound
 from activities.tables import books, customers, order_items, orders
-from engine.adapters.prepared import Prepared
+from engine.adapters.prepared import Prepared, PreparedIn
 
 # Order ids derived from an Idempotency-Key live in their own UUID namespace.
 IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1c9a52-3b8e-4c1e-9a57-0c0a5d6e2b11")
@@ -30,22 +30,15 @@ IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1c9a52-3b8e-4c1e-9a57-0c0a5d6e2b11")
 
 # Every order runs one (see engine.adapters.prepared): the customer, outer-joined to the
 # books asked for, so one round trip tells an unknown customer (no row), unknown books (not
-# among the rows) and the prices.
-_PRICES: dict[int, Prepared] = {}  # by the number of books asked for (1..MAX_ITEMS)
-
-
-def _prices_of(count: int) -> Prepared:
-    statement = _PRICES.get(count)
-    if statement is None:
-        ids: list[sa.BindParameter[int]] = [sa.bindparam(f"b{i}") for i in range(count)]
-        statement = Prepared(
-            sa.select(books.c.book_id, books.c.price)
-            .select_from(customers.outerjoin(books, books.c.book_id.in_(ids)))
-            .where(customers.c.customer_id == sa.bindparam("customer"))
-        )
-        _PRICES[count] = statement  # at most MAX_ITEMS of them: an order has no more books
-    return statement
-
+# among the rows) and the prices. One statement per number of books (1..MAX_ITEMS).
+_PRICES = PreparedIn(
+    "b",
+    lambda ids: (
+        sa.select(books.c.book_id, books.c.price)
+        .select_from(customers.outerjoin(books, books.c.book_id.in_(ids)))
+        .where(customers.c.customer_id == sa.bindparam("customer"))
+    ),
+)
 
 _INSERT_ORDER = Prepared(orders.insert())
 _INSERT_ITEMS = Prepared(order_items.insert())
@@ -134,8 +127,8 @@ async def create_order(db: Database, cmd: CreateOrder, *, emit: Emit | None = No
 async def _prices(conn: AsyncConnection, order: PlaceOrder) -> dict[int, Decimal]:
     """The price of every book of the order; CustomerNotFound / BookNotFound otherwise."""
     wanted = [item.book_id for item in order.items]
-    params: dict[str, object] = {f"b{i}": b for i, b in enumerate(wanted)}
-    rows = await _prices_of(len(wanted)).rows(conn, {**params, "customer": order.customer_id})
+    params = {**_PRICES.params(wanted), "customer": order.customer_id}
+    rows = await _PRICES.of(len(wanted)).rows(conn, params)
     if not rows:
         raise CustomerNotFound(
             f"customer {order.customer_id} does not exist", customer_id=order.customer_id

@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Callable, Collection
-from typing import Any
 
 import sqlalchemy as sa
 import structlog
@@ -36,26 +35,20 @@ from activities.db import Database
 from activities.tables import outbox
 from choreography_pattern.bus import EventBus
 from choreography_pattern.events import PRODUCER, Event
-from engine.adapters.prepared import Prepared
+from engine.adapters.prepared import PreparedIn
 
 log = structlog.get_logger("choreography.relay")
 
 BeforePublish = Callable[[list[Event]], None]
 
-_PUBLISHED: dict[int, Prepared] = {}  # by the number of rows a pass marks (1..batch)
-
-
-def _published(count: int) -> Prepared:
-    """Mark ``count`` rows (``id0``...) published at ``stamp``: a pass's last statement, which
-    carries its ``COMMIT`` (see engine.adapters.prepared)."""
-    statement = _PUBLISHED.get(count)
-    if statement is None:
-        ids: list[sa.BindParameter[int]] = [sa.bindparam(f"id{i}") for i in range(count)]
-        statement = Prepared(
-            outbox.update().where(outbox.c.id.in_(ids)).values(published_at=sa.bindparam("stamp"))
-        )
-        _PUBLISHED[count] = statement
-    return statement
+# A pass's last statement, which carries its COMMIT (see engine.adapters.prepared); one
+# statement per number of rows a pass marks (1..batch).
+_PUBLISHED = PreparedIn(
+    "id",
+    lambda ids: (
+        outbox.update().where(outbox.c.id.in_(ids)).values(published_at=sa.bindparam("stamp"))
+    ),
+)
 
 
 class OutboxRelay:
@@ -136,8 +129,8 @@ class OutboxRelay:
             if self.before_publish is not None:
                 self.before_publish(events)
             await self.bus.publish(events)
-            marks: dict[str, Any] = {f"id{i}": r.id for i, r in enumerate(rows)}
-            await _published(len(rows)).run(conn, {**marks, "stamp": now()}, commit=True)
+            marks = {**_PUBLISHED.params([r.id for r in rows]), "stamp": now()}
+            await _PUBLISHED.of(len(rows)).run(conn, marks, commit=True)
             return len(rows)
 
         count: int = await self.db.transaction(work)

@@ -35,7 +35,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.compiler import SQLCompiler
 
-__all__ = ["Prepared", "skip_commits_already_sent"]
+__all__ = ["Prepared", "PreparedIn", "skip_commits_already_sent"]
 
 _DRIVER_DIALECTS = frozenset({"mysql", "mariadb"})
 # Each positional parameter: its name, its type's bind processor (None: sent as it is) and
@@ -128,6 +128,32 @@ class Prepared:
             found = (compiled.string, order)
             self._compiled[key] = found
         return found
+
+
+class PreparedIn:
+    """A :class:`Prepared` per length of an ``IN`` list, built the first time that length is
+    asked for: ``build`` gets the list's bind parameters (``<name>0``, ``<name>1``...) and
+    returns the statement; :meth:`params` names a list of values the same way. Callers bound
+    the lengths (an order's books, a relay's batch), and with them the statements kept."""
+
+    def __init__(
+        self, name: str, build: Callable[[list[sa.BindParameter[Any]]], sa.Executable]
+    ) -> None:
+        self._name = name
+        self._build = build
+        self._by_length: dict[int, Prepared] = {}
+
+    def of(self, length: int) -> Prepared:
+        statement = self._by_length.get(length)
+        if statement is None:
+            names: list[sa.BindParameter[Any]] = [
+                sa.bindparam(f"{self._name}{i}") for i in range(length)
+            ]
+            statement = self._by_length[length] = Prepared(self._build(names))
+        return statement
+
+    def params(self, values: Sequence[Any]) -> dict[str, Any]:
+        return {f"{self._name}{i}": value for i, value in enumerate(values)}
 
 
 async def _execute(cursor: Any, sql: str, values: list[Any], *, commit: bool) -> int:
