@@ -15,11 +15,21 @@ the bench keeps at zero stock, ``payment`` charges a bench customer whose balanc
 through the database, so every other saga can complete.
 
 Reported: sagas per second, start→terminal latency percentiles (and the 1..100 quantiles, for
-CDFs), REST response times over every request made, errors (a non-2xx answer, or a saga not
-terminal), and, when the deployment's database is given, the verdict of :mod:`cloudmart.check`
-(snapshot before, check after) with the rollback success: FAILED sagas left with no effect over
-all FAILED sagas. The results also record the machine, the versions of the parts, the settings
-used and, given a floor file (``cloudmart bench floor``), the latency as a multiple of the floor.
+CDFs), REST response times, errors (a non-2xx answer, or a saga not terminal), and, when the
+deployment's database is given, the verdict of :mod:`cloudmart.check` (snapshot before, check
+after) with the rollback success: FAILED sagas left with no effect over all FAILED sagas.
+
+REST response time is over the requests that answer at once: the start requests, and a status
+read (no ``wait``) of the latest saga started, sent :data:`PROBE_PER_SECOND` times a second
+while the load runs. The clients' long-polls wait for the saga by design, so they are reported
+apart (``long_poll_ms``), not as response times.
+
+What the run cost (:mod:`cloudmart.costs`): CPU ms per ended saga of each watched process (the
+services, the servers and the bench itself, found by the ports they listen on, on this
+machine) with the machine's busy share, and the database's commits and statements per saga.
+
+The results also record the machine, the versions of the parts, the settings used and, given a
+floor file (``cloudmart bench floor``), the latency as a multiple of the floor.
 """
 
 from __future__ import annotations
@@ -31,11 +41,12 @@ import math
 import os
 import platform
 import random
+import ssl
 import statistics
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -48,6 +59,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from activities.db import create_engine
 from activities.tables import books, customers, inventory
+from cloudmart import costs
 from services._kit.settings import SERVICE_PORTS
 
 BENCH_CUSTOMER = 900_001
@@ -64,12 +76,17 @@ ADDRESS = {
 FAILURES = ("stock", "payment", "shipping")
 """The steps a ``mix`` can make an order fail at, in saga order."""
 TERMINAL = ("COMPLETED", "FAILED")
+PROBE_PER_SECOND = 10
+"""Status reads per second the bench sends while it runs, to time REST under the load."""
 
 
 @dataclass
 class BenchResult:
-    """One run. ``latency_ms``: start→terminal of every saga that ended; ``rest_ms``: every
-    HTTP request made; ``start_response_ms``: the start requests alone."""
+    """One run. ``latency_ms``: start→terminal of every saga that ended; ``rest_ms``: the
+    requests that answer at once (starts and status reads); ``start_response_ms`` and
+    ``status_read_ms``: each kind alone; ``long_poll_ms``: the waiting status requests;
+    ``cpu``: :func:`cloudmart.costs.per_unit` per ended saga; ``database``: the database's
+    counters per ended saga (:data:`cloudmart.costs.DATABASE_COUNTERS`)."""
 
     pattern: str
     sagas: int
@@ -99,6 +116,10 @@ class BenchResult:
     timestamp: str = ""
     floor: dict[str, Any] | None = None
     latency_vs_floor: float | None = None
+    status_read_ms: dict[str, float] = field(default_factory=dict)
+    long_poll_ms: dict[str, float] = field(default_factory=dict)
+    cpu: dict[str, Any] | None = None
+    database: dict[str, float] | None = None
 
 
 # -- statistics ------------------------------------------------------------------------------
@@ -244,8 +265,9 @@ class _Tally:
     latencies: list[float] = field(default_factory=list)
     by_kind: dict[str, list[float]] = field(default_factory=dict)
     outcomes: dict[str, Counter[str]] = field(default_factory=dict)
-    rest: list[float] = field(default_factory=list)
     starts: list[float] = field(default_factory=list)
+    reads: list[float] = field(default_factory=list)
+    polls: list[float] = field(default_factory=list)
     http_errors: int = 0
     order_ids: list[str] = field(default_factory=list)
     done: int = 0
@@ -258,11 +280,7 @@ async def _one(
     client: httpx.AsyncClient, pattern: str, body: dict[str, Any], tally: _Tally, deadline: float
 ) -> str:
     """Start one saga and wait for its end: COMPLETED, FAILED, or ``"error"``."""
-    path, status_path = (
-        ("/saga/start", "/saga/{}/status")
-        if pattern == "orchestration"
-        else ("/orders", "/orders/{}")
-    )
+    path, status_path = _paths(pattern)
     started = await client.post(path, json=body)
     if started.status_code != 202:
         return "error"
@@ -282,6 +300,59 @@ async def _one(
             return "error"
 
 
+def _paths(pattern: str) -> tuple[str, str]:
+    """The start path and the status path (with ``{}`` for the order id) of ``pattern``."""
+    if pattern == "orchestration":
+        return "/saga/start", "/saga/{}/status"
+    return "/orders", "/orders/{}"
+
+
+class _Clients:
+    """HTTP clients of one connection each, lent to one saga at a time (its requests follow one
+    another). One shared pool would do, but httpx looks through every connection of a pool on
+    each request, which made the bench the third-busiest process at concurrency 32."""
+
+    def __init__(self, make: Callable[[], httpx.AsyncClient]) -> None:
+        self._make = make
+        self._idle: list[httpx.AsyncClient] = []
+        self._made: list[httpx.AsyncClient] = []
+
+    @contextlib.asynccontextmanager
+    async def lend(self) -> AsyncIterator[httpx.AsyncClient]:
+        if not self._idle:
+            self._made.append(self._make())
+            self._idle.append(self._made[-1])
+        client = self._idle.pop()
+        try:
+            yield client
+        finally:
+            self._idle.append(client)
+
+    async def __aenter__(self) -> _Clients:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for client in self._made:
+            await client.aclose()
+
+
+async def _probe(clients: _Clients, pattern: str, tally: _Tally) -> None:
+    """Read the status of the latest saga started, :data:`PROBE_PER_SECOND` times a second,
+    until cancelled; the hooks time each read."""
+    status_path = _paths(pattern)[1]
+    period = 1 / PROBE_PER_SECOND
+    due = time.perf_counter()
+    async with clients.lend() as client:
+        while True:
+            if tally.order_ids:
+                try:
+                    await client.get(status_path.format(tally.order_ids[-1]))
+                except httpx.HTTPError:  # no answer at all: the hooks saw nothing to count
+                    tally.http_errors += 1
+            due += period
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))  # the probe's schedule
+
+
 async def run(
     url: str,
     sagas: int,
@@ -296,6 +367,7 @@ async def run(
     progress: TextIO | None = None,
     saga_timeout: float = 120.0,
     transport: httpx.AsyncBaseTransport | None = None,
+    watch: Mapping[str, int | None] | None = None,
 ) -> BenchResult:
     """Run ``sagas`` sagas through ``url``'s REST API and measure them (module docstring).
 
@@ -305,6 +377,8 @@ async def run(
     content of a ``cloudmart bench floor`` file. ``settings``: recorded as given (pool sizes...).
     ``progress``: a stream for a ``\\r`` progress line (stderr on the command line).
     ``transport``: an httpx transport to use instead of the network (an app in process).
+    ``watch``: ``{name: port}`` of the processes whose CPU to measure (:mod:`cloudmart.costs`);
+    the bench's own process is always watched.
     """
     mix = dict(mix or {})
     kinds = plan(sagas, mix)
@@ -317,23 +391,33 @@ async def run(
             async with engine.begin() as conn:
                 await _seed(conn)
             baseline = await snapshot(engine)
+        meter = costs.Meter({**costs.find(watch or {}), "bench": os.getpid()})
+        counted = await costs.database_counters(engine) if engine is not None else None
+        meter.start()
         tally, wall = await _drive(
             url, pattern, kinds, concurrency, rate, tally=_Tally(), progress=progress,
             saga_timeout=saga_timeout, transport=transport,
         )  # fmt: skip
+        used = meter.stop()
+        ended = tally.count("COMPLETED") + tally.count("FAILED")
+        cpu = costs.per_unit(used, ended)
+        database = None
         verdict: dict[str, Any] | None = None
         rollback: float | None = None
         versions = _versions()
         if engine is not None:
+            database = costs.counter_deltas(counted, await costs.database_counters(engine), ended)
             verdict, rollback = await _verdict(engine, baseline, tally.order_ids)
             versions["database"] = await database_version(engine)
     finally:
         if engine is not None:
             await engine.dispose()
-    return _result(
+    result = _result(
         tally, kinds, wall, pattern=pattern, concurrency=concurrency, rate=rate, mix=mix,
         verdict=verdict, rollback=rollback, versions=versions, settings=settings, floor=floor,
     )  # fmt: skip
+    result.cpu, result.database = cpu, database
+    return result
 
 
 async def _drive(
@@ -348,27 +432,41 @@ async def _drive(
     saga_timeout: float,
     transport: httpx.AsyncBaseTransport | None,
 ) -> tuple[_Tally, float]:
-    in_flight = len(kinds) if rate else concurrency
-    connections = min(1000, max(2, in_flight * 2))
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-
     async def timed(request: httpx.Request) -> None:
         request.extensions["began"] = time.perf_counter()
 
     async def record(response: httpx.Response) -> None:
         took = (time.perf_counter() - response.request.extensions["began"]) * 1000
-        tally.rest.append(took)
-        if response.request.method == "POST":
+        request = response.request
+        if request.method == "POST":
             tally.starts.append(took)
+        elif "wait" in request.url.params:
+            tally.polls.append(took)
+        else:
+            tally.reads.append(took)
         if not response.is_success:
             tally.http_errors += 1
 
-    async def saga(client: httpx.AsyncClient, i: int, due: float) -> None:
+    hooks: dict[str, list[Callable[..., Any]]] = {"request": [timed], "response": [record]}
+    tls = ssl.create_default_context()  # one for every client: each would load the CAs again
+    clients = _Clients(
+        lambda: httpx.AsyncClient(
+            base_url=url,
+            timeout=60,
+            limits=httpx.Limits(max_connections=1),
+            event_hooks=hooks,
+            transport=transport,
+            verify=tls,
+        )
+    )
+
+    async def saga(i: int, due: float) -> None:
         kind = kinds[i]
         try:
-            outcome = await _one(
-                client, pattern, order_body(i, kind), tally, time.monotonic() + saga_timeout
-            )
+            async with clients.lend() as client:
+                outcome = await _one(
+                    client, pattern, order_body(i, kind), tally, time.monotonic() + saga_timeout
+                )
         except httpx.HTTPError:
             outcome = "error"
         took = (time.perf_counter() - due) * 1000
@@ -378,25 +476,26 @@ async def _drive(
             tally.by_kind.setdefault(kind, []).append(took)
         tally.done += 1
 
-    hooks: dict[str, list[Callable[..., Any]]] = {"request": [timed], "response": [record]}
-    async with httpx.AsyncClient(
-        base_url=url, timeout=60, limits=limits, event_hooks=hooks, transport=transport
-    ) as client:
+    async with clients:
         shown = asyncio.create_task(_show(tally, len(kinds), progress)) if progress else None
+        probe = asyncio.create_task(_probe(clients, pattern, tally))
         began = time.perf_counter()
         try:
             if rate:
-                await _open_loop(client, saga, len(kinds), rate, began)
+                await _open_loop(saga, len(kinds), rate, began)
             else:
                 todo = iter(range(len(kinds)))
 
                 async def worker() -> None:
                     for i in todo:
-                        await saga(client, i, time.perf_counter())
+                        await saga(i, time.perf_counter())
 
                 await asyncio.gather(*(worker() for _ in range(concurrency)))
         finally:
             wall = time.perf_counter() - began
+            probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await probe
             if shown is not None:
                 shown.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -405,16 +504,14 @@ async def _drive(
     return tally, wall
 
 
-async def _open_loop(
-    client: httpx.AsyncClient, saga: Any, sagas: int, rate: float, began: float
-) -> None:
+async def _open_loop(saga: Any, sagas: int, rate: float, began: float) -> None:
     tasks: list[asyncio.Task[None]] = []
     for i in range(sagas):
         due = began + i / rate
         delay = due - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)  # the schedule itself, not a wait for something
-        tasks.append(asyncio.create_task(saga(client, i, due)))
+        tasks.append(asyncio.create_task(saga(i, due)))
     await asyncio.gather(*tasks)
 
 
@@ -529,7 +626,9 @@ def _result(
         error_rate=round(errors / len(kinds), 4) if kinds else 0.0,
         unexpected=unexpected,
         http_errors=tally.http_errors,
-        rest_ms=percentiles(tally.rest),
+        rest_ms=percentiles(tally.starts + tally.reads),
+        status_read_ms=percentiles(tally.reads),
+        long_poll_ms=percentiles(tally.polls),
         latency_quantiles=quantiles(tally.latencies),
         latency_by_kind={k: percentiles(v) for k, v in sorted(tally.by_kind.items())},
         outcomes_by_kind={k: dict(v) for k, v in sorted(tally.outcomes.items())},
@@ -601,6 +700,7 @@ async def database_version(engine: AsyncEngine) -> str:
 def report(result: BenchResult) -> str:
     """The run in a few lines of text."""
     lat, start, rest = result.latency_ms, result.start_response_ms, result.rest_ms
+    read, poll = result.status_read_ms, result.long_poll_ms
     load = (
         f"at {result.rate} sagas/s (open loop)"
         if result.rate
@@ -616,9 +716,24 @@ def report(result: BenchResult) -> str:
         f"{result.terminal_per_second} ended sagas/s",
         f"  start→terminal ms: p50 {lat.get('p50')} p95 {lat.get('p95')} "
         f"p99 {lat.get('p99')} max {lat.get('max')}",
-        f"  start request ms: p50 {start.get('p50')} p99 {start.get('p99')}; "
-        f"every request ({rest.get('count', 0)}) ms: p50 {rest.get('p50')} p99 {rest.get('p99')}",
+        f"  REST ms ({rest.get('count', 0)} requests answered at once): p50 {rest.get('p50')} "
+        f"p99 {rest.get('p99')}; starts p50 {start.get('p50')} p99 {start.get('p99')}, "
+        f"status reads p50 {read.get('p50')} p99 {read.get('p99')}",
+        f"  long-polls ({poll.get('count', 0)}, waiting for the saga): p50 {poll.get('p50')} "
+        f"p99 {poll.get('p99')}",
     ]
+    if result.cpu is not None and result.cpu["ms"]:
+        each = ", ".join(
+            f"{name} {ms:g}" for name, ms in sorted(result.cpu["ms"].items(), key=lambda i: -i[1])
+        )
+        busy = result.cpu["busy"]
+        shown = f"; machine busy {busy:.0%}" if busy is not None else ""
+        lines.append(f"  CPU ms per saga: {result.cpu['total_ms']:g} ({each}){shown}")
+    if result.database is not None:
+        lines.append(
+            "  database per saga: "
+            + ", ".join(f"{name} {n:g}" for name, n in result.database.items())
+        )
     if result.latency_vs_floor is not None and result.floor is not None:
         lines.append(
             f"  p50 is {result.latency_vs_floor}× the floor of "
@@ -641,6 +756,22 @@ def report(result: BenchResult) -> str:
 
 def to_json(result: BenchResult) -> str:
     return json.dumps(asdict(result), indent=2)
+
+
+def watched(
+    url: str, pattern: str, services: Sequence[str], ports: Mapping[str, int], settings: Any
+) -> dict[str, int | None]:
+    """``{name: port}`` of what to measure the CPU of: the ``services`` on ``ports`` when ``url``
+    is on this machine, and the servers the pattern uses (its database, and RabbitMQ or Redis)
+    when their URLs (in ``settings``) are."""
+    here = costs.local_port(url, 80) is not None
+    watch: dict[str, int | None] = {name: ports[name] for name in services} if here else {}
+    watch["mariadb"] = costs.local_port(settings.effective_database_url, 3306)
+    if pattern == "orchestration":
+        watch["rabbitmq"] = costs.local_port(settings.rabbitmq_url, 5672)
+    else:
+        watch["redis"] = costs.local_port(settings.redis_url, 6379)
+    return watch
 
 
 # -- a deployment of its own (``--start``) ---------------------------------------------------

@@ -208,6 +208,7 @@ def bench(
     ports = bench_module.ports_from(base_port)
     entry = "orchestrator" if pattern is Pattern.orchestration else "order"
     target = url or f"http://127.0.0.1:{ports[entry]}"
+    watch = bench_module.watched(target, pattern.value, services_of(pattern), ports, settings)
 
     def go() -> bench_module.BenchResult:
         return run(
@@ -228,6 +229,7 @@ def bench(
                     "started_deployment": start,
                 },
                 progress=sys.stderr,
+                watch=watch,
             )
         )
 
@@ -254,11 +256,17 @@ def bench(
 def bench_floor(
     samples: int = typer.Option(1000, min=10, help="Measurements per primitive."),
     warmup: int = typer.Option(100, min=0, help="Unmeasured operations before them."),
+    load: int = typer.Option(
+        2000, min=0, help="Operations per primitive under load, for its CPU cost (0: none)."
+    ),
+    concurrency: int = typer.Option(32, min=1, max=256, help="Operations in flight under load."),
     out: str | None = typer.Option(None, help="Write the figures as JSON to this file."),
 ) -> None:
     """Measure what a saga cannot avoid: a RabbitMQ round trip, a MariaDB commit, a Redis hop.
 
-    Uses CLOUDMART_DATABASE_URL, CLOUDMART_RABBITMQ_URL and CLOUDMART_REDIS_URL.
+    Each one at a time (latency: the floor of one saga), then under load (CPU per operation:
+    the ceiling of sagas per second on this machine's cores). Uses CLOUDMART_DATABASE_URL,
+    CLOUDMART_RABBITMQ_URL and CLOUDMART_REDIS_URL.
     """
     from cloudmart import floor as floor_module
     from cloudmart.runner import run
@@ -280,6 +288,8 @@ def bench_floor(
             redis_url=settings.redis_url,
             samples=samples,
             warmup=warmup,
+            load=load,
+            concurrency=concurrency,
             progress=sys.stderr,
         )
     )

@@ -1,7 +1,6 @@
 """``cloudmart bench floor``: what the parts cost, and so the least one saga can take.
 
-Three primitives, each measured one at a time (concurrency 1) with the clients and settings the
-system itself uses:
+Three primitives, with the clients and settings the system itself uses:
 
 ``rabbitmq_round_trip``
     A command and its reply through :class:`~engine.adapters.rabbitmq.RabbitMQTransport`
@@ -16,25 +15,42 @@ system itself uses:
     ``XADD`` by one client, ``XREADGROUP`` (blocking) and ``XACK`` by another, as the
     choreography's bus does: from the XADD until the XACK returned.
 
-What one saga costs, counted from the code (:data:`SAGA_COSTS`), on the path the caller waits
-for; the floor of a pattern is the sum of those counts times each primitive's p50 (and p99, a
-pessimistic bound). HTTP and the services' own CPU come on top.
+Each is measured twice:
+
+- **one at a time** (``samples`` after ``warmup``): its latency, p50 and p99;
+- **under load** (``load`` operations, ``concurrency`` at a time): how many a second, and what
+  each one costs the machine in CPU, summed over the processes that do the work here (this
+  client, the echo server, and MariaDB, RabbitMQ or Redis when they run on this machine; see
+  :mod:`cloudmart.costs`).
+
+What one saga needs, counted from the code (:data:`SAGA_COSTS`), gives two bounds per pattern:
+
+- the **floor**: the primitives on the path the caller waits for, times their p50 (and p99, a
+  pessimistic bound): no saga can end sooner. HTTP and the services' own work come on top;
+- the **ceiling**: the primitives every saga needs at the least (history commits, shared by
+  many sagas under load, are left out), times their CPU cost: the machine's cores can do no
+  more sagas a second than ``cores × 1000 / that sum``, even if the code between the
+  primitives cost nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import statistics
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import sqlalchemy as sa
 
 from cloudmart.bench import database_version, machine, percentiles
+from cloudmart.costs import Meter, find, local_port, per_unit
 
 PRIMITIVES = ("rabbitmq_round_trip", "mariadb_commit", "redis_stream_hop")
 
@@ -47,6 +63,11 @@ SAGA_COSTS: dict[str, dict[str, Any]] = {
             "inbox); 7 history commits: the saga row with WorkflowStarted, 1 per StepScheduled "
             "(carrying the previous step's StepCompleted) and 1 for WorkflowCompleted"
         ),
+        "ceiling_counts": {"rabbitmq_round_trip": 5, "mariadb_commit": 5},
+        "ceiling_why": (
+            "the 5 command round trips and the 5 service commits; the 7 history commits are "
+            "grouped across sagas under load and left out"
+        ),
     },
     "choreography": {
         "counts": {"rabbitmq_round_trip": 0, "mariadb_commit": 9, "redis_stream_hop": 3},
@@ -57,18 +78,25 @@ SAGA_COSTS: dict[str, dict[str, Any]] = {
             "commit and complete_order commit. In all one saga commits 16 times (5 relay "
             "passes, 5 order event logs) and its 5 events are handled 9 times"
         ),
+        "ceiling_counts": {"redis_stream_hop": 9, "mariadb_commit": 5},
+        "ceiling_why": (
+            "the 5 events handled 9 times, and the 5 commits of the operations that write them "
+            "(create_order, reserve_stock, process_payment, arrange_shipping, complete_order); "
+            "relay passes, event logs and prerequisite records are left out"
+        ),
     },
 }
 
 
-def formula(pattern: str) -> str:
+def formula(pattern: str, counts_key: str = "counts") -> str:
     """``"5 × rabbitmq_round_trip + 12 × mariadb_commit"`` for ``pattern``."""
-    counts = SAGA_COSTS[pattern]["counts"]
+    counts = SAGA_COSTS[pattern][counts_key]
     return " + ".join(f"{n} × {name}" for name, n in counts.items() if n)
 
 
-def saga_floors(primitives: dict[str, dict[str, float]]) -> dict[str, dict[str, Any]]:
-    """Per pattern: the formula, its counts and its p50/p99 sums over ``primitives``."""
+def saga_floors(primitives: dict[str, dict[str, Any]], cores: int = 1) -> dict[str, dict[str, Any]]:
+    """Per pattern: the floor's formula, counts and p50/p99 sums over ``primitives``; and, when
+    the primitives were measured under load, the ceiling (sagas/s on ``cores`` cores)."""
     floors: dict[str, dict[str, Any]] = {}
     for pattern, cost in SAGA_COSTS.items():
         counts = cost["counts"]
@@ -79,7 +107,26 @@ def saga_floors(primitives: dict[str, dict[str, float]]) -> dict[str, dict[str, 
             "p50_ms": round(sum(n * primitives[p]["p50"] for p, n in counts.items() if n), 2),
             "p99_ms": round(sum(n * primitives[p]["p99"] for p, n in counts.items() if n), 2),
         }
+        needed = cost["ceiling_counts"]
+        if all("load" in primitives[p] for p in needed):
+            cpu = sum(n * primitives[p]["load"]["cpu_ms_total"] for p, n in needed.items())
+            floors[pattern]["ceiling"] = {
+                "formula": formula(pattern, "ceiling_counts"),
+                "counts": dict(needed),
+                "why": cost["ceiling_why"],
+                "cpu_ms": round(cpu, 3),
+                "per_second": round(cores * 1000 / cpu, 1) if cpu else None,
+            }
     return floors
+
+
+@dataclass
+class Primitive:
+    """One primitive ready to run: ``operation(i)`` does it once; ``processes`` (``{name:
+    pid}``) are the processes that do its work on this machine, the measuring one included."""
+
+    operation: Callable[[int], Awaitable[None]]
+    processes: dict[str, int]
 
 
 async def _sample(
@@ -97,13 +144,38 @@ async def _sample(
     return figures
 
 
-async def mariadb_commit(database_url: str, samples: int, warmup: int) -> dict[str, float]:
-    """p50/p99 (ms) of INSERT + COMMIT of one small row (module docstring)."""
+async def _load(primitive: Primitive, operations: int, concurrency: int) -> dict[str, Any]:
+    """``operations`` runs of the primitive, ``concurrency`` at a time, numbered from 10**9 (past
+    the sampled ones): how many a second, and the CPU each cost the watched processes."""
+    numbers = iter(range(10**9, 10**9 + operations))
+    meter = Meter(primitive.processes)
+
+    async def worker() -> None:
+        for i in numbers:
+            await primitive.operation(i)
+
+    meter.start()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    used = meter.stop()
+    cost = per_unit(used, operations)
+    return {
+        "concurrency": concurrency,
+        "operations": operations,
+        "per_second": round(operations / used["seconds"], 1),
+        "cpu_ms": cost["ms"],
+        "cpu_ms_total": cost["total_ms"],
+        "busy": cost["busy"],
+    }
+
+
+@contextlib.asynccontextmanager
+async def mariadb_commit(database_url: str, pool_size: int) -> AsyncIterator[Primitive]:
+    """INSERT + COMMIT of one small row (module docstring)."""
     from activities.db import create_engine
     from cloudmart.schema import ensure_database
 
     await ensure_database(database_url)
-    engine = create_engine(database_url, pool_size=1, max_overflow=0)
+    engine = create_engine(database_url, pool_size=pool_size, max_overflow=0)
     table = sa.Table(
         "bench_floor",
         sa.MetaData(),
@@ -118,15 +190,16 @@ async def mariadb_commit(database_url: str, samples: int, warmup: int) -> dict[s
             async with engine.begin() as conn:
                 await conn.execute(table.insert().values(note=f"floor {i}"))
 
-        return await _sample(commit, samples, warmup)
+        yield Primitive(commit, _watched({"mariadb": local_port(database_url, 3306)}))
     finally:
         async with engine.begin() as conn:
             await conn.run_sync(table.drop, checkfirst=True)
         await engine.dispose()
 
 
-async def rabbitmq_round_trip(rabbitmq_url: str, samples: int, warmup: int) -> dict[str, float]:
-    """p50/p99 (ms) of a command round trip to an echo server in another process."""
+@contextlib.asynccontextmanager
+async def rabbitmq_round_trip(rabbitmq_url: str) -> AsyncIterator[Primitive]:
+    """A command round trip to an echo server in another process."""
     from engine.adapters.rabbitmq import RabbitMQTransport
 
     namespace = f"floor-{uuid.uuid4().hex[:10]}"
@@ -147,7 +220,8 @@ async def rabbitmq_round_trip(rabbitmq_url: str, samples: int, warmup: int) -> d
                     _ECHO, "echo", {"i": i}, timeout=10, idempotency_key=f"floor-{i}"
                 )
 
-            return await _sample(round_trip, samples, warmup)
+            processes = _watched({"rabbitmq": local_port(rabbitmq_url, 5672)})
+            yield Primitive(round_trip, {**processes, "server": server.pid})
     finally:
         if server.returncode is None:
             server.terminate()
@@ -155,8 +229,9 @@ async def rabbitmq_round_trip(rabbitmq_url: str, samples: int, warmup: int) -> d
         await _delete_topology(rabbitmq_url, namespace)
 
 
-async def redis_stream_hop(redis_url: str, samples: int, warmup: int) -> dict[str, float]:
-    """p50/p99 (ms) from XADD by one client to XACK by a consumer group's reader."""
+@contextlib.asynccontextmanager
+async def redis_stream_hop(redis_url: str) -> AsyncIterator[Primitive]:
+    """From XADD by one client to XACK by a consumer group's reader."""
     import redis.asyncio as aioredis
 
     stream = f"floor-{uuid.uuid4().hex[:10]}:events"
@@ -191,7 +266,7 @@ async def redis_stream_hop(redis_url: str, samples: int, warmup: int) -> dict[st
             if isinstance(got, Exception):
                 raise got
 
-        return await _sample(hop, samples, warmup)
+        yield Primitive(hop, _watched({"redis": local_port(redis_url, 6379)}))
     finally:
         # Stopped, not cancelled: a read cancelled while blocked in redis-py can leave the
         # task unable to finish.
@@ -204,6 +279,11 @@ async def redis_stream_hop(redis_url: str, samples: int, warmup: int) -> dict[st
         await reader.aclose()
 
 
+def _watched(servers: dict[str, int | None]) -> dict[str, int]:
+    """This process, and each server found listening on its port on this machine."""
+    return {"client": os.getpid(), **find(servers)}
+
+
 async def measure(
     *,
     database_url: str,
@@ -211,20 +291,28 @@ async def measure(
     redis_url: str,
     samples: int = 1000,
     warmup: int = 100,
+    load: int = 2000,
+    concurrency: int = 32,
     progress: TextIO | None = None,
 ) -> dict[str, Any]:
-    """Every primitive, the saga floors, and where it was measured (the floor file's content)."""
-    measured: dict[str, dict[str, float]] = {}
-    steps: list[tuple[str, Callable[[], Awaitable[dict[str, float]]]]] = [
-        ("rabbitmq_round_trip", lambda: rabbitmq_round_trip(rabbitmq_url, samples, warmup)),
-        ("mariadb_commit", lambda: mariadb_commit(database_url, samples, warmup)),
-        ("redis_stream_hop", lambda: redis_stream_hop(redis_url, samples, warmup)),
+    """Every primitive, the saga floors and ceilings, and where it was measured (the floor
+    file's content). ``load``: operations per primitive at ``concurrency`` for its CPU cost
+    (0 leaves the ceilings out)."""
+    measured: dict[str, dict[str, Any]] = {}
+    primitives: list[tuple[str, Callable[[], contextlib.AbstractAsyncContextManager[Primitive]]]]
+    primitives = [
+        ("rabbitmq_round_trip", lambda: rabbitmq_round_trip(rabbitmq_url)),
+        ("mariadb_commit", lambda: mariadb_commit(database_url, pool_size=concurrency)),
+        ("redis_stream_hop", lambda: redis_stream_hop(redis_url)),
     ]
-    for name, step in steps:
+    for name, make in primitives:
         if progress is not None:
-            progress.write(f"measuring {name} ({samples} samples)...\n")
+            progress.write(f"measuring {name} ({samples} samples, {load} at {concurrency})...\n")
             progress.flush()
-        measured[name] = await step()
+        async with make() as primitive:
+            measured[name] = await _sample(primitive.operation, samples, warmup)
+            if load:
+                measured[name]["load"] = await _load(primitive, load, concurrency)
     from activities.db import create_engine
     from cloudmart.bench import _versions
 
@@ -233,13 +321,14 @@ async def measure(
         versions = {**_versions(), "database": await database_version(engine)}
     finally:
         await engine.dispose()
+    found = machine()
     return {
         "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
         "samples": samples,
         "warmup": warmup,
         "primitives": measured,
-        "sagas": saga_floors(measured),
-        "machine": machine(),
+        "sagas": saga_floors(measured, cores=found["cores"] or 1),
+        "machine": found,
         "versions": versions,
     }
 
@@ -248,12 +337,25 @@ def report(floor: dict[str, Any]) -> str:
     """The floor in a few lines of text."""
     lines = [f"floor over {floor['samples']} samples each (ms):"]
     for name, figures in floor["primitives"].items():
-        lines.append(f"  {name:<20} p50 {figures['p50']:>6}  p99 {figures['p99']:>6}")
+        line = f"  {name:<20} p50 {figures['p50']:>6}  p99 {figures['p99']:>6}"
+        if "load" in figures:
+            load = figures["load"]
+            line += (
+                f"  at {load['concurrency']}: {load['per_second']:>7}/s, "
+                f"{load['cpu_ms_total']} ms CPU each"
+            )
+        lines.append(line)
     for pattern, saga in floor["sagas"].items():
         lines.append(
             f"  one {pattern} saga: {saga['formula']} = p50 {saga['p50_ms']} ms "
             f"(p99 {saga['p99_ms']} ms)"
         )
+        if "ceiling" in saga:
+            ceiling = saga["ceiling"]
+            lines.append(
+                f"    ceiling: {ceiling['formula']} = {ceiling['cpu_ms']} ms CPU, "
+                f"at most {ceiling['per_second']} sagas/s on {floor['machine']['cores']} cores"
+            )
     return "\n".join(lines)
 
 

@@ -82,7 +82,19 @@ def test_bench_with_a_mix_reports_failures_fully_compensated(
     assert result["rollback_success"] == 1.0
     assert result["error_rate"] == 0.0
     assert len(result["latency_quantiles"]) == 100
-    assert result["rest_ms"]["count"] >= 60  # a start and at least one status per saga
+    # Response times are over requests answered at once; each saga's long-poll is apart.
+    assert result["rest_ms"]["count"] == 30 + result["status_read_ms"].get("count", 0)
+    assert result["long_poll_ms"]["count"] >= 30
+    assert result["long_poll_ms"]["p50"] >= result["start_response_ms"]["p50"]
+    # What it cost: every process of the deployment (same user as the test) and the bench,
+    # and at least the 5 service commits of each saga.
+    services = {"order", "inventory", "payment", "shipping", "orchestrator", "bench"}
+    assert services <= set(result["cpu"]["processes"])
+    assert all(result["cpu"]["ms"][name] > 0 for name in services)
+    assert 0 < result["cpu"]["busy"] <= 1
+    assert result["database"]["Com_commit"] >= 5
+    assert result["database"]["Questions"] > result["database"]["Com_commit"]
+    assert "CPU ms per saga:" in done.stdout and "database per saga: Com_commit" in done.stdout
     assert result["latency_vs_floor"] == round(result["latency_ms"]["p50"] / 10.0, 2)
     assert result["machine"]["cores"] >= 1 and result["machine"]["cpu"]
     assert {"python", "sqlalchemy", "aio-pika", "redis"} <= result["versions"].keys()
@@ -113,12 +125,29 @@ def test_open_loop_starts_at_the_rate_asked(deployment: Deployment, tmp_path: Pa
 def test_floor_measures_the_three_primitives(deployment: Deployment, tmp_path: Path) -> None:
     out = tmp_path / "floor.json"
     done = _cloudmart(
-        deployment, "bench", "floor", "--samples", "30", "--warmup", "3", "--out", str(out)
-    )
+        deployment, "bench", "floor", "--samples", "30", "--warmup", "3",
+        "--load", "200", "--concurrency", "8", "--out", str(out),
+    )  # fmt: skip
     figures = json.loads(out.read_text())
     for name in ("rabbitmq_round_trip", "mariadb_commit", "redis_stream_hop"):
         assert figures["primitives"][name]["count"] == 30
         assert 0 < figures["primitives"][name]["p50"] <= figures["primitives"][name]["p99"]
+        load = figures["primitives"][name]["load"]
+        assert (load["operations"], load["concurrency"]) == (200, 8)
+        assert load["per_second"] > 0 and load["cpu_ms"]["client"] > 0
+        assert load["cpu_ms_total"] >= load["cpu_ms"]["client"]
+    # The echo server is a process of its own, and its CPU counts.
+    assert figures["primitives"]["rabbitmq_round_trip"]["load"]["cpu_ms"]["server"] > 0
+    ceiling = figures["sagas"]["orchestration"]["ceiling"]
+    primitives = figures["primitives"]
+    needed = sum(
+        n * primitives[name]["load"]["cpu_ms_total"] for name, n in ceiling["counts"].items()
+    )
+    assert ceiling["cpu_ms"] == pytest.approx(needed, abs=0.01)
+    assert ceiling["per_second"] == pytest.approx(
+        figures["machine"]["cores"] * 1000 / ceiling["cpu_ms"], rel=0.01
+    )
+    assert "ceiling: 5 × rabbitmq_round_trip + 5 × mariadb_commit" in done.stdout
     orchestration = figures["sagas"]["orchestration"]
     assert orchestration["formula"] == "5 × rabbitmq_round_trip + 12 × mariadb_commit"
     assert orchestration["p50_ms"] > 0
