@@ -10,6 +10,7 @@ matplotlib figure, or raises :class:`NoData` saying what it would need; the comm
 ``patterns``               orchestration and choreography side by side (throughput, p50)
 ``failure_mix``            p50 latency and throughput against the share of failing orders
 ``floor_multiple``         p50 latency as a multiple of the floor (runs given ``--floor``)
+``cpu_per_saga``           CPU ms per ended saga, stacked by process (runs with ``cpu``)
 =========================  =================================================================
 
 :func:`markdown_table` lists every run; :func:`write_report` writes the PNGs and ``report.md``.
@@ -205,12 +206,69 @@ def floor_multiple(results: Sequence[Result]) -> Figure:
     return figure
 
 
+def _cpu_ms(result: Result) -> dict[str, float]:
+    return dict((result.get("cpu") or {}).get("ms") or {})
+
+
+def _cpu_total(result: Result) -> float | None:
+    if not _cpu_ms(result):
+        return None
+    return float(result["cpu"].get("total_ms") or sum(_cpu_ms(result).values()))
+
+
+def cpu_per_saga(results: Sequence[Result]) -> Figure:
+    """One bar per run that measured CPU, stacked by process (CPU ms per ended saga of each, one
+    colour per process), ending in the total and the machine's busy share during the run.
+
+    When the machine is near 100% busy, throughput is bounded by CPU and the longest segment is
+    the process to make cheaper; the bench's own share is there because it runs on the same
+    cores as what it measures.
+    """
+    runs = [r for r in results if _cpu_ms(r)]
+    if not runs:
+        raise NoData(
+            "no run has CPU figures: needs runs measured on this machine (results with cpu)"
+        )
+    measured = [_cpu_ms(r) for r in runs]
+    totals: dict[str, float] = {}
+    for each in measured:
+        for name, ms in each.items():
+            totals[name] = totals.get(name, 0.0) + ms
+    names = sorted(totals, key=lambda name: (-totals[name], name))
+    import matplotlib
+
+    palette = matplotlib.colormaps["tab10" if len(names) <= 10 else "tab20"]
+    figure, ax = _figure()
+    figure.set_size_inches(9.6, max(4.2, 1.5 + 0.5 * len(runs)))
+    ends = [0.0] * len(runs)
+    for i, name in enumerate(names):
+        rows = [y for y, each in enumerate(measured) if name in each]
+        widths = [measured[y][name] for y in rows]
+        lefts = [ends[y] for y in rows]
+        ax.barh(rows, widths, left=lefts, color=palette(i % palette.N), label=name)
+        for y, width in zip(rows, widths, strict=True):
+            ends[y] += width
+    longest = max(ends)
+    for y, r in enumerate(runs):
+        busy = r["cpu"].get("busy")
+        shown = f"{_cpu_total(r):.1f} ms" + (f", {busy:.0%} busy" if busy is not None else "")
+        ax.text(ends[y] + longest * 0.01, y, shown, va="center", fontsize="small")
+    ax.set_xlim(0, longest * 1.3 or 1.0)
+    ax.set_yticks(range(len(runs)), [label(r) for r in runs])
+    ax.invert_yaxis()
+    ax.set_xlabel("CPU ms per ended saga")
+    ax.set_title("CPU per saga, by process")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return figure
+
+
 CHARTS: dict[str, Callable[[Sequence[Result]], Figure]] = {
     "latency_cdf": latency_cdf,
     "throughput": throughput,
     "patterns": patterns,
     "failure_mix": failure_mix,
     "floor_multiple": floor_multiple,
+    "cpu_per_saga": cpu_per_saga,
 }
 
 
@@ -226,10 +284,13 @@ def _cell(value: Any, fmt: str = "{}") -> str:
 
 
 def markdown_table(results: Sequence[Result]) -> str:
-    """One row per run: load, outcomes, throughput, latency, REST times, rollback, check."""
+    """One row per run: load, outcomes, throughput, latency, REST times (the requests answered
+    at once), CPU ms and database commits per ended saga, rollback, check, multiple of the floor.
+    A figure the run did not record (an older results file) shows as ``–``."""
     head = (
         "| run | when | pattern | load | mix | sagas | completed | failed | errors | "
-        "sagas/s | p50 ms | p99 ms | REST p50/p99 ms | rollback | check | × floor |"
+        "sagas/s | p50 ms | p99 ms | REST p50/p99 ms | CPU ms/saga | commits/saga | rollback | "
+        "check | × floor |"
     )
     lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for r in results:
@@ -242,7 +303,8 @@ def markdown_table(results: Sequence[Result]) -> str:
             f"| {r.get('_file', '')} | {r.get('timestamp', '')} | {r['pattern']} | {load_} | "
             f"{mix} | {r['sagas']} | {r['completed']} | {r['failed']} | {r['errors']} | "
             f"{_rate(r)} | {_cell(lat.get('p50'))} | {_cell(lat.get('p99'))} | "
-            f"{_cell(rest.get('p50'))}/{_cell(rest.get('p99'))} | "
+            f"{_cell(rest.get('p50'))}/{_cell(rest.get('p99'))} | {_cell(_cpu_total(r))} | "
+            f"{_cell((r.get('database') or {}).get('Com_commit'))} | "
             f"{_cell(r.get('rollback_success'), '{:.0%}')} | {verdict} | "
             f"{_cell(r.get('latency_vs_floor'), '{}×')} |"
         )

@@ -180,6 +180,7 @@ def test_report_and_notebook_over_results_of_a_real_run(
     )  # fmt: skip
     assert (tmp_path / "report" / "latency_cdf.png").exists()
     assert (tmp_path / "report" / "throughput.png").exists()
+    assert (tmp_path / "report" / "cpu_per_saga.png").exists()
     assert "patterns: skipped" in done.stdout  # one pattern only: a note, not a crash
     assert "| c1.json |" in (tmp_path / "report" / "report.md").read_text()
 
@@ -205,4 +206,5 @@ def test_report_and_notebook_over_results_of_a_real_run(
         for output in cell.outputs
         if "image/png" in output.get("data", {})
     ]
-    assert len(images) == 2  # the latency CDF and throughput against concurrency
+    # The latency CDF, throughput against concurrency, and CPU per saga by process.
+    assert len(images) == 3

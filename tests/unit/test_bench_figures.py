@@ -128,10 +128,29 @@ def _result(**overrides: Any) -> dict[str, Any]:
     return {**base, **overrides}
 
 
+CPU_MS = {
+    "orchestrator": 14.97,
+    "mariadb": 7.17,
+    "order": 6.22,
+    "rabbitmq": 4.83,
+    "bench": 4.67,
+    "shipping": 3.9,
+    "payment": 3.3,
+    "inventory": 3.28,
+}
+CPU: dict[str, Any] = {"ms": CPU_MS, "total_ms": 48.33, "busy": 0.92, "processes": sorted(CPU_MS)}
+
+
 def test_charts_without_their_data_say_what_they_need() -> None:
     one = [_result()]
     assert report.latency_cdf(one) is not None
-    for chart in (report.throughput, report.patterns, report.failure_mix, report.floor_multiple):
+    for chart in (
+        report.throughput,
+        report.patterns,
+        report.failure_mix,
+        report.floor_multiple,
+        report.cpu_per_saga,
+    ):
         with pytest.raises(report.NoData):
             chart(one)
     with pytest.raises(report.NoData):
@@ -145,10 +164,94 @@ def test_charts_draw_when_the_runs_are_there() -> None:
         _result(pattern="choreography", concurrency=32, terminal_per_second=200.0),
         _result(concurrency=32, mix={"stock": 0.1, "payment": 0.2}, failed=30),
         _result(latency_vs_floor=3.2),
+        _result(cpu=CPU),
     ]
     for name, chart in report.CHARTS.items():
         figure = chart(runs)
         assert figure.axes, name
+
+
+def test_cpu_per_saga_stacks_each_process_and_ends_in_the_total() -> None:
+    choreography = {
+        "ms": {"order": 5.0, "mariadb": 3.0, "redis": 2.0, "bench": 1.0},
+        "total_ms": 11.0,
+        "busy": None,
+        "processes": ["bench", "mariadb", "order", "redis"],
+    }
+    runs = [
+        _result(cpu=CPU),
+        _result(),
+        _result(pattern="choreography", concurrency=8, cpu=choreography),
+    ]
+    (ax,) = report.cpu_per_saga(runs).axes
+    assert [tick.get_text() for tick in ax.get_yticklabels()] == [
+        "orchestration c=1",
+        "choreography c=8",
+    ]
+    assert len(ax.patches) == 8 + 4
+    segments = {str(bars.get_label()): list(bars) for bars in ax.containers}
+    assert sorted(segments) == sorted({*CPU_MS, "redis"})
+    assert [bar.get_width() for bar in segments["mariadb"]] == pytest.approx([7.17, 3.0])
+    assert segments["mariadb"][0].get_facecolor() == segments["mariadb"][1].get_facecolor()
+    assert len({bars[0].get_facecolor() for bars in segments.values()}) == len(segments)
+    ends = {
+        bar.get_y(): bar.get_x() + bar.get_width() for bars in segments.values() for bar in bars
+    }
+    assert sorted(ends.values()) == pytest.approx([11.0, 48.34])
+    assert [text.get_text() for text in ax.texts] == ["48.3 ms, 92% busy", "11.0 ms"]
+    legend = ax.get_legend()
+    assert legend is not None
+    assert [text.get_text() for text in legend.get_texts()] == [
+        "orchestrator",
+        "order",
+        "mariadb",
+        "bench",
+        "rabbitmq",
+        "shipping",
+        "payment",
+        "inventory",
+        "redis",
+    ]
+    assert ax.get_title() == "CPU per saga, by process"
+
+
+def test_cpu_per_saga_without_cpu_figures_says_what_it_needs() -> None:
+    unmeasured = {"ms": {}, "total_ms": 0.0, "busy": 0.5, "processes": []}
+    for runs in ([_result()], [_result(cpu=None)], [_result(cpu=unmeasured)]):
+        with pytest.raises(report.NoData, match="measured on this machine"):
+            report.cpu_per_saga(runs)
+
+
+def _columns(table: str) -> list[dict[str, str]]:
+    head, _, *rows = table.strip().splitlines()
+    names = [cell.strip() for cell in head.strip("|").split("|")]
+    return [
+        dict(zip(names, (cell.strip() for cell in row.strip("|").split("|")), strict=True))
+        for row in rows
+    ]
+
+
+def test_markdown_table_shows_cpu_and_commits_per_saga_and_dashes_without_them() -> None:
+    old = _result(_file="old.json")
+    assert "cpu" not in old and "database" not in old
+    rows = _columns(
+        report.markdown_table(
+            [
+                old,
+                _result(
+                    _file="new.json", cpu=CPU, database={"Com_commit": 5.67, "Questions": 36.77}
+                ),
+                _result(_file="idle.json", cpu={"ms": {}, "total_ms": 0.0, "busy": None}),
+            ]
+        )
+    )
+    assert [(row["CPU ms/saga"], row["commits/saga"]) for row in rows] == [
+        ("–", "–"),
+        ("48.33", "5.67"),
+        ("–", "–"),
+    ]
+    assert [row["REST p50/p99 ms"] for row in rows] == ["5.0/9.0"] * 3
+    assert rows[0]["run"] == "old.json" and rows[0]["check"] == "ok"
 
 
 def test_markdown_table_has_a_row_per_run() -> None:
@@ -184,9 +287,23 @@ def test_write_report_writes_charts_with_data_and_notes_the_rest(tmp_path: Path)
     assert (tmp_path / "out" / "throughput.png").stat().st_size > 0
     assert not (tmp_path / "out" / "patterns.png").exists()
     assert any(line.startswith("patterns: skipped") for line in said)
+    assert not (tmp_path / "out" / "cpu_per_saga.png").exists()
+    assert any(line.startswith("cpu_per_saga: skipped, no run has CPU") for line in said)
     text = (tmp_path / "out" / "report.md").read_text()
     assert "| r0.json |" in text and "| r1.json |" in text
     assert "- patterns: skipped" in text and "![latency_cdf](latency_cdf.png)" in text
+
+
+def test_write_report_draws_cpu_per_saga_when_a_run_measured_it(tmp_path: Path) -> None:
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(_result(cpu=CPU, database={"Com_commit": 5.67})))
+    said = report.write_report(report.load_results([path]), tmp_path / "out")
+    drawn = tmp_path / "out" / "cpu_per_saga.png"
+    assert drawn.read_bytes().startswith(b"\x89PNG")
+    assert f"cpu_per_saga: {drawn}" in said
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "![cpu_per_saga](cpu_per_saga.png)" in text
+    assert "| 48.33 | 5.67 |" in text
 
 
 def test_bench_report_command_on_a_single_pattern(tmp_path: Path) -> None:
