@@ -214,6 +214,9 @@ class Engine:
         self.observer: SagaObserver = observer or NullObserver()
         self._workflows: dict[str, Workflow] = {}
         self._runs: dict[str, tuple[_Run, asyncio.Task[None]]] = {}
+        # Sagas whose row start() is writing: committed before their run is spawned, they are
+        # ours and not running for that moment, and recovery must leave them to start().
+        self._starting: set[str] = set()
         # workflow_id -> saga_id of the sagas this engine drives right now
         self._local: dict[str, str] = {}
         # workflow_id -> the final row and history of a saga this engine finished (newest last)
@@ -274,7 +277,11 @@ class Engine:
             created_at=now,
             updated_at=now,
         )
-        stored, created = await self.store.create(record, [started])
+        self._starting.add(saga_id)
+        try:
+            stored, created = await self.store.create(record, [started])
+        finally:
+            self._starting.discard(saga_id)
         if not created:
             if stored.workflow_name != name or canonical_json(stored.input) != canonical_json(data):
                 raise WorkflowAlreadyStarted(
@@ -363,7 +370,7 @@ class Engine:
         claimed = 0
         for row in rows:
             wf = self._workflows.get(row.workflow_name)
-            if row.saga_id in self._runs or wf is None:
+            if row.saga_id in self._runs or row.saga_id in self._starting or wf is None:
                 continue
             version = await self.store.acquire(
                 row.saga_id,

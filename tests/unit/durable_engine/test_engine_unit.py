@@ -480,3 +480,27 @@ async def test_wait_gives_up_after_its_timeout_with_the_current_status() -> None
 async def test_wait_for_an_unknown_saga_is_not_found() -> None:
     with pytest.raises(SagaNotFound):
         await rig().engine.wait("nope", timeout=1)
+
+
+async def test_a_saga_being_started_is_not_claimed_by_its_own_engines_recovery() -> None:
+    # The saga's row is committed before start() spawns its run: a recovery pass that runs in
+    # that gap sees a row of ours that nothing runs, and must leave it to start().
+    r = rig()
+    create = r.store.create
+    claimed_in_the_gap: list[int] = []
+
+    async def create_then_recover(*args: Any, **kwargs: Any) -> Any:
+        created = await create(*args, **kwargs)
+        claimed_in_the_gap.append(await r.engine.recover())
+        return created
+
+    r.store.create = create_then_recover  # type: ignore[method-assign]
+    handle = await r.engine.start(place_order, order(), workflow_id="o-1")
+    await r.engine.run_until_idle(recover=False)
+    assert claimed_in_the_gap == [0]
+    assert r.engine.counters.abandoned == 0
+    assert (await r.engine.status("o-1")).status == "COMPLETED"
+    assert [e.version for e in await r.engine.history("o-1")] == [1] * len(
+        await r.engine.history("o-1")
+    )
+    assert handle.created
