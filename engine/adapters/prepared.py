@@ -55,10 +55,18 @@ class Prepared:
     async def rows(
         self, conn: AsyncConnection, params: Mapping[str, Any] | None = None
     ) -> Sequence[tuple[Any, ...]]:
-        """Every row of a ``SELECT``."""
+        """Every row of a ``SELECT``.
+
+        On a connection outside a transaction (``engine.connect()``), it begins one, as
+        ``conn.execute`` would, so that closing the connection rolls it back: the server opens a
+        transaction for the read, and the driver, which learns whether one is open only from
+        replies without rows, would otherwise hand the connection back to the pool still in it.
+        """
         params = params or {}
         if conn.dialect.name not in _DRIVER_DIALECTS:
             return [tuple(row) for row in await conn.execute(self.statement, dict(params))]
+        if not conn.in_transaction():
+            await conn.begin()
         sql, order = self._sql(conn.dialect, params)
         async with _DriverCursor(conn, sql, params) as cursor:
             await cursor.execute(sql, _values(order, params))

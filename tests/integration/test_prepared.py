@@ -177,3 +177,31 @@ async def test_the_engine_sends_no_second_commit() -> None:
         assert (carried, separate) == (1, 1)
     finally:
         await engine.dispose()
+
+
+async def test_a_read_outside_a_transaction_leaves_none_open_in_the_pool() -> None:
+    # A read through engine.connect() opens a transaction on the server; the connection must
+    # go back to the pool without it, or the server kills it once idle_transaction_timeout
+    # passes and its next user finds it dead.
+    engine = create_engine(mysql_database_url("cloudmart_test_prepared"), pool_size=1)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+        async with engine.connect() as conn:
+            assert await BY_NAME.rows(conn, {"name": "nobody"}) == []
+            connection_id = await Prepared(sa.select(sa.func.connection_id())).scalar(conn)
+        other = create_engine(mysql_database_url("cloudmart_test_prepared"), pool_size=1)
+        try:
+            async with other.connect() as conn:
+                left = await conn.scalar(
+                    sa.text(
+                        "SELECT COUNT(*) FROM information_schema.innodb_trx "
+                        "WHERE trx_mysql_thread_id = :id"
+                    ),
+                    {"id": connection_id},
+                )
+        finally:
+            await other.dispose()
+        assert left == 0
+    finally:
+        await engine.dispose()
