@@ -76,8 +76,9 @@ ADDRESS = {
 FAILURES = ("stock", "payment", "shipping")
 """The steps a ``mix`` can make an order fail at, in saga order."""
 TERMINAL = ("COMPLETED", "FAILED")
-PROBE_PER_SECOND = 10
-"""Status reads per second the bench sends while it runs, to time REST under the load."""
+PROBE_PER_SECOND = 2
+"""Status reads per second the bench sends while it runs, to time REST under the load: few
+enough to add little (at concurrency 1, ten a second added a read to almost every saga)."""
 
 
 @dataclass

@@ -166,3 +166,27 @@ async def test_clients_are_lent_one_per_saga_in_flight_and_reused() -> None:
         assert len(made) == 2
         await asyncio.sleep(0)
     assert made == []  # every client closed
+
+
+async def test_the_probe_reads_the_latest_saga_without_waiting() -> None:
+    asked: list[tuple[str, dict[str, Any]]] = []
+    two = asyncio.Event()
+
+    class Client:
+        async def get(self, path: str, **kwargs: Any) -> None:
+            asked.append((path, kwargs))
+            if len(asked) >= 2:
+                two.set()
+
+        async def aclose(self) -> None:
+            pass
+
+    tally = bench._Tally(order_ids=["first", "latest"])
+    async with bench._Clients(Client) as clients:  # type: ignore[arg-type]
+        probe = asyncio.create_task(bench._probe(clients, "orchestration", tally))
+        async with asyncio.timeout(5):
+            await two.wait()
+        probe.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await probe
+    assert asked[:2] == [("/saga/latest/status", {})] * 2  # no wait: answered at once
