@@ -240,7 +240,9 @@ def bench(
         asyncio.run(_db_init(settings, seed=False, reset=False))
         log_path = f"bench-{pattern.value}.log"
         typer.echo(
-            f"starting {pattern.value} on {sorted(ports.values())}; logs: {log_path}", err=True
+            f"starting {pattern.value} on {sorted(ports[name] for name in services_of(pattern))}; "
+            f"logs: {log_path}",
+            err=True,
         )
         with bench_module.deployment(services_of(pattern), pattern.value, ports, log_path=log_path):
             result = go()

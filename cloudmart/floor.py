@@ -8,8 +8,10 @@ Three primitives, with the clients and settings the system itself uses:
     :class:`~engine.adapters.rabbitmq.RabbitMQCommandServer` whose handler echoes the payload,
     served by a separate process (``python -m cloudmart.floor``), as the services are.
 ``mariadb_commit``
-    ``INSERT`` of one small row and ``COMMIT`` through SQLAlchemy async Core on the engine
-    :func:`activities.db.create_engine` builds (aiomysql, READ COMMITTED), into a scratch table
+    ``INSERT`` of one small row and ``COMMIT`` as the hot paths write: a transaction of the
+    engine :func:`activities.db.create_engine` builds (aiomysql, READ COMMITTED) whose statement
+    runs on the driver's cursor and carries its ``COMMIT``
+    (:meth:`~engine.adapters.prepared.Prepared.run` with ``commit=True``), into a scratch table
     ``bench_floor`` that is dropped afterwards.
 ``redis_stream_hop``
     ``XADD`` by one client, ``XREADGROUP`` (blocking) and ``XACK`` by another, as the
@@ -51,6 +53,7 @@ import sqlalchemy as sa
 
 from cloudmart.bench import database_version, machine, percentiles
 from cloudmart.costs import Meter, find, local_port, per_unit
+from engine.adapters.prepared import Prepared
 
 PRIMITIVES = ("rabbitmq_round_trip", "mariadb_commit", "redis_stream_hop")
 
@@ -186,9 +189,11 @@ async def mariadb_commit(database_url: str, pool_size: int) -> AsyncIterator[Pri
         async with engine.begin() as conn:
             await conn.run_sync(table.create, checkfirst=True)
 
+        insert = Prepared(table.insert())
+
         async def commit(i: int) -> None:
             async with engine.begin() as conn:
-                await conn.execute(table.insert().values(note=f"floor {i}"))
+                await insert.run(conn, {"note": f"floor {i}"}, commit=True)
 
         yield Primitive(commit, _watched({"mariadb": local_port(database_url, 3306)}))
     finally:
