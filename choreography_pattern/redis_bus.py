@@ -284,13 +284,10 @@ class _Consumer:
                 log.warning(f"events.{what}_unavailable", group=self.group, error=str(exc))
                 await self._pause(delay)
                 delay = min(delay * 2, 2.0)
-            except ResponseError as exc:
-                if "NOGROUP" in str(exc):
-                    await self.bus.ensure_group(self.group)
-                else:
-                    log.exception(f"events.{what}_failed", group=self.group)
-                    await self._pause(1.0)
-            except Exception:
+            except Exception as exc:
+                if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
+                    await self.bus.ensure_group(self.group)  # Redis restarted without the group
+                    continue
                 # A loop that died would stop this consumer for good, silently: log, go on.
                 log.exception(f"events.{what}_failed", group=self.group)
                 await self._pause(1.0)
