@@ -159,3 +159,36 @@ async def test_redis_acks_the_types_a_group_ignores_and_dead_letters_unknown_one
             await client.delete(*keys)
         await client.aclose()
         await redis_bus.aclose()
+
+
+@pytest.mark.redis
+async def test_redis_consumer_recreates_its_group_when_the_stream_was_lost() -> None:
+    # A Redis restarted without its data: the stream and every group are gone. The next
+    # XADD creates the stream without groups; the consumer's read then fails with NOGROUP,
+    # and the consumer must create its group again and go on, not stop or spin on errors.
+    namespace = f"test-bus-{uuid.uuid4().hex[:8]}"
+    redis_bus = RedisEventBus.from_url(
+        TEST_REDIS_URL, namespace, claim_idle=0.1, max_deliveries=3, block=0.1
+    )
+    client = aioredis.Redis.from_url(TEST_REDIS_URL)
+    got: list[str] = []
+
+    async def handler(event: Event) -> None:
+        got.append(event.event_id)
+
+    try:
+        async with redis_bus.consumer("g", handler):
+            before, after = created(), created()
+            await redis_bus.publish([before])
+            await until(lambda: got == [before.event_id])
+            await client.delete(redis_bus.stream)
+            await redis_bus.publish([after])
+            await until(lambda: got == [before.event_id, after.event_id])
+        groups = await client.xinfo_groups(redis_bus.stream)
+        assert [g["name"] for g in groups] == [b"g"]
+    finally:
+        keys = [k async for k in client.scan_iter(match=f"{namespace}:*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+        await redis_bus.aclose()
