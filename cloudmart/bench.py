@@ -516,18 +516,23 @@ async def _open_loop(saga: Any, sagas: int, rate: float, began: float) -> None:
     await asyncio.gather(*tasks)
 
 
-async def _show(tally: _Tally, total: int, stream: TextIO | None) -> None:
+async def _show(tally: _Tally, total: int, stream: TextIO) -> None:
+    """The progress line: redrawn four times a second on a terminal, else (a log file) a line
+    every five seconds."""
+    live = stream.isatty()
     while True:
-        _progress_line(tally, total, stream)
-        await asyncio.sleep(0.25)
+        _progress_line(tally, total, stream, end="" if live else "\n")
+        await asyncio.sleep(0.25 if live else 5.0)
 
 
 def _progress_line(tally: _Tally, total: int, stream: TextIO | None, end: str = "") -> None:
     if stream is None:
         return
+    redraw = "\r" if stream.isatty() else ""
     stream.write(
-        f"\r  {tally.done}/{total} sagas  completed {tally.count('COMPLETED')}  "
-        f"failed {tally.count('FAILED')}  errors {tally.count('error')}{end}"
+        f"{redraw}  {tally.done}/{total} sagas  "
+        f"completed {tally.count('COMPLETED')}  failed {tally.count('FAILED')}  "
+        f"errors {tally.count('error')}{end}"
     )
     stream.flush()
 

@@ -1,5 +1,6 @@
 """``cloudmart.costs``: CPU per process from ``/proc``, found by listening port; the floor's
-ceiling built on it; the bench's clients lent one per saga."""
+ceiling built on it; the bench's clients lent one per saga, its status probe and its progress
+line."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import os
 import socket
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -190,3 +192,18 @@ async def test_the_probe_reads_the_latest_saga_without_waiting() -> None:
         with pytest.raises(asyncio.CancelledError):
             await probe
     assert asked[:2] == [("/saga/latest/status", {})] * 2  # no wait: answered at once
+
+
+def test_the_progress_line_is_redrawn_on_a_terminal_and_a_line_each_in_a_log() -> None:
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    tally = bench._Tally(done=3, outcomes={"ok": Counter({"COMPLETED": 2, "error": 1})})
+    log, terminal = io.StringIO(), Terminal()
+    bench._progress_line(tally, 10, log, end="\n")
+    bench._progress_line(tally, 10, terminal)
+    assert log.getvalue() == "  3/10 sagas  completed 2  failed 0  errors 1\n"
+    assert terminal.getvalue() == "\r  3/10 sagas  completed 2  failed 0  errors 1"
