@@ -52,6 +52,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from importlib import metadata
 from typing import Any, TextIO
+from urllib.parse import urlsplit
 
 import httpx
 import sqlalchemy as sa
@@ -778,6 +779,13 @@ def watched(
     else:
         watch["redis"] = costs.local_port(settings.redis_url, 6379)
     return watch
+
+
+def ports_beside(url: str, entry: str) -> dict[str, int]:
+    """Each service's port if ``url`` (the ``entry`` service's) follows the ``--base-port``
+    layout: orchestrator on base + 5, order on base + 1..."""
+    port = urlsplit(url).port or (443 if url.startswith("https") else 80)
+    return ports_from(port - PORT_OFFSETS[entry])
 
 
 # -- a deployment of its own (``--start``) ---------------------------------------------------

@@ -208,7 +208,10 @@ def bench(
     ports = bench_module.ports_from(base_port)
     entry = "orchestrator" if pattern is Pattern.orchestration else "order"
     target = url or f"http://127.0.0.1:{ports[entry]}"
-    watch = bench_module.watched(target, pattern.value, services_of(pattern), ports, settings)
+    # Services of a deployment named by --url alone are looked for beside it (its port is the
+    # entry's, in the layout --base-port describes).
+    beside = bench_module.ports_beside(url, entry) if url and base_port is None else ports
+    watch = bench_module.watched(target, pattern.value, services_of(pattern), beside, settings)
 
     def go() -> bench_module.BenchResult:
         return run(

@@ -110,10 +110,12 @@ def test_open_loop_starts_at_the_rate_asked(deployment: Deployment, tmp_path: Pa
     out = tmp_path / "open.json"
     _cloudmart(
         deployment,
-        "bench", "--base-port", str(BASE_PORT), "--sagas", "12", "--rate", "40",
+        "bench", "--url", deployment.url("orchestrator"), "--sagas", "12", "--rate", "40",
         "--out", str(out),
     )  # fmt: skip
     result = json.loads(out.read_text())
+    # Named by its URL alone, the deployment's services were found beside it.
+    assert {"order", "orchestrator", "shipping"} <= set(result["cpu"]["processes"])
     assert (result["completed"], result["errors"]) == (12, 0)
     assert result["rate"] == 40.0 and result["settings"]["concurrency"] is None
     assert result["check"]["ok"] is True

@@ -207,3 +207,14 @@ def test_the_progress_line_is_redrawn_on_a_terminal_and_a_line_each_in_a_log() -
     bench._progress_line(tally, 10, terminal)
     assert log.getvalue() == "  3/10 sagas  completed 2  failed 0  errors 1\n"
     assert terminal.getvalue() == "\r  3/10 sagas  completed 2  failed 0  errors 1"
+
+
+def test_services_are_looked_for_beside_the_url_given() -> None:
+    assert bench.ports_beside("http://127.0.0.1:28005", "orchestrator") == {
+        "order": 28001,
+        "inventory": 28002,
+        "payment": 28003,
+        "shipping": 28004,
+        "orchestrator": 28005,
+    }
+    assert bench.ports_beside("http://localhost:8001/", "order")["shipping"] == 8004
