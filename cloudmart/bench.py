@@ -321,10 +321,11 @@ class _Clients:
 
     @contextlib.asynccontextmanager
     async def lend(self) -> AsyncIterator[httpx.AsyncClient]:
-        if not self._idle:
-            self._made.append(self._make())
-            self._idle.append(self._made[-1])
-        client = self._idle.pop()
+        if self._idle:
+            client = self._idle.pop()
+        else:
+            client = self._make()
+            self._made.append(client)
         try:
             yield client
         finally:
@@ -414,12 +415,11 @@ async def run(
     finally:
         if engine is not None:
             await engine.dispose()
-    result = _result(
+    return _result(
         tally, kinds, wall, pattern=pattern, concurrency=concurrency, rate=rate, mix=mix,
         verdict=verdict, rollback=rollback, versions=versions, settings=settings, floor=floor,
+        cpu=cpu, database=database,
     )  # fmt: skip
-    result.cpu, result.database = cpu, database
-    return result
 
 
 async def _drive(
@@ -599,6 +599,8 @@ def _result(
     versions: dict[str, str],
     settings: Mapping[str, Any] | None,
     floor: Mapping[str, Any] | None,
+    cpu: dict[str, Any] | None = None,
+    database: dict[str, float] | None = None,
 ) -> BenchResult:
     completed, failed = tally.count("COMPLETED"), tally.count("FAILED")
     errors = len(kinds) - completed - failed
@@ -653,6 +655,8 @@ def _result(
         timestamp=datetime.now(UTC).isoformat(timespec="seconds"),
         floor=dict(floor) if floor is not None else None,
         latency_vs_floor=multiple,
+        cpu=cpu,
+        database=database,
     )
 
 
