@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -25,14 +26,22 @@ async def bus(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
     if request.param == "memory":
         yield InMemoryEventBus(max_deliveries=3, retry_delay=0.01)
         return
+    async with redis_bus_and_client() as (redis_bus, _client):
+        yield redis_bus
+
+
+@asynccontextmanager
+async def redis_bus_and_client() -> AsyncIterator[tuple[RedisEventBus, aioredis.Redis]]:
+    """A Redis bus in a namespace of its own and a plain client; every key of the namespace is
+    deleted afterwards."""
     namespace = f"test-bus-{uuid.uuid4().hex[:8]}"
     redis_bus = RedisEventBus.from_url(
         TEST_REDIS_URL, namespace, claim_idle=0.1, max_deliveries=3, block=0.1
     )
+    client = aioredis.Redis.from_url(TEST_REDIS_URL)
     try:
-        yield redis_bus
+        yield redis_bus, client
     finally:
-        client = aioredis.Redis.from_url(TEST_REDIS_URL)
         keys = [k async for k in client.scan_iter(match=f"{namespace}:*")]
         if keys:
             await client.delete(*keys)
@@ -133,32 +142,22 @@ async def test_a_group_only_handles_the_types_it_asks_for(bus: Any) -> None:
 
 @pytest.mark.redis
 async def test_redis_acks_the_types_a_group_ignores_and_dead_letters_unknown_ones() -> None:
-    namespace = f"test-bus-{uuid.uuid4().hex[:8]}"
-    redis_bus = RedisEventBus.from_url(
-        TEST_REDIS_URL, namespace, claim_idle=0.1, max_deliveries=3, block=0.1
-    )
-    client = aioredis.Redis.from_url(TEST_REDIS_URL)
     got: list[str] = []
 
     async def handler(event: Event) -> None:
         got.append(event.type)
 
-    async def nothing_pending() -> bool:
-        return int((await client.xpending(redis_bus.stream, "g"))["pending"]) == 0
+    async with redis_bus_and_client() as (redis_bus, client):
 
-    try:
+        async def nothing_pending() -> bool:
+            return int((await client.xpending(redis_bus.stream, "g"))["pending"]) == 0
+
         async with redis_bus.consumer("g", handler, types={ev.STOCK_RESERVED}) as stats:
             await redis_bus.publish([created(), created(), Event(ev.STOCK_RESERVED, "o1", {})])
             await redis_bus.publish_fields({"type": "NoSuchEvent", "order_id": "x"})
             await until(lambda: got == [ev.STOCK_RESERVED] and stats.dead_lettered == 1)
             await until(nothing_pending)  # the ignored ones were acknowledged too
         assert got == [ev.STOCK_RESERVED]
-    finally:
-        keys = [k async for k in client.scan_iter(match=f"{namespace}:*")]
-        if keys:
-            await client.delete(*keys)
-        await client.aclose()
-        await redis_bus.aclose()
 
 
 @pytest.mark.redis
@@ -166,17 +165,12 @@ async def test_redis_consumer_recreates_its_group_when_the_stream_was_lost() -> 
     # A Redis restarted without its data: the stream and every group are gone. The next
     # XADD creates the stream without groups; the consumer's read then fails with NOGROUP,
     # and the consumer must create its group again and go on, not stop or spin on errors.
-    namespace = f"test-bus-{uuid.uuid4().hex[:8]}"
-    redis_bus = RedisEventBus.from_url(
-        TEST_REDIS_URL, namespace, claim_idle=0.1, max_deliveries=3, block=0.1
-    )
-    client = aioredis.Redis.from_url(TEST_REDIS_URL)
     got: list[str] = []
 
     async def handler(event: Event) -> None:
         got.append(event.event_id)
 
-    try:
+    async with redis_bus_and_client() as (redis_bus, client):
         async with redis_bus.consumer("g", handler):
             before, after = created(), created()
             await redis_bus.publish([before])
@@ -186,9 +180,3 @@ async def test_redis_consumer_recreates_its_group_when_the_stream_was_lost() -> 
             await until(lambda: got == [before.event_id, after.event_id])
         groups = await client.xinfo_groups(redis_bus.stream)
         assert [g["name"] for g in groups] == [b"g"]
-    finally:
-        keys = [k async for k in client.scan_iter(match=f"{namespace}:*")]
-        if keys:
-            await client.delete(*keys)
-        await client.aclose()
-        await redis_bus.aclose()
