@@ -57,20 +57,24 @@ class Prepared:
     ) -> Sequence[tuple[Any, ...]]:
         """Every row of a ``SELECT``.
 
-        On a connection outside a transaction (``engine.connect()``), it begins one, as
-        ``conn.execute`` would, so that closing the connection rolls it back: the server opens a
-        transaction for the read, and the driver, which learns whether one is open only from
-        replies without rows, would otherwise hand the connection back to the pool still in it.
+        On a connection outside a transaction (``engine.connect()``), the ``SELECT`` carries a
+        ``ROLLBACK`` in the same packet: the server opens a transaction for the read, and the
+        driver, which learns whether one is open only from replies without rows, would
+        otherwise hand the connection back to the pool still in it. (Beginning one, as
+        ``conn.execute`` would, costs the ``ROLLBACK``'s own round trip when the pool takes
+        the connection back.)
         """
         params = params or {}
         if conn.dialect.name not in _DRIVER_DIALECTS:
             return [tuple(row) for row in await conn.execute(self.statement, dict(params))]
-        if not conn.in_transaction():
-            await conn.begin()
         sql, order = self._sql(conn.dialect, params)
+        alone = not conn.in_transaction()
         async with _DriverCursor(conn, sql, params) as cursor:
-            await cursor.execute(sql, _values(order, params))
-            return list(await cursor.fetchall())
+            await cursor.execute(sql + _AND_ROLLBACK if alone else sql, _values(order, params))
+            rows = list(await cursor.fetchall())
+            if alone:
+                await cursor.nextset()  # the ROLLBACK's own reply
+            return rows
 
     async def scalar(self, conn: AsyncConnection, params: Mapping[str, Any] | None = None) -> Any:
         """The first column of the first row, or None."""
@@ -179,6 +183,7 @@ async def _execute(cursor: Any, sql: str, values: list[Any], *, commit: bool) ->
 
 
 _AND_COMMIT = "; COMMIT"
+_AND_ROLLBACK = "; ROLLBACK"
 
 
 def skip_commits_already_sent(engine: AsyncEngine) -> None:

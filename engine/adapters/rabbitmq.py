@@ -23,14 +23,15 @@ connection lost while waiting                command may have run: the engine re
 A request made while the connection is down first waits, within its timeout, for the robust
 connection to come back; it fails with ``TransportError`` ("not sent") only if it does not.
 
-Server, :class:`RabbitMQCommandServer`: consumes ``<ns>.<service>.commands`` (durable, bound
-with the service's routing key, dead-lettering to ``<ns>.dlx`` → ``<ns>.<service>.dead``) with
-a bounded prefetch and manual acks. Per message: decode (malformed → dead-letter at once), call
-``handler(method, payload, headers)``, publish the reply (confirmed) and only then ack, so a
-command is acked only after its activity committed. An exception with ``to_wire()`` (a
+Server, :class:`RabbitMQCommandServer`: consumes ``<ns>.<service>.commands`` (durable, bound with
+the service's routing key, dead-lettering to ``<ns>.dlx`` → ``<ns>.<service>.dead``) with a bounded
+prefetch and manual acks. Per message: decode (malformed → dead-letter at once), call
+``handler(method, payload, headers)``, publish the reply and only then ack, so a command is acked
+only after its activity committed. Replies go unconfirmed, on a channel of their own: they live in
+the requester's exclusive queue, which no confirm makes durable. An exception with ``to_wire()`` (a
 ``DomainError`` or ``SagaError``) is an answer: error reply + ack. Any other exception (the
-database is down...) is a failed delivery: the command goes back to the queue until it has
-been delivered ``max_deliveries`` times, then to the dead-letter queue.
+database is down...) is a failed delivery: the command goes back to the queue until it has been
+delivered ``max_deliveries`` times, then to the dead-letter queue.
 
 Counting deliveries: classic queues keep no count (``x-delivery-limit`` needs a quorum queue,
 about 1 ms more per round trip on this machine, FLOOR.md). A failed delivery is therefore
@@ -166,9 +167,11 @@ class RabbitMQTransport:
                 names.commands_exchange(self.namespace), aio_pika.ExchangeType.DIRECT, durable=True
             )
             # Exclusive: deleted with the connection; the robust channel re-declares it (same
-            # name) and re-consumes after a reconnect.
+            # name) and re-consumes after a reconnect. Consumed without acks: a reply lives
+            # only as long as this connection whether it is acked or not, so an ack per reply
+            # would be a frame each way for nothing.
             queue = await channel.declare_queue(self.reply_queue, exclusive=True, auto_delete=True)
-            await queue.consume(self._on_reply)
+            await queue.consume(self._on_reply, no_ack=True)
         except BaseException:
             await connection.close()
             raise
@@ -278,13 +281,7 @@ class RabbitMQTransport:
             raise TransportError(f"could not publish {service}.{method}: {exc!r}") from exc
 
     async def _on_reply(self, message: AbstractIncomingMessage) -> None:
-        try:
-            self._resolve(message)
-        finally:
-            try:
-                await message.ack()
-            except _BROKER_ERRORS as exc:  # the channel died: the reply goes with its queue
-                logger.debug("reply.ack_failed", error=repr(exc))
+        self._resolve(message)
 
     def _resolve(self, message: AbstractIncomingMessage) -> None:
         correlation_id = message.correlation_id or ""
@@ -383,6 +380,7 @@ class RabbitMQCommandServer:
         self.stats = CommandServerStats()
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
+        self._replies: AbstractChannel | None = None
         self._queue: AbstractQueue | None = None
         self._consumer_tag: ConsumerTag | None = None
         self._inflight: set[asyncio.Task[Any]] = set()
@@ -409,6 +407,11 @@ class RabbitMQCommandServer:
         try:
             channel = await connection.channel(publisher_confirms=True)
             await channel.set_qos(prefetch_count=self._prefetch)
+            # Replies go unconfirmed, on a channel of their own: the reply queue is exclusive
+            # to the requester's connection, so a reply is never durable anyway, and a lost one
+            # costs a re-send with the same key. A confirm would be one more frame per command
+            # and a broker round trip before the ack.
+            replies = await connection.channel(publisher_confirms=False)
             commands = await channel.declare_exchange(
                 names.commands_exchange(self.namespace), aio_pika.ExchangeType.DIRECT, durable=True
             )
@@ -435,6 +438,7 @@ class RabbitMQCommandServer:
         connection.close_callbacks.add(self._on_connection_lost)
         connection.reconnect_callbacks.add(self._on_reconnected)
         self._connection, self._channel, self._queue = connection, channel, queue
+        self._replies = replies
         self._ready = True
         logger.info("command_server.started", service=self.service, queue=self.queue_name)
 
@@ -445,6 +449,7 @@ class RabbitMQCommandServer:
         """
         connection, queue, tag = self._connection, self._queue, self._consumer_tag
         self._connection = self._channel = self._queue = self._consumer_tag = None
+        self._replies = None
         self._ready = False
         if connection is None:
             return
@@ -559,7 +564,7 @@ class RabbitMQCommandServer:
         await message.ack()
 
     async def _reply(self, message: AbstractIncomingMessage, body: bytes) -> None:
-        channel = self._channel
+        channel = self._replies
         if not message.reply_to or not message.correlation_id or channel is None:
             logger.debug("command.no_reply_to")
             return
