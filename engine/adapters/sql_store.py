@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from engine.adapters.prepared import Prepared
+from engine.adapters.prepared import Prepared, run_together
 from engine.adapters.sql_tables import metadata, saga_instances, saga_step_logs
 from engine.errors import (
     CancelRequested,
@@ -113,6 +113,15 @@ class _Write:
     done: bool = False
     created: bool = False
     error: BaseException | None = None
+
+    def row_write(self) -> tuple[Prepared, dict[str, Any]]:
+        """The statement that writes this saga's row (an insert or a fenced update), with
+        its parameters."""
+        if self.instance is not None:
+            return _INSERT_INSTANCE, self.instance
+        assert self.statement is not None
+        assert self.params is not None
+        return self.statement, self.params
 
 
 class SqlHistoryStore:
@@ -266,16 +275,12 @@ class SqlHistoryStore:
         rows: list[dict[str, Any]] = []
         outcomes: list[tuple[_Write, bool, BaseException | None]] = []
         async with self._engine.begin() as conn:
-            for item in batch:
-                if item.instance is not None:
-                    ok = await _INSERT_INSTANCE.run(conn, item.instance) == 1
-                    outcomes.append((item, ok, None))
-                else:
-                    assert item.statement is not None
-                    assert item.params is not None
-                    ok = await item.statement.run(conn, item.params) == 1
-                    error = None if ok else await self._why(conn, item)
-                    outcomes.append((item, ok, error))
+            # Every saga's row in one round trip, then its events with the COMMIT in another.
+            matched = await run_together(conn, [item.row_write() for item in batch])
+            for item, count in zip(batch, matched, strict=True):
+                ok = count == 1
+                error = None if ok or item.instance is not None else await self._why(conn, item)
+                outcomes.append((item, ok, error))
                 if ok:
                     rows.extend(_event_row(item.saga_id, e) for e in item.events)
             await _INSERT_EVENTS.run_many(conn, rows, commit=True)

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -15,7 +16,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from activities.db import create_engine
-from engine.adapters.prepared import Prepared
+from engine.adapters.prepared import Prepared, run_together
 
 metadata = sa.MetaData()
 things = sa.Table(
@@ -81,6 +82,82 @@ async def test_statements_answer_alike_on_every_dialect(db: AsyncEngine) -> None
     async with db.connect() as conn:
         assert await BY_NAME.scalar(conn, {"name": "b"}) == 3
         assert (await BY_NAME.rows(conn, {"name": "a"}))[0][1] == Decimal("3.00")
+
+
+async def test_statements_run_together_answer_as_one_by_one(db: AsyncEngine) -> None:
+    async with db.begin() as conn:
+        matched = await run_together(
+            conn,
+            [
+                (INSERT, row(1)),
+                (ADD, {"id": 1, "delta": Decimal("2.00")}),
+                (ADD, {"id": 1, "delta": Decimal("9.00")}),  # not enough: matches nothing
+                (CLEAR_FLAG, {"id": 1}),
+            ],
+        )
+        assert matched == [1, 1, 0, 1]
+        assert await run_together(conn, []) == []
+    async with db.connect() as conn:
+        assert await BY_NAME.rows(conn, {"name": "a"}) == [(1, Decimal("3.00"), AT)]
+        assert await FLAG.scalar(conn, {"id": 1}) is None
+
+
+async def test_statements_run_together_stop_at_the_first_error(db: AsyncEngine) -> None:
+    async with db.begin() as conn:
+        await INSERT.run(conn, row(1))
+    with pytest.raises(IntegrityError):
+        async with db.begin() as conn:
+            await run_together(conn, [(INSERT, row(2)), (INSERT, row(1)), (INSERT, row(3))])
+    async with db.connect() as conn:  # rolled back whole; the pool is fine afterwards
+        assert [r[0] for r in await BY_NAME.rows(conn, {"name": "a"})] == [1]
+
+
+def count_round_trips(engine: AsyncEngine) -> list[str]:
+    """Each command the pool's connections send from now on (a query, a ROLLBACK...)."""
+    sent: list[str] = []
+
+    @sa.event.listens_for(engine.sync_engine, "checkout")
+    def on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        driver = dbapi_connection.driver_connection
+        if getattr(driver, "_counted", False):
+            return
+        execute = driver._execute_command
+
+        async def counted(command: int, sql: Any) -> Any:
+            sent.append(sql if isinstance(sql, str) else repr(sql))
+            return await execute(command, sql)
+
+        driver._execute_command = counted
+        driver._counted = True
+
+    return sent
+
+
+async def test_statements_run_together_cost_one_round_trip() -> None:
+    engine = create_engine(mysql_database_url("cloudmart_test_prepared"), pool_size=1)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+        sent = count_round_trips(engine)
+        async with engine.begin() as conn:
+            await run_together(conn, [(INSERT, row(1)), (INSERT, row(2)), (CLEAR_FLAG, {"id": 1})])
+            await INSERT.run(conn, row(3), commit=True)
+        assert len(sent) == 2, sent
+    finally:
+        await engine.dispose()
+
+
+async def test_a_read_outside_a_transaction_costs_one_round_trip() -> None:
+    engine = create_engine(mysql_database_url("cloudmart_test_prepared"), pool_size=1)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+        sent = count_round_trips(engine)
+        async with engine.connect() as conn:  # the pool sends no ROLLBACK when it is back
+            assert await BY_NAME.rows(conn, {"name": "nobody"}) == []
+        assert len(sent) == 1, sent
+    finally:
+        await engine.dispose()
 
 
 async def test_statements_run_inside_the_callers_transaction(db: AsyncEngine) -> None:
