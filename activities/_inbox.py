@@ -35,7 +35,7 @@ from activities.commands import Compensation
 from activities.db import Database
 from activities.errors import AlreadyCompensated, DomainError, from_wire
 from activities.tables import inbox
-from engine.adapters.prepared import Prepared
+from engine.adapters.prepared import Prepared, Statement, run_together
 
 R = TypeVar("R", bound=BaseModel)
 T = TypeVar("T")
@@ -76,6 +76,18 @@ async def _recorded(conn: AsyncConnection, key: str) -> dict[str, Any] | None:
     return None if row is None else dict(json.loads(row))
 
 
+class Later:
+    """Writes an operation's effect makes but never reads back. They go to the server with
+    the operation's outcome (and its ``COMMIT``) in one packet: a duplicate key among them
+    still fails the transaction before anything commits."""
+
+    def __init__(self) -> None:
+        self.writes: list[Statement] = []
+
+    def add(self, statement: Statement) -> None:
+        self.writes.append(statement)
+
+
 async def _record(
     conn: AsyncConnection,
     order_id: str,
@@ -83,20 +95,21 @@ async def _record(
     outcome: dict[str, Any],
     *,
     last: bool = False,
+    later: Later | None = None,
 ) -> None:
-    """Insert the outcome; ``last``: nothing follows in the transaction, so the insert carries
-    its ``COMMIT`` (see engine.adapters.prepared)."""
+    """Insert the outcome, after the effect's ``later`` writes and in the same packet;
+    ``last``: nothing follows in the transaction, so the packet carries the ``COMMIT`` too
+    (see engine.adapters.prepared)."""
+    row = {
+        "message_key": operation_key(order_id, operation),
+        "order_id": order_id,
+        "operation": operation,
+        "outcome": json.dumps(outcome, default=str),
+        "created_at": now(),
+    }
     try:
-        await _INSERT_OUTCOME.run(
-            conn,
-            {
-                "message_key": operation_key(order_id, operation),
-                "order_id": order_id,
-                "operation": operation,
-                "outcome": json.dumps(outcome, default=str),
-                "created_at": now(),
-            },
-            commit=last,
+        await run_together(
+            conn, [*(later.writes if later else ()), (_INSERT_OUTCOME, row)], commit=last
         )
     except IntegrityError as exc:
         raise _Raced from exc
@@ -160,15 +173,16 @@ async def run_once(
     order_id: str,
     operation: str,
     result_type: type[R],
-    effect: Callable[[AsyncConnection], Awaitable[R | DomainError]],
+    effect: Callable[[AsyncConnection, Later], Awaitable[R | DomainError]],
     emit: Emit | None = None,
 ) -> R:
     """Run a forward operation at most once per (order id, operation).
 
-    ``effect`` returns the result, or a :class:`DomainError` describing a business refusal
-    whose writes (e.g. a FAILED payment row) are committed with it. It may raise a
-    ``DomainError`` instead when nothing should be written; that refusal is not recorded,
-    so a later repeat is judged afresh (used for unknown ids).
+    ``effect(conn, later)`` may hold back the writes it never reads from (:class:`Later`);
+    they go with the outcome. It returns the result, or a :class:`DomainError` describing a
+    business refusal whose writes (e.g. a FAILED payment row) are committed with it. It may
+    raise a ``DomainError`` instead when nothing should be written; that refusal is not
+    recorded, so a later repeat is judged afresh (used for unknown ids).
     """
     key = operation_key(order_id, operation)
     repeated = False
@@ -182,14 +196,15 @@ async def run_once(
             if seen is not None:
                 return seen
         looked, look_first = look_first, True
+        later = Later()
         try:
-            done = await effect(conn)
+            done = await effect(conn, later)
         except DomainError as exc:
             if looked:
                 raise
             raise _LookFirst from exc
         outcome = _encode(done)
-        await _record(conn, order_id, operation, outcome, last=emit is None)
+        await _record(conn, order_id, operation, outcome, last=emit is None, later=later)
         if emit is not None:
             await emit(conn, operation, outcome)
         return outcome

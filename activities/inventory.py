@@ -7,10 +7,13 @@ in exactly one of ``available``, ``reserved`` or shipped (a CONSUMED reservation
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from activities._inbox import Emit, now, run_compensation, run_once
+from activities._inbox import Emit, Later, now, run_compensation, run_once
 from activities.commands import (
     Compensation,
     OrderItem,
@@ -26,9 +29,9 @@ from activities.errors import (
     ReservationShipped,
     StockUnavailable,
 )
-from activities.orders import require_order
+from activities.orders import order_status, require_found
 from activities.tables import books, inventory, stock_reservations
-from engine.adapters.prepared import Prepared
+from engine.adapters.prepared import Prepared, Statement, run_together
 
 # The forward path runs them for every order (see engine.adapters.prepared).
 _TAKE = Prepared(
@@ -74,28 +77,35 @@ async def reserve_stock(
     """
     items = sorted(cmd.items, key=lambda i: i.book_id)
 
-    async def effect(conn: AsyncConnection) -> StockReservation | DomainError:
-        await require_order(conn, cmd.order_id)
-        taken: list[OrderItem] = []
-        for item in items:
-            moved = await _TAKE.run(conn, {"book": item.book_id, "qty": item.quantity})
-            if moved != 1:
-                await _put_back(conn, taken)
-                return await _shortage(conn, cmd.order_id, item)
-            taken.append(item)
-        stamp = now()
-        await _INSERT_RESERVATIONS.run_many(
+    async def effect(conn: AsyncConnection, later: Later) -> StockReservation | DomainError:
+        # The order's check and every book's take, in one round trip.
+        found, *takes = await run_together(
             conn,
             [
-                {
-                    "order_id": cmd.order_id,
-                    "book_id": i.book_id,
-                    "quantity": i.quantity,
-                    "status": "RESERVED",
-                    "updated_at": stamp,
-                }
-                for i in items
+                order_status(cmd.order_id),
+                *[(_TAKE, {"book": i.book_id, "qty": i.quantity}) for i in items],
             ],
+        )
+        require_found(found, cmd.order_id)
+        taken = [take.matched == 1 for take in takes]
+        if not all(taken):
+            await _put_back(conn, [item for item, ok in zip(items, taken, strict=True) if ok])
+            return await _shortage(conn, cmd.order_id, items[taken.index(False)])
+        stamp = now()
+        later.add(
+            (
+                _INSERT_RESERVATIONS,
+                [
+                    {
+                        "order_id": cmd.order_id,
+                        "book_id": i.book_id,
+                        "quantity": i.quantity,
+                        "status": "RESERVED",
+                        "updated_at": stamp,
+                    }
+                    for i in items
+                ],
+            )
         )
         return StockReservation(order_id=cmd.order_id, items=items)
 
@@ -183,23 +193,34 @@ async def release_stock(db: Database, cmd: OrderRef, *, emit: Emit | None = None
     return await run_compensation(db, cmd.order_id, "release_stock", "reserve_stock", effect, emit)
 
 
-async def move_reservation(conn: AsyncConnection, order_id: str, *, ship: bool) -> list[OrderItem]:
-    """Consume an order's reserved units into a shipment (``ship``) or put them back in reserve.
+def reservations(order_id: str, *, ship: bool) -> Statement:
+    """The read of the reservations :func:`move_reservation` moves (RESERVED ones to ship,
+    CONSUMED ones to put back in reserve)."""
+    return _RESERVATIONS_IN, {"order_id": order_id, "source": "RESERVED" if ship else "CONSUMED"}
 
-    Called inside the shipping operations' transactions, so a unit leaves ``reserved`` exactly
+
+def move_reservation(
+    order_id: str, rows: Sequence[tuple[Any, ...]], *, ship: bool
+) -> tuple[list[OrderItem], list[Statement]]:
+    """Consume an order's reserved units into a shipment (``ship``) or put them back in reserve:
+    the items moved and the writes that move them, given the rows :func:`reservations` read.
+
+    Run inside the shipping operations' transactions, so a unit leaves ``reserved`` exactly
     when a shipment is arranged and comes back exactly when it is cancelled.
     """
-    source, target = ("RESERVED", "CONSUMED") if ship else ("CONSUMED", "RESERVED")
-    rows = await _RESERVATIONS_IN.rows(conn, {"order_id": order_id, "source": source})
+    target = "CONSUMED" if ship else "RESERVED"
     sign = -1 if ship else 1
     stamp = now()
+    writes: list[Statement] = []
     for book_id, quantity in rows:
-        await _MOVE_RESERVED.run(conn, {"book": book_id, "delta": sign * quantity})
-        await _SET_RESERVATION.run(
-            conn,
-            {"b_order": order_id, "book": book_id, "target": target, "stamp": stamp},
+        writes.append((_MOVE_RESERVED, {"book": book_id, "delta": sign * quantity}))
+        writes.append(
+            (
+                _SET_RESERVATION,
+                {"b_order": order_id, "book": book_id, "target": target, "stamp": stamp},
+            )
         )
-    return [OrderItem(book_id=b, quantity=q) for b, q in rows]
+    return [OrderItem(book_id=b, quantity=q) for b, q in rows], writes
 
 
 async def get_stock(db: Database, book_id: int) -> StockView:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
 from decimal import Decimal
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from activities._inbox import Emit, forbid, now, run_compensation, run_once, settled
+from activities._inbox import Emit, Later, forbid, now, run_compensation, run_once, settled
 from activities.commands import (
     Address,
     Compensation,
@@ -22,7 +24,7 @@ from activities.commands import (
 from activities.db import Database
 from activities.errors import BookNotFound, CustomerNotFound, InvalidOrderState, OrderNotFound
 from activities.tables import books, customers, order_items, orders
-from engine.adapters.prepared import Prepared, PreparedIn
+from engine.adapters.prepared import Prepared, PreparedIn, Reply, Statement, run_together
 
 # Order ids derived from an Idempotency-Key live in their own UUID namespace.
 IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1c9a52-3b8e-4c1e-9a57-0c0a5d6e2b11")
@@ -63,9 +65,16 @@ _ORDER_WITH_ITEMS = Prepared(  # a row per item; one round trip for the whole or
 )
 
 
-async def require_order(conn: AsyncConnection, order_id: str) -> None:
-    """OrderNotFound unless the order exists (the steps after create_order check first)."""
-    if await _STATUS.scalar(conn, {"order_id": order_id}) is None:
+def order_status(order_id: str) -> Statement:
+    """The read of an order's status, for the steps after create_order to send together with
+    their first writes (see :func:`require_found`)."""
+    return _STATUS, {"order_id": order_id}
+
+
+def require_found(reply: Reply, order_id: str) -> None:
+    """OrderNotFound unless ``reply``, the answer to :func:`order_status`, found the order.
+    Raised inside the step's transaction, it rolls back the writes sent with the read."""
+    if not reply.rows:
         raise OrderNotFound(f"order {order_id} does not exist", order_id=order_id)
 
 
@@ -84,33 +93,37 @@ async def create_order(db: Database, cmd: CreateOrder, *, emit: Emit | None = No
     was cancelled before it was created.
     """
 
-    async def effect(conn: AsyncConnection) -> OrderView:
+    async def effect(conn: AsyncConnection, later: Later) -> OrderView:
         prices = await _prices(conn, cmd)
         total = _total(cmd, prices)
         stamp = now()
-        await _INSERT_ORDER.run(
-            conn,
-            {
-                "order_id": cmd.order_id,
-                "customer_id": cmd.customer_id,
-                "status": "PENDING",
-                "total_amount": total,
-                "shipping_address": cmd.shipping_address.model_dump_json(),
-                "created_at": stamp,
-                "updated_at": stamp,
-            },
-        )
-        await _INSERT_ITEMS.run_many(
-            conn,
-            [
+        later.add(
+            (
+                _INSERT_ORDER,
                 {
                     "order_id": cmd.order_id,
-                    "book_id": i.book_id,
-                    "quantity": i.quantity,
-                    "unit_price": prices[i.book_id],
-                }
-                for i in cmd.items
-            ],
+                    "customer_id": cmd.customer_id,
+                    "status": "PENDING",
+                    "total_amount": total,
+                    "shipping_address": cmd.shipping_address.model_dump_json(),
+                    "created_at": stamp,
+                    "updated_at": stamp,
+                },
+            )
+        )
+        later.add(
+            (
+                _INSERT_ITEMS,
+                [
+                    {
+                        "order_id": cmd.order_id,
+                        "book_id": i.book_id,
+                        "quantity": i.quantity,
+                        "unit_price": prices[i.book_id],
+                    }
+                    for i in cmd.items
+                ],
+            )
         )
         return OrderView(
             order_id=cmd.order_id,
@@ -159,11 +172,18 @@ async def _set_status(
     The conditional update goes first: it is the common case, and when it matches nothing
     the status read afterwards says why (no order, already ``new``, or another status).
     """
-    stamp = now()
-    if await _MOVE_STATUS.run(
-        conn, {"b_order": order_id, "old": allowed_from, "new": new, "stamp": stamp}
-    ):
+    if await _MOVE_STATUS.run(conn, _move(order_id, new, allowed_from)):
         return allowed_from
+    return await _not_moved(conn, order_id, new)
+
+
+def _move(order_id: str, new: str, allowed_from: str) -> dict[str, Any]:
+    return {"b_order": order_id, "old": allowed_from, "new": new, "stamp": now()}
+
+
+async def _not_moved(conn: AsyncConnection, order_id: str, new: str) -> str | None:
+    """Why a move to ``new`` matched nothing: no order (None), or it is ``new`` already;
+    InvalidOrderState for any other status."""
     current: str | None = await _STATUS.scalar(conn, {"order_id": order_id})
     if current is None or current == new:
         return current
@@ -223,17 +243,28 @@ async def request_cancel(db: Database, cmd: OrderRef, *, emit: Emit | None = Non
 async def complete_order(db: Database, cmd: OrderRef, *, emit: Emit | None = None) -> OrderView:
     """Release the semantic lock: PENDING → COMPLETED, once every step has succeeded."""
 
-    async def effect(conn: AsyncConnection) -> OrderView:
-        previous = await _set_status(conn, cmd.order_id, "COMPLETED", "PENDING")
-        if previous is None:
+    async def effect(conn: AsyncConnection, _later: Later) -> OrderView:
+        # The move and the read of the order go together; the read sees the move.
+        moved, read = await run_together(
+            conn,
+            [
+                (_MOVE_STATUS, _move(cmd.order_id, "COMPLETED", "PENDING")),
+                (_ORDER_WITH_ITEMS, {"order_id": cmd.order_id}),
+            ],
+        )
+        if not moved.matched and await _not_moved(conn, cmd.order_id, "COMPLETED") is None:
             raise OrderNotFound(f"order {cmd.order_id} does not exist", order_id=cmd.order_id)
-        return await _view(conn, cmd.order_id)
+        return _order_view(cmd.order_id, read.rows)
 
     return await run_once(db, cmd.order_id, "complete_order", OrderView, effect, emit)
 
 
 async def _view(conn: AsyncConnection, order_id: str) -> OrderView:
-    rows = await _ORDER_WITH_ITEMS.rows(conn, {"order_id": order_id})
+    return _order_view(order_id, await _ORDER_WITH_ITEMS.rows(conn, {"order_id": order_id}))
+
+
+def _order_view(order_id: str, rows: Sequence[tuple[Any, ...]]) -> OrderView:
+    """The order from the rows of ``_ORDER_WITH_ITEMS``; OrderNotFound when there are none."""
     if not rows:
         raise OrderNotFound(f"order {order_id} does not exist", order_id=order_id)
     customer_id, status, total_amount, shipping_address, _, _ = rows[0]

@@ -12,13 +12,13 @@ from decimal import Decimal
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from activities._inbox import Emit, now, run_compensation, run_once
+from activities._inbox import Emit, Later, now, run_compensation, run_once
 from activities.commands import Compensation, OrderRef, PaymentView, ProcessPayment
 from activities.db import Database
 from activities.errors import CustomerNotFound, DomainError, NotFound, PaymentFailed
-from activities.orders import require_order
+from activities.orders import order_status, require_found
 from activities.tables import customers, payments
-from engine.adapters.prepared import Prepared
+from engine.adapters.prepared import Prepared, run_together
 
 # The forward path runs them for every order (see engine.adapters.prepared).
 _DEBIT = Prepared(
@@ -40,11 +40,18 @@ async def process_payment(
     A failed payment leaves a FAILED payment row and the balance untouched.
     """
 
-    async def effect(conn: AsyncConnection) -> PaymentView | DomainError:
-        await require_order(conn, cmd.order_id)
-        debited = await _DEBIT.run(conn, {"customer": cmd.customer_id, "amount": cmd.amount})
+    async def effect(conn: AsyncConnection, later: Later) -> PaymentView | DomainError:
+        # The order's check and the debit, in one round trip.
+        found, debited = await run_together(
+            conn,
+            [
+                order_status(cmd.order_id),
+                (_DEBIT, {"customer": cmd.customer_id, "amount": cmd.amount}),
+            ],
+        )
+        require_found(found, cmd.order_id)
         refusal: DomainError | None = None
-        if debited != 1:
+        if debited.matched != 1:
             balance = await conn.scalar(
                 sa.select(customers.c.balance).where(customers.c.customer_id == cmd.customer_id)
             )
@@ -60,16 +67,18 @@ async def process_payment(
             )
         status = "FAILED" if refusal else "COMPLETED"
         stamp = now()
-        await _INSERT_PAYMENT.run(
-            conn,
-            {
-                "order_id": cmd.order_id,
-                "customer_id": cmd.customer_id,
-                "amount": cmd.amount,
-                "status": status,
-                "created_at": stamp,
-                "updated_at": stamp,
-            },
+        later.add(
+            (
+                _INSERT_PAYMENT,
+                {
+                    "order_id": cmd.order_id,
+                    "customer_id": cmd.customer_id,
+                    "amount": cmd.amount,
+                    "status": status,
+                    "created_at": stamp,
+                    "updated_at": stamp,
+                },
+            )
         )
         return refusal or PaymentView(
             order_id=cmd.order_id,

@@ -8,14 +8,14 @@ from collections.abc import Collection
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from activities._inbox import Emit, now, run_compensation, run_once
+from activities._inbox import Emit, Later, now, run_compensation, run_once
 from activities.commands import ArrangeShipping, Compensation, OrderRef, ShipmentView
 from activities.db import Database
 from activities.errors import DomainError, NotFound, ShippingFailed
-from activities.inventory import move_reservation
-from activities.orders import require_order
+from activities.inventory import move_reservation, reservations
+from activities.orders import order_status, require_found
 from activities.tables import shipments
-from engine.adapters.prepared import Prepared
+from engine.adapters.prepared import Prepared, run_together
 
 DEFAULT_SERVED_COUNTRIES: tuple[str, ...] = ("JP",)
 
@@ -38,8 +38,12 @@ async def arrange_shipping(
 ) -> ShipmentView:
     """Arrange delivery and consume the reserved units; ShippingFailed outside served countries."""
 
-    async def effect(conn: AsyncConnection) -> ShipmentView | DomainError:
-        await require_order(conn, cmd.order_id)
+    async def effect(conn: AsyncConnection, later: Later) -> ShipmentView | DomainError:
+        # The order's check and the reservations to ship, in one round trip.
+        found, reserved = await run_together(
+            conn, [order_status(cmd.order_id), reservations(cmd.order_id, ship=True)]
+        )
+        require_found(found, cmd.order_id)
         country = cmd.address.country
         served = country in served_countries
         reason = None if served else f"we do not ship to {country}"
@@ -51,18 +55,21 @@ async def arrange_shipping(
             tracking_number=tracking_number(cmd.order_id) if served else None,
             reason=reason,
         )
-        await _INSERT_SHIPMENT.run(
-            conn,
-            {
-                **view.model_dump(),
-                "address": cmd.address.model_dump_json(),
-                "created_at": stamp,
-                "updated_at": stamp,
-            },
+        later.add(
+            (
+                _INSERT_SHIPMENT,
+                {
+                    **view.model_dump(),
+                    "address": cmd.address.model_dump_json(),
+                    "created_at": stamp,
+                    "updated_at": stamp,
+                },
+            )
         )
         if not served:
             return ShippingFailed(reason or "", order_id=cmd.order_id, country=country)
-        await move_reservation(conn, cmd.order_id, ship=True)
+        for write in move_reservation(cmd.order_id, reserved.rows, ship=True)[1]:
+            later.add(write)
         return view
 
     return await run_once(db, cmd.order_id, "arrange_shipping", ShipmentView, effect, emit)
@@ -79,7 +86,9 @@ async def cancel_shipping(db: Database, cmd: OrderRef, *, emit: Emit | None = No
                 .values(status="CANCELLED", updated_at=now())
             )
             if moved.rowcount == 1:
-                items = await move_reservation(conn, cmd.order_id, ship=False)
+                (found,) = await run_together(conn, [reservations(cmd.order_id, ship=False)])
+                items, writes = move_reservation(cmd.order_id, found.rows, ship=False)
+                await run_together(conn, writes)
                 return Compensation(
                     order_id=cmd.order_id, operation="cancel_shipping", undone=True, items=items
                 )

@@ -22,12 +22,15 @@ multiple statements allowed), which saves the transaction's last round trip. The
 nothing after it; :func:`skip_commits_already_sent` has the engine then skip the ``COMMIT``
 SQLAlchemy would send. If the write fails, the ``COMMIT`` never runs and the transaction rolls
 back as usual.
+
+Statements whose replies the caller needs together (a read and the writes it guards, or a
+transaction's last writes) can go in one packet with :func:`run_together`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import sqlalchemy as sa
 from aiomysql.cursors import RE_INSERT_VALUES
@@ -35,7 +38,14 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.compiler import SQLCompiler
 
-__all__ = ["Prepared", "PreparedIn", "run_together", "skip_commits_already_sent"]
+__all__ = [
+    "Prepared",
+    "PreparedIn",
+    "Reply",
+    "Statement",
+    "run_together",
+    "skip_commits_already_sent",
+]
 
 _DRIVER_DIALECTS = frozenset({"mysql", "mariadb"})
 # Each positional parameter: its name, its type's bind processor (None: sent as it is) and
@@ -108,15 +118,13 @@ class Prepared:
         if conn.dialect.name not in _DRIVER_DIALECTS:
             return int((await conn.execute(self.statement, [dict(r) for r in rows])).rowcount)
         sql, order = self._sql(conn.dialect, rows[0])
+        if commit and RE_INSERT_VALUES.match(sql):
+            many, values = _packed(self, conn.dialect, rows)
+            async with _DriverCursor(conn, many, rows) as cursor:
+                return await _execute(cursor, many, values, commit=True)
         async with _DriverCursor(conn, sql, rows) as cursor:
-            insert = RE_INSERT_VALUES.match(sql) if commit else None
-            if insert is None:
-                await cursor.executemany(sql, [_values(order, row) for row in rows])
-                return int(cursor.rowcount)
-            head, one_row, tail = insert.groups()
-            many = head + ",".join([one_row] * len(rows)) + tail
-            values = [value for row in rows for value in _values(order, row)]
-            return await _execute(cursor, many, values, commit=True)
+            await cursor.executemany(sql, [_values(order, row) for row in rows])
+            return int(cursor.rowcount)
 
     def _sql(self, dialect: Dialect, params: Mapping[str, Any]) -> tuple[str, _Order]:
         key = (dialect.name, tuple(params))
@@ -168,34 +176,97 @@ class PreparedIn:
         return {f"{self._name}{i}": value for i, value in enumerate(values)}
 
 
-async def run_together(
-    conn: AsyncConnection, statements: Sequence[tuple[Prepared, Mapping[str, Any]]]
-) -> list[int]:
-    """Run DML statements in order, in the caller's transaction; the rows each one matched.
+class Reply(NamedTuple):
+    """What one statement of :func:`run_together` answered."""
 
-    On MySQL/MariaDB they go to the server in one packet, so a batch of writes costs one round
-    trip instead of one each. The server runs them one after another and stops at the first
-    that fails; its error is raised as :meth:`Prepared.run` raises it, and the caller's
-    transaction rolls back as usual. Elsewhere they run one by one.
+    matched: int
+    """The rows a DML statement matched (an ``INSERT``: the rows it wrote)."""
+    rows: list[tuple[Any, ...]]
+    """The rows of a ``SELECT``; empty for any other statement."""
+
+
+Statement = tuple[Prepared, Mapping[str, Any] | Sequence[Mapping[str, Any]]]
+"""A statement and its parameters; a list of parameter sets makes an ``INSERT`` of that many
+rows (one statement)."""
+
+
+async def run_together(
+    conn: AsyncConnection, statements: Sequence[Statement], *, commit: bool = False
+) -> list[Reply]:
+    """Run statements in order, in the caller's transaction; what each one answered.
+
+    On MySQL/MariaDB they go to the server in one packet, so a transaction's reads and writes
+    cost one round trip instead of one each; ``commit``: they are the transaction's last, and
+    the ``COMMIT`` goes with them (as for :meth:`Prepared.run`). The server runs them one after
+    another and stops at the first that fails; its error is raised as :meth:`Prepared.run`
+    raises it, nothing after it ran, and the caller's transaction rolls back as usual.
+    Elsewhere they run one by one.
     """
     if conn.dialect.name not in _DRIVER_DIALECTS:
-        return [await prepared.run(conn, params) for prepared, params in statements]
-    if not statements:
-        return []
+        return [await _one_by_one(conn, prepared, params) for prepared, params in statements]
     parts: list[str] = []
     values: list[Any] = []
     for prepared, params in statements:
-        sql, order = prepared._sql(conn.dialect, params)
-        parts.append(sql)
-        values.extend(_values(order, params))
-    together = "; ".join(parts)
+        if isinstance(params, Mapping) or params:  # an INSERT of no rows is not sent
+            sql, these = _packed(prepared, conn.dialect, params)
+            parts.append(sql)
+            values.extend(these)
+    if not parts:
+        return [_NOTHING for _ in statements]
+    together = "; ".join(parts) + (_AND_COMMIT if commit else "")
+    answers: list[Reply] = []
     async with _DriverCursor(conn, together, values) as cursor:
         await cursor.execute(together, values)
-        matched = [int(cursor.rowcount)]
-        while len(matched) < len(statements):
+        while True:
+            rows = list(await cursor.fetchall()) if cursor.description else []
+            answers.append(Reply(int(cursor.rowcount), rows))
+            if len(answers) == len(parts):
+                break
             await cursor.nextset()  # the next statement's reply; its error is raised here
-            matched.append(int(cursor.rowcount))
-    return matched
+        if commit:
+            await cursor.nextset()  # the COMMIT's own reply
+            driver = cursor.connection
+            driver._committed_by = driver._result
+    sent = iter(answers)
+    return [
+        next(sent) if isinstance(params, Mapping) or params else _NOTHING
+        for _, params in statements
+    ]
+
+
+_NOTHING = Reply(0, [])
+
+
+async def _one_by_one(
+    conn: AsyncConnection,
+    prepared: Prepared,
+    params: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+) -> Reply:
+    if isinstance(params, Mapping):
+        result = await conn.execute(prepared.statement, dict(params))
+        if result.returns_rows:
+            rows = [tuple(row) for row in result]
+            return Reply(len(rows), rows)
+        return Reply(int(result.rowcount), [])
+    return Reply(await prepared.run_many(conn, params), [])
+
+
+def _packed(
+    prepared: Prepared,
+    dialect: Dialect,
+    params: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+) -> tuple[str, list[Any]]:
+    """The SQL of one statement and its values; a list of parameter sets, as one ``INSERT``."""
+    if isinstance(params, Mapping):
+        sql, order = prepared._sql(dialect, params)
+        return sql, _values(order, params)
+    sql, order = prepared._sql(dialect, params[0])
+    insert = RE_INSERT_VALUES.match(sql)
+    if insert is None:
+        raise ValueError(f"not an INSERT of many rows: {sql}")
+    head, one_row, tail = insert.groups()
+    many = head + ",".join([one_row] * len(params)) + tail
+    return many, [value for row in params for value in _values(order, row)]
 
 
 async def _execute(cursor: Any, sql: str, values: list[Any], *, commit: bool) -> int:

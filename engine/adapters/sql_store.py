@@ -277,8 +277,8 @@ class SqlHistoryStore:
         async with self._engine.begin() as conn:
             # Every saga's row in one round trip, then its events with the COMMIT in another.
             matched = await run_together(conn, [item.row_write() for item in batch])
-            for item, count in zip(batch, matched, strict=True):
-                ok = count == 1
+            for item, reply in zip(batch, matched, strict=True):
+                ok = reply.matched == 1
                 error = None if ok or item.instance is not None else await self._why(conn, item)
                 outcomes.append((item, ok, error))
                 if ok:

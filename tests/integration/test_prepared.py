@@ -16,7 +16,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from activities.db import create_engine
-from engine.adapters.prepared import Prepared, run_together
+from engine.adapters.prepared import Prepared, Reply, run_together
 
 metadata = sa.MetaData()
 things = sa.Table(
@@ -86,20 +86,33 @@ async def test_statements_answer_alike_on_every_dialect(db: AsyncEngine) -> None
 
 async def test_statements_run_together_answer_as_one_by_one(db: AsyncEngine) -> None:
     async with db.begin() as conn:
-        matched = await run_together(
+        replies = await run_together(
             conn,
             [
                 (INSERT, row(1)),
+                (INSERT, [row(2), row(3, name="b")]),  # one INSERT of two rows
+                (INSERT, []),  # of none: nothing is sent
                 (ADD, {"id": 1, "delta": Decimal("2.00")}),
                 (ADD, {"id": 1, "delta": Decimal("9.00")}),  # not enough: matches nothing
+                (BY_NAME, {"name": "a"}),  # sees the writes before it
                 (CLEAR_FLAG, {"id": 1}),
             ],
         )
-        assert matched == [1, 1, 0, 1]
+        assert [r.matched for r in replies[:5]] == [1, 2, 0, 1, 0]
+        assert replies[5].rows == [(1, Decimal("3.00"), AT), (2, Decimal("5.00"), AT)]
+        assert replies[6] == Reply(1, [])
         assert await run_together(conn, []) == []
+        assert await run_together(conn, [(INSERT, [])]) == [Reply(0, [])]
     async with db.connect() as conn:
-        assert await BY_NAME.rows(conn, {"name": "a"}) == [(1, Decimal("3.00"), AT)]
         assert await FLAG.scalar(conn, {"id": 1}) is None
+        assert await BY_NAME.scalar(conn, {"name": "b"}) == 3
+
+
+async def test_statements_run_together_can_carry_the_commit(db: AsyncEngine) -> None:
+    async with db.begin() as conn:
+        await run_together(conn, [(INSERT, row(1)), (INSERT, row(2))], commit=True)
+    async with db.connect() as conn:
+        assert [r[0] for r in await BY_NAME.rows(conn, {"name": "a"})] == [1, 2]
 
 
 async def test_statements_run_together_stop_at_the_first_error(db: AsyncEngine) -> None:
@@ -141,8 +154,8 @@ async def test_statements_run_together_cost_one_round_trip() -> None:
         sent = count_round_trips(engine)
         async with engine.begin() as conn:
             await run_together(conn, [(INSERT, row(1)), (INSERT, row(2)), (CLEAR_FLAG, {"id": 1})])
-            await INSERT.run(conn, row(3), commit=True)
-        assert len(sent) == 2, sent
+            await run_together(conn, [(INSERT, row(3)), (BY_NAME, {"name": "a"})], commit=True)
+        assert len(sent) == 2, sent  # and the engine sent no COMMIT of its own
     finally:
         await engine.dispose()
 
