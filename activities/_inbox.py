@@ -41,9 +41,10 @@ R = TypeVar("R", bound=BaseModel)
 T = TypeVar("T")
 Emit = Callable[[AsyncConnection, str, dict[str, Any]], Awaitable[None]]
 """``emit(conn, operation, outcome)``: called inside the operation's transaction, the first
-time it runs, with its recorded outcome (``{"result": ...}`` or ``{"error": ...}``); the
+time it runs, once its outcome is recorded (``{"result": ...}`` or ``{"error": ...}``); the
 choreography writes the events the outcome causes to its outbox here, so an event exists
-exactly when its cause committed."""
+exactly when its cause committed. Its writes are the transaction's last: they may carry the
+``COMMIT`` (see engine.adapters.prepared)."""
 _RACE_RETRIES = 5
 
 

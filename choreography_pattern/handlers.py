@@ -51,10 +51,12 @@ from choreography_pattern.events import Event, event_for
 from choreography_pattern.outbox import (
     insert_ignoring_duplicates,
     mark_processed,
+    outbox_rows,
+    processed_check,
+    processed_mark,
     was_processed,
-    write_events,
 )
-from engine.adapters.prepared import Prepared
+from engine.adapters.prepared import Prepared, Statement, run_together
 
 log = structlog.get_logger("choreography.handlers")
 
@@ -99,11 +101,13 @@ async def _run(
 
     async def emit(conn: AsyncConnection, op: str, outcome: dict[str, Any]) -> None:
         nonlocal marked
+        writes: list[Statement] = []
         caused = event_for(service, op, event.order_id, outcome, event.context)
         if caused is not None:
-            await write_events(conn, [caused])
+            writes.append(outbox_rows([caused]))
             deps.events_written += 1
-        await mark_processed(conn, service, event)
+        # The event and the processed mark, with the COMMIT: one round trip.
+        await run_together(conn, [*writes, processed_mark(service, event)], commit=True)
         marked = True
 
     try:
@@ -195,23 +199,31 @@ async def _shipping_prerequisite(deps: Deps, event: Event) -> bool | None:
     address_text = json.dumps(address) if address is not None else None
 
     async def work(conn: AsyncConnection) -> str | None:
-        if await was_processed(conn, "shipping", event.event_id):
-            return _DUPLICATE
+        # One round trip: whether the event was processed, the upsert and the row after it.
         # The upsert locks the row until commit, so of two concurrent prerequisites the
-        # second waits and then sees the first: one of them always finds both.
+        # second waits and then sees the first: one of them always finds both. On a
+        # duplicate the upsert sets a flag that is set already, and the transaction ends.
         dialect = "sqlite" if conn.dialect.name == "sqlite" else "mysql"
-        await _NOTE_PREREQUISITE[(dialect, flag)].run(
+        processed, _, prerequisites = await run_together(
             conn,
-            {
-                "order_id": event.order_id,
-                "stock_reserved": flag == "stock_reserved",
-                "payment_completed": flag == "payment_completed",
-                "address": address_text,
-                "stamp": now(),
-            },
+            [
+                processed_check("shipping", event.event_id),
+                (
+                    _NOTE_PREREQUISITE[(dialect, flag)],
+                    {
+                        "order_id": event.order_id,
+                        "stock_reserved": flag == "stock_reserved",
+                        "payment_completed": flag == "payment_completed",
+                        "address": address_text,
+                        "stamp": now(),
+                    },
+                ),
+                (_PREREQUISITES, {"order_id": event.order_id}),
+            ],
         )
-        rows = await _PREREQUISITES.rows(conn, {"order_id": event.order_id})
-        stock_reserved, payment_completed, address_seen = rows[0]
+        if processed.rows:
+            return _DUPLICATE
+        stock_reserved, payment_completed, address_seen = prerequisites.rows[0]
         if stock_reserved and payment_completed and address_seen:
             return str(address_seen)
         await mark_processed(conn, "shipping", event)
@@ -261,23 +273,30 @@ async def _order_saw(deps: Deps, event: Event) -> bool | None:
     """Log the event for the order; complete or cancel it when the events seen say so."""
 
     async def work(conn: AsyncConnection) -> str | None:
-        logged = await _LOG_EVENT.run(
+        # One round trip: the event logged, then the order locked with the types seen.
+        logged, locked = await run_together(
             conn,
-            {
-                "event_id": event.event_id,
-                "order_id": event.order_id,
-                "event_type": event.type,
-                "producer": event.producer,
-                "sequence": event.sequence,
-                "occurred_at": event.occurred_at,
-                "received_at": now(),
-            },
+            [
+                (
+                    _LOG_EVENT,
+                    {
+                        "event_id": event.event_id,
+                        "order_id": event.order_id,
+                        "event_type": event.type,
+                        "producer": event.producer,
+                        "sequence": event.sequence,
+                        "occurred_at": event.occurred_at,
+                        "received_at": now(),
+                    },
+                ),
+                (_LOCK_ORDER_WITH_SEEN, {"order_id": event.order_id}),
+            ],
         )
         # An event is logged no later than it is marked processed: one that was not logged
         # yet is new. One logged before may still await its decision (a crash in between).
-        if not logged and await was_processed(conn, "order", event.event_id):
+        if not logged.matched and await was_processed(conn, "order", event.event_id):
             return _DUPLICATE
-        rows = await _LOCK_ORDER_WITH_SEEN.rows(conn, {"order_id": event.order_id})
+        rows = locked.rows
         decision = None
         if rows and rows[0][0] == "PENDING":
             decision = decide([event_type for _, event_type in rows if event_type is not None])

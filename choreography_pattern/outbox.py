@@ -1,9 +1,10 @@
 """Writing events: into the outbox, inside the transaction of the change that caused them.
 
-:func:`write_events` inserts outbox rows on the caller's connection, so an event exists
-exactly when its cause committed (a rolled-back change leaves no event); the relay
-(:mod:`choreography_pattern.relay`) publishes them afterwards. :func:`mark_processed` records
-that a service handled an event (its inbox of event ids), idempotently.
+:func:`outbox_rows` is the insert of outbox rows into the transaction of their cause, so an
+event exists exactly when its cause committed (a rolled-back change leaves no event); the relay
+(:mod:`choreography_pattern.relay`) publishes them afterwards. :func:`processed_mark` (and
+:func:`mark_processed`) records that a service handled an event (its inbox of event ids),
+idempotently.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from activities._inbox import now
 from activities.tables import outbox, processed_events
 from choreography_pattern.events import Event
-from engine.adapters.prepared import Prepared
+from engine.adapters.prepared import Prepared, Statement, run_together
 
 TOPIC = "events"
 
@@ -42,11 +43,11 @@ _PROCESSED = Prepared(
 )
 
 
-async def write_events(conn: AsyncConnection, events: Sequence[Event]) -> None:
-    """Add ``events`` to the outbox in the caller's transaction."""
+def outbox_rows(events: Sequence[Event]) -> Statement:
+    """The insert of ``events`` into the outbox, to run in the transaction that caused them."""
     stamp = now()
-    await _INSERT_OUTBOX.run_many(
-        conn,
+    return (
+        _INSERT_OUTBOX,
         [
             {
                 "event_id": e.event_id,
@@ -63,14 +64,10 @@ async def write_events(conn: AsyncConnection, events: Sequence[Event]) -> None:
     )
 
 
-async def mark_processed(conn: AsyncConnection, service: str, event: Event) -> None:
-    """Record that ``service`` handled ``event`` (a repeat of the record changes nothing).
-
-    It is the last statement of the handler's transaction wherever it is called, so it carries
-    the transaction's ``COMMIT`` (see :mod:`engine.adapters.prepared`): nothing may follow it.
-    """
-    await _MARK_PROCESSED.run(
-        conn,
+def processed_mark(service: str, event: Event) -> Statement:
+    """The record that ``service`` handled ``event`` (a repeat of the record changes nothing)."""
+    return (
+        _MARK_PROCESSED,
         {
             "service": service,
             "event_id": event.event_id,
@@ -78,8 +75,21 @@ async def mark_processed(conn: AsyncConnection, service: str, event: Event) -> N
             "event_type": event.type,
             "processed_at": now(),
         },
-        commit=True,
     )
+
+
+async def mark_processed(conn: AsyncConnection, service: str, event: Event) -> None:
+    """Record that ``service`` handled ``event`` (see :func:`processed_mark`).
+
+    It is the last statement of the handler's transaction wherever it is called, so it carries
+    the transaction's ``COMMIT`` (see :mod:`engine.adapters.prepared`): nothing may follow it.
+    """
+    await run_together(conn, [processed_mark(service, event)], commit=True)
+
+
+def processed_check(service: str, event_id: str) -> Statement:
+    """The read of ``service``'s record of ``event_id`` (a row when it was processed)."""
+    return _PROCESSED, {"service": service, "event_id": event_id}
 
 
 async def was_processed(conn: AsyncConnection, service: str, event_id: str) -> bool:

@@ -28,7 +28,8 @@ from activities.orders import (
 )
 from activities.tables import order_events as order_events_table
 from choreography_pattern.events import CONTEXT_FIELDS, event_for
-from choreography_pattern.outbox import write_events
+from choreography_pattern.outbox import outbox_rows
+from engine.adapters.prepared import Statement, run_together
 
 
 class SeenEvent(BaseModel):
@@ -68,11 +69,7 @@ async def start_order(
     async def emit(conn: AsyncConnection, operation: str, outcome: dict[str, Any]) -> None:
         nonlocal created
         created = True
-        result = outcome.get("result") or {}
-        context = {k: result[k] for k in CONTEXT_FIELDS if k in result}
-        event = event_for("order", operation, command.order_id, outcome, context)
-        if event is not None:
-            await write_events(conn, [event])
+        await run_together(conn, _caused(command.order_id, operation, outcome), commit=True)
 
     view = await create_order(db, command, emit=emit)
     if not created and not _same_order(view, order):
@@ -89,13 +86,17 @@ async def cancel_choreographed_order(db: Database, order_id: str) -> OrderView:
     then) is returned; a COMPLETED one is refused."""
 
     async def emit(conn: AsyncConnection, operation: str, outcome: dict[str, Any]) -> None:
-        result = outcome.get("result") or {}
-        context = {k: result[k] for k in CONTEXT_FIELDS if k in result}
-        event = event_for("order", operation, order_id, outcome, context)
-        if event is not None:
-            await write_events(conn, [event])
+        await run_together(conn, _caused(order_id, operation, outcome), commit=True)
 
     return await request_cancel(db, OrderRef(order_id=order_id, reason="cancelled"), emit=emit)
+
+
+def _caused(order_id: str, operation: str, outcome: dict[str, Any]) -> list[Statement]:
+    """The outbox row of the event the order service's ``operation`` causes, if any."""
+    result = outcome.get("result") or {}
+    context = {k: result[k] for k in CONTEXT_FIELDS if k in result}
+    event = event_for("order", operation, order_id, outcome, context)
+    return [] if event is None else [outbox_rows([event])]
 
 
 class _Changes(Protocol):

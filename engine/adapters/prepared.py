@@ -193,7 +193,8 @@ rows (one statement)."""
 async def run_together(
     conn: AsyncConnection, statements: Sequence[Statement], *, commit: bool = False
 ) -> list[Reply]:
-    """Run statements in order, in the caller's transaction; what each one answered.
+    """Run statements in order, in the caller's transaction (``engine.begin()``; a read
+    outside one goes through :meth:`Prepared.rows`); what each one answered.
 
     On MySQL/MariaDB they go to the server in one packet, so a transaction's reads and writes
     cost one round trip instead of one each; ``commit``: they are the transaction's last, and

@@ -14,8 +14,9 @@ from activities import Database
 from activities.tables import outbox
 from choreography_pattern import Event, InMemoryEventBus, OutboxRelay
 from choreography_pattern import events as ev
-from choreography_pattern.outbox import write_events
+from choreography_pattern.outbox import outbox_rows
 from cloudmart.schema import create_schema
+from engine.adapters.prepared import run_together
 
 pytestmark = [pytest.mark.mysql]
 
@@ -34,7 +35,7 @@ async def add(db: Database, count: int) -> list[Event]:
     events = [Event(ev.ORDER_CREATED, f"order-{i}", {"n": i}) for i in range(count)]
 
     async def work(conn: sa.ext.asyncio.AsyncConnection) -> None:
-        await write_events(conn, events)
+        await run_together(conn, [outbox_rows(events)])
 
     await db.transaction(work)
     return events
@@ -70,7 +71,7 @@ async def test_a_rolled_back_change_leaves_no_event(db: Database) -> None:
         pass
 
     async def work(conn: sa.ext.asyncio.AsyncConnection) -> None:
-        await write_events(conn, [Event(ev.ORDER_CREATED, "rolled-back", {})])
+        await run_together(conn, [outbox_rows([Event(ev.ORDER_CREATED, "rolled-back", {})])])
         raise Abort
 
     with pytest.raises(Abort):
@@ -93,8 +94,9 @@ async def test_a_lost_published_mark_republishes_the_same_event_id(db: Database)
 
 async def test_a_relay_publishes_only_the_events_of_its_producers(db: Database) -> None:
     async def work(conn: sa.ext.asyncio.AsyncConnection) -> None:
-        await write_events(
-            conn, [Event(ev.ORDER_CREATED, "o", {}), Event(ev.STOCK_RESERVED, "o", {})]
+        await run_together(
+            conn,
+            [outbox_rows([Event(ev.ORDER_CREATED, "o", {}), Event(ev.STOCK_RESERVED, "o", {})])],
         )
 
     await db.transaction(work)
