@@ -564,21 +564,31 @@ class RabbitMQCommandServer:
         await message.ack()
 
     async def _reply(self, message: AbstractIncomingMessage, body: bytes) -> None:
-        channel = self._replies
-        if not message.reply_to or not message.correlation_id or channel is None:
+        replies, commands = self._replies, self._channel
+        if not message.reply_to or not message.correlation_id or commands is None:
             logger.debug("command.no_reply_to")
             return
         headers = {k: v for k, v in (message.headers or {}).items() if k in _REPLY_HEADERS}
+        reply = aio_pika.Message(
+            body,
+            content_type="application/json",
+            correlation_id=message.correlation_id,
+            headers=headers,
+        )
         # mandatory=False: a requester that went away simply misses the reply (it re-sends).
-        await channel.default_exchange.publish(
-            aio_pika.Message(
-                body,
-                content_type="application/json",
-                correlation_id=message.correlation_id,
-                headers=headers,
-            ),
-            routing_key=message.reply_to,
-            mandatory=False,
+        if replies is not None and not replies.is_closed:
+            try:
+                await replies.default_exchange.publish(
+                    reply, routing_key=message.reply_to, mandatory=False
+                )
+                return
+            except _BROKER_ERRORS as exc:
+                logger.info("command.reply_channel_down", error=repr(exc))
+        # After a reconnect the channels come back in no set order: the reply channel may not
+        # be up yet when the command channel delivers again. The channel that delivered the
+        # command is up, so the reply goes there (confirmed, which costs only time).
+        await commands.default_exchange.publish(
+            reply, routing_key=message.reply_to, mandatory=False
         )
 
     async def _retry_or_dead_letter(

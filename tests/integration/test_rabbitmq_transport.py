@@ -349,6 +349,25 @@ async def test_server_reconnects_and_serves_commands_sent_while_it_was_away(
     assert srv.stats.reconnects == 1
 
 
+async def test_a_reply_goes_on_the_command_channel_while_the_reply_channel_is_down(
+    namespace: str, transport: RabbitMQTransport
+) -> None:
+    # After a reconnect the channels come back in no set order, so a command can arrive
+    # before the reply channel is back; here that channel is simply closed.
+    async def handler(
+        method: str, payload: dict[str, Any], headers: dict[str, str]
+    ) -> dict[str, Any]:
+        return {"ok": payload["n"]}
+
+    async with server(namespace, handler) as srv:
+        assert srv._replies is not None
+        await srv._replies.close()
+        reply = await transport.request(SERVICE, "echo", {"n": 7}, timeout=5, idempotency_key="k")
+
+    assert reply == {"ok": 7}
+    assert srv.stats.processed == 1
+
+
 async def test_transport_pair_maps_handler_errors_like_the_in_memory_transport() -> None:
     seen: list[Any] = []
 
