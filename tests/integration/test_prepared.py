@@ -60,6 +60,16 @@ async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[As
     await engine.dispose()
 
 
+@pytest.fixture
+async def one_connection() -> AsyncIterator[AsyncEngine]:
+    """MariaDB with the table, through a pool of one connection (the same one every time)."""
+    engine = create_engine(mysql_database_url("cloudmart_test_prepared"), pool_size=1)
+    async with engine.begin() as conn:
+        await conn.run_sync(metadata.create_all)
+    yield engine
+    await engine.dispose()
+
+
 def row(thing_id: int, name: str = "a", flag: bool | None = True) -> dict[str, object]:
     return {"thing_id": thing_id, "name": name, "flag": flag, "amount": Decimal("5.00"), "at": AT}
 
@@ -146,31 +156,23 @@ def count_round_trips(engine: AsyncEngine) -> list[str]:
     return sent
 
 
-async def test_statements_run_together_cost_one_round_trip() -> None:
-    engine = create_engine(mysql_database_url("cloudmart_test_prepared"), pool_size=1)
-    try:
-        async with engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
-        sent = count_round_trips(engine)
-        async with engine.begin() as conn:
-            await run_together(conn, [(INSERT, row(1)), (INSERT, row(2)), (CLEAR_FLAG, {"id": 1})])
-            await run_together(conn, [(INSERT, row(3)), (BY_NAME, {"name": "a"})], commit=True)
-        assert len(sent) == 2, sent  # and the engine sent no COMMIT of its own
-    finally:
-        await engine.dispose()
+async def test_statements_run_together_cost_one_round_trip(one_connection: AsyncEngine) -> None:
+    engine = one_connection
+    sent = count_round_trips(engine)
+    async with engine.begin() as conn:
+        await run_together(conn, [(INSERT, row(1)), (INSERT, row(2)), (CLEAR_FLAG, {"id": 1})])
+        await run_together(conn, [(INSERT, row(3)), (BY_NAME, {"name": "a"})], commit=True)
+    assert len(sent) == 2, sent  # and the engine sent no COMMIT of its own
 
 
-async def test_a_read_outside_a_transaction_costs_one_round_trip() -> None:
-    engine = create_engine(mysql_database_url("cloudmart_test_prepared"), pool_size=1)
-    try:
-        async with engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
-        sent = count_round_trips(engine)
-        async with engine.connect() as conn:  # the pool sends no ROLLBACK when it is back
-            assert await BY_NAME.rows(conn, {"name": "nobody"}) == []
-        assert len(sent) == 1, sent
-    finally:
-        await engine.dispose()
+async def test_a_read_outside_a_transaction_costs_one_round_trip(
+    one_connection: AsyncEngine,
+) -> None:
+    engine = one_connection
+    sent = count_round_trips(engine)
+    async with engine.connect() as conn:  # the pool sends no ROLLBACK when it is back
+        assert await BY_NAME.rows(conn, {"name": "nobody"}) == []
+    assert len(sent) == 1, sent
 
 
 async def test_statements_run_inside_the_callers_transaction(db: AsyncEngine) -> None:
@@ -246,52 +248,44 @@ async def test_a_last_write_that_fails_commits_nothing(db: AsyncEngine) -> None:
         assert [r[0] for r in await BY_NAME.rows(conn, {"name": "a"})] == [1]
 
 
-async def test_the_engine_sends_no_second_commit() -> None:
-    engine = create_engine(mysql_database_url("cloudmart_test_prepared_commit"), pool_size=1)
-    try:
-        async with engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
+async def test_the_engine_sends_no_second_commit(one_connection: AsyncEngine) -> None:
+    engine = one_connection
 
-        async def commits() -> int:
-            async with engine.connect() as conn:  # the pool's one connection, every time
-                result = await conn.execute(sa.text("SHOW SESSION STATUS LIKE 'Com_commit'"))
-                return int(result.one()[1])
+    async def commits() -> int:
+        async with engine.connect() as conn:  # the pool's one connection, every time
+            result = await conn.execute(sa.text("SHOW SESSION STATUS LIKE 'Com_commit'"))
+            return int(result.one()[1])
 
-        before = await commits()
-        async with engine.begin() as conn:
-            await INSERT.run(conn, row(1), commit=True)
-        carried = await commits() - before
-        async with engine.begin() as conn:
-            await INSERT.run(conn, row(2))
-        separate = await commits() - before - carried
-        assert (carried, separate) == (1, 1)
-    finally:
-        await engine.dispose()
+    before = await commits()
+    async with engine.begin() as conn:
+        await INSERT.run(conn, row(1), commit=True)
+    carried = await commits() - before
+    async with engine.begin() as conn:
+        await INSERT.run(conn, row(2))
+    separate = await commits() - before - carried
+    assert (carried, separate) == (1, 1)
 
 
-async def test_a_read_outside_a_transaction_leaves_none_open_in_the_pool() -> None:
+async def test_a_read_outside_a_transaction_leaves_none_open_in_the_pool(
+    one_connection: AsyncEngine,
+) -> None:
+    engine = one_connection
     # A read through engine.connect() opens a transaction on the server; the connection must
     # go back to the pool without it, or the server kills it once idle_transaction_timeout
     # passes and its next user finds it dead.
-    engine = create_engine(mysql_database_url("cloudmart_test_prepared"), pool_size=1)
+    async with engine.connect() as conn:
+        assert await BY_NAME.rows(conn, {"name": "nobody"}) == []
+        connection_id = await Prepared(sa.select(sa.func.connection_id())).scalar(conn)
+    other = create_engine(mysql_database_url("cloudmart_test_prepared"), pool_size=1)
     try:
-        async with engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
-        async with engine.connect() as conn:
-            assert await BY_NAME.rows(conn, {"name": "nobody"}) == []
-            connection_id = await Prepared(sa.select(sa.func.connection_id())).scalar(conn)
-        other = create_engine(mysql_database_url("cloudmart_test_prepared"), pool_size=1)
-        try:
-            async with other.connect() as conn:
-                left = await conn.scalar(
-                    sa.text(
-                        "SELECT COUNT(*) FROM information_schema.innodb_trx "
-                        "WHERE trx_mysql_thread_id = :id"
-                    ),
-                    {"id": connection_id},
-                )
-        finally:
-            await other.dispose()
-        assert left == 0
+        async with other.connect() as conn:
+            left = await conn.scalar(
+                sa.text(
+                    "SELECT COUNT(*) FROM information_schema.innodb_trx "
+                    "WHERE trx_mysql_thread_id = :id"
+                ),
+                {"id": connection_id},
+            )
     finally:
-        await engine.dispose()
+        await other.dispose()
+    assert left == 0
