@@ -27,11 +27,12 @@ Server, :class:`RabbitMQCommandServer`: consumes ``<ns>.<service>.commands`` (du
 the service's routing key, dead-lettering to ``<ns>.dlx`` → ``<ns>.<service>.dead``) with a bounded
 prefetch and manual acks. Per message: decode (malformed → dead-letter at once), call
 ``handler(method, payload, headers)``, publish the reply and only then ack, so a command is acked
-only after its activity committed. Replies go unconfirmed, on a channel of their own: they live in
-the requester's exclusive queue, which no confirm makes durable. An exception with ``to_wire()`` (a
-``DomainError`` or ``SagaError``) is an answer: error reply + ack. Any other exception (the
-database is down...) is a failed delivery: the command goes back to the queue until it has been
-delivered ``max_deliveries`` times, then to the dead-letter queue.
+only after its activity committed. Replies go unconfirmed, on a channel of their own (the command
+channel while that one is down after a reconnect): they live in the requester's exclusive queue,
+which no confirm makes durable. An exception with ``to_wire()`` (a ``DomainError`` or
+``SagaError``) is an answer: error reply + ack. Any other exception (the database is down...) is a
+failed delivery: the command goes back to the queue until it has been delivered ``max_deliveries``
+times, then to the dead-letter queue.
 
 Counting deliveries: classic queues keep no count (``x-delivery-limit`` needs a quorum queue,
 about 1 ms more per round trip on this machine, FLOOR.md). A failed delivery is therefore
