@@ -259,6 +259,16 @@ async def complete_order(db: Database, cmd: OrderRef, *, emit: Emit | None = Non
     return await run_once(db, cmd.order_id, "complete_order", OrderView, effect, emit)
 
 
+def order_read(order_id: str) -> Statement:
+    """The read of an order with its items, to send with others (see :func:`order_from`)."""
+    return _ORDER_WITH_ITEMS, {"order_id": order_id}
+
+
+def order_from(reply: Reply, order_id: str) -> OrderView:
+    """The order ``reply``, the answer to :func:`order_read`, holds; OrderNotFound if none."""
+    return _order_view(order_id, reply.rows)
+
+
 async def _view(conn: AsyncConnection, order_id: str) -> OrderView:
     return _order_view(order_id, await _ORDER_WITH_ITEMS.rows(conn, {"order_id": order_id}))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import sqlalchemy as sa
@@ -22,14 +23,15 @@ from activities.db import Database
 from activities.errors import IdempotencyKeyReused
 from activities.orders import (
     create_order,
-    get_order,
+    order_from,
     order_id_for,
+    order_read,
     request_cancel,
 )
 from activities.tables import order_events as order_events_table
 from choreography_pattern.events import CONTEXT_FIELDS, event_for
 from choreography_pattern.outbox import outbox_rows
-from engine.adapters.prepared import Statement, run_together
+from engine.adapters.prepared import Prepared, Statement, run_together
 
 
 class SeenEvent(BaseModel):
@@ -105,8 +107,9 @@ class _Changes(Protocol):
 
 async def settled_order(
     db: Database, order_id: str, *, wait: float, changes: _Changes | None
-) -> OrderView:
-    """The order once it is no longer PENDING, or as it is after ``wait`` seconds.
+) -> tuple[OrderView, list[SeenEvent]]:
+    """The order once it is no longer PENDING, or as it is after ``wait`` seconds, with the
+    events seen for it.
 
     ``changes`` (the process's :class:`~choreography_pattern.runtime.Choreography`) says when
     this process handled another event for the order, so the order is read again exactly then;
@@ -117,40 +120,55 @@ async def settled_order(
     deadline = loop.time() + wait
     while True:
         change = changes.watch(order_id) if changes is not None else None
-        order = await get_order(db, order_id)
+        order, events = await order_with_events(db, order_id)
         left = deadline - loop.time()
         if order.status != "PENDING" or change is None or left <= 0:
-            return order
+            return order, events
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(min(left, 1.0)):
                 await change.wait()
 
 
+_EVENTS_OF_ORDER = Prepared(
+    sa.select(
+        order_events_table.c.event_id,
+        order_events_table.c.event_type,
+        order_events_table.c.producer,
+        order_events_table.c.sequence,
+        order_events_table.c.occurred_at,
+        order_events_table.c.received_at,
+    )
+    .where(order_events_table.c.order_id == sa.bindparam("order_id"))
+    .order_by(order_events_table.c.id)
+)
+
+
+async def order_with_events(db: Database, order_id: str) -> tuple[OrderView, list[SeenEvent]]:
+    """The order and the events the order service saw for it, read in one round trip;
+    OrderNotFound for an unknown id."""
+    async with db.engine.connect() as conn:
+        order, seen = await run_together(
+            conn, [order_read(order_id), (_EVENTS_OF_ORDER, {"order_id": order_id})]
+        )
+    return order_from(order, order_id), _seen(seen.rows)
+
+
 async def order_events(db: Database, order_id: str) -> list[SeenEvent]:
     """The events the order service saw for ``order_id``, in the order it saw them."""
     async with db.engine.connect() as conn:
-        rows = (
-            await conn.execute(
-                sa.select(
-                    order_events_table.c.event_id,
-                    order_events_table.c.event_type,
-                    order_events_table.c.producer,
-                    order_events_table.c.sequence,
-                    order_events_table.c.occurred_at,
-                    order_events_table.c.received_at,
-                )
-                .where(order_events_table.c.order_id == order_id)
-                .order_by(order_events_table.c.id)
-            )
-        ).all()
+        (seen,) = await run_together(conn, [(_EVENTS_OF_ORDER, {"order_id": order_id})])
+    return _seen(seen.rows)
+
+
+def _seen(rows: Sequence[tuple[Any, ...]]) -> list[SeenEvent]:
     return [
         SeenEvent(
-            event_id=r.event_id,
-            type=r.event_type,
-            producer=r.producer,
-            sequence=r.sequence,
-            occurred_at=r.occurred_at,
-            received_at=r.received_at,
+            event_id=event_id,
+            type=event_type,
+            producer=producer,
+            sequence=sequence,
+            occurred_at=occurred_at,
+            received_at=received_at,
         )
-        for r in rows
+        for event_id, event_type, producer, sequence, occurred_at, received_at in rows
     ]

@@ -193,15 +193,15 @@ rows (one statement)."""
 async def run_together(
     conn: AsyncConnection, statements: Sequence[Statement], *, commit: bool = False
 ) -> list[Reply]:
-    """Run statements in order, in the caller's transaction (``engine.begin()``; a read
-    outside one goes through :meth:`Prepared.rows`); what each one answered.
+    """Run statements in order, in the caller's transaction; what each one answered.
 
     On MySQL/MariaDB they go to the server in one packet, so a transaction's reads and writes
     cost one round trip instead of one each; ``commit``: they are the transaction's last, and
     the ``COMMIT`` goes with them (as for :meth:`Prepared.run`). The server runs them one after
     another and stops at the first that fails; its error is raised as :meth:`Prepared.run`
     raises it, nothing after it ran, and the caller's transaction rolls back as usual.
-    Elsewhere they run one by one.
+    On a connection outside a transaction (``engine.connect()``, for reads) the packet ends
+    with a ``ROLLBACK``, as :meth:`Prepared.rows` does. Elsewhere they run one by one.
     """
     if conn.dialect.name not in _DRIVER_DIALECTS:
         return [await _one_by_one(conn, prepared, params) for prepared, params in statements]
@@ -214,7 +214,8 @@ async def run_together(
             values.extend(these)
     if not parts:
         return [_NOTHING for _ in statements]
-    together = "; ".join(parts) + (_AND_COMMIT if commit else "")
+    alone = not commit and not conn.in_transaction()
+    together = "; ".join(parts) + (_AND_COMMIT if commit else _AND_ROLLBACK if alone else "")
     answers: list[Reply] = []
     async with _DriverCursor(conn, together, values) as cursor:
         await cursor.execute(together, values)
@@ -224,8 +225,9 @@ async def run_together(
             if len(answers) == len(parts):
                 break
             await cursor.nextset()  # the next statement's reply; its error is raised here
+        if commit or alone:
+            await cursor.nextset()  # the COMMIT's or ROLLBACK's own reply
         if commit:
-            await cursor.nextset()  # the COMMIT's own reply
             driver = cursor.connection
             driver._committed_by = driver._result
     sent = iter(answers)

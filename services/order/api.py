@@ -27,7 +27,7 @@ from activities.errors import (
 from choreography_pattern.saga import (
     SeenEvent,
     cancel_choreographed_order,
-    order_events,
+    order_with_events,
     settled_order,
     start_order,
 )
@@ -122,14 +122,15 @@ async def read_order(
         ),
     ] = 0,
 ) -> OrderDetail | JSONResponse:
-    if settings.pattern == "choreography" and wait > 0:
-        changes = getattr(request.app.state, "choreography", None)
-        order = await settled_order(db, order_id, wait=wait, changes=changes)
-    else:
-        order = await get_order(db, order_id)
     if settings.pattern != "choreography":
+        order = await get_order(db, order_id)
         return JSONResponse(order.model_dump(mode="json"))  # the orchestration's body, as before
-    return OrderDetail(**order.model_dump(), events=await order_events(db, order_id))
+    if wait > 0:
+        changes = getattr(request.app.state, "choreography", None)
+        order, events = await settled_order(db, order_id, wait=wait, changes=changes)
+    else:
+        order, events = await order_with_events(db, order_id)
+    return OrderDetail(**order.model_dump(), events=events)
 
 
 @router.put(

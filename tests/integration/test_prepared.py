@@ -175,6 +175,40 @@ async def test_a_read_outside_a_transaction_costs_one_round_trip(
     assert len(sent) == 1, sent
 
 
+async def test_reads_run_together_outside_a_transaction_leave_none_open(
+    one_connection: AsyncEngine,
+) -> None:
+    engine = one_connection
+    async with engine.begin() as conn:
+        await INSERT.run(conn, row(1))
+    sent = count_round_trips(engine)
+    async with engine.connect() as conn:  # the packet carries its ROLLBACK: none at checkin
+        connection_id = await Prepared(sa.select(sa.func.connection_id())).scalar(conn)
+        found, flag = await run_together(conn, [(BY_NAME, {"name": "a"}), (FLAG, {"id": 1})])
+    assert (found.rows, flag.rows) == ([(1, Decimal("5.00"), AT)], [(1,)])
+    assert len(sent) == 2, sent  # the two reads, each with its ROLLBACK
+    assert await transactions_open(engine, connection_id) == 0
+
+
+async def transactions_open(engine: AsyncEngine, connection_id: int) -> int:
+    """Transactions the server holds open for connection ``connection_id`` (seen from another
+    connection)."""
+    other = create_engine(engine.url.render_as_string(hide_password=False), pool_size=1)
+    try:
+        async with other.connect() as conn:
+            return int(
+                await conn.scalar(
+                    sa.text(
+                        "SELECT COUNT(*) FROM information_schema.innodb_trx "
+                        "WHERE trx_mysql_thread_id = :id"
+                    ),
+                    {"id": connection_id},
+                )
+            )
+    finally:
+        await other.dispose()
+
+
 async def test_statements_run_inside_the_callers_transaction(db: AsyncEngine) -> None:
     async def insert_then_fail() -> None:
         async with db.begin() as conn:
@@ -276,16 +310,4 @@ async def test_a_read_outside_a_transaction_leaves_none_open_in_the_pool(
     async with engine.connect() as conn:
         assert await BY_NAME.rows(conn, {"name": "nobody"}) == []
         connection_id = await Prepared(sa.select(sa.func.connection_id())).scalar(conn)
-    other = create_engine(mysql_database_url("cloudmart_test_prepared"), pool_size=1)
-    try:
-        async with other.connect() as conn:
-            left = await conn.scalar(
-                sa.text(
-                    "SELECT COUNT(*) FROM information_schema.innodb_trx "
-                    "WHERE trx_mysql_thread_id = :id"
-                ),
-                {"id": connection_id},
-            )
-    finally:
-        await other.dispose()
-    assert left == 0
+    assert await transactions_open(engine, connection_id) == 0
