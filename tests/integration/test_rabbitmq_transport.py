@@ -329,15 +329,14 @@ async def test_lost_connection_fails_pending_requests_and_the_reply_queue_comes_
     assert transport.stats.reconnects == 1
 
 
+async def echo_n(method: str, payload: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
+    return {"ok": payload["n"]}
+
+
 async def test_server_reconnects_and_serves_commands_sent_while_it_was_away(
     namespace: str, transport: RabbitMQTransport
 ) -> None:
-    async def handler(
-        method: str, payload: dict[str, Any], headers: dict[str, str]
-    ) -> dict[str, Any]:
-        return {"ok": payload["n"]}
-
-    async with server(namespace, handler) as srv:
+    async with server(namespace, echo_n) as srv:
         assert srv.connected
         await force_close_connection(srv.connection_name)
         # Sent while the server may be disconnected: the durable queue keeps it.
@@ -354,12 +353,7 @@ async def test_a_reply_goes_on_the_command_channel_while_the_reply_channel_is_do
 ) -> None:
     # After a reconnect the channels come back in no set order, so a command can arrive
     # before the reply channel is back; here that channel is simply closed.
-    async def handler(
-        method: str, payload: dict[str, Any], headers: dict[str, str]
-    ) -> dict[str, Any]:
-        return {"ok": payload["n"]}
-
-    async with server(namespace, handler) as srv:
+    async with server(namespace, echo_n) as srv:
         assert srv._replies is not None
         await srv._replies.close()
         reply = await transport.request(SERVICE, "echo", {"n": 7}, timeout=5, idempotency_key="k")
