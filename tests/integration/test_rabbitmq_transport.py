@@ -341,7 +341,9 @@ async def test_server_reconnects_and_serves_commands_sent_while_it_was_away(
         await force_close_connection(srv.connection_name)
         # Sent while the server may be disconnected: the durable queue keeps it.
         reply = await transport.request(SERVICE, "echo", {"n": 5}, timeout=15, idempotency_key="k")
-        assert srv.connected
+        # The command may be served by the restored consumer a moment before the reconnect
+        # callback runs (or on the old connection, before the close reached it): wait for both.
+        await until(lambda: srv.connected and srv.stats.reconnects == 1, timeout=15)
 
     assert reply == {"ok": 5}
     assert srv.stats.processed == 1
