@@ -249,12 +249,12 @@ async def complete_order(db: Database, cmd: OrderRef, *, emit: Emit | None = Non
             conn,
             [
                 (_MOVE_STATUS, _move(cmd.order_id, "COMPLETED", "PENDING")),
-                (_ORDER_WITH_ITEMS, {"order_id": cmd.order_id}),
+                order_read(cmd.order_id),
             ],
         )
         if not moved.matched and await _not_moved(conn, cmd.order_id, "COMPLETED") is None:
             raise OrderNotFound(f"order {cmd.order_id} does not exist", order_id=cmd.order_id)
-        return _order_view(cmd.order_id, read.rows)
+        return order_from(read, cmd.order_id)
 
     return await run_once(db, cmd.order_id, "complete_order", OrderView, effect, emit)
 

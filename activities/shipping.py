@@ -68,7 +68,8 @@ async def arrange_shipping(
         )
         if not served:
             return ShippingFailed(reason or "", order_id=cmd.order_id, country=country)
-        for write in move_reservation(cmd.order_id, reserved.rows, ship=True)[1]:
+        _, moves = move_reservation(cmd.order_id, reserved.rows, ship=True)
+        for write in moves:
             later.add(write)
         return view
 

@@ -93,4 +93,5 @@ def processed_check(service: str, event_id: str) -> Statement:
 
 
 async def was_processed(conn: AsyncConnection, service: str, event_id: str) -> bool:
-    return await _PROCESSED.scalar(conn, {"service": service, "event_id": event_id}) is not None
+    read, params = processed_check(service, event_id)
+    return await read.scalar(conn, params) is not None

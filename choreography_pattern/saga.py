@@ -156,8 +156,7 @@ async def order_with_events(db: Database, order_id: str) -> tuple[OrderView, lis
 async def order_events(db: Database, order_id: str) -> list[SeenEvent]:
     """The events the order service saw for ``order_id``, in the order it saw them."""
     async with db.engine.connect() as conn:
-        (seen,) = await run_together(conn, [(_EVENTS_OF_ORDER, {"order_id": order_id})])
-    return _seen(seen.rows)
+        return _seen(await _EVENTS_OF_ORDER.rows(conn, {"order_id": order_id}))
 
 
 def _seen(rows: Sequence[tuple[Any, ...]]) -> list[SeenEvent]:

@@ -74,17 +74,8 @@ class Prepared:
         ``conn.execute`` would, costs the ``ROLLBACK``'s own round trip when the pool takes
         the connection back.)
         """
-        params = params or {}
-        if conn.dialect.name not in _DRIVER_DIALECTS:
-            return [tuple(row) for row in await conn.execute(self.statement, dict(params))]
-        sql, order = self._sql(conn.dialect, params)
-        alone = not conn.in_transaction()
-        async with _DriverCursor(conn, sql, params) as cursor:
-            await cursor.execute(sql + _AND_ROLLBACK if alone else sql, _values(order, params))
-            rows = list(await cursor.fetchall())
-            if alone:
-                await cursor.nextset()  # the ROLLBACK's own reply
-            return rows
+        (reply,) = await run_together(conn, [(self, params or {})])
+        return reply.rows
 
     async def scalar(self, conn: AsyncConnection, params: Mapping[str, Any] | None = None) -> Any:
         """The first column of the first row, or None."""
@@ -100,12 +91,8 @@ class Prepared:
     ) -> int:
         """Run a DML statement once; the rows it matched. ``commit``: the transaction's last
         statement, sent with its ``COMMIT`` (module docstring)."""
-        params = params or {}
-        if conn.dialect.name not in _DRIVER_DIALECTS:
-            return int((await conn.execute(self.statement, dict(params))).rowcount)
-        sql, order = self._sql(conn.dialect, params)
-        async with _DriverCursor(conn, sql, params) as cursor:
-            return await _execute(cursor, sql, _values(order, params), commit=commit)
+        (reply,) = await run_together(conn, [(self, params or {})], commit=commit)
+        return reply.matched
 
     async def run_many(
         self, conn: AsyncConnection, rows: Sequence[Mapping[str, Any]], *, commit: bool = False
@@ -119,9 +106,8 @@ class Prepared:
             return int((await conn.execute(self.statement, [dict(r) for r in rows])).rowcount)
         sql, order = self._sql(conn.dialect, rows[0])
         if commit and RE_INSERT_VALUES.match(sql):
-            many, values = _packed(self, conn.dialect, rows)
-            async with _DriverCursor(conn, many, rows) as cursor:
-                return await _execute(cursor, many, values, commit=True)
+            (reply,) = await run_together(conn, [(self, rows)], commit=True)
+            return reply.matched
         async with _DriverCursor(conn, sql, rows) as cursor:
             await cursor.executemany(sql, [_values(order, row) for row in rows])
             return int(cursor.rowcount)
@@ -270,20 +256,6 @@ def _packed(
     head, one_row, tail = insert.groups()
     many = head + ",".join([one_row] * len(params)) + tail
     return many, [value for row in params for value in _values(order, row)]
-
-
-async def _execute(cursor: Any, sql: str, values: list[Any], *, commit: bool) -> int:
-    """Run ``sql`` on ``cursor``, with ``COMMIT`` in the same packet when ``commit``; the rows
-    the statement matched."""
-    if not commit:
-        await cursor.execute(sql, values)
-        return int(cursor.rowcount)
-    await cursor.execute(sql + _AND_COMMIT, values)
-    matched = int(cursor.rowcount)
-    await cursor.nextset()  # the COMMIT's own reply; an error there is raised here
-    driver = cursor.connection
-    driver._committed_by = driver._result
-    return matched
 
 
 _AND_COMMIT = "; COMMIT"
