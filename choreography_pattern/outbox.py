@@ -93,5 +93,4 @@ def processed_check(service: str, event_id: str) -> Statement:
 
 
 async def was_processed(conn: AsyncConnection, service: str, event_id: str) -> bool:
-    read, params = processed_check(service, event_id)
-    return await read.scalar(conn, params) is not None
+    return await _PROCESSED.scalar(conn, {"service": service, "event_id": event_id}) is not None
