@@ -4,7 +4,7 @@ Three primitives, with the clients and settings the system itself uses:
 
 ``rabbitmq_round_trip``
     A command and its reply through :class:`~engine.adapters.rabbitmq.RabbitMQTransport`
-    (persistent message, publisher confirms, reply queue) to a
+    (transient message, publisher confirms, reply queue) to a
     :class:`~engine.adapters.rabbitmq.RabbitMQCommandServer` whose handler echoes the payload,
     served by a separate process (``python -m cloudmart.floor``), as the services are.
 ``mariadb_commit``

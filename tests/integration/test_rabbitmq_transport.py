@@ -135,6 +135,22 @@ async def test_unroutable_service_raises_transport_error_quickly(
     assert transport._pending == {}
 
 
+async def test_a_command_waits_in_the_durable_queue_as_a_transient_message(
+    namespace: str, transport: RabbitMQTransport
+) -> None:
+    # The history is the command's durable record (module docstring of the adapter): the
+    # message is transient, confirmed by the broker, and waits for a server that is away.
+    async with server(namespace, echo_n):
+        pass  # declares the durable command queue, then goes away
+    with pytest.raises(StepTimeout):
+        await transport.request(SERVICE, "echo", {"n": 7}, timeout=0.5, idempotency_key="k7")
+
+    waiting = await _get_one(names.command_queue(namespace, SERVICE))
+    assert waiting.delivery_mode == aio_pika.DeliveryMode.NOT_PERSISTENT
+    assert waiting.headers[names.IDEMPOTENCY_KEY_HEADER] == "k7"
+    assert waiting.body == b'{"n":7}'
+
+
 async def test_200_concurrent_requests_are_each_answered_with_their_own_reply(
     namespace: str, transport: RabbitMQTransport
 ) -> None:
