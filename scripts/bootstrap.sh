@@ -6,3 +6,7 @@ extras="${1:-}"
 python3 -m venv .venv 2>/dev/null || [ -x .venv/bin/python ] || { echo "bootstrap: python3 -m venv failed" >&2; exit 1; }
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".${extras:+[$extras]}"
+# Byte-code up front: with PYTHONDONTWRITEBYTECODE set (as in the Dockerfile and many CI images)
+# every process would otherwise compile the project again when it starts.
+.venv/bin/python -m compileall -q -j 0 cloudmart engine activities services workflows \
+  orchestration_pattern choreography_pattern >/dev/null
