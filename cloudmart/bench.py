@@ -29,7 +29,9 @@ services, the servers and the bench itself, found by the ports they listen on, o
 machine) with the machine's busy share, and the database's commits and statements per saga.
 
 The results also record the machine, the versions of the parts, the settings used and, given a
-floor file (``cloudmart bench floor``), the latency as a multiple of the floor.
+floor (a ``cloudmart bench floor`` file, or one measured just before the run), the floor, the
+latency as a multiple of it; the report also gives the throughput as a share of the floor's
+ceiling when the floor was measured under load.
 """
 
 from __future__ import annotations
@@ -660,6 +662,14 @@ def _result(
     )
 
 
+def ceiling_per_second(floor: Mapping[str, Any], pattern: str) -> float | None:
+    """The most sagas/s of ``pattern`` the primitives allow, from a floor measured under load
+    (``cloudmart bench floor`` with ``--load``); None when the floor has no ceiling."""
+    saga = floor.get("sagas", {}).get(pattern) or {}
+    value = (saga.get("ceiling") or {}).get("per_second")
+    return float(value) if isinstance(value, int | float) and value > 0 else None
+
+
 def floor_ms(floor: Mapping[str, Any], pattern: str) -> float | None:
     """The p50 floor of one saga of ``pattern`` in a ``cloudmart bench floor`` result."""
     saga = floor.get("sagas", {}).get(pattern)
@@ -749,6 +759,12 @@ def report(result: BenchResult) -> str:
         lines.append(
             f"  p50 is {result.latency_vs_floor}× the floor of "
             f"{floor_ms(result.floor, result.pattern)} ms"
+        )
+    ceiling = ceiling_per_second(result.floor, result.pattern) if result.floor else None
+    if ceiling and result.completed:
+        lines.append(
+            f"  {result.sagas_per_second} sagas/s is {result.sagas_per_second / ceiling:.0%} "
+            f"of the floor's ceiling of {ceiling} sagas/s"
         )
     if result.check is not None:
         verdict = "ok" if result.check["ok"] else "VIOLATED"

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 
@@ -181,11 +181,13 @@ def bench(
     base_port: int | None = typer.Option(
         None, help="Services on BASE+1..BASE+5 (order..orchestrator) instead of 8001-8005."
     ),
-    floor: Path | None = typer.Option(
+    floor: str | None = typer.Option(
         None,
-        exists=True,
-        dir_okay=False,
-        help="A `cloudmart bench floor` file: report latency as a multiple of it.",
+        help=(
+            "A `cloudmart bench floor` file: report latency as a multiple of it. `now` measures "
+            "the floor just before the run (300 samples and 1000 under load per primitive), so "
+            "the multiple and the share of the ceiling come from the same minutes."
+        ),
     ),
     out: str | None = typer.Option(None, help="Write the results as JSON to this file."),
 ) -> None:
@@ -204,7 +206,7 @@ def bench(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--mix") from exc
     settings = get_settings(pattern=pattern.value)
-    floor_data = json.loads(floor.read_text()) if floor else None
+    floor_data = _floor_for_bench(floor, settings)
     ports = bench_module.ports_from(base_port)
     entry = "orchestrator" if pattern is Pattern.orchestration else "order"
     target = url or f"http://127.0.0.1:{ports[entry]}"
@@ -255,6 +257,42 @@ def bench(
     if out:
         with open(out, "w") as handle:
             handle.write(bench_module.to_json(result))
+
+
+def _floor_for_bench(floor: str | None, settings: Settings) -> dict[str, Any] | None:
+    """The floor ``cloudmart bench --floor`` names: a file's content, or measured now."""
+    if floor is None:
+        return None
+    if floor != "now":
+        path = Path(floor)
+        if not path.is_file():
+            raise typer.BadParameter(f"no file {floor!r} (or say `now`)", param_hint="--floor")
+        data: dict[str, Any] = json.loads(path.read_text())
+        return data
+    from cloudmart import floor as floor_module
+    from cloudmart.runner import run
+    from services._kit.logging import configure_logging
+
+    if settings.embedded or not settings.rabbitmq_url or not settings.redis_url:
+        raise typer.BadParameter(
+            "`now` measures the floor, which needs CLOUDMART_DATABASE_URL, "
+            "CLOUDMART_RABBITMQ_URL and CLOUDMART_REDIS_URL",
+            param_hint="--floor",
+        )
+    configure_logging(settings.model_copy(update={"log_level": "WARNING"}))
+    figures = run(
+        floor_module.measure(
+            database_url=settings.effective_database_url,
+            rabbitmq_url=settings.rabbitmq_url,
+            redis_url=settings.redis_url,
+            samples=300,
+            warmup=30,
+            load=1000,
+            progress=sys.stderr,
+        )
+    )
+    typer.echo(floor_module.report(figures), err=True)
+    return figures
 
 
 @bench_app.command("floor")

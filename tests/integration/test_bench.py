@@ -124,6 +124,41 @@ def test_open_loop_starts_at_the_rate_asked(deployment: Deployment, tmp_path: Pa
     assert result["wall_seconds"] >= 11 / 40
 
 
+def test_bench_measures_the_floor_now_and_reports_against_it(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    out = tmp_path / "now.json"
+    done = _cloudmart(
+        deployment,
+        "bench", "--base-port", str(BASE_PORT), "--sagas", "8", "--concurrency", "4",
+        "--floor", "now", "--out", str(out),
+    )  # fmt: skip
+    result: dict[str, Any] = json.loads(out.read_text())
+    floor = result["floor"]
+    assert floor["samples"] == 300
+    assert floor["primitives"]["rabbitmq_round_trip"]["load"]["operations"] == 1000
+    assert result["latency_vs_floor"] == round(
+        result["latency_ms"]["p50"] / floor["sagas"]["orchestration"]["p50_ms"], 2
+    )
+    ceiling = floor["sagas"]["orchestration"]["ceiling"]["per_second"]
+    assert f"of the floor's ceiling of {ceiling} sagas/s" in done.stdout
+    assert "one orchestration saga" in done.stderr  # the floor, before the run
+
+
+def test_bench_refuses_a_floor_file_that_is_not_there(deployment: Deployment) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "cloudmart", "bench", "--floor", "missing.json"],
+        env=deployment.env(),
+        cwd=deployment.directory,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "no file 'missing.json' (or say `now`)" in done.stderr
+
+
 def test_floor_measures_the_three_primitives(deployment: Deployment, tmp_path: Path) -> None:
     out = tmp_path / "floor.json"
     done = _cloudmart(

@@ -105,6 +105,32 @@ def test_saga_floor_is_the_formula_over_the_primitives() -> None:
     assert bench.floor_ms({"sagas": {}}, "orchestration") is None
 
 
+def test_report_gives_the_share_of_the_floors_ceiling_when_the_floor_has_one() -> None:
+    primitives = {
+        name: {"p50": 1.0, "p99": 2.0, "load": {"cpu_ms_total": cpu}}
+        for name, cpu in (
+            ("rabbitmq_round_trip", 2.0),
+            ("mariadb_commit", 0.5),
+            ("redis_stream_hop", 0.5),
+        )
+    }
+    floors = {"sagas": floor.saga_floors(primitives, cores=2)}
+    # 5 × 2.0 + 5 × 0.5 = 12.5 ms of CPU a saga: 160 sagas/s on 2 cores.
+    assert bench.ceiling_per_second(floors, "orchestration") == 160.0
+    assert (
+        bench.ceiling_per_second({"sagas": {"orchestration": {"p50_ms": 9}}}, "orchestration")
+        is None
+    )
+    run = bench.BenchResult(
+        pattern="orchestration", sagas=100, concurrency=32, wall_seconds=2.5, completed=100,
+        failed=0, errors=0, sagas_per_second=40.0, latency_ms={"p50": 50.0},
+        start_response_ms={}, floor=floors, latency_vs_floor=2.27,
+    )  # fmt: skip
+    assert "40.0 sagas/s is 25% of the floor's ceiling of 160.0 sagas/s" in bench.report(run)
+    without = bench.BenchResult(**{**run.__dict__, "floor": {"sagas": {}}})
+    assert "ceiling" not in bench.report(without)
+
+
 def _result(**overrides: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
         "pattern": "orchestration",
