@@ -283,14 +283,22 @@ def _cell(value: Any, fmt: str = "{}") -> str:
     return "–" if value is None else fmt.format(value)
 
 
+def _of_ceiling(r: Result) -> float | None:
+    from cloudmart.bench import ceiling_per_second
+
+    ceiling = ceiling_per_second(r["floor"], r["pattern"]) if r.get("floor") else None
+    return r["sagas_per_second"] / ceiling if ceiling else None
+
+
 def markdown_table(results: Sequence[Result]) -> str:
     """One row per run: load, outcomes, throughput, latency, REST times (the requests answered
-    at once), CPU ms and database commits per ended saga, rollback, check, multiple of the floor.
+    at once), CPU ms and database commits per ended saga, rollback, check, multiple of the floor,
+    and completed sagas/s as a share of the floor's ceiling (a floor measured under load).
     A figure the run did not record (an older results file) shows as ``–``."""
     head = (
         "| run | when | pattern | load | mix | sagas | completed | failed | errors | "
         "sagas/s | p50 ms | p99 ms | REST p50/p99 ms | CPU ms/saga | commits/saga | rollback | "
-        "check | × floor |"
+        "check | × floor | of ceiling |"
     )
     lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for r in results:
@@ -306,7 +314,7 @@ def markdown_table(results: Sequence[Result]) -> str:
             f"{_cell(rest.get('p50'))}/{_cell(rest.get('p99'))} | {_cell(_cpu_total(r))} | "
             f"{_cell((r.get('database') or {}).get('Com_commit'))} | "
             f"{_cell(r.get('rollback_success'), '{:.0%}')} | {verdict} | "
-            f"{_cell(r.get('latency_vs_floor'), '{}×')} |"
+            f"{_cell(r.get('latency_vs_floor'), '{}×')} | {_cell(_of_ceiling(r), '{:.0%}')} |"
         )
     return "\n".join(lines) + "\n"
 

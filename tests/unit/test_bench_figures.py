@@ -280,6 +280,20 @@ def test_markdown_table_shows_cpu_and_commits_per_saga_and_dashes_without_them()
     assert rows[0]["run"] == "old.json" and rows[0]["check"] == "ok"
 
 
+def test_markdown_table_shows_the_share_of_the_floors_ceiling_and_a_dash_without_one() -> None:
+    measured = {"sagas": {"orchestration": {"p50_ms": 20.0, "ceiling": {"per_second": 160.0}}}}
+    rows = _columns(
+        report.markdown_table(
+            [
+                _result(_file="file.json", floor={"sagas": {"orchestration": {"p50_ms": 20.0}}}),
+                _result(_file="now.json", floor=measured, sagas_per_second=40.0),
+                _result(_file="none.json"),
+            ]
+        )
+    )
+    assert [row["of ceiling"] for row in rows] == ["–", "25%", "–"]
+
+
 def test_markdown_table_has_a_row_per_run() -> None:
     table = report.markdown_table(
         [
