@@ -259,6 +259,35 @@ def bench(
             handle.write(bench_module.to_json(result))
 
 
+_FLOOR_NEEDS = "needs CLOUDMART_DATABASE_URL, CLOUDMART_RABBITMQ_URL and CLOUDMART_REDIS_URL"
+
+
+def _measure_floor(
+    settings: Settings, *, samples: int, warmup: int, load: int, concurrency: int
+) -> dict[str, Any] | None:
+    """``cloudmart bench floor``'s figures on the configured servers (see
+    :func:`cloudmart.floor.measure`), progress on stderr; None without all three servers."""
+    from cloudmart import floor as floor_module
+    from cloudmart.runner import run
+    from services._kit.logging import configure_logging
+
+    if settings.embedded or not settings.rabbitmq_url or not settings.redis_url:
+        return None
+    configure_logging(settings.model_copy(update={"log_level": "WARNING"}))
+    return run(
+        floor_module.measure(
+            database_url=settings.effective_database_url,
+            rabbitmq_url=settings.rabbitmq_url,
+            redis_url=settings.redis_url,
+            samples=samples,
+            warmup=warmup,
+            load=load,
+            concurrency=concurrency,
+            progress=sys.stderr,
+        )
+    )
+
+
 def _floor_for_bench(floor: str | None, settings: Settings) -> dict[str, Any] | None:
     """The floor ``cloudmart bench --floor`` names: a file's content, or measured now."""
     if floor is None:
@@ -270,27 +299,11 @@ def _floor_for_bench(floor: str | None, settings: Settings) -> dict[str, Any] | 
         data: dict[str, Any] = json.loads(path.read_text())
         return data
     from cloudmart import floor as floor_module
-    from cloudmart.runner import run
-    from services._kit.logging import configure_logging
 
-    if settings.embedded or not settings.rabbitmq_url or not settings.redis_url:
-        raise typer.BadParameter(
-            "`now` measures the floor, which needs CLOUDMART_DATABASE_URL, "
-            "CLOUDMART_RABBITMQ_URL and CLOUDMART_REDIS_URL",
-            param_hint="--floor",
-        )
-    configure_logging(settings.model_copy(update={"log_level": "WARNING"}))
-    figures = run(
-        floor_module.measure(
-            database_url=settings.effective_database_url,
-            rabbitmq_url=settings.rabbitmq_url,
-            redis_url=settings.redis_url,
-            samples=300,
-            warmup=30,
-            load=1000,
-            progress=sys.stderr,
-        )
-    )
+    figures = _measure_floor(settings, samples=300, warmup=30, load=1000, concurrency=32)
+    if figures is None:
+        needs = f"`now` measures the floor, which {_FLOOR_NEEDS}"
+        raise typer.BadParameter(needs, param_hint="--floor")
     typer.echo(floor_module.report(figures), err=True)
     return figures
 
@@ -312,30 +325,13 @@ def bench_floor(
     CLOUDMART_RABBITMQ_URL and CLOUDMART_REDIS_URL.
     """
     from cloudmart import floor as floor_module
-    from cloudmart.runner import run
-    from services._kit.logging import configure_logging
 
-    settings = get_settings()
-    if settings.embedded or not settings.rabbitmq_url or not settings.redis_url:
-        typer.echo(
-            "cloudmart bench floor needs CLOUDMART_DATABASE_URL, CLOUDMART_RABBITMQ_URL "
-            "and CLOUDMART_REDIS_URL",
-            err=True,
-        )
-        raise typer.Exit(2)
-    configure_logging(settings.model_copy(update={"log_level": "WARNING"}))
-    figures = run(
-        floor_module.measure(
-            database_url=settings.effective_database_url,
-            rabbitmq_url=settings.rabbitmq_url,
-            redis_url=settings.redis_url,
-            samples=samples,
-            warmup=warmup,
-            load=load,
-            concurrency=concurrency,
-            progress=sys.stderr,
-        )
+    figures = _measure_floor(
+        get_settings(), samples=samples, warmup=warmup, load=load, concurrency=concurrency
     )
+    if figures is None:
+        typer.echo(f"cloudmart bench floor {_FLOOR_NEEDS}", err=True)
+        raise typer.Exit(2)
     typer.echo(floor_module.report(figures))
     if out:
         with open(out, "w") as handle:

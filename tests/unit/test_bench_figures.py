@@ -367,6 +367,28 @@ def test_bench_is_a_group_and_refuses_a_bad_mix() -> None:
     assert "mix" in refused.output
 
 
+def test_bench_refuses_a_floor_file_that_is_not_there(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    refused = CliRunner().invoke(app, ["bench", "--floor", "missing.json"])
+    assert refused.exit_code == 2
+    assert "no file 'missing.json' (or say `now`)" in refused.output
+
+
+def test_the_floor_measured_now_needs_the_three_servers(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for name in ("CLOUDMART_DATABASE_URL", "CLOUDMART_RABBITMQ_URL", "CLOUDMART_REDIS_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)  # no .env around
+    runner = CliRunner()
+    for args in (["bench", "--floor", "now"], ["bench", "floor"]):
+        refused = runner.invoke(app, args)
+        assert refused.exit_code == 2, args
+        assert "CLOUDMART_RABBITMQ_URL and CLOUDMART_REDIS_URL" in " ".join(refused.output.split())
+
+
 def test_report_passes_over_the_floor_and_refuses_what_is_not_results(tmp_path: Path) -> None:
     run, floor_file, junk = tmp_path / "run.json", tmp_path / "floor.json", tmp_path / "junk.json"
     run.write_text(json.dumps(_result()))
