@@ -24,9 +24,15 @@ fi
 chaos_log=$(mktemp -t cloudmart-chaos.XXXXXX)
 trap 'rm -f "$chaos_log"' EXIT
 # --cov-fail-under=0: half a suite is not judged on its own; the combined data is, below.
+# set -m: the chaos stream gets a process group of its own in which Ctrl-C is not ignored (a
+# script's background jobs ignore it otherwise): an interrupted run passes the Ctrl-C on, and
+# the chaos tests' fixtures stop the servers and processes they started.
+set -m
 COVERAGE_FILE=.coverage.chaos "${pytest[@]}" --cov --cov-report= --cov-fail-under=0 \
-  tests/chaos >"$chaos_log" 2>&1 &
+  tests/chaos </dev/null >"$chaos_log" 2>&1 &
 chaos_pid=$!
+set +m
+trap 'kill -INT -- "-$chaos_pid" 2>/dev/null; exit 130' INT TERM
 main_status=0
 COVERAGE_FILE=.coverage.main "${pytest[@]}" --cov --cov-report= --cov-fail-under=0 \
   --ignore=tests/chaos || main_status=$?
