@@ -55,6 +55,10 @@ def server(namespace: str, handler: CommandHandler, **options: Any) -> RabbitMQC
     )
 
 
+async def echo_n(method: str, payload: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
+    return {"ok": payload["n"]}
+
+
 async def test_request_reply_round_trip_carries_payload_and_headers(
     namespace: str, transport: RabbitMQTransport
 ) -> None:
@@ -343,10 +347,6 @@ async def test_lost_connection_fails_pending_requests_and_the_reply_queue_comes_
     assert reply == {"method": "after"}
     assert transport.stats.transport_errors == 1
     assert transport.stats.reconnects == 1
-
-
-async def echo_n(method: str, payload: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
-    return {"ok": payload["n"]}
 
 
 async def test_server_reconnects_and_serves_commands_sent_while_it_was_away(
