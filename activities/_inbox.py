@@ -35,7 +35,7 @@ from activities.commands import Compensation
 from activities.db import Database
 from activities.errors import AlreadyCompensated, DomainError, from_wire
 from activities.tables import inbox
-from engine.adapters.prepared import Prepared, Statement, run_together
+from prepared_sql import Prepared, Statement, run_together
 
 R = TypeVar("R", bound=BaseModel)
 T = TypeVar("T")
@@ -44,7 +44,7 @@ Emit = Callable[[AsyncConnection, str, dict[str, Any]], Awaitable[None]]
 time it runs, once its outcome is recorded (``{"result": ...}`` or ``{"error": ...}``); the
 choreography writes the events the outcome causes to its outbox here, so an event exists
 exactly when its cause committed. Its writes are the transaction's last: they may carry the
-``COMMIT`` (see engine.adapters.prepared)."""
+``COMMIT`` (see prepared_sql)."""
 _RACE_RETRIES = 5
 
 
@@ -65,7 +65,7 @@ class _LookFirst(Exception):
     """A first attempt that did not read the inbox was refused: run again, reading it first."""
 
 
-# Every command runs both (see engine.adapters.prepared).
+# Every command runs both (see prepared_sql).
 _SELECT_OUTCOME = Prepared(
     sa.select(inbox.c.outcome).where(inbox.c.message_key == sa.bindparam("key"))
 )
@@ -100,7 +100,7 @@ async def _record(
 ) -> None:
     """Insert the outcome, after the effect's ``later`` writes and in the same packet;
     ``last``: nothing follows in the transaction, so the packet carries the ``COMMIT`` too
-    (see engine.adapters.prepared)."""
+    (see prepared_sql)."""
     row = {
         "message_key": operation_key(order_id, operation),
         "order_id": order_id,

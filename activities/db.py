@@ -29,7 +29,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from engine.adapters.prepared import skip_commits_already_sent
+from prepared_sql import skip_commits_already_sent
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)

@@ -31,9 +31,9 @@ from activities.errors import (
 )
 from activities.orders import order_status, require_found
 from activities.tables import books, inventory, stock_reservations
-from engine.adapters.prepared import Prepared, Statement, run_together
+from prepared_sql import Prepared, Statement, run_together
 
-# The forward path runs them for every order (see engine.adapters.prepared).
+# The forward path runs them for every order (see prepared_sql).
 _TAKE = Prepared(
     inventory.update()
     .where(

@@ -24,13 +24,13 @@ from activities.commands import (
 from activities.db import Database
 from activities.errors import BookNotFound, CustomerNotFound, InvalidOrderState, OrderNotFound
 from activities.tables import books, customers, order_items, orders
-from engine.adapters.prepared import Prepared, PreparedIn, Reply, Statement, run_together
+from prepared_sql import Prepared, PreparedIn, Reply, Statement, run_together
 
 # Order ids derived from an Idempotency-Key live in their own UUID namespace.
 IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1c9a52-3b8e-4c1e-9a57-0c0a5d6e2b11")
 
 
-# Every order runs one (see engine.adapters.prepared): the customer, outer-joined to the
+# Every order runs one (see prepared_sql): the customer, outer-joined to the
 # books asked for, so one round trip tells an unknown customer (no row), unknown books (not
 # among the rows) and the prices. One statement per number of books (1..MAX_ITEMS).
 _PRICES = PreparedIn(

@@ -18,9 +18,9 @@ from activities.db import Database
 from activities.errors import CustomerNotFound, DomainError, NotFound, PaymentFailed
 from activities.orders import order_status, require_found
 from activities.tables import customers, payments
-from engine.adapters.prepared import Prepared, run_together
+from prepared_sql import Prepared, run_together
 
-# The forward path runs them for every order (see engine.adapters.prepared).
+# The forward path runs them for every order (see prepared_sql).
 _DEBIT = Prepared(
     customers.update()
     .where(

@@ -15,7 +15,7 @@ from activities.errors import DomainError, NotFound, ShippingFailed
 from activities.inventory import move_reservation, reservations
 from activities.orders import order_status, require_found
 from activities.tables import shipments
-from engine.adapters.prepared import Prepared, run_together
+from prepared_sql import Prepared, run_together
 
 DEFAULT_SERVED_COUNTRIES: tuple[str, ...] = ("JP",)
 
@@ -25,7 +25,7 @@ def tracking_number(order_id: str) -> str:
     return "CM" + hashlib.sha256(order_id.encode()).hexdigest()[:16].upper()
 
 
-# The forward path runs them for every order (see engine.adapters.prepared).
+# The forward path runs them for every order (see prepared_sql).
 _INSERT_SHIPMENT = Prepared(shipments.insert())
 
 

@@ -56,7 +56,7 @@ from choreography_pattern.outbox import (
     processed_mark,
     was_processed,
 )
-from engine.adapters.prepared import Prepared, Statement, run_together
+from prepared_sql import Prepared, Statement, run_together
 
 log = structlog.get_logger("choreography.handlers")
 
@@ -256,7 +256,7 @@ def decide(seen: Collection[str]) -> str | None:
     return None
 
 
-# Every event the order service sees runs these (see engine.adapters.prepared).
+# Every event the order service sees runs these (see prepared_sql).
 _LOG_EVENT = Prepared(insert_ignoring_duplicates(order_events))
 # The order row is the lock that serialises decisions about one order; the event types seen
 # for it come with it (no row at all: no order yet). Locking the order's event rows as well

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from activities._inbox import now
 from activities.tables import outbox, processed_events
 from choreography_pattern.events import Event
-from engine.adapters.prepared import Prepared, Statement, run_together
+from prepared_sql import Prepared, Statement, run_together
 
 TOPIC = "events"
 
@@ -32,7 +32,7 @@ def insert_ignoring_duplicates(table: sa.Table) -> sa.Insert:
     )
 
 
-# Every event runs these (see engine.adapters.prepared).
+# Every event runs these (see prepared_sql).
 _INSERT_OUTBOX = Prepared(outbox.insert())
 _MARK_PROCESSED = Prepared(insert_ignoring_duplicates(processed_events))
 _PROCESSED = Prepared(
@@ -82,7 +82,7 @@ async def mark_processed(conn: AsyncConnection, service: str, event: Event) -> N
     """Record that ``service`` handled ``event`` (see :func:`processed_mark`).
 
     It is the last statement of the handler's transaction wherever it is called, so it carries
-    the transaction's ``COMMIT`` (see :mod:`engine.adapters.prepared`): nothing may follow it.
+    the transaction's ``COMMIT`` (see :mod:`prepared_sql`): nothing may follow it.
     """
     await run_together(conn, [processed_mark(service, event)], commit=True)
 

@@ -35,13 +35,13 @@ from activities.db import Database
 from activities.tables import outbox
 from choreography_pattern.bus import EventBus
 from choreography_pattern.events import PRODUCER, Event
-from engine.adapters.prepared import PreparedIn
+from prepared_sql import PreparedIn
 
 log = structlog.get_logger("choreography.relay")
 
 BeforePublish = Callable[[list[Event]], None]
 
-# A pass's last statement, which carries its COMMIT (see engine.adapters.prepared); one
+# A pass's last statement, which carries its COMMIT (see prepared_sql); one
 # statement per number of rows a pass marks (1..batch).
 _PUBLISHED = PreparedIn(
     "id",

@@ -31,7 +31,7 @@ from activities.orders import (
 from activities.tables import order_events as order_events_table
 from choreography_pattern.events import CONTEXT_FIELDS, event_for
 from choreography_pattern.outbox import outbox_rows
-from engine.adapters.prepared import Prepared, Statement, run_together
+from prepared_sql import Prepared, Statement, run_together
 
 
 class SeenEvent(BaseModel):

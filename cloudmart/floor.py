@@ -11,7 +11,7 @@ Three primitives, with the clients and settings the system itself uses:
     ``INSERT`` of one small row and ``COMMIT`` as the hot paths write: a transaction of the
     engine :func:`activities.db.create_engine` builds (aiomysql, READ COMMITTED) whose statement
     runs on the driver's cursor and carries its ``COMMIT``
-    (:meth:`~engine.adapters.prepared.Prepared.run` with ``commit=True``), into a scratch table
+    (:meth:`~prepared_sql.Prepared.run` with ``commit=True``), into a scratch table
     ``bench_floor`` that is dropped afterwards.
 ``redis_stream_hop``
     ``XADD`` by one client, ``XREADGROUP`` (blocking) and ``XACK`` by another, as the
@@ -53,7 +53,7 @@ import sqlalchemy as sa
 
 from cloudmart.bench import database_version, machine, percentiles
 from cloudmart.costs import Meter, find, local_port, per_unit
-from engine.adapters.prepared import Prepared
+from prepared_sql import Prepared
 
 PRIMITIVES = ("rabbitmq_round_trip", "mariadb_commit", "redis_stream_hop")
 

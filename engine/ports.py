@@ -99,6 +99,10 @@ class HistoryStore(Protocol):
         """Newest first."""
         ...
 
+    async def count_needing_operator(self) -> int:
+        """How many sagas are flagged ``needs_operator`` (compensating or parked)."""
+        ...
+
     async def list_claimable(
         self, *, owner: str, now: datetime, limit: int
     ) -> builtins.list[SagaRecord]:

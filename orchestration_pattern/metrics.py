@@ -21,24 +21,24 @@ metric                                                             source
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from activities.db import Database
-from engine.adapters.sql_tables import saga_instances
-from engine.history import COMPENSATION_STARTED, PARKED
-from services._kit.app import LATENCY_BUCKETS
+from engine.ports import HistoryStore
 
 __all__ = ["PrometheusSagaObserver", "sagas_needing_operator"]
 
 
 class PrometheusSagaObserver:
-    """Counts the engine's saga and step events into ``registry`` (cheap: no I/O)."""
+    """Counts the engine's saga and step events into ``registry`` (cheap: no I/O).
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    ``buckets`` are the step-duration histogram's, in seconds (the process's HTTP latency
+    buckets, so both read alike).
+    """
+
+    def __init__(self, registry: CollectorRegistry, *, buckets: Sequence[float]) -> None:
         self.started = Counter(
             "cloudmart_saga_started",
             "Sagas started, by workflow.",
@@ -61,7 +61,7 @@ class PrometheusSagaObserver:
             "cloudmart_step_duration_seconds",
             "Round trip of one attempt of a saga step (command sent to reply received).",
             ["step"],
-            buckets=LATENCY_BUCKETS,
+            buckets=buckets,
             registry=registry,
         )
         self.step_attempts = Counter(
@@ -110,22 +110,13 @@ class PrometheusSagaObserver:
         self.operator_alerts.labels(workflow=workflow).inc()
 
 
-async def sagas_needing_operator(db: Database) -> list[Metric]:
-    """``cloudmart_sagas_needing_operator``: sagas flagged in ``saga_instances`` (every
+async def sagas_needing_operator(store: HistoryStore) -> list[Metric]:
+    """``cloudmart_sagas_needing_operator``: sagas flagged in the history store (every
     orchestrator on the database reports the same number; it is a fact of the database)."""
-    async with db.engine.connect() as conn:
-        count = await conn.scalar(
-            sa.select(sa.func.count())
-            .select_from(saga_instances)
-            # Only these statuses carry the flag; the status index keeps the count cheap.
-            .where(
-                saga_instances.c.status.in_([COMPENSATION_STARTED, PARKED]),
-                saga_instances.c.needs_operator.is_(True),
-            )
-        )
+    count = await store.count_needing_operator()
     family = GaugeMetricFamily(
         "cloudmart_sagas_needing_operator",
         "Sagas flagged for an operator (a compensation keeps failing, or parked).",
     )
-    family.add_metric([], float(count or 0))
+    family.add_metric([], float(count))
     return [family]

@@ -8,7 +8,7 @@ the same business operations directly.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, cast
 
 import structlog
@@ -23,9 +23,11 @@ from engine.errors import SagaAlreadyFinished, SagaNotFound, WorkflowAlreadyStar
 from engine.history import Event, SagaRecord
 from engine.observer import SagaObserver
 from engine.ports import HistoryStore, Transport
-from services._kit import failpoints
-from services._kit.settings import Settings
 from workflows.order_saga import place_order
+
+# Called around every history write when given: ``(point, event_types)`` with the points
+# ``freeze_before_history`` and ``crash_after_history`` (the process's failure points).
+HistoryHook = Callable[[str, list[str]], None]
 
 
 class SagaUnknown(DomainError):
@@ -93,64 +95,70 @@ class Orchestrator:
         return await self.engine.list(status=status, limit=limit)
 
 
-def in_process_transport(db: Database, settings: Settings) -> InMemoryTransport:
+def in_process_transport(db: Database, *, served_countries: Collection[str]) -> InMemoryTransport:
     """Request/reply by direct call of the business operations (embedded mode)."""
 
     def handler(name: str) -> Any:
         async def handle(payload: dict[str, Any]) -> dict[str, Any]:
-            return await invoke(db, name, payload, served_countries=settings.served_countries)
+            return await invoke(db, name, payload, served_countries=served_countries)
 
         return handle
 
     return InMemoryTransport({name: handler(name) for name in OPERATIONS})
 
 
-class _HistoryFailpoints:
+class _HookedHistory:
     """The history store, passing each write by the ``freeze_before_history`` and
-    ``crash_after_history`` failure points (used only when one of them is armed)."""
+    ``crash_after_history`` points of a :data:`HistoryHook` (used only when one is given)."""
 
-    def __init__(self, store: HistoryStore) -> None:
+    def __init__(self, store: HistoryStore, hook: HistoryHook) -> None:
         self._store = store
+        self._hook = hook
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
 
     async def create(self, record: SagaRecord, events: Sequence[Event]) -> tuple[SagaRecord, bool]:
         types = [e.type for e in events]
-        failpoints.hit("freeze_before_history", events=types)
+        self._hook("freeze_before_history", types)
         stored, created = await self._store.create(record, events)
         if created:
-            failpoints.hit("crash_after_history", events=types)
+            self._hook("crash_after_history", types)
         return stored, created
 
     async def append(self, saga_id: str, events: Sequence[Event], **fence: Any) -> None:
         types = [e.type for e in events]
-        failpoints.hit("freeze_before_history", events=types)
+        self._hook("freeze_before_history", types)
         await self._store.append(saga_id, events, **fence)
-        failpoints.hit("crash_after_history", events=types)
+        self._hook("crash_after_history", types)
 
 
 def build_engine(
     db: Database,
-    settings: Settings,
     transport: Transport,
     *,
+    lease_seconds: float,
+    compensation_alert_attempts: int,
+    step_timeout: float,
+    saga_deadline: float | None,
     observer: SagaObserver | None = None,
+    history_hook: HistoryHook | None = None,
 ) -> Engine:
-    """The engine of one orchestrator process, configured from settings.
+    """The engine of one orchestrator process (the settings' values, passed as they are).
 
-    ``observer`` receives its saga and step events (the process's metrics).
+    ``observer`` receives its saga and step events (the process's metrics); ``history_hook``,
+    when given, sees every history write (see :data:`HistoryHook`).
     """
     store: HistoryStore = SqlHistoryStore(db.engine)
-    if failpoints.armed("crash_after_history") or failpoints.armed("freeze_before_history"):
-        store = cast(HistoryStore, _HistoryFailpoints(store))
+    if history_hook is not None:
+        store = cast(HistoryStore, _HookedHistory(store, history_hook))
     return Engine(
         store,
         transport,
-        lease_seconds=settings.lease_seconds,
-        compensation_alert_attempts=settings.compensation_alert_attempts,
-        default_step_timeout=settings.request_timeout,
-        saga_deadline=settings.saga_deadline,
+        lease_seconds=lease_seconds,
+        compensation_alert_attempts=compensation_alert_attempts,
+        default_step_timeout=step_timeout,
+        saga_deadline=saga_deadline,
         workflows=[place_order],
         observer=observer,
     )

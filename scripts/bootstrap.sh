@@ -9,4 +9,4 @@ python3 -m venv .venv 2>/dev/null || [ -x .venv/bin/python ] || { echo "bootstra
 # Byte-code up front: with PYTHONDONTWRITEBYTECODE set (as in the Dockerfile and many CI images)
 # every process would otherwise compile the project again when it starts.
 .venv/bin/python -m compileall -q -j 0 cloudmart engine activities services workflows \
-  orchestration_pattern choreography_pattern >/dev/null
+  orchestration_pattern choreography_pattern prepared_sql >/dev/null

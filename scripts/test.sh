@@ -13,7 +13,8 @@ bash scripts/bootstrap.sh test
 bash scripts/ensure-services.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-.venv/bin/mypy engine workflows activities services cloudmart orchestration_pattern choreography_pattern
+.venv/bin/mypy engine workflows activities services cloudmart orchestration_pattern choreography_pattern \
+  prepared_sql
 rm -f .coverage .coverage.*
 pytest=(.venv/bin/python -m pytest -p no:cacheprovider --durations=15)
 

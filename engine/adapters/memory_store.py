@@ -14,7 +14,15 @@ from engine.errors import (
     SagaAlreadyFinished,
     SagaNotFound,
 )
-from engine.history import COMPLETED, FAILED, Event, Projection, SagaRecord
+from engine.history import (
+    COMPENSATION_STARTED,
+    COMPLETED,
+    FAILED,
+    PARKED,
+    Event,
+    Projection,
+    SagaRecord,
+)
 
 __all__ = ["InMemoryHistoryStore"]
 
@@ -115,6 +123,10 @@ class InMemoryHistoryStore:
         rows = [r for r in self._rows.values() if status is None or r.status == status]
         rows.sort(key=lambda r: (r.created_at or datetime.min, r.saga_id), reverse=True)
         return rows[:limit]
+
+    async def count_needing_operator(self) -> int:
+        flagged = (COMPENSATION_STARTED, PARKED)
+        return sum(r.needs_operator and r.status in flagged for r in self._rows.values())
 
     async def list_claimable(
         self, *, owner: str, now: datetime, limit: int

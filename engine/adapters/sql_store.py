@@ -30,7 +30,6 @@ import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from engine.adapters.prepared import Prepared, run_together
 from engine.adapters.sql_tables import metadata, saga_instances, saga_step_logs
 from engine.errors import (
     CancelRequested,
@@ -41,13 +40,16 @@ from engine.errors import (
     StoreUnavailable,
 )
 from engine.history import (
+    COMPENSATION_STARTED,
     COMPLETED,
     FAILED,
+    PARKED,
     TERMINAL_STATUSES,
     Event,
     Projection,
     SagaRecord,
 )
+from prepared_sql import Prepared, run_together
 
 __all__ = ["SqlHistoryStore"]
 
@@ -88,7 +90,7 @@ def _update_statement(*, honour_cancel: bool, finished: bool) -> sa.Update:
     return sa.update(_si).where(*where).values(**values)
 
 
-# The appends' statements run on the driver's cursor (engine.adapters.prepared).
+# The appends' statements run on the driver's cursor (prepared_sql).
 _UPDATES = {
     (hc, fin): Prepared(_update_statement(honour_cancel=hc, finished=fin))
     for hc in (True, False)
@@ -339,6 +341,16 @@ class SqlHistoryStore:
         if status is not None:
             query = query.where(_si.c.status == status)
         return [_record(r) for r in await self._select(query)]
+
+    async def count_needing_operator(self) -> int:
+        # Only these statuses carry the flag; the status index keeps the count cheap.
+        query = (
+            sa.select(sa.func.count())
+            .select_from(_si)
+            .where(_si.c.status.in_([COMPENSATION_STARTED, PARKED]), _si.c.needs_operator.is_(True))
+        )
+        rows = await self._select(query)
+        return int(rows[0][0])
 
     async def list_claimable(
         self, *, owner: str, now: datetime, limit: int

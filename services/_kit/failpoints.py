@@ -39,6 +39,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -170,6 +171,18 @@ def armed(point: str, **where: Any) -> bool:
     if _armed is None:
         return False
     return _armed.point == point if not where else _armed.matches(point, where)
+
+
+def history_hook() -> Callable[[str, list[str]], None] | None:
+    """The orchestrator's history hook (:data:`orchestration_pattern.orchestrator.HistoryHook`)
+    when a history failure point is armed; ``None`` otherwise, so no write pays for a detour."""
+    if not (armed("crash_after_history") or armed("freeze_before_history")):
+        return None
+
+    def hook(point: str, event_types: list[str]) -> None:
+        hit(point, events=event_types)
+
+    return hook
 
 
 def hit(point: str, **where: Any) -> None:

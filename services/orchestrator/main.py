@@ -18,7 +18,8 @@ from engine.adapters.rabbitmq import RabbitMQTransport
 from engine.ports import Transport
 from orchestration_pattern.metrics import PrometheusSagaObserver, sagas_needing_operator
 from orchestration_pattern.orchestrator import Orchestrator, build_engine, in_process_transport
-from services._kit import Settings, create_app, get_settings
+from services._kit import Settings, create_app, failpoints, get_settings
+from services._kit.app import LATENCY_BUCKETS
 from services.orchestrator.api import router
 
 
@@ -31,7 +32,7 @@ def build_app(settings: Settings | None = None, *, database: Database | None = N
         async with AsyncExitStack() as stack:
             transport: Transport
             if settings.embedded or not settings.rabbitmq_url:
-                transport = in_process_transport(db, settings)
+                transport = in_process_transport(db, served_countries=settings.served_countries)
             else:
                 rabbit = RabbitMQTransport(settings.rabbitmq_url, namespace=settings.namespace)
                 await stack.enter_async_context(rabbit)
@@ -41,12 +42,21 @@ def build_app(settings: Settings | None = None, *, database: Database | None = N
                     return rabbit.connected
 
                 app.state.health_checks["rabbitmq"] = broker_up
-            observer = PrometheusSagaObserver(app.state.metrics)
-            engine = build_engine(db, settings, transport, observer=observer)
+            observer = PrometheusSagaObserver(app.state.metrics, buckets=LATENCY_BUCKETS)
+            engine = build_engine(
+                db,
+                transport,
+                lease_seconds=settings.lease_seconds,
+                compensation_alert_attempts=settings.compensation_alert_attempts,
+                step_timeout=settings.request_timeout,
+                saga_deadline=settings.saga_deadline,
+                observer=observer,
+                history_hook=failpoints.history_hook(),
+            )
             observer.track_running(lambda: engine.running)
 
             async def operator_flags() -> list[Metric]:
-                return await sagas_needing_operator(db)
+                return await sagas_needing_operator(engine.store)
 
             app.state.telemetry.add_probe("sagas", operator_flags)
             app.state.orchestrator = Orchestrator(engine, db)

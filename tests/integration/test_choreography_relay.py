@@ -16,7 +16,7 @@ from choreography_pattern import Event, InMemoryEventBus, OutboxRelay
 from choreography_pattern import events as ev
 from choreography_pattern.outbox import outbox_rows
 from cloudmart.schema import create_schema
-from engine.adapters.prepared import run_together
+from prepared_sql import run_together
 
 pytestmark = [pytest.mark.mysql]
 

@@ -16,7 +16,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from activities.db import create_engine
-from engine.adapters.prepared import Prepared, Reply, run_together
+from prepared_sql import Prepared, Reply, run_together
 
 metadata = sa.MetaData()
 things = sa.Table(

@@ -191,13 +191,33 @@ async def test_the_history_store_passes_by_failpoints_only_when_one_is_armed(
 
     db = Database.from_url(f"sqlite+aiosqlite:///{tmp_path / 'history.db'}")
     settings = Settings(_env_file=None, env="test")  # type: ignore[call-arg]
+
+    def engine_store() -> object:
+        engine = build_engine(
+            db,
+            InMemoryTransport({}),
+            lease_seconds=settings.lease_seconds,
+            compensation_alert_attempts=settings.compensation_alert_attempts,
+            step_timeout=settings.request_timeout,
+            saga_deadline=settings.saga_deadline,
+            history_hook=failpoints.history_hook(),
+        )
+        return engine.store
+
     try:
-        plain = build_engine(db, settings, InMemoryTransport({}))
-        assert type(plain.store) is SqlHistoryStore  # nothing armed: no detour at all
+        assert failpoints.history_hook() is None
+        assert type(engine_store()) is SqlHistoryStore  # nothing armed: no detour at all
         for spec in ("crash_after_history:3", "freeze_before_history:StepCompleted:1"):
             failpoints.arm(spec, env="test")
-            assert type(build_engine(db, settings, InMemoryTransport({})).store) is not (
-                SqlHistoryStore
-            )
+            assert type(engine_store()) is not SqlHistoryStore
+        armed = failpoints.arm("freeze_before_history:StepCompleted:5", env="test")
+        assert armed is not None
+        hook = failpoints.history_hook()
+        assert hook is not None
+        hook("freeze_before_history", ["StepScheduled"])  # another write: not counted
+        hook("crash_after_history", ["StepCompleted"])  # another point: not counted
+        assert armed.hits == 0
+        hook("freeze_before_history", ["StepScheduled", "StepCompleted"])
+        assert armed.hits == 1  # the first of the five that freeze
     finally:
         await db.dispose()

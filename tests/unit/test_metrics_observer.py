@@ -23,6 +23,7 @@ from engine.observer import NO_FAILED_STEP, NullObserver, SagaObserver
 from engine.testing import FakeServices
 from orchestration_pattern.metrics import PrometheusSagaObserver
 from services._kit import Settings, configure_logging
+from services._kit.app import LATENCY_BUCKETS
 from workflows.order_saga import place_order
 
 STEPS: dict[str, str | None] = {
@@ -38,7 +39,7 @@ WORKFLOW = "place_order"
 class Rig:
     def __init__(self, services: FakeServices, **engine_kwargs: Any) -> None:
         self.registry = CollectorRegistry()
-        self.observer = PrometheusSagaObserver(self.registry)
+        self.observer = PrometheusSagaObserver(self.registry, buckets=LATENCY_BUCKETS)
         clock = FakeClock()
         self.services = services
         self.transport = services.transport(clock)
@@ -68,7 +69,10 @@ def services(**changes: Any) -> FakeServices:
 
 
 def test_the_prometheus_observer_and_the_null_observer_fit_the_protocol() -> None:
-    observers: list[SagaObserver] = [NullObserver(), PrometheusSagaObserver(CollectorRegistry())]
+    observers: list[SagaObserver] = [
+        NullObserver(),
+        PrometheusSagaObserver(CollectorRegistry(), buckets=LATENCY_BUCKETS),
+    ]
     for observer in observers:
         observer.saga_started(WORKFLOW)
         observer.saga_finished(WORKFLOW, "COMPLETED", NO_FAILED_STEP)
@@ -175,7 +179,7 @@ async def test_a_resumed_saga_counts_as_resumed_not_started() -> None:
         clock=rig.engine.clock,
         owner_id="metrics-unit-2",
         workflows=[place_order],
-        observer=PrometheusSagaObserver(registry),
+        observer=PrometheusSagaObserver(registry, buckets=LATENCY_BUCKETS),
     )
 
     await engine.run_until_idle()

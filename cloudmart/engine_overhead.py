@@ -1,6 +1,6 @@
 """Engine overhead benchmark: the order saga on the SQL store, services answering instantly.
 
-``python -m engine.bench --database-url mysql+aiomysql://root@127.0.0.1:3306/cloudmart_engine_bench
+``python -m cloudmart.engine_overhead --database-url mysql+aiomysql://root@127.0.0.1:3306/cloudmart_engine_bench
 --sagas 500 --concurrency 32``. The in-memory transport's handlers return at once, so what is
 measured is the engine: replay bookkeeping, history commits, scheduling. Reported:
 
@@ -27,9 +27,9 @@ import structlog
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from engine import Engine
+from engine.adapters import SqlHistoryStore
 from engine.adapters.memory_transport import InMemoryTransport, current_request
-from engine.adapters.sql_store import SqlHistoryStore
-from engine.api import Engine
 from workflows.order_saga import place_order
 
 __all__ = ["run_bench"]
