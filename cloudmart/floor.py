@@ -5,7 +5,7 @@ Three primitives, with the clients and settings the system itself uses:
 ``rabbitmq_round_trip``
     A command and its reply through :class:`~engine.adapters.rabbitmq.RabbitMQTransport`
     (transient message, publisher confirms, reply queue) to a
-    :class:`~engine.adapters.rabbitmq.RabbitMQCommandServer` whose handler echoes the payload,
+    :class:`~services._kit.command_server.RabbitMQCommandServer` whose handler echoes the payload,
     served by a separate process (``python -m cloudmart.floor``), as the services are.
 ``mariadb_commit``
     ``INSERT`` of one small row and ``COMMIT`` as the hot paths write: a transaction of the
@@ -390,7 +390,7 @@ async def _echo(method: str, payload: dict[str, Any], headers: dict[str, str]) -
 async def _serve_echo(url: str, namespace: str) -> None:
     import signal
 
-    from engine.adapters.rabbitmq import RabbitMQCommandServer
+    from services._kit.command_server import RabbitMQCommandServer
 
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)

@@ -34,8 +34,9 @@ import structlog
 from engine.adapters import amqp_names as names
 from engine.adapters.memory_transport import RequestInfo
 from engine.adapters.memory_transport import _current as _current_request  # contract parity
-from engine.adapters.rabbitmq import CommandHandler, RabbitMQCommandServer, RabbitMQTransport
+from engine.adapters.rabbitmq import RabbitMQTransport
 from engine.errors import RemoteError
+from services._kit.command_server import CommandHandler, RabbitMQCommandServer
 
 TEST_RABBITMQ_URL = os.environ.get(
     "CLOUDMART_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/"

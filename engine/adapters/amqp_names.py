@@ -20,7 +20,7 @@ __all__ = [
 ]
 
 # Message headers. ``DELIVERIES_HEADER`` counts the failed deliveries of a command (classic
-# queues keep no delivery count of their own; see engine.adapters.rabbitmq).
+# queues keep no delivery count of their own; see services._kit.command_server).
 IDEMPOTENCY_KEY_HEADER = "idempotency_key"
 METHOD_HEADER = "method"
 DELIVERIES_HEADER = "x-cloudmart-deliveries"

@@ -42,7 +42,7 @@ def command_consumer(service: str) -> Lifespan:
         if not consumes_commands(settings):
             yield
             return
-        from engine.adapters.rabbitmq import RabbitMQCommandServer
+        from services._kit.command_server import RabbitMQCommandServer
 
         db: Database = app.state.db
         telemetry: Telemetry = app.state.telemetry

@@ -27,8 +27,9 @@ from rabbitmq_support import (
 from activities.errors import ReservationShipped, StockUnavailable
 from engine.adapters import amqp_names as names
 from engine.adapters.memory_transport import current_request
-from engine.adapters.rabbitmq import CommandHandler, RabbitMQCommandServer, RabbitMQTransport
+from engine.adapters.rabbitmq import RabbitMQTransport
 from engine.errors import RemoteError, StepTimeout, TransportError
+from services._kit.command_server import CommandHandler, RabbitMQCommandServer
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.timeout(30)]
 

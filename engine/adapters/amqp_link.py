@@ -1,0 +1,127 @@
+"""What both ends of the RabbitMQ request/reply share: one robust connection and the wire.
+
+:class:`RobustLink` is the connection lifecycle of the engine's client
+(:class:`~engine.adapters.rabbitmq.RabbitMQTransport`) and of a service's command server
+(``services._kit.command_server``): connect, declare what the end needs (closing the
+connection again if that fails), then follow aio-pika's robust reconnects with a flag that
+says whether the end is usable. The flag drops as soon as the connection is lost and comes back
+only after the robust channels restored their queues and consumers: aio-pika runs the
+reconnect callbacks last, after the channels.
+
+Messages are compact JSON objects (:func:`encode`); header values are read back as text
+(:func:`text`). :data:`BROKER_ERRORS` is what a dropped connection or channel raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aio_pika
+import structlog
+from aio_pika.abc import AbstractRobustConnection
+from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
+
+__all__ = ["BROKER_ERRORS", "RobustLink", "encode", "text"]
+
+logger = structlog.get_logger(__name__)
+
+# What a dropped connection or channel raises from aio-pika/aiormq.
+BROKER_ERRORS: tuple[type[BaseException], ...] = (
+    AMQPError,
+    ChannelInvalidStateError,
+    ConnectionError,
+)
+
+
+def encode(data: dict[str, Any]) -> bytes:
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
+def text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RobustLink:
+    """One robust connection named ``name`` (the broker's management UI shows it), retried
+    every ``reconnect_interval`` seconds while it is down.
+
+    ``on_lost(exc)`` runs when the connection drops (the flag is already down), ``on_restored()``
+    when it is back (the flag is up again). ``event`` prefixes the log lines (``transport``,
+    ``command_server``); ``log_context`` is bound to them.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        name: str,
+        reconnect_interval: float,
+        event: str,
+        log_context: dict[str, Any] | None = None,
+        on_lost: Callable[[BaseException | None], None] | None = None,
+        on_restored: Callable[[], None] | None = None,
+    ) -> None:
+        self._url = url
+        self.name = name
+        self._reconnect_interval = reconnect_interval
+        self._event = event
+        self._log = logger.bind(**(log_context or {}))
+        self._on_lost = on_lost
+        self._on_restored = on_restored
+        self.connection: AbstractRobustConnection | None = None
+        self._up = asyncio.Event()  # set exactly while usable
+
+    async def open(self, setup: Callable[[AbstractRobustConnection], Awaitable[None]]) -> None:
+        """Connect and run ``setup`` (declare, consume); the link is up once it returned."""
+        connection = await aio_pika.connect_robust(
+            self._url,
+            client_properties={"connection_name": self.name},
+            reconnect_interval=self._reconnect_interval,
+        )
+        try:
+            await setup(connection)
+        except BaseException:
+            await connection.close()
+            raise
+        connection.close_callbacks.add(self._lost)
+        connection.reconnect_callbacks.add(self._restored)
+        self.connection = connection
+        self._up.set()
+
+    async def close(self) -> None:
+        """Drop the link (no ``on_lost``: the end is closing on purpose)."""
+        connection, self.connection = self.connection, None
+        self._up.clear()
+        if connection is not None:
+            await connection.close()
+
+    @property
+    def up(self) -> bool:
+        """Connected, and everything ``setup`` declared restored."""
+        return self._up.is_set() and self.connection is not None
+
+    async def wait_up(self, timeout: float) -> bool:
+        """Wait at most ``timeout`` seconds for the link to be up; whether it is."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._up.wait()
+        except TimeoutError:
+            return False
+        return self.up
+
+    def _lost(self, _sender: Any, exc: BaseException | None = None) -> None:
+        self._up.clear()
+        if self.connection is None:
+            return  # closed on purpose
+        self._log.warning(f"{self._event}.connection_lost", error=repr(exc))
+        if self._on_lost is not None:
+            self._on_lost(exc)
+
+    def _restored(self, _sender: Any) -> None:
+        self._up.set()
+        self._log.info(f"{self._event}.reconnected")
+        if self._on_restored is not None:
+            self._on_restored()

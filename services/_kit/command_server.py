@@ -1,0 +1,366 @@
+""":class:`RabbitMQCommandServer`: a service's side of the RabbitMQ request/reply.
+
+It consumes ``<ns>.<service>.commands`` (durable, bound with the service's routing key,
+dead-lettering to ``<ns>.dlx`` → ``<ns>.<service>.dead``) with a bounded prefetch and manual
+acks. Per message: decode (malformed → dead-letter at once), call ``handler(method, payload,
+headers)``, publish the reply and only then ack, so a command is acked only after its activity
+committed. Replies go unconfirmed, on a channel of their own (the command channel while that
+one is down after a reconnect): they live in the requester's exclusive queue, which no confirm
+makes durable. An exception with ``to_wire()`` (a ``DomainError`` or ``SagaError``) is an
+answer: error reply + ack. Any other exception (the database is down...) is a failed delivery:
+the command goes back to the queue until it has been delivered ``max_deliveries`` times, then
+to the dead-letter queue.
+
+Counting deliveries: classic queues keep no count (``x-delivery-limit`` needs a quorum queue,
+about 1 ms more per round trip on this machine, FLOOR.md). A failed delivery is therefore
+re-published to the tail of the queue (persistent, confirmed) with the header
+``x-cloudmart-deliveries`` incremented, and the original acked; a message that arrives with
+``redelivered`` set (its consumer died holding it) is counted the same way before it runs
+again, so even a command that kills its consumer stops after ``max_deliveries``. Re-publishing
+to the tail instead of requeueing at the head also lets other commands flow past a poison one,
+and a short growing back-off (``retry_backoff``) keeps a database blip from burning all the
+deliveries in a millisecond.
+
+The client's side, and what a command and its reply look like on the wire, is
+:mod:`engine.adapters.rabbitmq`; both ends keep their connection through
+:class:`~engine.adapters.amqp_link.RobustLink`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import uuid
+from types import TracebackType
+from typing import Any
+
+import aio_pika
+import structlog
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+    ConsumerTag,
+)
+
+from engine.adapters import amqp_names as names
+from engine.adapters.amqp_link import BROKER_ERRORS, RobustLink, encode, text
+from engine.errors import TransportError
+from services._kit.metrics import CommandHandler
+
+__all__ = ["CommandHandler", "CommandServerStats", "RabbitMQCommandServer"]
+
+logger = structlog.get_logger(__name__)
+
+# Headers rebound into the log context on receipt (STYLE.md, Logging).
+_LOG_HEADERS = ("saga_id", "workflow_id", "order_id", "step", "attempt")
+# Headers a reply carries back from its command, so both ends log the same ids.
+_REPLY_HEADERS = ("saga_id", "workflow_id", "order_id")
+
+
+@dataclasses.dataclass
+class CommandServerStats:
+    """Counters of one :class:`RabbitMQCommandServer`, read by metrics.
+
+    ``processed``: answered ``ok``; ``errors``: answered with a business error; ``failures``:
+    deliveries whose handler raised something else; ``retried``: of those, sent round again;
+    ``dead_lettered``: sent to the dead-letter queue (``malformed`` ones included);
+    ``reconnects``: connections restored after a loss.
+    """
+
+    processed: int = 0
+    errors: int = 0
+    failures: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    malformed: int = 0
+    reconnects: int = 0
+
+
+class RabbitMQCommandServer:
+    """Serve one service's commands from RabbitMQ (see the module docstring).
+
+    ``handler(method, payload, headers)`` returns the reply payload; ``headers`` holds the
+    message's string headers, ``idempotency_key`` and ``method`` among them.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        namespace: str,
+        service: str,
+        handler: CommandHandler,
+        prefetch: int = 32,
+        max_deliveries: int = 5,
+        retry_backoff: float = 0.1,
+        retry_backoff_max: float = 5.0,
+        reconnect_interval: float = 1.0,
+    ) -> None:
+        if max_deliveries < 1:
+            raise ValueError("max_deliveries must be at least 1")
+        self.namespace = namespace
+        self.service = service
+        self._handler = handler
+        self._prefetch = prefetch
+        self.max_deliveries = max_deliveries
+        self._retry_backoff = retry_backoff
+        self._retry_backoff_max = retry_backoff_max
+        self.queue_name = names.command_queue(namespace, service)
+        self.dead_letter_queue = names.dead_letter_queue(namespace, service)
+        self.connection_name = f"{namespace}.{service}.server.{uuid.uuid4().hex[:8]}"
+        self.stats = CommandServerStats()
+        self._channel: AbstractChannel | None = None
+        self._replies: AbstractChannel | None = None
+        self._queue: AbstractQueue | None = None
+        self._consumer_tag: ConsumerTag | None = None
+        self._inflight: set[asyncio.Task[Any]] = set()
+        self._link = RobustLink(
+            url,
+            name=self.connection_name,
+            reconnect_interval=reconnect_interval,
+            event="command_server",
+            log_context={"service": service, "queue": self.queue_name},
+            on_restored=self._on_reconnected,
+        )
+
+    async def __aenter__(self) -> RabbitMQCommandServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        await self._link.open(self._declare)
+        logger.info("command_server.started", service=self.service, queue=self.queue_name)
+
+    async def _declare(self, connection: AbstractRobustConnection) -> None:
+        channel = await connection.channel(publisher_confirms=True)
+        await channel.set_qos(prefetch_count=self._prefetch)
+        # Replies go unconfirmed, on a channel of their own: the reply queue is exclusive to
+        # the requester's connection, so a reply is never durable anyway, and a lost one costs
+        # a re-send with the same key. A confirm would be one more frame per command and a
+        # broker round trip before the ack.
+        replies = await connection.channel(publisher_confirms=False)
+        commands = await channel.declare_exchange(
+            names.commands_exchange(self.namespace), aio_pika.ExchangeType.DIRECT, durable=True
+        )
+        dlx_name = names.dead_letter_exchange(self.namespace)
+        dlx = await channel.declare_exchange(dlx_name, aio_pika.ExchangeType.DIRECT, durable=True)
+        dead = await channel.declare_queue(self.dead_letter_queue, durable=True)
+        await dead.bind(dlx, routing_key=self.service)
+        queue = await channel.declare_queue(
+            self.queue_name,
+            durable=True,
+            arguments={
+                "x-dead-letter-exchange": dlx_name,
+                # Re-published copies arrive by queue name: dead-letter them by service.
+                "x-dead-letter-routing-key": self.service,
+            },
+        )
+        await queue.bind(commands, routing_key=self.service)
+        self._consumer_tag = await queue.consume(self._on_message)
+        self._channel, self._replies, self._queue = channel, replies, queue
+
+    async def close(self, *, drain_timeout: float = 10.0) -> None:
+        """Stop consuming, let in-flight commands finish for ``drain_timeout`` s, disconnect.
+
+        Commands still running after that are cancelled; unacked, they go back to the queue.
+        """
+        queue, tag = self._queue, self._consumer_tag
+        self._channel = self._replies = self._queue = self._consumer_tag = None
+        if self._link.connection is None:
+            return
+        if queue is not None and tag is not None:
+            try:
+                await queue.cancel(tag)
+            except BROKER_ERRORS as exc:  # already disconnected: nothing left to cancel
+                logger.info("command_server.cancel_failed", error=repr(exc))
+        inflight = set(self._inflight)
+        if inflight and drain_timeout > 0:
+            await asyncio.wait(inflight, timeout=drain_timeout)
+        for task in inflight:
+            task.cancel()
+        await self._link.close()
+        await asyncio.gather(*inflight, return_exceptions=True)
+        logger.info("command_server.closed", service=self.service)
+
+    @property
+    def connected(self) -> bool:
+        """True while connected to the broker and consuming (a health check reads it)."""
+        return self._link.up
+
+    async def queue_depths(self) -> dict[str, int]:
+        """Messages waiting in the command queue and in the dead-letter queue, by queue name.
+
+        Passive declares on a channel of their own, so a missing queue cannot close the
+        consuming channel. Raises :class:`~engine.errors.TransportError` when not connected.
+        """
+        connection = self._link.connection
+        if connection is None or not self.connected:
+            raise TransportError("not connected to RabbitMQ")
+        depths: dict[str, int] = {}
+        async with connection.channel() as channel:
+            for name in (self.queue_name, self.dead_letter_queue):
+                queue = await channel.declare_queue(name, passive=True)
+                depths[name] = queue.declaration_result.message_count or 0
+        return depths
+
+    def _on_reconnected(self) -> None:
+        self.stats.reconnects += 1
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._inflight.add(task)
+        headers = {
+            key: text(value)
+            for key, value in (message.headers or {}).items()
+            if not key.startswith("x-") and value is not None
+        }
+        method = headers.get(names.METHOD_HEADER, "")
+        context = {key: headers[key] for key in _LOG_HEADERS if key in headers}
+        try:
+            with structlog.contextvars.bound_contextvars(
+                service=self.service,
+                method=method,
+                idempotency_key=headers.get(names.IDEMPOTENCY_KEY_HEADER),
+                correlation_id=message.correlation_id,
+                **context,
+            ):
+                try:
+                    await self._process(message, method, headers)
+                except BROKER_ERRORS as exc:
+                    # The channel died under us: the broker requeues the unacked command.
+                    logger.warning("command.settle_failed", error=repr(exc))
+        finally:
+            if task is not None:
+                self._inflight.discard(task)
+
+    async def _process(
+        self, message: AbstractIncomingMessage, method: str, headers: dict[str, str]
+    ) -> None:
+        failed_before = _deliveries(message)
+        if message.redelivered:
+            # The previous delivery was never settled (its consumer or connection died while
+            # the handler ran): count it as failed before running the command again.
+            self.stats.failures += 1
+            await self._retry_or_dead_letter(message, failed_before + 1, "consumer lost")
+            return
+        payload = _decode(message.body)
+        if payload is None or not method:
+            self.stats.malformed += 1
+            await self._dead_letter(message, failed_before + 1, "malformed command")
+            return
+        try:
+            result = await self._handler(method, payload, headers)
+            reply = encode({"ok": result})
+        except Exception as exc:  # the wire mapping; anything else is a failed delivery
+            to_wire = getattr(exc, "to_wire", None)
+            if not callable(to_wire):
+                self.stats.failures += 1
+                logger.warning(
+                    "command.failed", delivery=failed_before + 1, error=repr(exc), exc_info=exc
+                )
+                await self._retry_or_dead_letter(message, failed_before + 1, repr(exc))
+                return
+            self.stats.errors += 1
+            wire = to_wire()
+            logger.info("command.refused", error_type=wire.get("type"))
+            await self._reply(message, encode({"error": wire}))
+        else:
+            self.stats.processed += 1
+            logger.debug("command.processed")
+            await self._reply(message, reply)
+        await message.ack()
+
+    async def _reply(self, message: AbstractIncomingMessage, body: bytes) -> None:
+        replies, commands = self._replies, self._channel
+        if not message.reply_to or not message.correlation_id or commands is None:
+            logger.debug("command.no_reply_to")
+            return
+        headers = {k: v for k, v in (message.headers or {}).items() if k in _REPLY_HEADERS}
+        reply = aio_pika.Message(
+            body,
+            content_type="application/json",
+            correlation_id=message.correlation_id,
+            headers=headers,
+        )
+        # mandatory=False: a requester that went away simply misses the reply (it re-sends).
+        if replies is not None and not replies.is_closed:
+            try:
+                await replies.default_exchange.publish(
+                    reply, routing_key=message.reply_to, mandatory=False
+                )
+                return
+            except BROKER_ERRORS as exc:
+                logger.info("command.reply_channel_down", error=repr(exc))
+        # After a reconnect the channels come back in no set order: the reply channel may not
+        # be up yet when the command channel delivers again. The channel that delivered the
+        # command is up, so the reply goes there (confirmed, which costs only time).
+        await commands.default_exchange.publish(
+            reply, routing_key=message.reply_to, mandatory=False
+        )
+
+    async def _retry_or_dead_letter(
+        self, message: AbstractIncomingMessage, failed: int, reason: str
+    ) -> None:
+        channel = self._channel
+        if failed >= self.max_deliveries or channel is None:
+            await self._dead_letter(message, failed, reason)
+            return
+        delay = min(self._retry_backoff * 2 ** (failed - 1), self._retry_backoff_max)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        copy = aio_pika.Message(
+            message.body,
+            headers={**(message.headers or {}), names.DELIVERIES_HEADER: failed},
+            content_type=message.content_type,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            correlation_id=message.correlation_id,
+            reply_to=message.reply_to,
+            message_id=message.message_id,
+        )
+        # Confirmed before the ack: a crash in between duplicates the command, never loses it.
+        await channel.default_exchange.publish(copy, routing_key=self.queue_name, mandatory=True)
+        await message.ack()
+        self.stats.retried += 1
+        logger.info("command.retry", failed_deliveries=failed, reason=reason)
+
+    async def _dead_letter(
+        self, message: AbstractIncomingMessage, failed: int, reason: str
+    ) -> None:
+        await message.reject(requeue=False)
+        self.stats.dead_lettered += 1
+        logger.error(
+            "command.dead_lettered",
+            reason=reason,
+            deliveries=failed,
+            dead_letter_queue=self.dead_letter_queue,
+        )
+
+
+def _deliveries(message: AbstractIncomingMessage) -> int:
+    """Failed deliveries recorded on the message (0 when absent or garbled)."""
+    value = (message.headers or {}).get(names.DELIVERIES_HEADER)
+    if isinstance(value, int):
+        return max(value, 0)
+    if isinstance(value, (str, bytes)) and value.isdigit():
+        return int(value)
+    return 0
+
+
+def _decode(body: bytes) -> dict[str, Any] | None:
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return None
+    return payload if isinstance(payload, dict) else None
