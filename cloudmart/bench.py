@@ -63,7 +63,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from activities.db import create_engine
 from activities.tables import books, customers, inventory
 from cloudmart import costs
-from services._kit.settings import SERVICE_PORTS
+from services._kit.roster import ports_from, spec_of
 
 BENCH_CUSTOMER = 900_001
 BROKE_CUSTOMER = 900_002
@@ -805,19 +805,10 @@ def ports_beside(url: str, entry: str) -> dict[str, int]:
     """Each service's port if ``url`` (the ``entry`` service's) follows the ``--base-port``
     layout: orchestrator on base + 5, order on base + 1..."""
     port = urlsplit(url).port or (443 if url.startswith("https") else 80)
-    return ports_from(port - PORT_OFFSETS[entry])
+    return ports_from(port - spec_of(entry).offset)
 
 
 # -- a deployment of its own (``--start``) ---------------------------------------------------
-
-PORT_OFFSETS = {"order": 1, "inventory": 2, "payment": 3, "shipping": 4, "orchestrator": 5}
-
-
-def ports_from(base_port: int | None) -> dict[str, int]:
-    """Each service's port: ``base_port`` + 1..5 (order..orchestrator), else the standard ones."""
-    if base_port is None:
-        return dict(SERVICE_PORTS)
-    return {name: base_port + offset for name, offset in PORT_OFFSETS.items()}
 
 
 @contextlib.contextmanager

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 
-from services._kit.settings import SERVICE_PORTS, Settings, get_settings
+from services._kit import roster
+from services._kit.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -43,23 +44,6 @@ app.add_typer(events_app, name="events")
 class Pattern(StrEnum):
     orchestration = "orchestration"
     choreography = "choreography"
-
-
-class Service(StrEnum):
-    order = "order"
-    inventory = "inventory"
-    payment = "payment"
-    shipping = "shipping"
-    orchestrator = "orchestrator"
-
-
-DOMAIN_SERVICES = ["order", "inventory", "payment", "shipping"]
-
-
-def services_of(pattern: Pattern) -> list[str]:
-    """The processes a pattern runs: the four services, plus the orchestrator."""
-    extra = ["orchestrator"] if pattern is Pattern.orchestration else []
-    return DOMAIN_SERVICES + extra
 
 
 @db_app.command("init")
@@ -207,13 +191,14 @@ def bench(
         raise typer.BadParameter(str(exc), param_hint="--mix") from exc
     settings = get_settings(pattern=pattern.value)
     floor_data = _floor_for_bench(floor, settings)
-    ports = bench_module.ports_from(base_port)
+    ports = roster.ports_from(base_port)
     entry = "orchestrator" if pattern is Pattern.orchestration else "order"
     target = url or f"http://127.0.0.1:{ports[entry]}"
     # Services of a deployment named by --url alone are looked for beside it (its port is the
     # entry's, in the layout --base-port describes).
     beside = bench_module.ports_beside(url, entry) if url and base_port is None else ports
-    watch = bench_module.watched(target, pattern.value, services_of(pattern), beside, settings)
+    services = roster.services_of(pattern)
+    watch = bench_module.watched(target, pattern.value, services, beside, settings)
 
     def go() -> bench_module.BenchResult:
         return run(
@@ -245,11 +230,11 @@ def bench(
         asyncio.run(_db_init(settings, seed=False, reset=False))
         log_path = f"bench-{pattern.value}.log"
         typer.echo(
-            f"starting {pattern.value} on {sorted(ports[name] for name in services_of(pattern))}; "
+            f"starting {pattern.value} on {sorted(ports[name] for name in services)}; "
             f"logs: {log_path}",
             err=True,
         )
-        with bench_module.deployment(services_of(pattern), pattern.value, ports, log_path=log_path):
+        with bench_module.deployment(services, pattern.value, ports, log_path=log_path):
             result = go()
     else:
         result = go()
@@ -356,9 +341,19 @@ def bench_report(
         typer.echo(line)
 
 
+def _known_service(name: str) -> str:
+    if name not in roster.SERVICE_NAMES:
+        raise typer.BadParameter(f"{name!r} is not one of {', '.join(roster.SERVICE_NAMES)}")
+    return name
+
+
 @app.command()
 def serve(
-    service: Service = typer.Argument(..., help="Which service to run."),
+    service: str = typer.Argument(
+        ...,
+        help=f"Which service to run: {', '.join(roster.SERVICE_NAMES)}.",
+        callback=_known_service,
+    ),
     port: int | None = typer.Option(None, help="Port (default: the service's own, 8001-8005)."),
     pattern: Pattern | None = typer.Option(
         None, help="Saga style (default: CLOUDMART_PATTERN, else orchestration)."
@@ -376,7 +371,7 @@ def serve(
         raise typer.Exit(2)
     from cloudmart.runner import run, serve_one
 
-    run(serve_one(settings, service.value, port or SERVICE_PORTS[service.value]))
+    run(serve_one(settings, service, port or roster.SERVICE_PORTS[service]))
 
 
 @app.command()
@@ -391,9 +386,9 @@ def up(
         typer.echo(
             f"embedded {pattern.value}: SQLite at {settings.sqlite_path}, in-process messaging"
         )
-        runner.run(runner.run_embedded(settings, services_of(pattern)))
+        runner.run(runner.run_embedded(settings, roster.services_of(pattern)))
     else:
-        raise typer.Exit(runner.supervise(services_of(pattern), pattern.value))
+        raise typer.Exit(runner.supervise(roster.services_of(pattern), pattern.value))
 
 
 @events_app.command("tail")

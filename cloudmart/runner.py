@@ -15,7 +15,8 @@ from typing import IO, Any, TypeVar
 import uvicorn
 
 from activities.db import Database
-from services._kit.settings import SERVICE_PORTS, Settings
+from services._kit.roster import SERVICE_PORTS
+from services._kit.settings import Settings
 
 T = TypeVar("T")
 

@@ -1,8 +1,11 @@
 """The HTTP services by name, for the command line (``cloudmart serve NAME``) and ``up``.
 
-Each name maps to the module whose ``build_app(settings, *, database=None)`` builds it; the
-module is imported only when that service is built, so serving ``inventory`` does not load
-the orchestrator's engine and broker code.
+Which services exist is :mod:`services._kit.roster`'s. A domain service is its router
+(``services.<name>.api.router``) in the kit's app, with its consumer: the RabbitMQ command
+queue in orchestration, its part of the events in choreography. A service with a ``factory``
+(the orchestrator) is built by that module's ``build_app``. Modules are imported only when their
+service is built, so serving ``inventory`` does not load the orchestrator's engine and broker
+code.
 """
 
 from __future__ import annotations
@@ -12,15 +15,9 @@ import importlib
 from fastapi import FastAPI
 
 from activities.db import Database
-from services._kit import Settings
-
-SERVICES: dict[str, str] = {
-    "order": "services.order.main",
-    "inventory": "services.inventory.main",
-    "payment": "services.payment.main",
-    "shipping": "services.shipping.main",
-    "orchestrator": "services.orchestrator.main",
-}
+from services._kit import Settings, create_app
+from services._kit.events import service_lifespan
+from services._kit.roster import spec_of
 
 
 def build_service_app(
@@ -30,10 +27,13 @@ def build_service_app(
 
     Raises ValueError for an unknown name.
     """
-    try:
-        module = SERVICES[name]
-    except KeyError:
-        known = ", ".join(SERVICES)
-        raise ValueError(f"unknown service {name!r}; known: {known}") from None
-    app: FastAPI = importlib.import_module(module).build_app(settings, database=database)
-    return app
+    spec = spec_of(name)
+    if spec.factory is not None:
+        built: FastAPI = importlib.import_module(spec.factory).build_app(
+            settings, database=database
+        )
+        return built
+    api = importlib.import_module(f"services.{name}.api")
+    return create_app(
+        name, settings, api.router, database=database, lifespan=service_lifespan(name)
+    )

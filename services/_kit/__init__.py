@@ -1,12 +1,8 @@
 """What every CloudMart HTTP service is built from: one app factory and its dependencies.
 
-A service's ``main.py`` is a few lines::
-
-    from services._kit import Settings, create_app, get_settings
-    from services.inventory.api import router
-
-    def build_app(settings: Settings | None = None) -> FastAPI:
-        return create_app("inventory", settings or get_settings(), router)
+A domain service is its router, ``services.<name>.api.router``: :mod:`services.registry`
+builds its app with ``create_app(name, settings, router, lifespan=service_lifespan(name))``,
+and the service's name, port and patterns come from :mod:`services._kit.roster`.
 
 Routes get the database with ``db: DatabaseDep`` (or ``Depends(db_of)``), raise the
 activities' ``DomainError``\\ s, and declare them with ``responses=error_responses(...)``.
@@ -25,7 +21,8 @@ from services._kit.app import (
 from services._kit.errors import ErrorBody, error_responses
 from services._kit.logging import configure_logging
 from services._kit.params import BookIdPath, OrderIdPath
-from services._kit.settings import SERVICE_PORTS, Settings, get_settings
+from services._kit.roster import SERVICE_PORTS
+from services._kit.settings import Settings, get_settings
 
 __all__ = [
     "SERVICE_PORTS",

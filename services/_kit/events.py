@@ -24,11 +24,12 @@ from fastapi import FastAPI
 from activities.db import Database
 from services._kit import failpoints
 from services._kit.app import Lifespan
+from services._kit.roster import CHOREOGRAPHY, services_of
 from services._kit.settings import Settings
 
 log = structlog.get_logger("services.events")
 
-CHOREOGRAPHED_SERVICES = ("order", "inventory", "payment", "shipping")
+CHOREOGRAPHED_SERVICES = tuple(services_of(CHOREOGRAPHY))
 
 
 def consumes_events(settings: Settings) -> bool:

@@ -45,11 +45,12 @@ from typing import Any
 
 import structlog
 
+from services._kit.roster import SERVICE_NAMES
+
 __all__ = ["Failpoint", "FailpointError", "arm", "armed", "hit", "parse"]
 
 log = structlog.get_logger("services.failpoints")
 
-_SERVICES = ("order", "inventory", "payment", "shipping", "orchestrator")
 # point -> the name of the ``where`` value its target is compared with
 _TARGETS = {
     "crash_before_ack": "service",
@@ -125,7 +126,7 @@ def parse(spec: str) -> Failpoint:
     """Read one failpoint spelling (see the module docstring); ``ValueError`` if unknown."""
     point, *args = spec.strip().split(":")
     if point in ("crash_before_ack", "crash_before_publish"):
-        if len(args) != 1 or args[0] not in _SERVICES:
+        if len(args) != 1 or args[0] not in SERVICE_NAMES:
             raise ValueError(f"failpoint {spec!r}: expected {point}:<service>")
         return Failpoint(point, args[0])
     if point in ("crash_after_history", "freeze_before_history"):
@@ -135,7 +136,7 @@ def parse(spec: str) -> Failpoint:
             return Failpoint(point, args[0], _positive(args[1], spec))
         raise ValueError(f"failpoint {spec!r}: expected {point}:[<event type>:]<N>")
     if point == "crash_before_reply":
-        if not 1 <= len(args) <= 2 or args[0] not in _SERVICES:
+        if not 1 <= len(args) <= 2 or args[0] not in SERVICE_NAMES:
             raise ValueError(f"failpoint {spec!r}: expected {point}:<service>[:<N>]")
         return Failpoint(point, args[0], _positive(args[1], spec) if len(args) == 2 else 1)
     if point == "fail_compensation":

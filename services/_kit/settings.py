@@ -16,13 +16,6 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from services._kit import failpoints
 
 Profile = Literal["dev", "test", "prod"]
-SERVICE_PORTS: dict[str, int] = {
-    "order": 8001,
-    "inventory": 8002,
-    "payment": 8003,
-    "shipping": 8004,
-    "orchestrator": 8005,
-}
 
 
 class Settings(BaseSettings):

@@ -1,7 +1,2 @@
-"""The order service: its REST routes (``api.router``) and app factory (``main.build_app``)."""
-
-from __future__ import annotations
-
-from services.order.main import build_app
-
-__all__ = ["build_app"]
+"""The order service: its REST routes (``api.router``), built into an app by
+:mod:`services.registry`."""

@@ -1,7 +1,2 @@
-"""The shipping service: its REST routes (``api.router``) and app factory (``main.build_app``)."""
-
-from __future__ import annotations
-
-from services.shipping.main import build_app
-
-__all__ = ["build_app"]
+"""The shipping service: its REST routes (``api.router``), built into an app by
+:mod:`services.registry`."""

@@ -23,7 +23,7 @@ from rest_support import (
 )
 
 from activities import Database, create_order
-from services.inventory.main import build_app
+from services.registry import build_service_app
 
 pytestmark = pytest.mark.mysql
 
@@ -47,7 +47,7 @@ async def db(url: str) -> AsyncIterator[Database]:
 
 @pytest.fixture
 async def client(url: str, db: Database) -> AsyncIterator[httpx.AsyncClient]:
-    async with running(build_app(settings_for(url))) as client:
+    async with running(build_service_app("inventory", settings_for(url))) as client:
         yield client
 
 

@@ -27,7 +27,7 @@ from rest_support import (
 from activities import Database, complete_order
 from activities.commands import OrderRef
 from activities.tables import orders
-from services.order.main import build_app
+from services.registry import build_service_app
 
 pytestmark = pytest.mark.mysql
 
@@ -51,7 +51,7 @@ async def db(url: str) -> AsyncIterator[Database]:
 
 @pytest.fixture
 async def client(url: str, db: Database) -> AsyncIterator[httpx.AsyncClient]:
-    async with running(build_app(settings_for(url))) as client:
+    async with running(build_service_app("order", settings_for(url))) as client:
         yield client
 
 

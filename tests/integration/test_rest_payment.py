@@ -24,7 +24,7 @@ from rest_support import (
 )
 
 from activities import Database, create_order
-from services.payment.main import build_app
+from services.registry import build_service_app
 
 pytestmark = pytest.mark.mysql
 
@@ -46,7 +46,7 @@ async def db(url: str) -> AsyncIterator[Database]:
 
 @pytest.fixture
 async def client(url: str, db: Database) -> AsyncIterator[httpx.AsyncClient]:
-    async with running(build_app(settings_for(url))) as client:
+    async with running(build_service_app("payment", settings_for(url))) as client:
         yield client
 
 

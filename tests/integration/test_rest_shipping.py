@@ -28,7 +28,7 @@ from rest_support import (
 from activities import Database, create_order, reserve_stock
 from activities.commands import OrderItem, ReserveStock
 from activities.tables import shipments
-from services.shipping.main import build_app
+from services.registry import build_service_app
 
 pytestmark = pytest.mark.mysql
 
@@ -52,7 +52,7 @@ async def db(url: str) -> AsyncIterator[Database]:
 
 @pytest.fixture
 async def client(url: str, db: Database) -> AsyncIterator[httpx.AsyncClient]:
-    async with running(build_app(settings_for(url))) as client:
+    async with running(build_service_app("shipping", settings_for(url))) as client:
         yield client
 
 
@@ -82,7 +82,7 @@ async def test_arrange_outside_the_served_countries_is_422_shipping_failed(
 
 
 async def test_served_countries_come_from_the_settings(url: str, db: Database) -> None:
-    app = build_app(settings_for(url, served_countries=("JP", "US")))
+    app = build_service_app("shipping", settings_for(url, served_countries=("JP", "US")))
     async with running(app) as client:
         response = await client.post(
             "/shipping/arrange", json={**ARRANGE, "address": {**VALID_ADDRESS, "country": "us"}}

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
-from services._kit.settings import SERVICE_PORTS, Settings
+from services._kit.roster import SERVICE_PORTS
+from services._kit.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
