@@ -31,10 +31,10 @@ from pydantic import BaseModel
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from activities.commands import Compensation
 from activities.db import Database
 from activities.errors import AlreadyCompensated, DomainError, from_wire
 from activities.tables import inbox
+from contracts.commands import Compensation
 from prepared_sql import Prepared, Statement, run_together
 
 R = TypeVar("R", bound=BaseModel)

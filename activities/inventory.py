@@ -14,14 +14,6 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from activities._inbox import Emit, Later, now, run_compensation, run_once
-from activities.commands import (
-    Compensation,
-    OrderItem,
-    OrderRef,
-    ReserveStock,
-    StockReservation,
-    StockView,
-)
 from activities.db import Database
 from activities.errors import (
     BookNotFound,
@@ -31,6 +23,14 @@ from activities.errors import (
 )
 from activities.orders import order_status, require_found
 from activities.tables import books, inventory, stock_reservations
+from contracts.commands import (
+    Compensation,
+    OrderItem,
+    OrderRef,
+    ReserveStock,
+    StockReservation,
+    StockView,
+)
 from prepared_sql import Prepared, Statement, run_together
 
 # The forward path runs them for every order (see prepared_sql).

@@ -12,7 +12,10 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from activities._inbox import Emit, Later, forbid, now, run_compensation, run_once, settled
-from activities.commands import (
+from activities.db import Database
+from activities.errors import BookNotFound, CustomerNotFound, InvalidOrderState, OrderNotFound
+from activities.tables import books, customers, order_items, orders
+from contracts.commands import (
     Address,
     Compensation,
     CreateOrder,
@@ -21,9 +24,6 @@ from activities.commands import (
     OrderView,
     PlaceOrder,
 )
-from activities.db import Database
-from activities.errors import BookNotFound, CustomerNotFound, InvalidOrderState, OrderNotFound
-from activities.tables import books, customers, order_items, orders
 from prepared_sql import Prepared, PreparedIn, Reply, Statement, run_together
 
 # Order ids derived from an Idempotency-Key live in their own UUID namespace.

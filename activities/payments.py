@@ -13,11 +13,11 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from activities._inbox import Emit, Later, now, run_compensation, run_once
-from activities.commands import Compensation, OrderRef, PaymentView, ProcessPayment
 from activities.db import Database
 from activities.errors import CustomerNotFound, DomainError, NotFound, PaymentFailed
 from activities.orders import order_status, require_found
 from activities.tables import customers, payments
+from contracts.commands import Compensation, OrderRef, PaymentView, ProcessPayment
 from prepared_sql import Prepared, run_together
 
 # The forward path runs them for every order (see prepared_sql).

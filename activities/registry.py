@@ -1,5 +1,7 @@
 """Operations by name, for anything that receives them as messages.
 
+Every operation of :data:`contracts.catalogue.CATALOGUE`, bound to the function that runs it.
+
 A command consumer (RabbitMQ, the in-process transport, an event handler) knows an operation
 by its ``"service.operation"`` name and a JSON payload; :func:`invoke` validates the payload
 into the operation's input model, runs it, and returns the result as JSON-ready data.
@@ -15,35 +17,40 @@ from pydantic import BaseModel, ValidationError
 
 from activities import inventory, orders, payments, shipping
 from activities._inbox import Emit
-from activities.commands import ArrangeShipping, CreateOrder, OrderRef, ProcessPayment, ReserveStock
 from activities.db import Database
 from activities.errors import InvalidCommand
+from contracts import catalogue as ops
+from contracts.catalogue import CATALOGUE
 
 
 @dataclass(frozen=True)
-class Operation:
+class Bound:
+    """A catalogue operation bound to the function that runs it."""
+
+    spec: ops.Operation[Any, Any]
     run: Callable[..., Awaitable[BaseModel]]
-    input: type[BaseModel]
     configured: bool = False  # takes served_countries
 
 
-OPERATIONS: dict[str, Operation] = {
-    "order.create_order": Operation(orders.create_order, CreateOrder),
-    "order.cancel_order": Operation(orders.cancel_order, OrderRef),
-    "order.complete_order": Operation(orders.complete_order, OrderRef),
-    "inventory.reserve_stock": Operation(inventory.reserve_stock, ReserveStock),
-    "inventory.release_stock": Operation(inventory.release_stock, OrderRef),
-    "payment.process_payment": Operation(payments.process_payment, ProcessPayment),
-    "payment.cancel_payment": Operation(payments.cancel_payment, OrderRef),
-    "payment.refund_payment": Operation(payments.refund_payment, OrderRef),
-    "shipping.arrange_shipping": Operation(
-        shipping.arrange_shipping, ArrangeShipping, configured=True
-    ),
-    "shipping.cancel_shipping": Operation(shipping.cancel_shipping, OrderRef),
+_RUNS: dict[str, Callable[..., Awaitable[BaseModel]]] = {
+    ops.CREATE_ORDER.name: orders.create_order,
+    ops.CANCEL_ORDER.name: orders.cancel_order,
+    ops.COMPLETE_ORDER.name: orders.complete_order,
+    ops.RESERVE_STOCK.name: inventory.reserve_stock,
+    ops.RELEASE_STOCK.name: inventory.release_stock,
+    ops.PROCESS_PAYMENT.name: payments.process_payment,
+    ops.CANCEL_PAYMENT.name: payments.cancel_payment,
+    ops.REFUND_PAYMENT.name: payments.refund_payment,
+    ops.ARRANGE_SHIPPING.name: shipping.arrange_shipping,
+    ops.CANCEL_SHIPPING.name: shipping.cancel_shipping,
+}
+OPERATIONS: dict[str, Bound] = {
+    spec.name: Bound(spec, _RUNS[spec.name], configured=spec is ops.ARRANGE_SHIPPING)
+    for spec in CATALOGUE
 }
 
 
-def operations_of(service: str) -> dict[str, Operation]:
+def operations_of(service: str) -> dict[str, Bound]:
     """The operations one service answers, by operation name (``reserve_stock``...)."""
     prefix = f"{service}."
     return {
@@ -70,9 +77,10 @@ async def invoke(
         raise InvalidCommand(f"unknown operation {name!r}", operation=name)
     # A saga may send its whole running state (the seed's declarative workflow does): each
     # operation takes the fields it knows and validates them strictly.
-    known = {k: v for k, v in payload.items() if k in operation.input.model_fields}
+    model = operation.spec.input
+    known = {k: v for k, v in payload.items() if k in model.model_fields}
     try:
-        command = operation.input.model_validate(known)
+        command = model.model_validate(known)
     except ValidationError as exc:
         raise InvalidCommand(
             f"invalid {name} command",

@@ -9,12 +9,12 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from activities._inbox import Emit, Later, now, run_compensation, run_once
-from activities.commands import ArrangeShipping, Compensation, OrderRef, ShipmentView
 from activities.db import Database
 from activities.errors import DomainError, NotFound, ShippingFailed
 from activities.inventory import move_reservation, reservations
 from activities.orders import order_status, require_found
 from activities.tables import shipments
+from contracts.commands import ArrangeShipping, Compensation, OrderRef, ShipmentView
 from prepared_sql import Prepared, run_together
 
 DEFAULT_SERVED_COUNTRIES: tuple[str, ...] = ("JP",)

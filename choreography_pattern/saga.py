@@ -18,7 +18,6 @@ import structlog
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from activities.commands import CreateOrder, OrderRef, OrderView, PlaceOrder, UtcTimestamp
 from activities.db import Database
 from activities.errors import IdempotencyKeyReused
 from activities.orders import (
@@ -31,6 +30,7 @@ from activities.orders import (
 from activities.tables import order_events as order_events_table
 from choreography_pattern.events import CONTEXT_FIELDS, event_for
 from choreography_pattern.outbox import outbox_rows
+from contracts.commands import CreateOrder, OrderRef, OrderView, PlaceOrder, UtcTimestamp
 from prepared_sql import Prepared, Statement, run_together
 
 

@@ -52,18 +52,12 @@ Public surface: :func:`workflow`, :class:`WorkflowContext`, :class:`RetryPolicy`
 
 from __future__ import annotations
 
-from engine.api import (
-    Engine,
-    EngineCounters,
-    RetryPolicy,
-    SagaHandle,
-    SagaStatus,
-    StepStatus,
-    WorkflowContext,
-    workflow,
-)
+from engine.api import Engine, SagaHandle, SagaStatus, StepStatus
+from engine.observer import EngineCounters
+from engine.workflow import Activity, RetryPolicy, WorkflowContext, workflow
 
 __all__ = [
+    "Activity",
     "Engine",
     "EngineCounters",
     "RetryPolicy",

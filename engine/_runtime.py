@@ -18,13 +18,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-import uuid as _uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 import structlog.contextvars
+from pydantic import BaseModel
 
 from engine.errors import (
     CancelRequested,
@@ -44,12 +44,18 @@ from engine.history import (
     Projection,
     SagaRecord,
 )
-from engine.observer import NO_FAILED_STEP
+from engine.observer import NO_FAILED_STEP, EngineCounters, SagaObserver
+from engine.ports import Clock, HistoryStore, Transport
+from engine.workflow import (
+    RetryPolicy,
+    StepCall,
+    Workflow,
+    WorkflowContext,
+    _split,
+    workflow_input_model,
+)
 
-if TYPE_CHECKING:
-    from engine.api import Engine, RetryPolicy
-
-__all__ = ["WorkflowContext"]
+__all__ = ["RunConfig", "canonical_json"]
 
 ET = EventType
 _FORWARD_OUTCOMES = (ET.STEP_COMPLETED, ET.STEP_FAILED)
@@ -97,110 +103,52 @@ def _wire(exc: BaseException) -> dict[str, Any]:
     return {"type": type(exc).__name__, "message": str(exc), "non_retryable": False, "details": {}}
 
 
-def _split(target: str) -> tuple[str, str]:
-    service, _, method = target.partition(".")
-    if not service or not method:
-        raise ValueError(f"step target must be 'service.method', got {target!r}")
-    return service, method
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """What a run needs to know of the engine that drives it: its owner id (written on every
+    event and fenced on every append) and its policies."""
+
+    owner: str
+    step_retry: RetryPolicy
+    compensation_retry: RetryPolicy
+    default_step_timeout: float
+    compensation_alert_attempts: int
 
 
-class WorkflowContext:
-    """What a workflow body may use: deterministic, recorded operations only.
+@dataclasses.dataclass(frozen=True)
+class RunDeps:
+    """The ports a run works through, the engine's counters and observer, and ``finished``,
+    called with the final row and history of a saga that this run ended."""
 
-    ``workflow_id`` is the business key (the order id); ``attempt`` is the execution attempt (1,
-    then +1 each time the saga is recovered or taken over) — for logging, never for branching.
-    """
-
-    def __init__(self, run: _Run) -> None:
-        self._run = run
-        self._position = 0
-        self._key_counts: dict[str, int] = {}
-        self.workflow_id: str = run.record.workflow_id
-        self.saga_id: str = run.record.saga_id
-        self.attempt: int = run.version
-
-    @property
-    def is_replaying(self) -> bool:
-        return self._position < self._run.recorded_positions
-
-    async def step(
-        self,
-        target: str,
-        payload: dict[str, Any],
-        *,
-        compensate: str | None = None,
-        compensation_payload: dict[str, Any] | None = None,
-        retry: RetryPolicy | None = None,
-        timeout: float | None = None,
-        milestone: str | None = None,
-    ) -> dict[str, Any]:
-        """Send ``payload`` to ``target`` ("service.method") and return its reply.
-
-        ``compensate`` ("service.method") is registered *before* the command is sent, with
-        ``compensation_payload`` (default: ``payload``). Business errors (``non_retryable``)
-        are not retried and mean the step did not take effect; transport errors and timeouts
-        are retried by ``retry``. Raises :class:`StepFailed` when the step gives up;
-        ``milestone`` becomes the saga's status when the step completes. The idempotency key is
-        ``f"{workflow_id}:{method}"`` (``:n`` appended for the n-th repeat of one target).
-        """
-        _, method = _split(target)
-        position = self._next_position()
-        key = self._key(target, method)
-        comp = None
-        if compensate is not None:
-            comp_payload = payload if compensation_payload is None else compensation_payload
-            comp = _Compensation(
-                position,
-                target,
-                compensate,
-                comp_payload,
-                self._key(compensate, _split(compensate)[1]),
-            )
-        return await self._run.step(position, target, payload, key, comp, retry, timeout, milestone)
-
-    async def now(self) -> datetime:
-        """The current (naive UTC) time, recorded; replay returns the recorded value."""
-        value = await self._run.marker(
-            self._next_position(), "now", lambda: self._run.clock.now().isoformat()
-        )
-        return datetime.fromisoformat(value)
-
-    async def uuid(self) -> str:
-        """A random UUID string, recorded; replay returns the recorded value."""
-        return await self._run.marker(self._next_position(), "uuid", lambda: str(_uuid.uuid4()))
-
-    async def sleep(self, seconds: float) -> None:
-        """A durable timer: a recovered saga sleeps only what is left."""
-        await self._run.sleep(self._next_position(), seconds)
-
-    def _next_position(self) -> int:
-        position = self._position
-        self._position += 1
-        return position
-
-    def _key(self, target: str, method: str) -> str:
-        count = self._key_counts[target] = self._key_counts.get(target, 0) + 1
-        base = f"{self.workflow_id}:{method}"
-        return base if count == 1 else f"{base}:{count}"
+    store: HistoryStore
+    transport: Transport
+    clock: Clock
+    observer: SagaObserver
+    counters: EngineCounters
+    finished: Callable[[SagaRecord, list[Event]], None]
 
 
 class _Run:
     def __init__(
         self,
-        engine: Engine,
-        body: Callable[[WorkflowContext, Any], Awaitable[Any]],
+        config: RunConfig,
+        deps: RunDeps,
+        body: Workflow,
         record: SagaRecord,
         events: list[Event],
         version: int,
     ) -> None:
-        self.engine = engine
-        self.store = engine.store
-        self.transport = engine.transport
-        self.clock = engine.clock
+        self.config = config
+        self.store = deps.store
+        self.transport = deps.transport
+        self.clock = deps.clock
+        self.observer = deps.observer
+        self.counters = deps.counters
+        self._finished = deps.finished
         self.body = body
         self.record = record
         self.version = version
-        self.owner = engine.owner_id
+        self.owner = config.owner
         self.seq = len(events)
         self.history = list(events)  # every committed event: recorded ones, then our flushes
         self.pending: list[Event] = []
@@ -232,7 +180,9 @@ class _Run:
         )
         self.stack: list[_Compensation] = []
         self.log = _log.bind(saga_id=record.saga_id, workflow_id=record.workflow_id)
-        self.ctx = WorkflowContext(self)
+        self.ctx = WorkflowContext(
+            self, workflow_id=record.workflow_id, saga_id=record.saga_id, attempt=version
+        )
 
     # -- history ---------------------------------------------------------------------------
 
@@ -289,17 +239,15 @@ class _Run:
 
     # -- the body's operations -------------------------------------------------------------
 
-    async def step(
-        self,
-        position: int,
-        target: str,
-        payload: dict[str, Any],
-        key: str,
-        comp: _Compensation | None,
-        retry: RetryPolicy | None,
-        timeout: float | None,
-        milestone: str | None,
-    ) -> dict[str, Any]:
+    def now(self) -> datetime:
+        return self.clock.now()
+
+    async def step(self, call: StepCall) -> dict[str, Any]:
+        position, target, payload, key = call.position, call.target, call.payload, call.key
+        retry, timeout, milestone = call.retry, call.timeout, call.milestone
+        comp = None
+        if call.compensation is not None:
+            comp = _Compensation(position, target, *call.compensation)
         recorded = self.by_pos.get(position)
         if recorded is not None:
             first, last = recorded[0], recorded[-1]
@@ -364,13 +312,12 @@ class _Run:
         milestone: str | None,
         attempt: int,
     ) -> dict[str, Any]:
-        engine = self.engine
-        observer = engine.observer
-        policy = retry or engine.step_retry
+        config, observer = self.config, self.observer
+        policy = retry or config.step_retry
         service, method = _split(target)
         log = self.log.bind(step=target)
         while True:
-            limit = timeout or engine.default_step_timeout
+            limit = timeout or config.default_step_timeout
             if self.deadline is not None:
                 limit = max(0.0, min(limit, (self.deadline - self.clock.now()).total_seconds()))
             began = time.perf_counter()
@@ -433,7 +380,7 @@ class _Run:
                     attempt=attempt,
                     payload={"error": wire, "retry_at": retry_at.isoformat()},
                 )
-                engine.counters.step_retries += 1
+                self.counters.step_retries += 1
                 log.info("step.retrying", attempt=attempt, error=wire["type"], delay=delay)
                 try:
                     await self.flush()
@@ -452,7 +399,7 @@ class _Run:
             )
             if milestone is not None:
                 self.projection.status = milestone
-            engine.counters.steps_completed += 1
+            self.counters.steps_completed += 1
             return result
 
     async def marker(self, position: int, name: str, make: Callable[[], str]) -> str:
@@ -495,7 +442,6 @@ class _Run:
     # -- the saga ----------------------------------------------------------------------------
 
     async def run(self) -> None:
-        engine = self.engine
         # Each saga runs in its own task (its own context copy): activity code called
         # in-process and the transport's headers see the same ids in their log lines.
         structlog.contextvars.bind_contextvars(
@@ -510,7 +456,11 @@ class _Run:
                 await self._compensate(reason, cancelled=self.cancel_recorded)
                 return
             try:
-                result = await self.body(self.ctx, self.input)
+                model = workflow_input_model(self.body)
+                given = self.input if model is None else model.model_validate(self.input)
+                result = await self.body(self.ctx, given)
+                if isinstance(result, BaseModel):
+                    result = result.model_dump(mode="json")
             except StepFailed as exc:
                 await self._compensate(str(exc), cancelled=False)
             except _Stop as stop:
@@ -526,10 +476,10 @@ class _Run:
                     f"workflow error: {type(exc).__name__}: {exc}", cancelled=False
                 )
             else:
-                if self.ctx._position < self.recorded_positions:
+                if self.ctx.position < self.recorded_positions:
                     await self._park(
                         NondeterminismError(
-                            f"workflow returned at position {self.ctx._position} but history has "
+                            f"workflow returned at position {self.ctx.position} but history has "
                             f"commands up to position {self.recorded_positions - 1}"
                         )
                     )
@@ -539,7 +489,7 @@ class _Run:
             if stop.kind == "park":
                 await self._park(stop.error)
                 return
-            engine.counters.abandoned += 1
+            self.counters.abandoned += 1
             self.log.warning("saga.abandoned", reason=repr(stop.error))
 
     async def _finish(self, result: Any) -> None:
@@ -550,8 +500,8 @@ class _Run:
         self.projection.finished = True
         await self.flush(honour_cancel=False)
         self._remember()
-        self.engine.counters.sagas_completed += 1
-        self.engine.observer.saga_finished(self.record.workflow_name, COMPLETED, NO_FAILED_STEP)
+        self.counters.sagas_completed += 1
+        self.observer.saga_finished(self.record.workflow_name, COMPLETED, NO_FAILED_STEP)
         self.log.info("saga.completed")
 
     async def _park(self, error: BaseException | None) -> None:
@@ -564,16 +514,16 @@ class _Run:
         try:
             await self.flush(honour_cancel=False)
         except _Stop as stop:
-            self.engine.counters.abandoned += 1
+            self.counters.abandoned += 1
             self.log.warning("saga.abandoned", reason=repr(stop.error))
             return
-        self.engine.counters.sagas_parked += 1
-        self.engine.observer.saga_finished(self.record.workflow_name, PARKED, NO_FAILED_STEP)
+        self.counters.sagas_parked += 1
+        self.observer.saga_finished(self.record.workflow_name, PARKED, NO_FAILED_STEP)
         self.log.error("saga.parked", error=message)
 
     async def _compensate(self, reason: str, *, cancelled: bool) -> None:
-        engine = self.engine
-        policy = engine.compensation_retry
+        config, observer, counters = self.config, self.observer, self.counters
+        policy = config.compensation_retry
         if self.compensation_started is None:
             if cancelled:
                 self.emit(ET.CANCEL_REQUESTED)
@@ -610,26 +560,26 @@ class _Run:
                         service,
                         method,
                         comp.payload,
-                        timeout=engine.default_step_timeout,
+                        timeout=config.default_step_timeout,
                         idempotency_key=comp.key,
                         headers=self._headers(comp.target, attempt),
                     )
                 except Exception as exc:  # compensations are retried until they succeed
                     wire = _wire(exc)
                     if wire["type"] == "AlreadyCompensated":
-                        engine.observer.compensation_attempted(comp.target, "already_compensated")
+                        observer.compensation_attempted(comp.target, "already_compensated")
                         result = {"already_compensated": True}
                         break
-                    engine.observer.compensation_attempted(comp.target, "failed")
+                    observer.compensation_attempted(comp.target, "failed")
                     delay = policy.delay(attempt)
                     self.projection.compensation_attempts += 1
-                    engine.counters.compensation_retries += 1
-                    if attempt >= engine.compensation_alert_attempts and not (
+                    counters.compensation_retries += 1
+                    if attempt >= config.compensation_alert_attempts and not (
                         self.projection.needs_operator
                     ):
                         self.projection.needs_operator = True
-                        engine.counters.operator_alerts += 1
-                        engine.observer.operator_flagged(self.record.workflow_name)
+                        counters.operator_alerts += 1
+                        observer.operator_flagged(self.record.workflow_name)
                         log.error(
                             "compensation.needs_operator", attempt=attempt, error=wire["type"]
                         )
@@ -648,7 +598,7 @@ class _Run:
                     await self.clock.sleep(delay)
                     attempt += 1
                     continue
-                engine.observer.compensation_attempted(comp.target, "completed")
+                observer.compensation_attempted(comp.target, "completed")
                 break
             self.emit(
                 ET.COMPENSATION_COMPLETED,
@@ -658,7 +608,7 @@ class _Run:
                 payload={"result": result},
             )
             comp.done = True
-            engine.counters.compensations_completed += 1
+            counters.compensations_completed += 1
             log.info("compensation.completed", attempt=attempt)
         self.emit(ET.WORKFLOW_FAILED, payload={"reason": reason})
         self.projection.status = FAILED
@@ -667,14 +617,14 @@ class _Run:
         self.projection.finished = True
         await self.flush(honour_cancel=False)
         self._remember()
-        engine.counters.sagas_failed += 1
-        engine.observer.saga_finished(self.record.workflow_name, FAILED, self.failed_step)
+        counters.sagas_failed += 1
+        observer.saga_finished(self.record.workflow_name, FAILED, self.failed_step)
         self.log.info("saga.failed", reason=reason)
 
     # -- helpers -----------------------------------------------------------------------------
 
     def _remember(self) -> None:
-        """Hand the engine the saga's final row and history, as just committed.
+        """Hand ``finished`` the saga's final row and history, as just committed.
 
         ``cancel_requested`` is what this run saw: a cancel that arrived during the last step
         (too late to be honoured) is on the stored row but not here.
@@ -695,7 +645,7 @@ class _Run:
             compensation_attempts=p.compensation_attempts,
             updated_at=self.history[-1].created_at,
         )
-        self.engine._remember(record, self.history)
+        self._finished(record, self.history)
 
     def _headers(self, step: str, attempt: int) -> dict[str, str]:
         """A command's headers: the ids the receiver binds to its log lines.

@@ -1,4 +1,5 @@
-"""The engine's public surface: ``workflow``, ``WorkflowContext``, ``RetryPolicy``, ``Engine``."""
+"""The :class:`Engine` and the views it answers with (:class:`SagaHandle`, :class:`SagaStatus`,
+:class:`StepStatus`)."""
 
 from __future__ import annotations
 
@@ -8,130 +9,39 @@ import collections
 import contextlib
 import dataclasses
 import functools
-import inspect
 import json
 import os
 import socket
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from datetime import datetime, timedelta
-from typing import Any, TypeVar, overload
+from typing import Any
 
 import structlog
+from pydantic import BaseModel
 
-from engine._runtime import WorkflowContext, _Run, canonical_json
+from engine._runtime import RunConfig, RunDeps, _Run, canonical_json
 from engine.clock import FakeClock, SystemClock
 from engine.errors import SagaNotFound, WorkflowAlreadyStarted, WorkflowDefinitionError
 from engine.history import STARTED, TERMINAL_STATUSES, Event, EventType, SagaRecord
-from engine.observer import NullObserver, SagaObserver
+from engine.observer import EngineCounters, NullObserver, SagaObserver
 from engine.ports import Clock, HistoryStore, Transport
+from engine.workflow import RetryPolicy, Workflow, workflow_name
 
-__all__ = [
-    "Engine",
-    "EngineCounters",
-    "RetryPolicy",
-    "SagaHandle",
-    "SagaStatus",
-    "StepStatus",
-    "WorkflowContext",
-    "workflow",
-]
+__all__ = ["Engine", "SagaHandle", "SagaStatus", "StepStatus"]
 
 ET = EventType
-F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
-Workflow = Callable[[WorkflowContext, Any], Awaitable[Any]]
 _log = structlog.get_logger("engine")
-
-
-@dataclasses.dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff: attempt n waits ``initial_interval * backoff**(n-1)``, capped.
-
-    ``max_attempts=None`` retries forever. ``non_retryable`` names wire error types never
-    retried, on top of errors that say ``non_retryable`` themselves.
-    """
-
-    initial_interval: float = 0.2
-    backoff: float = 2.0
-    max_interval: float = 10.0
-    max_attempts: int | None = 5
-    non_retryable: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.initial_interval < 0 or self.backoff < 1 or self.max_interval < 0:
-            raise ValueError("RetryPolicy needs initial_interval >= 0, backoff >= 1")
-        if self.max_attempts is not None and self.max_attempts < 1:
-            raise ValueError("RetryPolicy.max_attempts must be >= 1 or None")
-
-    def delay(self, attempt: int) -> float:
-        """Seconds to wait after failed attempt ``attempt`` (1-based)."""
-        return float(min(self.initial_interval * self.backoff ** (attempt - 1), self.max_interval))
-
-    def allows(self, attempt: int) -> bool:
-        """Whether attempt number ``attempt`` may be made."""
-        return self.max_attempts is None or attempt <= self.max_attempts
 
 
 DEFAULT_STEP_RETRY = RetryPolicy()
 DEFAULT_COMPENSATION_RETRY = RetryPolicy(initial_interval=0.5, max_interval=30.0, max_attempts=None)
 
 
-@overload
-def workflow(fn: F, *, name: str | None = None) -> F: ...
-
-
-@overload
-def workflow(fn: None = None, *, name: str | None = None) -> Callable[[F], F]: ...
-
-
-def workflow(fn: F | None = None, *, name: str | None = None) -> Any:
-    """Mark ``async def wf(ctx: WorkflowContext, input)`` as a workflow (tags, does not wrap).
-
-    The body must be deterministic: only ``ctx.step``/``ctx.now``/``ctx.uuid``/``ctx.sleep``
-    touch the world. ``name`` (default: the function's name) is what history records.
-    """
-
-    def tag(func: F) -> F:
-        tagged = func  # returned as is: tag, don't wrap
-        if not inspect.iscoroutinefunction(func):
-            raise WorkflowDefinitionError(f"workflow {func!r} must be an async function")
-        params = list(inspect.signature(func).parameters.values())
-        if len(params) != 2:
-            raise WorkflowDefinitionError(
-                f"workflow {func.__qualname__} must take (ctx, input), got {len(params)} params"
-            )
-        tagged.__workflow_name__ = name or func.__name__  # type: ignore[attr-defined]
-        return tagged
-
-    return tag(fn) if fn is not None else tag
-
-
-def _workflow_name(wf: Workflow) -> str:
-    name = getattr(wf, "__workflow_name__", None)
-    if not isinstance(name, str):
-        raise WorkflowDefinitionError(f"{wf!r} is not decorated with @workflow")
-    return name
-
-
-@dataclasses.dataclass
-class EngineCounters:
-    """Monotonic counters for metrics (Prometheus collectors read them)."""
-
-    sagas_started: int = 0
-    sagas_completed: int = 0
-    sagas_failed: int = 0
-    sagas_parked: int = 0
-    sagas_recovered: int = 0
-    steps_completed: int = 0
-    step_retries: int = 0
-    compensations_completed: int = 0
-    compensation_retries: int = 0
-    operator_alerts: int = 0  # sagas flagged needs_operator (compensation kept failing)
-    abandoned: int = 0  # runs stopped because the store refused (lost lease) or failed
-
-
 @dataclasses.dataclass(frozen=True)
 class SagaHandle:
+    """What ``start`` returns: the saga's ids, its status then, and whether this call made it."""
+
     saga_id: str
     workflow_id: str
     status: str
@@ -140,6 +50,8 @@ class SagaHandle:
 
 @dataclasses.dataclass(frozen=True)
 class StepStatus:
+    """One step of a saga as its history tells it: state, attempts, times, error, compensation."""
+
     name: str
     state: str  # SCHEDULED, RETRYING, COMPLETED, FAILED, COMPENSATING, COMPENSATED
     attempts: int
@@ -152,6 +64,8 @@ class StepStatus:
 
 @dataclasses.dataclass(frozen=True)
 class SagaStatus:
+    """What ``status``, ``wait`` and ``list`` answer: the saga's row and, from status, its steps."""
+
     saga_id: str
     workflow_id: str
     workflow_name: str
@@ -232,7 +146,7 @@ class Engine:
 
     def register(self, wf: Workflow) -> None:
         """Make ``wf`` resumable by :meth:`recover` (``start`` registers it too)."""
-        name = _workflow_name(wf)
+        name = workflow_name(wf)
         known = self._workflows.setdefault(name, wf)
         if known is not wf:
             raise WorkflowDefinitionError(f"two workflows are named {name!r}")
@@ -240,15 +154,20 @@ class Engine:
     async def start(
         self, wf: Workflow, input: Any, *, workflow_id: str | None = None
     ) -> SagaHandle:
-        """Start ``wf`` with ``input`` (JSON) unless ``workflow_id`` already runs it.
+        """Start ``wf`` with ``input`` (a pydantic model or JSON) unless ``workflow_id`` already
+        runs it.
 
         Idempotent per ``workflow_id``: the same input returns the existing saga
         (``created=False``); another input or workflow raises ``WorkflowAlreadyStarted``.
         Returns at once; the saga runs in the background of this engine.
         """
         self.register(wf)
-        name = _workflow_name(wf)
-        data = json.loads(json.dumps(input))
+        name = workflow_name(wf)
+        data = (
+            input.model_dump(mode="json")
+            if isinstance(input, BaseModel)
+            else json.loads(json.dumps(input))
+        )
         workflow_id = workflow_id or str(uuid.uuid4())
         now = self.clock.now()
         saga_id = str(uuid.uuid4())
@@ -394,7 +313,17 @@ class Engine:
     def _spawn(
         self, wf: Workflow, record: SagaRecord, events: builtins.list[Event], version: int
     ) -> None:
-        run = _Run(self, wf, record, events, version)
+        config = RunConfig(
+            owner=self.owner_id,
+            step_retry=self.step_retry,
+            compensation_retry=self.compensation_retry,
+            default_step_timeout=self.default_step_timeout,
+            compensation_alert_attempts=self.compensation_alert_attempts,
+        )
+        deps = RunDeps(
+            self.store, self.transport, self.clock, self.observer, self.counters, self._remember
+        )
+        run = _Run(config, deps, wf, record, events, version)
         task = asyncio.get_running_loop().create_task(run.run(), name=f"saga:{record.saga_id}")
         self._runs[record.saga_id] = (run, task)
         self._local[record.workflow_id] = record.saga_id

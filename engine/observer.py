@@ -5,6 +5,8 @@ resumed, after each attempt of a step (with its outcome and round-trip time), af
 attempt of a compensation, when a saga is flagged for an operator, and when a saga finishes
 (``COMPLETED``, ``FAILED`` or ``PARKED``, with the step whose failure made it compensate).
 
+:class:`EngineCounters` are the same facts as plain numbers, kept by every engine.
+
 The calls are synchronous and run on the saga's hot path: an observer only counts (no I/O,
 no awaiting). The engine knows nothing of Prometheus; the process that runs it wires an
 observer that does (:mod:`orchestration_pattern.metrics`).
@@ -17,13 +19,31 @@ too) and ``failed`` (retried until it succeeds).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Protocol
 
-__all__ = ["NO_FAILED_STEP", "NullObserver", "SagaObserver"]
+__all__ = ["NO_FAILED_STEP", "EngineCounters", "NullObserver", "SagaObserver"]
 
 NO_FAILED_STEP = "none"
 """``failed_step`` of a saga that did not compensate because a step failed (it completed, was
 cancelled, ran past its deadline, or was parked)."""
+
+
+@dataclasses.dataclass
+class EngineCounters:
+    """Monotonic counters for metrics (Prometheus collectors read them)."""
+
+    sagas_started: int = 0
+    sagas_completed: int = 0
+    sagas_failed: int = 0
+    sagas_parked: int = 0
+    sagas_recovered: int = 0
+    steps_completed: int = 0
+    step_retries: int = 0
+    compensations_completed: int = 0
+    compensation_retries: int = 0
+    operator_alerts: int = 0  # sagas flagged needs_operator (compensation kept failing)
+    abandoned: int = 0  # runs stopped because the store refused (lost lease) or failed
 
 
 class SagaObserver(Protocol):

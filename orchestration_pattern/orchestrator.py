@@ -14,9 +14,9 @@ from typing import Any, cast
 import structlog
 
 from activities import Database, check_order, order_id_for
-from activities.commands import CreateOrder, PlaceOrder
 from activities.errors import DomainError, IdempotencyKeyReused
 from activities.registry import OPERATIONS, invoke
+from contracts.commands import CreateOrder, PlaceOrder
 from engine import Engine, SagaHandle, SagaStatus
 from engine.adapters import InMemoryTransport, SqlHistoryStore
 from engine.errors import SagaAlreadyFinished, SagaNotFound, WorkflowAlreadyStarted

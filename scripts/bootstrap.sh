@@ -8,5 +8,5 @@ python3 -m venv .venv 2>/dev/null || [ -x .venv/bin/python ] || { echo "bootstra
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".${extras:+[$extras]}"
 # Byte-code up front: with PYTHONDONTWRITEBYTECODE set (as in the Dockerfile and many CI images)
 # every process would otherwise compile the project again when it starts.
-.venv/bin/python -m compileall -q -j 0 cloudmart engine activities services workflows \
-  orchestration_pattern choreography_pattern prepared_sql >/dev/null
+mapfile -t packages < <(bash scripts/packages.sh)
+.venv/bin/python -m compileall -q -j 0 "${packages[@]}" >/dev/null

@@ -13,8 +13,8 @@ bash scripts/bootstrap.sh test
 bash scripts/ensure-services.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-.venv/bin/mypy engine workflows activities services cloudmart orchestration_pattern choreography_pattern \
-  prepared_sql
+mapfile -t packages < <(bash scripts/packages.sh)
+.venv/bin/mypy "${packages[@]}"
 rm -f .coverage .coverage.*
 pytest=(.venv/bin/python -m pytest -p no:cacheprovider --durations=15)
 

@@ -7,8 +7,8 @@ from decimal import Decimal
 import sqlalchemy as sa
 
 from activities import Database
-from activities.commands import Address, CreateOrder, OrderItem
 from activities.tables import books, customers, inventory, metadata
+from contracts.commands import Address, CreateOrder, OrderItem
 
 JP = Address(
     name="Hanako", line1="1-2-3 Shibuya", city="Tokyo", postal_code="150-0002", country="JP"

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Path
 
-from activities.commands import INT32_MAX
+from contracts.commands import INT32_MAX
 
 OrderIdPath = Annotated[
     str,

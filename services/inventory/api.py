@@ -5,7 +5,6 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from activities import get_stock, release_stock, reserve_stock
-from activities.commands import Compensation, OrderRef, ReserveStock, StockReservation, StockView
 from activities.errors import (
     AlreadyCompensated,
     BookNotFound,
@@ -13,6 +12,7 @@ from activities.errors import (
     ReservationShipped,
     StockUnavailable,
 )
+from contracts.commands import Compensation, OrderRef, ReserveStock, StockReservation, StockView
 from services._kit import BookIdPath, DatabaseDep, error_responses
 
 router = APIRouter(prefix="/inventory", tags=["inventory"])

@@ -7,8 +7,8 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from pydantic import BaseModel, Field
 
-from activities.commands import PlaceOrder, UtcTimestamp
 from activities.errors import BookNotFound, CustomerNotFound, IdempotencyKeyReused
+from contracts.commands import PlaceOrder, UtcTimestamp
 from engine import SagaStatus
 from orchestration_pattern.orchestrator import (
     Orchestrator,

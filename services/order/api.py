@@ -15,7 +15,6 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from activities import cancel_order, create_order, get_order
-from activities.commands import CreateOrder, OrderRef, OrderView, PlaceOrder
 from activities.errors import (
     AlreadyCompensated,
     BookNotFound,
@@ -31,6 +30,7 @@ from choreography_pattern.saga import (
     settled_order,
     start_order,
 )
+from contracts.commands import CreateOrder, OrderRef, OrderView, PlaceOrder
 from services._kit import DatabaseDep, OrderIdPath, SettingsDep, error_responses
 
 router = APIRouter(prefix="/orders", tags=["orders"])

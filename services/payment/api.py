@@ -5,7 +5,6 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from activities import cancel_payment, get_payment, process_payment, refund_payment
-from activities.commands import Compensation, OrderRef, PaymentView, ProcessPayment
 from activities.errors import (
     AlreadyCompensated,
     CustomerNotFound,
@@ -13,6 +12,7 @@ from activities.errors import (
     OrderNotFound,
     PaymentFailed,
 )
+from contracts.commands import Compensation, OrderRef, PaymentView, ProcessPayment
 from services._kit import DatabaseDep, OrderIdPath, error_responses
 
 router = APIRouter(prefix="/payments", tags=["payments"])

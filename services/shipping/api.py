@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from activities import arrange_shipping, cancel_shipping, get_shipment
-from activities.commands import ArrangeShipping, Compensation, OrderRef, ShipmentView
 from activities.errors import AlreadyCompensated, NotFound, OrderNotFound, ShippingFailed
+from contracts.commands import ArrangeShipping, Compensation, OrderRef, ShipmentView
 from services._kit import DatabaseDep, OrderIdPath, SettingsDep, error_responses
 
 router = APIRouter(prefix="/shipping", tags=["shipping"])

@@ -24,14 +24,6 @@ from activities import (
     release_stock,
     reserve_stock,
 )
-from activities.commands import (
-    Address,
-    ArrangeShipping,
-    OrderItem,
-    OrderRef,
-    ProcessPayment,
-    ReserveStock,
-)
 from activities.errors import (
     AlreadyCompensated,
     BookNotFound,
@@ -45,6 +37,14 @@ from activities.errors import (
     StockUnavailable,
 )
 from activities.tables import inbox, orders, payments, shipments, stock_reservations
+from contracts.commands import (
+    Address,
+    ArrangeShipping,
+    OrderItem,
+    OrderRef,
+    ProcessPayment,
+    ReserveStock,
+)
 
 US = Address(name="Emma", line1="1 Main St", city="Springfield", postal_code="12345", country="US")
 

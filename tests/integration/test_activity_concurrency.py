@@ -12,9 +12,9 @@ import sqlalchemy as sa
 from domain_data import balance, stock
 
 from activities import Database, process_payment, reserve_stock
-from activities.commands import OrderItem, ProcessPayment, ReserveStock
 from activities.errors import PaymentFailed, StockUnavailable
 from activities.tables import customers, inventory, orders
+from contracts.commands import OrderItem, ProcessPayment, ReserveStock
 
 pytestmark = pytest.mark.mysql
 
@@ -149,8 +149,8 @@ async def test_concurrent_duplicates_of_one_command_take_effect_once(mysql_db: D
 
 async def test_compensation_racing_its_operation_leaves_stock_conserved(mysql_db: Database) -> None:
     from activities import release_stock
-    from activities.commands import OrderRef
     from activities.errors import AlreadyCompensated
+    from contracts.commands import OrderRef
 
     ids = await _orders(mysql_db, 40)
 
@@ -184,7 +184,7 @@ async def test_concurrent_duplicates_of_payment_and_shipping_take_effect_once(
     from domain_data import JP
 
     from activities import arrange_shipping
-    from activities.commands import ArrangeShipping
+    from contracts.commands import ArrangeShipping
 
     (oid,) = await _orders(mysql_db, 1)
     await reserve_stock(

@@ -25,8 +25,8 @@ from rest_support import (
 )
 
 from activities import Database, complete_order
-from activities.commands import OrderRef
 from activities.tables import orders
+from contracts.commands import OrderRef
 from services.registry import build_service_app
 
 pytestmark = pytest.mark.mysql

@@ -26,8 +26,8 @@ from rest_support import (
 )
 
 from activities import Database, create_order, reserve_stock
-from activities.commands import OrderItem, ReserveStock
 from activities.tables import shipments
+from contracts.commands import OrderItem, ReserveStock
 from services.registry import build_service_app
 
 pytestmark = pytest.mark.mysql

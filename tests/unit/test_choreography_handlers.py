@@ -13,7 +13,6 @@ import sqlalchemy as sa
 from domain_data import JP, balance, clean, stock
 
 from activities import Database
-from activities.commands import OrderItem, OrderRef, PlaceOrder
 from activities.errors import AlreadyCompensated, IdempotencyKeyReused, InvalidOrderState
 from activities.orders import complete_order
 from activities.registry import invoke
@@ -23,6 +22,7 @@ from choreography_pattern.handlers import decide
 from choreography_pattern.saga import cancel_choreographed_order, order_events
 from cloudmart.check import Baseline, check_connection
 from cloudmart.schema import create_schema
+from contracts.commands import OrderItem, OrderRef, PlaceOrder
 
 STOCK = {1: 10, 2: 5, 3: 50}
 BALANCES = {1: Decimal("10000.00"), 2: Decimal("500.00")}

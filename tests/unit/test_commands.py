@@ -7,8 +7,8 @@ from decimal import Decimal
 import pytest
 from pydantic import ValidationError
 
-from activities.commands import PlaceOrder, ProcessPayment
 from activities.errors import PaymentFailed, StockUnavailable, from_wire
+from contracts.commands import PlaceOrder, ProcessPayment
 
 ADDRESS = {
     "name": "Hanako",

@@ -33,6 +33,7 @@ HAPPY = [
 
 def test_public_api_is_pinned() -> None:
     assert engine.__all__ == [
+        "Activity",
         "Engine",
         "EngineCounters",
         "RetryPolicy",
@@ -42,6 +43,10 @@ def test_public_api_is_pinned() -> None:
         "WorkflowContext",
         "workflow",
     ]
+
+    for name in engine.__all__:  # each says what it is in its first line (not a signature)
+        doc = (getattr(engine, name).__doc__ or "").strip()
+        assert doc and not doc.startswith(f"{name}("), name
 
 
 async def test_happy_path_status_moves_through_every_milestone() -> None:
