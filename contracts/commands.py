@@ -185,6 +185,15 @@ class ShipmentView(Model):
     reason: str | None = None
 
 
+class OrderPlaced(Model):
+    """What the order saga returns when it completed."""
+
+    order_id: str
+    total_amount: Decimal
+    payment: PaymentView
+    shipment: ShipmentView
+
+
 class Compensation(Model):
     """What a compensation did: ``undone`` is False when there was nothing to undo."""
 

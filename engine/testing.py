@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from engine.adapters.memory_transport import Handler, InMemoryTransport, current_request
@@ -39,7 +40,10 @@ class FakeServices:
     """Forward targets -> compensation targets (``None``: not compensable)."""
 
     steps: dict[str, str | None]
-    reply: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    # target -> its reply, or a function of the command's payload that makes it
+    reply: dict[str, dict[str, Any] | Callable[[dict[str, Any]], dict[str, Any]]] = (
+        dataclasses.field(default_factory=dict)
+    )
     refuse: set[str] = dataclasses.field(default_factory=set)  # targets answering BusinessError
     comp_failures: dict[str, int] = dataclasses.field(default_factory=dict)  # comp -> n failures
     journal: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
@@ -85,7 +89,8 @@ class FakeServices:
                 return self._effects[slot]
             if target in self.refuse:
                 raise BusinessError(f"{target} refused")
-            result = dict(self.reply.get(target, {"done": target}))
+            answer = self.reply.get(target, {"done": target})
+            result = answer(payload) if callable(answer) else dict(answer)
             self._effects[slot] = result
             self.journal.append((workflow_id, "do", target))
             self.executions[(workflow_id, target)] += 1

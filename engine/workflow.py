@@ -280,7 +280,9 @@ class WorkflowContext:
         else:
             assert isinstance(command, BaseModel), "a typed step sends its command model"
             target, result_model = activity.name, activity.result
-            payload = command.model_dump(mode="json")
+            # What travels is what was set: a field left at its default is the receiver's
+            # default too, since it validates the payload with the same model.
+            payload = command.model_dump(mode="json", exclude_defaults=True)
             milestone = activity.milestone
             compensation = activity.compensation_for(command)
             undo = (
@@ -288,7 +290,7 @@ class WorkflowContext:
                 if compensation is None
                 else (
                     compensation[0],
-                    compensation[1].model_dump(mode="json"),
+                    compensation[1].model_dump(mode="json", exclude_defaults=True),
                 )
             )
         _, method = _split(target)

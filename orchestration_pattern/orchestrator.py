@@ -59,9 +59,7 @@ class Orchestrator:
         structlog.contextvars.bind_contextvars(order_id=order_id)  # the correlation id
         command = CreateOrder(order_id=order_id, **order.model_dump())
         try:
-            return await self.engine.start(
-                place_order, command.model_dump(mode="json"), workflow_id=order_id
-            )
+            return await self.engine.start(place_order, command, workflow_id=order_id)
         except WorkflowAlreadyStarted as exc:
             raise IdempotencyKeyReused(
                 "this Idempotency-Key was used with a different order", order_id=order_id

@@ -11,6 +11,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from contracts import catalogue as ops
+from contracts.catalogue import CATALOGUE
+from contracts.commands import (
+    ArrangeShipping,
+    CreateOrder,
+    OrderPlaced,
+    OrderRef,
+    ProcessPayment,
+    ReserveStock,
+)
 from engine import RetryPolicy, WorkflowContext, workflow
 
 __all__ = [
@@ -33,62 +43,43 @@ UNTIL_DONE_RETRY = RetryPolicy(
     initial_interval=0.2, backoff=2.0, max_interval=5.0, max_attempts=None
 )
 
-MILESTONES = {
-    "order.create_order": "ORDER_CREATED",
-    "inventory.reserve_stock": "STOCK_RESERVED",
-    "payment.process_payment": "PAYMENT_COMPLETED",
-    "shipping.arrange_shipping": "SHIPPING_ARRANGED",
-}
+# The saga status each step reaches, from the catalogue (for the declarative definition).
+MILESTONES = {op.name: op.milestone for op in CATALOGUE if op.milestone is not None}
 
 
 @workflow(name="place_order")
-async def place_order(ctx: WorkflowContext, order: dict[str, Any]) -> dict[str, Any]:
-    """Input: ``{"order_id", "customer_id", "items": [{"book_id", "quantity"}],
-    "shipping_address": {...}}``."""
-    ref = {"order_id": order["order_id"]}
-    created = await ctx.step(
-        "order.create_order",
-        order,
-        compensate="order.cancel_order",
-        compensation_payload=ref,
-        retry=SERVICE_RETRY,
-        milestone="ORDER_CREATED",
-    )
+async def place_order(ctx: WorkflowContext, order: CreateOrder) -> OrderPlaced:
+    """Create the order, reserve its stock, take the payment, arrange shipping, complete it.
+
+    Each step's compensation (cancel the order, release the stock, cancel the payment, cancel
+    the shipment) is registered before its command leaves; completing the order comes after
+    the pivot and is retried until it is done.
+    """
+    created = await ctx.step(ops.CREATE_ORDER, order, retry=SERVICE_RETRY)
     await ctx.step(
-        "inventory.reserve_stock",
-        {"order_id": order["order_id"], "items": order["items"]},
-        compensate="inventory.release_stock",
-        compensation_payload=ref,
+        ops.RESERVE_STOCK,
+        ReserveStock(order_id=order.order_id, items=order.items),
         retry=SERVICE_RETRY,
-        milestone="STOCK_RESERVED",
     )
     payment = await ctx.step(
-        "payment.process_payment",
-        {
-            "order_id": order["order_id"],
-            "customer_id": order["customer_id"],
-            "amount": created["total_amount"],
-        },
-        compensate="payment.cancel_payment",
-        compensation_payload=ref,
+        ops.PROCESS_PAYMENT,
+        ProcessPayment(
+            order_id=order.order_id, customer_id=order.customer_id, amount=created.total_amount
+        ),
         retry=SERVICE_RETRY,
-        milestone="PAYMENT_COMPLETED",
     )
     shipment = await ctx.step(
-        "shipping.arrange_shipping",
-        {"order_id": order["order_id"], "address": order["shipping_address"]},
-        compensate="shipping.cancel_shipping",
-        compensation_payload=ref,
+        ops.ARRANGE_SHIPPING,
+        ArrangeShipping(order_id=order.order_id, address=order.shipping_address),
         retry=SERVICE_RETRY,
-        milestone="SHIPPING_ARRANGED",
     )
-    await ctx.step("order.complete_order", ref, retry=UNTIL_DONE_RETRY)
-    return {
-        "order_id": order["order_id"],
-        "total_amount": created["total_amount"],
-        "payment": payment,
-        "shipment": shipment,
-    }
+    await ctx.step(ops.COMPLETE_ORDER, OrderRef(order_id=order.order_id), retry=UNTIL_DONE_RETRY)
+    return OrderPlaced(
+        order_id=order.order_id,
+        total_amount=created.total_amount,
+        payment=payment,
+        shipment=shipment,
+    )
 
 
 ORDER_WORKFLOW: dict[str, Any] = {

@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import sqlalchemy as sa
 import structlog
+from order_replies import order_replies
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from engine import Engine
@@ -27,6 +29,8 @@ from engine.adapters import InMemoryTransport, SqlHistoryStore
 from engine.adapters.memory_transport import current_request
 from engine.adapters.sql_tables import saga_instances
 from workflows import place_order
+
+REPLIES = order_replies("10.00")
 
 effects_metadata = sa.MetaData()
 effects = sa.Table(
@@ -95,7 +99,8 @@ async def main() -> int:
                     .prefix_with("IGNORE")
                     .values(idem_key=info.idempotency_key, target=target)
                 )
-            return {"total_amount": "10.00"} if target == "order.create_order" else {}
+            reply = REPLIES.get(target)
+            return {} if reply is None else reply(payload)
 
         return handle
 

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import structlog
 from durable_engine.engine_unit_kit import order
+from order_replies import order_replies
 from prometheus_client import CollectorRegistry
 
 import services._kit.logging as kit_logging
@@ -63,9 +64,7 @@ class Rig:
 
 
 def services(**changes: Any) -> FakeServices:
-    return FakeServices(
-        dict(STEPS), reply={"order.create_order": {"total_amount": "12.50"}}, **changes
-    )
+    return FakeServices(dict(STEPS), reply=dict(order_replies("12.50")), **changes)
 
 
 def test_the_prometheus_observer_and_the_null_observer_fit_the_protocol() -> None:

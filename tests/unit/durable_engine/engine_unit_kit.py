@@ -6,6 +6,8 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+from order_replies import order_replies
+
 from engine import Engine
 from engine.adapters import InMemoryHistoryStore, InMemoryTransport
 from engine.clock import FakeClock
@@ -82,9 +84,7 @@ def rig(
     **engine_kwargs: Any,
 ) -> Rig:
     clock = FakeClock()
-    services = FakeServices(
-        dict(steps or ORDER_STEPS), reply={"order.create_order": {"total_amount": "12.50"}}
-    )
+    services = FakeServices(dict(steps or ORDER_STEPS), reply=dict(order_replies("12.50")))
     projections: list[tuple[str, str, bool]] = []
     store = InMemoryHistoryStore()
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from engine_unit_kit import ORDER_STEPS, order
+from order_replies import order_replies
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from engine import Engine
@@ -22,9 +23,7 @@ async def test_many_sagas_share_one_sqlite_connection_without_deadlock(tmp_path:
     try:
         store = SqlHistoryStore(db)
         await store.create_tables()
-        services = FakeServices(
-            dict(ORDER_STEPS), reply={"order.create_order": {"total_amount": "3.00"}}
-        )
+        services = FakeServices(dict(ORDER_STEPS), reply=dict(order_replies("3.00")))
         transport = services.transport()
         engine = Engine(store, transport, owner_id="embedded")
         arrange = transport._handlers["shipping.arrange_shipping"]

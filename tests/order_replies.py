@@ -1,0 +1,76 @@
+"""What the order saga's services answer, for fakes of them: every reply a valid result model.
+
+The typed order workflow validates each reply into its operation's result model
+(:mod:`contracts.catalogue`), so a fake service must answer as the real one does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+from contracts import catalogue as ops
+from contracts.commands import (
+    Address,
+    OrderItem,
+    OrderView,
+    PaymentView,
+    ShipmentView,
+    StockReservation,
+)
+
+Reply = Callable[[dict[str, Any]], dict[str, Any]]
+
+_ADDRESS = Address(name="Hanako", line1="1-2-3", city="Tokyo", postal_code="150-0002", country="JP")
+_ITEMS = [OrderItem(book_id=1, quantity=2)]
+
+
+def order_replies(total: str = "12.50") -> dict[str, Reply]:
+    """A reply for each forward step of the order saga, by target; ``total`` is the order's."""
+    amount = Decimal(total)
+
+    def order(status: str) -> Reply:
+        def reply(payload: dict[str, Any]) -> dict[str, Any]:
+            view = OrderView(
+                order_id=payload.get("order_id", "unknown"),
+                customer_id=1,
+                status=status,  # type: ignore[arg-type]
+                total_amount=amount,
+                items=_ITEMS,
+                shipping_address=_ADDRESS,
+            )
+            return view.model_dump(mode="json")
+
+        return reply
+
+    def stock(payload: dict[str, Any]) -> dict[str, Any]:
+        return StockReservation(
+            order_id=payload.get("order_id", "unknown"), items=_ITEMS
+        ).model_dump(mode="json")
+
+    def payment(payload: dict[str, Any]) -> dict[str, Any]:
+        view = PaymentView(
+            order_id=payload.get("order_id", "unknown"),
+            customer_id=1,
+            amount=amount,
+            status="COMPLETED",
+        )
+        return view.model_dump(mode="json")
+
+    def shipment(payload: dict[str, Any]) -> dict[str, Any]:
+        view = ShipmentView(
+            order_id=payload.get("order_id", "unknown"),
+            status="ARRANGED",
+            country="JP",
+            tracking_number="T-1",
+        )
+        return view.model_dump(mode="json")
+
+    return {
+        ops.CREATE_ORDER.name: order("PENDING"),
+        ops.RESERVE_STOCK.name: stock,
+        ops.PROCESS_PAYMENT.name: payment,
+        ops.ARRANGE_SHIPPING.name: shipment,
+        ops.COMPLETE_ORDER.name: order("COMPLETED"),
+    }
