@@ -4,7 +4,8 @@
    latency histogram per route template, an access log line, and the last line of defence:
    an unexpected exception becomes a JSON 503 (database outage) or 500, never a traceback.
 2. :class:`ApiKeyGuard`     prod only: mutating methods need ``Authorization: Bearer <key>``.
-3. :class:`BodyLimit`       413 for a body over the limit, by ``Content-Length`` and by
+3. :class:`MethodCheck`     405 with ``Allow`` for a method the request's path does not declare.
+4. :class:`BodyLimit`       413 for a body over the limit, by ``Content-Length`` and by
    counting the bytes of a chunked body, before the application reads any of it.
 """
 
@@ -12,10 +13,12 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Iterable, Sequence
 
 import structlog
 from prometheus_client import Histogram
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services._kit.errors import error_json, unexpected_error_response
@@ -122,6 +125,58 @@ class ApiKeyGuard:
         # Compare bytes: compare_digest refuses non-ASCII str, and a header may hold anything.
         valid_scheme = scheme.lower() == b"bearer"
         return secrets.compare_digest(token.strip(), self._expected) and valid_scheme
+
+
+class MethodCheck:
+    """Answer 405, with ``Allow`` and the kit's JSON body, for a method the path does not declare.
+
+    ``routes`` in the order the router tries them (``create_app`` fills the list once every
+    route exists). The first route whose path matches owns the path, and that path's methods
+    are all there are: ``GET /inventory/reserve`` is a 405 naming POST, where the router alone
+    would hand it to ``GET /inventory/{book_id}``, whose validation refuses "reserve" (422).
+    """
+
+    def __init__(self, app: ASGIApp, *, routes: Sequence[BaseRoute]) -> None:
+        self.app = app
+        self.routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            allowed = path_methods(self.routes, scope)
+            if allowed is not None and scope["method"] not in allowed:
+                methods = sorted(allowed)
+                response = error_json(
+                    405,
+                    "method_not_allowed",
+                    "this method is not allowed on this path; Allow lists those that are",
+                    {"allowed": methods},
+                    headers={"Allow": ", ".join(methods)},
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def path_methods(routes: Iterable[BaseRoute], scope: Scope) -> frozenset[str] | None:
+    """The methods of the path whose route is the first to match the request's path.
+
+    None when no route matches (the router answers 404), or when what matches first is not a
+    route with a list of methods (a mount, a route for any method): the router decides those.
+    """
+    owner: str | None = None
+    methods: set[str] = set()
+    for route in routes:
+        if owner is None:
+            if route.matches(scope)[0] is Match.NONE:
+                continue
+            if not isinstance(route, Route):
+                return None
+            owner = route.path
+        if isinstance(route, Route) and route.path == owner:
+            if route.methods is None:
+                return None
+            methods |= route.methods
+    return frozenset(methods) if owner is not None else None
 
 
 class BodyLimit:

@@ -28,10 +28,11 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from pydantic import BaseModel
 from starlette.middleware import Middleware
+from starlette.routing import BaseRoute, Route
 
 from activities.db import Database
 from services._kit import failpoints
-from services._kit._middleware import ApiKeyGuard, BodyLimit, RequestContext
+from services._kit._middleware import ApiKeyGuard, BodyLimit, MethodCheck, RequestContext
 from services._kit.errors import install_error_handlers
 from services._kit.logging import configure_logging
 from services._kit.metrics import Telemetry
@@ -164,6 +165,8 @@ def create_app(
     middleware = [Middleware(RequestContext, service=service, latency=latency)]
     if settings.env == "prod":
         middleware.append(Middleware(ApiKeyGuard, api_key=api_key))
+    routes: list[BaseRoute] = []  # every route, in the router's order; filled below
+    middleware.append(Middleware(MethodCheck, routes=routes))
     middleware.append(Middleware(BodyLimit, max_bytes=settings.max_body_bytes))
 
     app = FastAPI(
@@ -179,9 +182,15 @@ def create_app(
     app.state.telemetry = telemetry
     app.state.health_checks = dict(health_checks or {})
     install_error_handlers(app)
-    app.include_router(_operations_router())
+    operations = _operations_router()
+    app.include_router(operations)
     for router in routers:
         app.include_router(router, dependencies=[Depends(bind_order_id)])
+    # The routers' own routes, not app.routes: FastAPI may keep an included router as one
+    # opaque route. Included without a prefix, each route's path is the one served.
+    routes.extend(route for route in app.router.routes if isinstance(route, Route))
+    for router in (operations, *routers):
+        routes.extend(router.routes)
     return app
 
 

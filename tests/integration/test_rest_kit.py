@@ -95,6 +95,28 @@ async def test_openapi_documents_the_business_refusals_of_a_route(url: str) -> N
     assert "PaymentFailed" in responses["402"]["description"]
 
 
+@pytest.mark.parametrize(
+    ("service", "method", "path", "allow"),
+    [
+        ("inventory", "GET", "/inventory/reserve", "POST"),  # not GET /inventory/{book_id}
+        ("inventory", "GET", "/inventory/release", "POST"),
+        ("inventory", "DELETE", "/inventory/1", "GET"),
+        ("payment", "GET", "/payments/process", "POST"),  # not GET /payments/{order_id}
+        ("shipping", "GET", "/shipping/arrange", "POST"),
+        ("order", "DELETE", "/orders", "POST"),
+        ("order", "GET", "/orders/o-1/cancel", "PUT"),
+    ],
+)
+async def test_an_undeclared_method_is_405_with_allow(
+    url: str, service: str, method: str, path: str, allow: str
+) -> None:
+    async with running(build_service_app(service, settings_for(url))) as client:
+        response = await client.request(method, path)
+
+    assert assert_error(response, 405)["error"] == "method_not_allowed"
+    assert response.headers["allow"] == allow
+
+
 @pytest.mark.mysql
 @pytest.mark.parametrize("service", sorted(SEED_PATHS))
 async def test_health_is_200_when_the_database_answers(

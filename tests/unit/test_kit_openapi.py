@@ -1,0 +1,110 @@
+"""What the kit answers on every route: a 405 with ``Allow`` for a method the path does not
+declare, even where a templated route would match the path."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from fastapi import APIRouter, FastAPI
+from pydantic import BaseModel
+
+from activities.errors import BookNotFound, IdempotencyKeyReused
+from services._kit import BookIdPath, Settings, create_app, error_responses
+
+router = APIRouter(prefix="/things")
+
+
+class Thing(BaseModel):
+    name: str
+
+
+# A static path beside a templated one, as /inventory/reserve sits beside /inventory/{book_id}.
+@router.post("/reserve", responses=error_responses(IdempotencyKeyReused))
+async def reserve(body: Thing) -> Thing:
+    return body
+
+
+@router.get("/{book_id}", responses=error_responses(BookNotFound))
+async def read(book_id: BookIdPath) -> int:
+    return book_id
+
+
+@router.put("/{book_id}/cancel")
+async def cancel(book_id: BookIdPath) -> int:
+    return book_id
+
+
+def settings_for(tmp_path: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "env": "test",
+        "database_url": f"sqlite+aiosqlite:///{tmp_path}/kit.db",
+        **overrides,
+    }
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+def app_for(tmp_path: Path, **overrides: Any) -> FastAPI:
+    return create_app("test", settings_for(tmp_path, **overrides), router)
+
+
+@pytest.fixture
+async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    async with (
+        LifespanManager(app_for(tmp_path)) as manager,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=manager.app), base_url="http://t"
+        ) as client,
+    ):
+        yield client
+
+
+# 405 ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        # The templated GET route would match these paths; the static one owns them.
+        ("GET", "/things/reserve", "POST"),
+        ("HEAD", "/things/reserve", "POST"),
+        ("DELETE", "/things/7", "GET"),
+        ("POST", "/things/7/cancel", "PUT"),
+        ("OPTIONS", "/things/7", "GET"),
+        ("PATCH", "/health", "GET"),
+    ],
+)
+async def test_an_undeclared_method_is_405_with_allow_and_the_kits_json_body(
+    client: httpx.AsyncClient, method: str, path: str, allow: str
+) -> None:
+    response = await client.request(method, path, json={"name": "x"})
+
+    assert response.status_code == 405
+    assert response.headers["allow"] == allow
+    assert response.headers["content-type"].startswith("application/json")
+    if method != "HEAD":
+        body = response.json()
+        assert body["error"] == "method_not_allowed"
+        assert body["details"] == {"allowed": allow.split(", ")}
+
+
+async def test_a_declared_method_still_reaches_its_route(client: httpx.AsyncClient) -> None:
+    reserved = await client.post("/things/reserve", json={"name": "x"})
+    read = await client.get("/things/7")
+    bad_id = await client.get("/things/seven")
+
+    assert reserved.status_code == 200 and reserved.json() == {"name": "x"}
+    assert read.status_code == 200 and read.json() == 7
+    assert bad_id.status_code == 422  # a templated path still validates its parameter
+
+
+async def test_an_unknown_path_is_still_404(client: httpx.AsyncClient) -> None:
+    response = await client.delete("/nowhere")
+
+    assert response.status_code == 404
+    assert response.json()["error"] == "not_found"
+    assert "allow" not in response.headers
