@@ -130,10 +130,11 @@ class ApiKeyGuard:
 class MethodCheck:
     """Answer 405, with ``Allow`` and the kit's JSON body, for a method the path does not declare.
 
-    ``routes`` in the order the router tries them (``create_app`` fills the list once every
-    route exists). The first route whose path matches owns the path, and that path's methods
-    are all there are: ``GET /inventory/reserve`` is a 405 naming POST, where the router alone
-    would hand it to ``GET /inventory/{book_id}``, whose validation refuses "reserve" (422).
+    ``routes``: every route (``create_app`` fills the list once they all exist). A concrete path
+    owns a request's path before a templated one that matches it too, as OpenAPI resolves paths,
+    and the owner's methods are all there are: ``GET /inventory/reserve`` is a 405 naming POST,
+    where the router alone would hand it to ``GET /inventory/{book_id}``, whose validation would
+    refuse "reserve" as a book id (422).
     """
 
     def __init__(self, app: ASGIApp, *, routes: Sequence[BaseRoute]) -> None:
@@ -158,25 +159,21 @@ class MethodCheck:
 
 
 def path_methods(routes: Iterable[BaseRoute], scope: Scope) -> frozenset[str] | None:
-    """The methods of the path whose route is the first to match the request's path.
+    """The methods of the path that owns the request's path: of the routes whose path matches,
+    the one with the fewest parameters (the first declared of equals).
 
-    None when no route matches (the router answers 404), or when what matches first is not a
-    route with a list of methods (a mount, a route for any method): the router decides those.
+    None when no route matches (the router answers 404), or when one that matches is not a route
+    with a list of methods (a mount, a route for any method): the router decides those.
     """
-    owner: str | None = None
-    methods: set[str] = set()
-    for route in routes:
-        if owner is None:
-            if route.matches(scope)[0] is Match.NONE:
-                continue
-            if not isinstance(route, Route):
-                return None
-            owner = route.path
-        if isinstance(route, Route) and route.path == owner:
-            if route.methods is None:
-                return None
-            methods |= route.methods
-    return frozenset(methods) if owner is not None else None
+    matched = [route for route in routes if route.matches(scope)[0] is not Match.NONE]
+    plain = [route for route in matched if isinstance(route, Route)]
+    if not plain or len(plain) != len(matched):
+        return None
+    owner = min(plain, key=lambda route: len(route.param_convertors)).path
+    methods = [route.methods for route in plain if route.path == owner]
+    if any(declared is None for declared in methods):
+        return None
+    return frozenset().union(*(declared for declared in methods if declared is not None))
 
 
 class BodyLimit:

@@ -34,6 +34,12 @@ async def read(book_id: BookIdPath) -> int:
     return book_id
 
 
+# Declared after the templated route, yet its path is still its own.
+@router.post("/later")
+async def later(body: Thing) -> Thing:
+    return body
+
+
 @router.put("/{book_id}/cancel")
 async def cancel(book_id: BookIdPath) -> int:
     return book_id
@@ -72,6 +78,7 @@ async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
         # The templated GET route would match these paths; the static one owns them.
         ("GET", "/things/reserve", "POST"),
         ("HEAD", "/things/reserve", "POST"),
+        ("GET", "/things/later", "POST"),
         ("DELETE", "/things/7", "GET"),
         ("POST", "/things/7/cancel", "PUT"),
         ("OPTIONS", "/things/7", "GET"),
@@ -94,10 +101,12 @@ async def test_an_undeclared_method_is_405_with_allow_and_the_kits_json_body(
 
 async def test_a_declared_method_still_reaches_its_route(client: httpx.AsyncClient) -> None:
     reserved = await client.post("/things/reserve", json={"name": "x"})
+    later = await client.post("/things/later", json={"name": "y"})
     read = await client.get("/things/7")
     bad_id = await client.get("/things/seven")
 
     assert reserved.status_code == 200 and reserved.json() == {"name": "x"}
+    assert later.status_code == 200 and later.json() == {"name": "y"}
     assert read.status_code == 200 and read.json() == 7
     assert bad_id.status_code == 422  # a templated path still validates its parameter
 
