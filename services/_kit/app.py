@@ -8,9 +8,10 @@ A service is its routers plus one call::
 :func:`create_app` adds what every service shares: the database (built from the settings in
 the lifespan, on ``app.state.db``; :func:`db_of` is the route dependency), structured logging,
 the error mapping of :mod:`services._kit.errors`, the request middleware (request id, latency
-metrics, body limit, prod bearer token), ``GET /health`` and ``GET /metrics`` (the app's own
-registry, ``app.state.metrics``, with the process's :class:`~services._kit.metrics.Telemetry`
-on ``app.state.telemetry``).
+metrics, prod bearer token, 405 for an undeclared method, body limit), ``GET /health`` and
+``GET /metrics`` (the app's own registry, ``app.state.metrics``, with the process's
+:class:`~services._kit.metrics.Telemetry` on ``app.state.telemetry``), and an OpenAPI document
+that declares the kit's own responses on every operation (:mod:`services._kit._openapi`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import unquote, urlsplit
 
 import structlog
@@ -33,6 +34,7 @@ from starlette.routing import BaseRoute, Route
 from activities.db import Database
 from services._kit import failpoints
 from services._kit._middleware import ApiKeyGuard, BodyLimit, MethodCheck, RequestContext
+from services._kit._openapi import document_kit_responses
 from services._kit.errors import install_error_handlers
 from services._kit.logging import configure_logging
 from services._kit.metrics import Telemetry
@@ -88,6 +90,14 @@ async def bind_order_id(request: Request) -> None:
         order_id = body.get("order_id") if isinstance(body, dict) else None
     if isinstance(order_id, str) and 0 < len(order_id) <= MAX_BOUND_ID:
         structlog.contextvars.bind_contextvars(order_id=order_id)
+
+
+class _ServiceApp(FastAPI):
+    """A FastAPI app whose OpenAPI document also declares what the kit answers on every route."""
+
+    def openapi(self) -> dict[str, Any]:
+        settings: Settings = self.state.settings
+        return document_kit_responses(super().openapi(), bearer=settings.env == "prod")
 
 
 DatabaseDep = Annotated[Database, Depends(db_of)]
@@ -169,7 +179,7 @@ def create_app(
     middleware.append(Middleware(MethodCheck, routes=routes))
     middleware.append(Middleware(BodyLimit, max_bytes=settings.max_body_bytes))
 
-    app = FastAPI(
+    app = _ServiceApp(
         title=f"CloudMart {service} service",
         description=description or f"The {service} service of CloudMart sagas.",
         version="0.1.0",

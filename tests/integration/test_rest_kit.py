@@ -95,6 +95,18 @@ async def test_openapi_documents_the_business_refusals_of_a_route(url: str) -> N
     assert "PaymentFailed" in responses["402"]["description"]
 
 
+@pytest.mark.parametrize("service", sorted(SERVICES))
+def test_openapi_declares_the_kits_errors_on_every_post(url: str, service: str) -> None:
+    schema = build_service_app(service, settings_for(url)).openapi()
+
+    posts = {path: item["post"] for path, item in schema["paths"].items() if "post" in item}
+    assert posts
+    for path, operation in posts.items():
+        for status in ("400", "413", "422", "500", "503"):
+            content = operation["responses"][status]["content"]["application/json"]
+            assert content["schema"] == {"$ref": "#/components/schemas/ErrorBody"}, (path, status)
+
+
 @pytest.mark.parametrize(
     ("service", "method", "path", "allow"),
     [

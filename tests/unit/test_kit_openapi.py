@@ -1,8 +1,10 @@
-"""What the kit answers on every route: a 405 with ``Allow`` for a method the path does not
-declare, even where a templated route would match the path."""
+"""What the kit answers on every route, told by the app and by its OpenAPI document: a 405 with
+``Allow`` for a method the path does not declare (even where a templated route would match the
+path), and the kit's errors, with its error body, on every operation."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -117,3 +119,70 @@ async def test_an_unknown_path_is_still_404(client: httpx.AsyncClient) -> None:
     assert response.status_code == 404
     assert response.json()["error"] == "not_found"
     assert "allow" not in response.headers
+
+
+# The OpenAPI document -----------------------------------------------------------------------
+
+
+def operations(schema: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {
+        (method.upper(), path): operation
+        for path, item in schema["paths"].items()
+        for method, operation in item.items()
+    }
+
+
+def error_body(response: dict[str, Any]) -> bool:
+    return bool(
+        response["content"]["application/json"]["schema"]
+        == {"$ref": "#/components/schemas/ErrorBody"}
+    )
+
+
+def test_every_operation_declares_the_kits_errors_as_the_error_body(tmp_path: Path) -> None:
+    schema = app_for(tmp_path).openapi()
+
+    for key, operation in operations(schema).items():
+        responses = operation["responses"]
+        for status in ("400", "413", "500"):
+            assert error_body(responses[status]), (key, status)
+        if key != ("GET", "/health"):  # /health answers 503 with its own body
+            assert error_body(responses["503"]), key
+            assert "Retry-After" in responses["503"]["headers"]
+
+
+def test_every_operation_with_input_declares_422_as_the_error_body(tmp_path: Path) -> None:
+    schema = app_for(tmp_path).openapi()
+
+    with_input = {
+        key for key, op in operations(schema).items() if op.get("parameters") or "requestBody" in op
+    }
+    assert with_input >= {("POST", "/things/reserve"), ("GET", "/things/{book_id}")}
+    for key in with_input:
+        assert error_body(operations(schema)[key]["responses"]["422"]), key
+    assert "422" not in operations(schema)[("GET", "/health")]["responses"]
+    # FastAPI's own validation-error shape is not what the kit answers.
+    assert "HTTPValidationError" not in json.dumps(schema)
+
+
+def test_a_routes_own_responses_stand_beside_the_kits(tmp_path: Path) -> None:
+    ops = operations(app_for(tmp_path).openapi())
+
+    assert ops[("GET", "/things/{book_id}")]["responses"]["404"]["description"] == "BookNotFound"
+    reserve_422 = ops[("POST", "/things/reserve")]["responses"]["422"]["description"]
+    assert "validation_error" in reserve_422 and "IdempotencyKeyReused" in reserve_422
+    assert "HealthView" in json.dumps(ops[("GET", "/health")]["responses"]["503"])
+
+
+def test_the_bearer_token_is_declared_on_mutations_in_prod_only(tmp_path: Path) -> None:
+    dev = operations(app_for(tmp_path).openapi())
+    prod_schema = app_for(tmp_path, env="prod", api_key="k").openapi()
+    prod = operations(prod_schema)
+
+    assert all("401" not in op["responses"] for op in dev.values())
+    assert error_body(prod[("POST", "/things/reserve")]["responses"]["401"])
+    assert error_body(prod[("PUT", "/things/{book_id}/cancel")]["responses"]["401"])
+    assert prod[("POST", "/things/reserve")]["security"] == [{"bearer": []}]
+    assert prod_schema["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert "401" not in prod[("GET", "/things/{book_id}")]["responses"]
+    assert "security" not in prod[("GET", "/things/{book_id}")]
