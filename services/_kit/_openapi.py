@@ -20,6 +20,10 @@ A route's own declaration of a status stands (``/health`` answers 503 with its o
 FastAPI's ``HTTPValidationError`` is replaced: the kit never answers with that shape. A method
 a path does not declare is a 405 with ``Allow`` (:class:`~services._kit._middleware.MethodCheck`);
 OpenAPI has no operation to declare it on.
+
+:func:`integral_bounds` mends one thing FastAPI's document says wrong: it writes every bound
+as a float, so an id of ``minimum: 1`` reads ``minimum: 1.0`` — which a client (or a
+schema-driven test) sends as the JSON number ``1.0``, and strict validation refuses.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from services._kit.errors import ErrorBody
 ERROR_BODY_REF = "#/components/schemas/ErrorBody"
 BEARER_SCHEME = "bearer"
 _HTTP_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
+_NUMERIC_KEYWORDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
 # FastAPI's own validation-error schemas, which no kit response uses.
 _FASTAPI_VALIDATION_SCHEMAS = ("HTTPValidationError", "ValidationError")
 
@@ -109,6 +114,29 @@ def document_kit_responses(openapi: dict[str, Any], *, bearer: bool) -> dict[str
         }
     _drop_unreferenced(openapi, _FASTAPI_VALIDATION_SCHEMAS)
     return openapi
+
+
+def integral_bounds(openapi: dict[str, Any]) -> dict[str, Any]:
+    """Write the bounds of every integer schema in ``openapi`` as integers (in place; returned)."""
+    _integral_bounds(openapi)
+    return openapi
+
+
+def _integral_bounds(node: Any) -> None:
+    if isinstance(node, list):
+        for child in node:
+            _integral_bounds(child)
+        return
+    if not isinstance(node, dict):
+        return
+    types = node.get("type")
+    if types == "integer" or (isinstance(types, list) and "integer" in types):
+        for keyword in _NUMERIC_KEYWORDS:
+            value = node.get(keyword)
+            if isinstance(value, float) and value.is_integer():
+                node[keyword] = int(value)
+    for child in node.values():
+        _integral_bounds(child)
 
 
 def _declare(responses: dict[str, Any], status: str, kit: dict[str, Any]) -> None:

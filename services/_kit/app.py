@@ -34,7 +34,7 @@ from starlette.routing import BaseRoute, Route
 from activities.db import Database
 from services._kit import failpoints
 from services._kit._middleware import ApiKeyGuard, BodyLimit, MethodCheck, RequestContext
-from services._kit._openapi import document_kit_responses
+from services._kit._openapi import document_kit_responses, integral_bounds
 from services._kit.errors import install_error_handlers
 from services._kit.logging import configure_logging
 from services._kit.metrics import Telemetry
@@ -97,7 +97,8 @@ class _ServiceApp(FastAPI):
 
     def openapi(self) -> dict[str, Any]:
         settings: Settings = self.state.settings
-        return document_kit_responses(super().openapi(), bearer=settings.env == "prod")
+        openapi = integral_bounds(super().openapi())
+        return document_kit_responses(openapi, bearer=settings.env == "prod")
 
 
 DatabaseDep = Annotated[Database, Depends(db_of)]

@@ -7,13 +7,13 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import APIRouter, FastAPI
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from activities.errors import BookNotFound, IdempotencyKeyReused
 from services._kit import BookIdPath, Settings, create_app, error_responses
@@ -23,6 +23,7 @@ router = APIRouter(prefix="/things")
 
 class Thing(BaseModel):
     name: str
+    count: Annotated[int, Field(ge=1, le=10)] = 1
 
 
 # A static path beside a templated one, as /inventory/reserve sits beside /inventory/{book_id}.
@@ -107,8 +108,8 @@ async def test_a_declared_method_still_reaches_its_route(client: httpx.AsyncClie
     read = await client.get("/things/7")
     bad_id = await client.get("/things/seven")
 
-    assert reserved.status_code == 200 and reserved.json() == {"name": "x"}
-    assert later.status_code == 200 and later.json() == {"name": "y"}
+    assert reserved.status_code == 200 and reserved.json() == {"name": "x", "count": 1}
+    assert later.status_code == 200 and later.json() == {"name": "y", "count": 1}
     assert read.status_code == 200 and read.json() == 7
     assert bad_id.status_code == 422  # a templated path still validates its parameter
 
@@ -186,3 +187,13 @@ def test_the_bearer_token_is_declared_on_mutations_in_prod_only(tmp_path: Path) 
     assert prod_schema["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     assert "401" not in prod[("GET", "/things/{book_id}")]["responses"]
     assert "security" not in prod[("GET", "/things/{book_id}")]
+
+
+def test_integer_bounds_are_written_as_integers(tmp_path: Path) -> None:
+    schema = app_for(tmp_path).openapi()
+
+    (book_id,) = operations(schema)[("GET", "/things/{book_id}")]["parameters"]
+    count = schema["components"]["schemas"]["Thing"]["properties"]["count"]
+    for bounded, expected in ((book_id["schema"], (1, 2**31 - 1)), (count, (1, 10))):
+        bounds = (bounded["minimum"], bounded["maximum"])
+        assert bounds == expected and all(type(bound) is int for bound in bounds), bounded
