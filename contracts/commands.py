@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    WithJsonSchema,
 )
 
 MAX_ITEMS = 50
@@ -32,14 +33,28 @@ def _no_control_characters(value: str) -> str:
     return value
 
 
+NoControlCharacters = AfterValidator(_no_control_characters)
+# The same rule told to the JSON schema (Unicode category Cc is exactly these two ranges);
+# validation stays the validator's, and so does its message.
+SaysNoControlCharacters = Field(json_schema_extra={"pattern": r"^[^\u0000-\u001f\u007f-\u009f]*$"})
+
 Name = Annotated[
-    str, StringConstraints(min_length=1, max_length=200), AfterValidator(_no_control_characters)
+    str,
+    StringConstraints(min_length=1, max_length=200),
+    NoControlCharacters,
+    SaysNoControlCharacters,
 ]
 Line = Annotated[
-    str, StringConstraints(min_length=1, max_length=300), AfterValidator(_no_control_characters)
+    str,
+    StringConstraints(min_length=1, max_length=300),
+    NoControlCharacters,
+    SaysNoControlCharacters,
 ]
 PostalCode = Annotated[
-    str, StringConstraints(min_length=1, max_length=20), AfterValidator(_no_control_characters)
+    str,
+    StringConstraints(min_length=1, max_length=20),
+    NoControlCharacters,
+    SaysNoControlCharacters,
 ]
 Country = Annotated[
     str,
@@ -48,7 +63,22 @@ Country = Annotated[
 OrderId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 Id = Annotated[int, Field(strict=True, ge=1, le=INT32_MAX)]
 Quantity = Annotated[int, Field(strict=True, ge=1, le=MAX_QUANTITY)]
-Money = Annotated[Decimal, Field(ge=0, max_digits=12, decimal_places=2, allow_inf_nan=False)]
+# The JSON schema pydantic derives for a Decimal admits any string and any fraction; say
+# which amounts pass: at most 10 whole digits and 2 decimals, as a number or as a string.
+Money = Annotated[
+    Decimal,
+    Field(ge=0, max_digits=12, decimal_places=2, allow_inf_nan=False),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "minimum": 0, "maximum": 9_999_999_999.99, "multipleOf": 0.01},
+                {"type": "string", "pattern": r"^(0|[1-9][0-9]{0,9})(\.[0-9]{1,2})?$"},
+            ],
+            "description": 'An amount of at most 10 whole digits and 2 decimals, e.g. "12.50".',
+        },
+        mode="validation",
+    ),
+]
 
 
 def _utc(value: datetime) -> datetime:
@@ -124,7 +154,9 @@ class OrderRef(Model):
 
     order_id: OrderId
     reason: (
-        Annotated[str, StringConstraints(max_length=500), AfterValidator(_no_control_characters)]
+        Annotated[
+            str, StringConstraints(max_length=500), NoControlCharacters, SaysNoControlCharacters
+        ]
         | None
     ) = None
 

@@ -4,7 +4,8 @@
    latency histogram per route template, an access log line, and the last line of defence:
    an unexpected exception becomes a JSON 503 (database outage) or 500, never a traceback.
 2. :class:`ApiKeyGuard`     prod only: mutating methods need ``Authorization: Bearer <key>``.
-3. :class:`BodyLimit`       413 for a body over the limit, by ``Content-Length`` and by
+3. :class:`MethodCheck`     405 with ``Allow`` for a method the request's path does not declare.
+4. :class:`BodyLimit`       413 for a body over the limit, by ``Content-Length`` and by
    counting the bytes of a chunked body, before the application reads any of it.
 """
 
@@ -12,10 +13,12 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Iterable, Sequence
 
 import structlog
 from prometheus_client import Histogram
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services._kit.errors import error_json, unexpected_error_response
@@ -122,6 +125,55 @@ class ApiKeyGuard:
         # Compare bytes: compare_digest refuses non-ASCII str, and a header may hold anything.
         valid_scheme = scheme.lower() == b"bearer"
         return secrets.compare_digest(token.strip(), self._expected) and valid_scheme
+
+
+class MethodCheck:
+    """Answer 405, with ``Allow`` and the kit's JSON body, for a method the path does not declare.
+
+    ``routes``: every route (``create_app`` fills the list once they all exist). A concrete path
+    owns a request's path before a templated one that matches it too, as OpenAPI resolves paths,
+    and the owner's methods are all there are: ``GET /inventory/reserve`` is a 405 naming POST,
+    where the router alone would hand it to ``GET /inventory/{book_id}``, whose validation would
+    refuse "reserve" as a book id (422).
+    """
+
+    def __init__(self, app: ASGIApp, *, routes: Sequence[BaseRoute]) -> None:
+        self.app = app
+        self.routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            allowed = path_methods(self.routes, scope)
+            if allowed is not None and scope["method"] not in allowed:
+                methods = sorted(allowed)
+                response = error_json(
+                    405,
+                    "method_not_allowed",
+                    "this method is not allowed on this path; Allow lists those that are",
+                    {"allowed": methods},
+                    headers={"Allow": ", ".join(methods)},
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def path_methods(routes: Iterable[BaseRoute], scope: Scope) -> frozenset[str] | None:
+    """The methods of the path that owns the request's path: of the routes whose path matches,
+    the one with the fewest parameters (the first declared of equals).
+
+    None when no route matches (the router answers 404), or when one that matches is not a route
+    with a list of methods (a mount, a route for any method): the router decides those.
+    """
+    matched = [route for route in routes if route.matches(scope)[0] is not Match.NONE]
+    plain = [route for route in matched if isinstance(route, Route)]
+    if not plain or len(plain) != len(matched):
+        return None
+    owner = min(plain, key=lambda route: len(route.param_convertors)).path
+    methods = [route.methods for route in plain if route.path == owner]
+    if any(declared is None for declared in methods):
+        return None
+    return frozenset().union(*(declared for declared in methods if declared is not None))
 
 
 class BodyLimit:

@@ -8,9 +8,10 @@ A service is its routers plus one call::
 :func:`create_app` adds what every service shares: the database (built from the settings in
 the lifespan, on ``app.state.db``; :func:`db_of` is the route dependency), structured logging,
 the error mapping of :mod:`services._kit.errors`, the request middleware (request id, latency
-metrics, body limit, prod bearer token), ``GET /health`` and ``GET /metrics`` (the app's own
-registry, ``app.state.metrics``, with the process's :class:`~services._kit.metrics.Telemetry`
-on ``app.state.telemetry``).
+metrics, prod bearer token, 405 for an undeclared method, body limit), ``GET /health`` and
+``GET /metrics`` (the app's own registry, ``app.state.metrics``, with the process's
+:class:`~services._kit.metrics.Telemetry` on ``app.state.telemetry``), and an OpenAPI document
+that declares the kit's own responses on every operation (:mod:`services._kit._openapi`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import unquote, urlsplit
 
 import structlog
@@ -28,10 +29,12 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from pydantic import BaseModel
 from starlette.middleware import Middleware
+from starlette.routing import BaseRoute, Route
 
 from activities.db import Database
 from services._kit import failpoints
-from services._kit._middleware import ApiKeyGuard, BodyLimit, RequestContext
+from services._kit._middleware import ApiKeyGuard, BodyLimit, MethodCheck, RequestContext
+from services._kit._openapi import document_kit_responses, integral_bounds
 from services._kit.errors import install_error_handlers
 from services._kit.logging import configure_logging
 from services._kit.metrics import Telemetry
@@ -87,6 +90,15 @@ async def bind_order_id(request: Request) -> None:
         order_id = body.get("order_id") if isinstance(body, dict) else None
     if isinstance(order_id, str) and 0 < len(order_id) <= MAX_BOUND_ID:
         structlog.contextvars.bind_contextvars(order_id=order_id)
+
+
+class _ServiceApp(FastAPI):
+    """A FastAPI app whose OpenAPI document also declares what the kit answers on every route."""
+
+    def openapi(self) -> dict[str, Any]:
+        settings: Settings = self.state.settings
+        openapi = integral_bounds(super().openapi())
+        return document_kit_responses(openapi, bearer=settings.env == "prod")
 
 
 DatabaseDep = Annotated[Database, Depends(db_of)]
@@ -164,9 +176,11 @@ def create_app(
     middleware = [Middleware(RequestContext, service=service, latency=latency)]
     if settings.env == "prod":
         middleware.append(Middleware(ApiKeyGuard, api_key=api_key))
+    routes: list[BaseRoute] = []  # every route, in the router's order; filled below
+    middleware.append(Middleware(MethodCheck, routes=routes))
     middleware.append(Middleware(BodyLimit, max_bytes=settings.max_body_bytes))
 
-    app = FastAPI(
+    app = _ServiceApp(
         title=f"CloudMart {service} service",
         description=description or f"The {service} service of CloudMart sagas.",
         version="0.1.0",
@@ -179,9 +193,15 @@ def create_app(
     app.state.telemetry = telemetry
     app.state.health_checks = dict(health_checks or {})
     install_error_handlers(app)
-    app.include_router(_operations_router())
+    operations = _operations_router()
+    app.include_router(operations)
     for router in routers:
         app.include_router(router, dependencies=[Depends(bind_order_id)])
+    # The routers' own routes, not app.routes: FastAPI may keep an included router as one
+    # opaque route. Included without a prefix, each route's path is the one served.
+    routes.extend(route for route in app.router.routes if isinstance(route, Route))
+    for router in (operations, *routers):
+        routes.extend(router.routes)
     return app
 
 

@@ -23,7 +23,8 @@ from rest_support import (
 from activities import Database, create_order
 from cloudmart.schema import create_schema
 from services._kit import ConfigurationError
-from services.registry import SERVICES, build_service_app
+from services._kit.roster import SERVICE_NAMES
+from services.registry import build_service_app
 
 SEED_PATHS = {
     "order": {"/orders", "/orders/{order_id}", "/orders/{order_id}/cancel"},
@@ -69,7 +70,7 @@ async def db(url: str) -> AsyncIterator[Database]:
 def test_the_registry_builds_every_domain_service(url: str) -> None:
     apps = {name: build_service_app(name, settings_for(url)) for name in SEED_PATHS}
 
-    assert set(SEED_PATHS) <= set(SERVICES)
+    assert set(SEED_PATHS) <= set(SERVICE_NAMES)
     assert all(app.state.service == name for name, app in apps.items())
     with pytest.raises(ValueError, match="unknown service"):
         build_service_app("warehouse", settings_for(url))
@@ -93,6 +94,40 @@ async def test_openapi_documents_the_business_refusals_of_a_route(url: str) -> N
 
     assert {"200", "402", "404", "409", "422"} <= set(responses)
     assert "PaymentFailed" in responses["402"]["description"]
+
+
+@pytest.mark.parametrize("service", sorted(SERVICE_NAMES))
+def test_openapi_declares_the_kits_errors_on_every_post(url: str, service: str) -> None:
+    schema = build_service_app(service, settings_for(url)).openapi()
+
+    posts = {path: item["post"] for path, item in schema["paths"].items() if "post" in item}
+    assert posts
+    for path, operation in posts.items():
+        for status in ("400", "413", "422", "500", "503"):
+            content = operation["responses"][status]["content"]["application/json"]
+            assert content["schema"] == {"$ref": "#/components/schemas/ErrorBody"}, (path, status)
+
+
+@pytest.mark.parametrize(
+    ("service", "method", "path", "allow"),
+    [
+        ("inventory", "GET", "/inventory/reserve", "POST"),  # not GET /inventory/{book_id}
+        ("inventory", "GET", "/inventory/release", "POST"),
+        ("inventory", "DELETE", "/inventory/1", "GET"),
+        ("payment", "GET", "/payments/process", "POST"),  # not GET /payments/{order_id}
+        ("shipping", "GET", "/shipping/arrange", "POST"),
+        ("order", "DELETE", "/orders", "POST"),
+        ("order", "GET", "/orders/o-1/cancel", "PUT"),
+    ],
+)
+async def test_an_undeclared_method_is_405_with_allow(
+    url: str, service: str, method: str, path: str, allow: str
+) -> None:
+    async with running(build_service_app(service, settings_for(url))) as client:
+        response = await client.request(method, path)
+
+    assert assert_error(response, 405)["error"] == "method_not_allowed"
+    assert response.headers["allow"] == allow
 
 
 @pytest.mark.mysql

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 
 import pytest
-from pydantic import ValidationError
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import BaseModel, ValidationError
 
 from activities.errors import PaymentFailed, StockUnavailable, from_wire
-from contracts.commands import PlaceOrder, ProcessPayment
+from contracts.commands import Address, PlaceOrder, ProcessPayment
 
 ADDRESS = {
     "name": "Hanako",
@@ -75,6 +78,43 @@ def test_money_accepts_two_decimals() -> None:
     assert ProcessPayment.model_validate(
         {"order_id": "o1", "customer_id": 1, "amount": "12.50"}
     ).amount == Decimal("12.50")
+
+
+# What the JSON schema says is what validation does: a client reading the OpenAPI document
+# can tell a good request from a refused one.
+
+
+def _accepted(model: type[BaseModel], data: object) -> bool:
+    try:
+        model.model_validate(data)
+    except ValidationError:
+        return False
+    return True
+
+
+def test_the_schema_refuses_exactly_the_control_characters_validation_refuses() -> None:
+    properties = Address.model_json_schema()["properties"]
+    for name in ("name", "line1", "city", "postal_code"):
+        pattern = properties[name]["pattern"]
+        for code in range(0x3000):  # C0, DEL, C1 and well beyond
+            value = f"a{chr(code)}"
+            valid = _accepted(Address, {**ADDRESS, name: value})
+            assert (re.fullmatch(pattern, value) is not None) is valid, (name, hex(code))
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_every_amount_the_schema_allows_is_accepted(data: st.DataObject) -> None:
+    number, text = ProcessPayment.model_json_schema()["properties"]["amount"]["anyOf"]
+    amount = data.draw(
+        st.one_of(
+            st.from_regex(text["pattern"], fullmatch=True),
+            st.integers(0, 999_999_999_999).map(lambda cents: cents / 100),
+        )
+    )
+    if isinstance(amount, float):
+        assert number["minimum"] <= amount <= number["maximum"]
+    assert _accepted(ProcessPayment, {"order_id": "o1", "customer_id": 1, "amount": amount})
 
 
 def test_errors_round_trip_the_wire() -> None:
