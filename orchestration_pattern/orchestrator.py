@@ -23,7 +23,8 @@ from engine.errors import SagaAlreadyFinished, SagaNotFound, WorkflowAlreadyStar
 from engine.history import Event, SagaRecord
 from engine.observer import SagaObserver
 from engine.ports import HistoryStore, Transport
-from workflows.order_saga import place_order
+from engine.workflow import Workflow
+from workflows.order_saga import place_order, place_order_declarative
 
 # Called around every history write when given: ``(point, event_types)`` with the points
 # ``freeze_before_history`` and ``crash_after_history`` (the process's failure points).
@@ -49,17 +50,25 @@ class Orchestrator:
         self.engine = engine
         self.db = db
 
-    async def start(self, order: PlaceOrder, *, idempotency_key: str | None = None) -> SagaHandle:
+    async def start(
+        self,
+        order: PlaceOrder,
+        *,
+        idempotency_key: str | None = None,
+        workflow: Workflow = place_order,
+    ) -> SagaHandle:
         """Start the order saga; with a key, the same key and body give the same saga.
 
         Unknown customers and books are refused here (404), before any saga exists.
+        ``workflow`` is the typed :func:`~workflows.order_saga.place_order` unless the caller
+        asks for the seed's declarative definition of the same saga.
         """
         await check_order(self.db, order)
         order_id = order_id_for(idempotency_key)
         structlog.contextvars.bind_contextvars(order_id=order_id)  # the correlation id
         command = CreateOrder(order_id=order_id, **order.model_dump())
         try:
-            return await self.engine.start(place_order, command, workflow_id=order_id)
+            return await self.engine.start(workflow, command, workflow_id=order_id)
         except WorkflowAlreadyStarted as exc:
             raise IdempotencyKeyReused(
                 "this Idempotency-Key was used with a different order", order_id=order_id
@@ -157,6 +166,6 @@ def build_engine(
         compensation_alert_attempts=compensation_alert_attempts,
         default_step_timeout=step_timeout,
         saga_deadline=saga_deadline,
-        workflows=[place_order],
+        workflows=[place_order, place_order_declarative],
         observer=observer,
     )

@@ -13,10 +13,13 @@ from conftest import mysql_database_url
 from rest_support import prepared_database, running, settings_for
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from contracts.commands import PlaceOrder
 from engine import Engine
 from engine.adapters import InMemoryTransport, SqlHistoryStore
+from orchestration_pattern.orchestrator import Orchestrator
 from services.orchestrator.api import SagaView
 from services.orchestrator.main import build_app
+from workflows import place_order_declarative
 
 JP = {
     "name": "Hanako",
@@ -137,3 +140,44 @@ async def test_bad_orders_are_refused_before_any_saga(api: httpx.AsyncClient) ->
     assert (await api.post("/saga/start", json=order((404, 1)))).status_code == 404
     assert (await api.get("/saga", params={"status": "NOPE"})).status_code == 422
     assert (await api.get("/saga")).json()["sagas"] == []
+
+
+@pytest.mark.parametrize(("country", "outcome"), [("JP", "COMPLETED"), ("US", "FAILED")])
+async def test_the_seeds_declarative_workflow_runs_the_saga_through_the_orchestrator(
+    database_url: str, tmp_path: Path, country: str, outcome: str
+) -> None:
+    async with prepared_database(database_url):
+        pass
+    embedded = database_url.startswith("sqlite")
+    settings = settings_for(
+        None if embedded else database_url, sqlite_path=str(tmp_path / "orchestrator.db")
+    )
+    app = build_app(settings)
+    async with running(app) as api:
+        orchestrator: Orchestrator = app.state.orchestrator
+        handle = await orchestrator.start(
+            PlaceOrder.model_validate(order((1, 2), country=country)),
+            workflow=place_order_declarative,
+        )
+        saga = await final(api, handle.workflow_id)
+        assert saga["status"] == outcome
+        recorded = await orchestrator.engine.status(handle.workflow_id)
+        assert recorded.workflow_name == "place_order_declarative"
+        steps = {s["name"]: s["state"] for s in saga["steps"]}  # type: ignore[union-attr]
+        if outcome == "COMPLETED":
+            assert list(steps) == [
+                "order.create_order",
+                "inventory.reserve_stock",
+                "payment.process_payment",
+                "shipping.arrange_shipping",
+                "order.complete_order",
+            ]
+            assert set(steps.values()) == {"COMPLETED"}
+        else:
+            assert steps["shipping.arrange_shipping"] == "FAILED"
+            for step in (
+                "order.create_order",
+                "inventory.reserve_stock",
+                "payment.process_payment",
+            ):
+                assert steps[step] == "COMPENSATED"
