@@ -3,8 +3,10 @@
 Design
 ======
 
-*Workflows* are ``@workflow`` async functions ``(ctx, input)``. They touch the world only through
-``ctx.step("service.method", payload, compensate="service.undo", milestone=...)``, ``ctx.now()``,
+*Workflows* are ``@workflow`` async functions ``(ctx, command)``. They touch the world only
+through ``ctx.step(ACTIVITY, Command(...))`` (an :class:`Activity` names the operation, its result
+model, its compensation and milestone; ``ctx.step("service.method", payload, compensate=...,
+milestone=...)`` is the same by name, for workflows built from data), ``ctx.now()``,
 ``ctx.uuid()`` and ``ctx.sleep()``. Each such call takes the next *position*; history events carry
 it, and replay answers a recorded position from history (result returned, error re-raised,
 nothing sent, nothing logged). A position whose recorded command differs from the one the code
@@ -45,9 +47,22 @@ cost on the hot path; a saga deadline is checked at each boundary and caps step 
 next_seq), so a stale owner's writes are refused and it stops. The background loop renews the
 leases of running sagas and claims unowned or expired ones.
 
-Public surface: :func:`workflow`, :class:`WorkflowContext`, :class:`RetryPolicy`,
-:class:`Engine` (+ the result types it returns). Ports in :mod:`engine.ports`, adapters in
-:mod:`engine.adapters`, errors in :mod:`engine.errors`, clocks in :mod:`engine.clock`.
+Modules
+=======
+
+=========================  ====================================================================
+:mod:`engine.workflow`     what workflow authors use: ``workflow``, ``WorkflowContext``,
+                           ``RetryPolicy``, ``Activity`` (no I/O)
+:mod:`engine.api`          :class:`Engine`: start, cancel, status, wait, history, list; recovery,
+                           leases and the background loop; the status views
+``engine._runtime``        the replay of one saga under one lease (private)
+:mod:`engine.history`      the events and the ``saga_instances`` projection
+:mod:`engine.ports`        ``HistoryStore``, ``Transport``, ``Clock`` (protocols only)
+:mod:`engine.adapters`     SQL and in-memory stores, RabbitMQ and in-memory transports
+:mod:`engine.observer`     what the engine reports (``SagaObserver``, ``EngineCounters``)
+:mod:`engine.errors`       the error tree; :mod:`engine.clock`: system and fake clocks
+:mod:`engine.testing`      fake services for tests of workflows
+=========================  ====================================================================
 """
 
 from __future__ import annotations
