@@ -20,7 +20,7 @@ from services._kit.app import (
 )
 from services._kit.errors import ErrorBody, error_responses
 from services._kit.logging import configure_logging
-from services._kit.params import BookIdPath, OrderIdPath
+from services._kit.params import BookIdPath, IdempotencyKeyHeader, OrderIdPath
 from services._kit.roster import SERVICE_PORTS
 from services._kit.settings import Settings, get_settings
 
@@ -30,6 +30,7 @@ __all__ = [
     "ConfigurationError",
     "DatabaseDep",
     "ErrorBody",
+    "IdempotencyKeyHeader",
     "OrderIdPath",
     "Settings",
     "SettingsDep",

@@ -1,10 +1,10 @@
-"""Path parameters shared by the services, validated before any query is built."""
+"""Path parameters and headers shared by the services, validated before any query is built."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Path
+from fastapi import Header, Path
 
 from contracts.commands import INT32_MAX
 
@@ -19,4 +19,14 @@ OrderIdPath = Annotated[
 ]
 BookIdPath = Annotated[
     int, Path(ge=1, le=INT32_MAX, description="A book's id (a positive 32-bit integer).")
+]
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=200,
+        pattern=r"^[\x21-\x7e]+$",
+        description="Retry-safe start: the same key and body give the same order (and saga).",
+    ),
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Query, Request, Response, status
 from pydantic import BaseModel, Field
 
 from activities.errors import BookNotFound, CustomerNotFound, IdempotencyKeyReused
@@ -15,7 +15,7 @@ from orchestration_pattern.orchestrator import (
     SagaFinished,
     SagaUnknown,
 )
-from services._kit import OrderIdPath, error_responses
+from services._kit import IdempotencyKeyHeader, OrderIdPath, error_responses
 
 router = APIRouter(prefix="/saga", tags=["saga"])
 
@@ -39,16 +39,6 @@ async def orchestrator_of(request: Request) -> Orchestrator:
 
 
 OrchestratorDep = Annotated[Orchestrator, Depends(orchestrator_of)]
-IdempotencyKey = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key",
-        min_length=1,
-        max_length=200,
-        pattern=r"^[\x21-\x7e]+$",
-        description="Retry-safe start: the same key and body return the same saga.",
-    ),
-]
 
 
 class SagaStarted(BaseModel):
@@ -128,7 +118,7 @@ async def start_saga(
     order: PlaceOrder,
     orchestrator: OrchestratorDep,
     response: Response,
-    idempotency_key: IdempotencyKey = None,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> SagaStarted:
     handle = await orchestrator.start(order, idempotency_key=idempotency_key)
     response.headers["Location"] = f"/saga/{handle.workflow_id}/status"

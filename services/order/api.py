@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Header, Query, Request, status
+from fastapi import APIRouter, Query, Request, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -31,20 +31,15 @@ from choreography_pattern.saga import (
     start_order,
 )
 from contracts.commands import CreateOrder, OrderRef, OrderView, PlaceOrder
-from services._kit import DatabaseDep, OrderIdPath, SettingsDep, error_responses
+from services._kit import (
+    DatabaseDep,
+    IdempotencyKeyHeader,
+    OrderIdPath,
+    SettingsDep,
+    error_responses,
+)
 
 router = APIRouter(prefix="/orders", tags=["orders"])
-
-IdempotencyKey = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key",
-        min_length=1,
-        max_length=200,
-        pattern=r"^[\x21-\x7e]+$",
-        description="Choreography: retry-safe start; the same key and body give the same order.",
-    ),
-]
 
 
 class OrderAccepted(BaseModel):
@@ -79,7 +74,7 @@ async def place_order(
     db: DatabaseDep,
     settings: SettingsDep,
     request: Request,
-    idempotency_key: IdempotencyKey = None,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> JSONResponse:
     if settings.pattern == "choreography":
         order, created = await start_order(db, body, idempotency_key=idempotency_key)

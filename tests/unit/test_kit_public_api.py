@@ -19,6 +19,7 @@ def test_kit_exports_exactly_its_public_names() -> None:
         "ConfigurationError",
         "DatabaseDep",
         "ErrorBody",
+        "IdempotencyKeyHeader",
         "OrderIdPath",
         "Settings",
         "SettingsDep",
