@@ -21,7 +21,7 @@ import structlog
 from pydantic import BaseModel
 
 from engine._runtime import RunConfig, RunDeps, _Run, canonical_json
-from engine.clock import FakeClock, SystemClock
+from engine.clock import SystemClock
 from engine.errors import SagaNotFound, WorkflowAlreadyStarted, WorkflowDefinitionError
 from engine.history import STARTED, TERMINAL_STATUSES, Event, EventType, SagaRecord
 from engine.observer import EngineCounters, NullObserver, SagaObserver
@@ -350,53 +350,9 @@ class Engine:
         """Sagas this engine is driving right now."""
         return len(self._runs)
 
-    async def run_until_idle(self, *, recover: bool = True, max_idle_rounds: int = 200) -> None:
-        """Drive every saga until none is left to run (tests).
-
-        ``recover`` also claims sagas that are unowned, expired or ours but not running — a
-        saga abandoned after a (simulated) crash included; ``recover=False`` plays a process
-        that stops driving what it lost. With a :class:`FakeClock`, time jumps to the next
-        sleeper whenever every saga waits on the clock, so retries, backoff and timeouts take
-        no real time.
-        """
-        fake = self.clock if isinstance(self.clock, FakeClock) else None
-        idle = 0
-        while True:
-            if not self._runs:
-                if not recover or await self.recover() == 0:
-                    return
-                continue
-            if fake is not None:
-                await self._settle(fake)
-                if not self._runs:
-                    continue
-                if fake.advance_to_next():
-                    continue
-                idle += 1
-                if idle > max_idle_rounds:
-                    raise RuntimeError("run_until_idle: sagas are blocked outside the clock")
-            tasks = [task for _, task in self._runs.values()]
-            await asyncio.wait(
-                tasks,
-                return_when=asyncio.FIRST_COMPLETED,
-                timeout=0.05 if fake is not None else None,
-            )
-
-    async def _settle(self, clock: FakeClock) -> None:
-        stable = 0
-        last: tuple[int, ...] = ()
-        while stable < 3:
-            for _ in range(10):
-                await asyncio.sleep(0)
-            state = (
-                len(self._runs),
-                clock.sleepers,
-                self.counters.steps_completed,
-                self.counters.step_retries,
-                self.counters.compensations_completed,
-            )
-            stable = stable + 1 if state == last else 0
-            last = state
+    def drive_tasks(self) -> builtins.list[asyncio.Task[None]]:
+        """The tasks of the sagas this engine is driving (for the test driver)."""
+        return [task for _, task in self._runs.values()]
 
     def start_background(self) -> None:
         """Start the loop that renews leases and claims expired or unowned sagas."""

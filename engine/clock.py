@@ -1,4 +1,4 @@
-"""Clocks: the real one and a fake one that tests advance (``Engine.run_until_idle`` does)."""
+"""Clocks: the real one and a fake one that tests advance (as ``engine.testing`` does)."""
 
 from __future__ import annotations
 

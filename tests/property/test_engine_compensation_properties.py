@@ -25,7 +25,7 @@ from engine.adapters.memory_transport import Fault
 from engine.clock import FakeClock
 from engine.errors import StoreUnavailable
 from engine.history import Event, EventType
-from engine.testing import FakeServices
+from engine.testing import FakeServices, run_until_idle
 
 RETRY = RetryPolicy(initial_interval=1.0, backoff=2.0, max_interval=8.0, max_attempts=4)
 COMP_RETRY = RetryPolicy(initial_interval=1.0, backoff=2.0, max_interval=4.0, max_attempts=None)
@@ -105,10 +105,10 @@ async def run(plan: Plan) -> tuple[FakeServices, list[Event], str]:
     first = Engine(store, transport, owner_id="first", **options)
     with contextlib.suppress(StoreUnavailable):  # a crash right after the start's commit
         await first.start(chain, {"steps": plan.steps}, workflow_id="saga")
-    await first.run_until_idle(recover=False)
+    await run_until_idle(first, recover=False)
     clock.advance(100)  # the first engine is gone; its lease expires
     second = Engine(store, transport, owner_id="second", workflows=[chain], **options)
-    await second.run_until_idle()
+    await run_until_idle(second)
     clock.advance(1000)  # late (timed-out) commands arrive now
     await transport.drain()
     status = await second.status("saga")

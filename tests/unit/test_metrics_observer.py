@@ -21,7 +21,7 @@ from engine.adapters import InMemoryHistoryStore
 from engine.adapters.memory_transport import Fault, current_request
 from engine.clock import FakeClock
 from engine.observer import NO_FAILED_STEP, NullObserver, SagaObserver
-from engine.testing import FakeServices
+from engine.testing import FakeServices, run_until_idle
 from orchestration_pattern.metrics import PrometheusSagaObserver
 from services._kit import Settings, configure_logging
 from services._kit.app import LATENCY_BUCKETS
@@ -59,7 +59,7 @@ class Rig:
 
     async def run(self, order_id: str) -> str:
         await self.engine.start(place_order, order(order_id), workflow_id=order_id)
-        await self.engine.run_until_idle()
+        await run_until_idle(self.engine)
         return (await self.engine.status(order_id)).status
 
 
@@ -161,7 +161,7 @@ async def test_a_cancelled_saga_finishes_failed_with_no_failed_step() -> None:
     rig = Rig(services())
     await rig.engine.start(place_order, order("o-cancel"), workflow_id="o-cancel")
     await rig.engine.cancel("o-cancel")
-    await rig.engine.run_until_idle()
+    await run_until_idle(rig.engine)
 
     labels = {"workflow": WORKFLOW, "status": "FAILED", "failed_step": NO_FAILED_STEP}
     assert rig.value("cloudmart_saga_finished_total", **labels) == 1
@@ -181,7 +181,7 @@ async def test_a_resumed_saga_counts_as_resumed_not_started() -> None:
         observer=PrometheusSagaObserver(registry, buckets=LATENCY_BUCKETS),
     )
 
-    await engine.run_until_idle()
+    await run_until_idle(engine)
 
     def value(name: str, **labels: str) -> float:
         return registry.get_sample_value(name, labels) or 0.0

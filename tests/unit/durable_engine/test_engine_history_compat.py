@@ -22,7 +22,7 @@ from engine import Engine
 from engine.adapters import InMemoryHistoryStore
 from engine.clock import FakeClock
 from engine.history import Event, EventType, SagaRecord
-from engine.testing import FakeServices
+from engine.testing import FakeServices, run_until_idle
 from workflows import place_order
 
 RECORDED = json.loads((Path(__file__).parent / "histories_before_typed_steps.json").read_text())
@@ -73,7 +73,7 @@ async def take_over(saga: str, cut: int) -> tuple[Engine, list[tuple[str, Any]],
 
     transport.request = spy  # type: ignore[method-assign]
     engine = Engine(store, transport, clock=clock, owner_id="today", workflows=[place_order])
-    await engine.run_until_idle()
+    await run_until_idle(engine)
     return engine, sent, events
 
 

@@ -17,7 +17,7 @@ from engine.adapters.sql_tables import saga_instances
 from engine.clock import FakeClock
 from engine.errors import StoreUnavailable
 from engine.history import Event, EventType
-from engine.testing import FakeServices
+from engine.testing import FakeServices, run_until_idle
 
 STEPS = {f"svc.step{i}": f"svc.undo{i}" for i in range(3)}
 BODY_RUNS: collections.Counter[str] = collections.Counter()
@@ -74,11 +74,11 @@ async def test_recovered_saga_reruns_the_body_but_no_step_twice(crash_at: int, a
         CrashingStore(inner, crash_at, after=after), transport, clock=clock, owner_id="first"
     )
     await first.start(counted, {}, workflow_id=wid)
-    await first.run_until_idle(recover=False)
+    await run_until_idle(first, recover=False)
     assert (await first.status(wid)).status not in ("COMPLETED", "FAILED")
     clock.advance(60)
     second = Engine(inner, transport, clock=clock, owner_id="second", workflows=[counted])
-    await second.run_until_idle()
+    await run_until_idle(second)
     assert (await second.status(wid)).status == "COMPLETED"
     assert BODY_RUNS[wid] == 2
     assert [services.executions[(wid, step)] for step in STEPS] == [1, 1, 1]
@@ -100,12 +100,12 @@ async def test_replay_on_mariadb_forced_back_to_pending() -> None:
         transport = services.transport()
         first = Engine(CrashingStore(store, 3), transport, owner_id="first")
         await first.start(counted, {}, workflow_id="replay-sql")
-        await first.run_until_idle(recover=False)
+        await run_until_idle(first, recover=False)
         async with db.begin() as conn:  # the process died: its lease is gone
             await conn.execute(sa.update(saga_instances).values(owner=None, lease_expires_at=None))
         second = Engine(store, transport, owner_id="second", workflows=[counted])
         assert await second.recover() == 1
-        await second.run_until_idle()
+        await run_until_idle(second)
         status = await second.status("replay-sql")
         assert status.status == "COMPLETED"
         assert BODY_RUNS["replay-sql"] == 2

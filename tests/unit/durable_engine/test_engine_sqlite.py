@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from engine import Engine
 from engine.adapters import SqlHistoryStore
 from engine.adapters.memory_transport import current_request
-from engine.testing import BusinessError, FakeServices
+from engine.testing import BusinessError, FakeServices, run_until_idle
 from workflows import place_order
 
 
@@ -38,7 +38,7 @@ async def test_many_sagas_share_one_sqlite_connection_without_deadlock(tmp_path:
         transport._handlers["shipping.arrange_shipping"] = ship
         for n in range(20):
             await engine.start(place_order, order(f"o-{n}"), workflow_id=f"o-{n}")
-        await engine.run_until_idle()
+        await run_until_idle(engine)
         statuses = {s.workflow_id: s.status for s in await engine.list(limit=50)}
         assert statuses == {f"o-{n}": "FAILED" if n in (7, 17) else "COMPLETED" for n in range(20)}
         assert store.commits < store.writes  # appends of concurrent sagas were grouped

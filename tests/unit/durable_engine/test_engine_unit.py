@@ -19,6 +19,7 @@ from engine.errors import (
     WorkflowDefinitionError,
 )
 from engine.history import EventType
+from engine.testing import run_until_idle
 from workflows import place_order, place_order_declarative
 
 HAPPY = [
@@ -52,7 +53,7 @@ def test_public_api_is_pinned() -> None:
 async def test_happy_path_status_moves_through_every_milestone() -> None:
     r = rig()
     handle = await r.engine.start(place_order, order(), workflow_id="o-1")
-    await r.engine.run_until_idle()
+    await run_until_idle(r.engine)
     assert r.statuses(handle.saga_id) == HAPPY
     status = await r.engine.status("o-1")
     assert status.status == "COMPLETED"
@@ -64,14 +65,14 @@ async def test_happy_path_status_moves_through_every_milestone() -> None:
 async def test_happy_path_costs_one_commit_per_step_plus_start_and_finish() -> None:
     r = rig()
     await r.engine.start(place_order, order(), workflow_id="o-1")
-    await r.engine.run_until_idle()
+    await run_until_idle(r.engine)
     assert r.store.commits == len(FORWARD) + 2
 
 
 async def test_idempotency_keys_are_workflow_id_and_method() -> None:
     r = rig()
     await r.engine.start(place_order, order(), workflow_id="o-1")
-    await r.engine.run_until_idle()
+    await run_until_idle(r.engine)
     assert [c.idempotency_key for c in r.transport.calls] == [
         "o-1:create_order",
         "o-1:reserve_stock",
@@ -93,7 +94,7 @@ async def test_step_payloads_follow_the_order_contract() -> None:
     r.transport.request = spy  # type: ignore[method-assign]
     r.services.refuse.add("shipping.arrange_shipping")
     await r.engine.start(place_order, order(), workflow_id="o-1")
-    await r.engine.run_until_idle()
+    await run_until_idle(r.engine)
     assert seen["order.create_order"] == order()
     assert seen["inventory.reserve_stock"] == {"order_id": "o-1", "items": order()["items"]}
     assert seen["payment.process_payment"] == {
@@ -113,7 +114,7 @@ async def test_business_failure_compensates_completed_steps_in_reverse_and_fails
     r = rig()
     r.services.refuse.add("payment.process_payment")
     handle = await r.engine.start(place_order, order(), workflow_id="o-1")
-    await r.engine.run_until_idle()
+    await run_until_idle(r.engine)
     assert r.services.for_saga("o-1") == [
         ("do", "order.create_order"),
         ("do", "inventory.reserve_stock"),
@@ -137,7 +138,7 @@ async def test_business_errors_are_never_retried() -> None:
     r = rig()
     r.services.refuse.add("inventory.reserve_stock")
     await r.engine.start(place_order, order(), workflow_id="o-1")
-    await r.engine.run_until_idle()
+    await run_until_idle(r.engine)
     assert r.services.calls["inventory.reserve_stock"] == 1
     assert r.engine.counters.step_retries == 0
 
@@ -146,7 +147,7 @@ async def test_transient_errors_are_retried_with_exponential_backoff() -> None:
     r = rig()
     r.transport.inject("inventory.reserve_stock", Fault("transient", times=3))
     await r.engine.start(place_order, order(), workflow_id="o-1")
-    await r.engine.run_until_idle()
+    await run_until_idle(r.engine)
     history = await r.engine.history("o-1")
     retries = [e for e in history if e.type == EventType.STEP_RETRYING]
     waits = [
@@ -163,7 +164,7 @@ async def test_exhausted_retries_count_the_step_as_possibly_done_and_compensate_
     r = rig()
     r.transport.inject("payment.process_payment", Fault("drop_reply", times=5))
     await r.engine.start(place_order, order(), workflow_id="o-1")
-    await r.engine.run_until_idle()
+    await run_until_idle(r.engine)
     # The payment happened (its reply was lost 5 times): it must be refunded.
     assert r.services.for_saga("o-1")[-3:] == [
         ("undo", "payment.process_payment"),
@@ -183,7 +184,7 @@ async def test_the_step_after_the_pivot_is_retried_until_done_never_compensated(
     # shipping was arranged, so the saga can only go forward
     r.transport.inject("order.complete_order", Fault("drop_reply", times=8))
     await r.engine.start(definition, order(), workflow_id="o-1")
-    await r.engine.run_until_idle()
+    await run_until_idle(r.engine)
     status = await r.engine.status("o-1")
     assert status.status == "COMPLETED"
     assert status.steps[-1].attempts == 9
@@ -195,7 +196,7 @@ async def test_step_timeout_is_recorded_and_retried_with_the_same_key() -> None:
     r = rig(default_step_timeout=5.0)
     r.transport.inject("shipping.arrange_shipping", Fault("delay", seconds=60))
     await r.engine.start(place_order, order(), workflow_id="o-1")
-    await r.engine.run_until_idle()
+    await run_until_idle(r.engine)
     r.clock.advance(120)  # the late delivery of the first attempt arrives now
     await r.transport.drain()
     history = await r.engine.history("o-1")
@@ -212,7 +213,7 @@ async def test_saga_deadline_stops_retrying_and_compensates() -> None:
     r = rig(saga_deadline=3.0)
     r.transport.inject("payment.process_payment", Fault("transient", times=100))
     await r.engine.start(place_order, order(), workflow_id="o-1")
-    await r.engine.run_until_idle()
+    await run_until_idle(r.engine)
     status = await r.engine.status("o-1")
     assert status.status == "FAILED"
     assert status.failure_reason == "deadline exceeded"
@@ -224,7 +225,7 @@ async def test_cancel_before_the_first_step_sends_nothing() -> None:
     r = rig()
     await r.engine.start(place_order, order(), workflow_id="o-1")
     await r.engine.cancel("o-1")
-    await r.engine.run_until_idle()
+    await run_until_idle(r.engine)
     status = await r.engine.status("o-1")
     assert (status.status, status.failure_reason) == ("FAILED", "cancelled")
     assert list(r.transport.calls) == []
@@ -241,7 +242,7 @@ async def test_cancel_is_honoured_at_the_next_step_boundary() -> None:
 
     r.transport._handlers["inventory.reserve_stock"] = reserve_then_cancel
     await r.engine.start(place_order, order(), workflow_id="o-1")
-    await r.engine.run_until_idle()
+    await run_until_idle(r.engine)
     assert r.services.calls["payment.process_payment"] == 0
     assert r.services.for_saga("o-1") == [
         ("do", "order.create_order"),
@@ -257,7 +258,7 @@ async def test_cancel_is_honoured_at_the_next_step_boundary() -> None:
 async def test_cancel_of_a_finished_or_unknown_saga_is_refused() -> None:
     r = rig()
     await r.engine.start(place_order, order(), workflow_id="o-1")
-    await r.engine.run_until_idle()
+    await run_until_idle(r.engine)
     with pytest.raises(SagaAlreadyFinished):
         await r.engine.cancel("o-1")
     with pytest.raises(SagaNotFound):
@@ -271,7 +272,7 @@ async def test_start_is_idempotent_per_workflow_id() -> None:
     assert (again.saga_id, again.created, first.created) == (first.saga_id, False, True)
     with pytest.raises(WorkflowAlreadyStarted):
         await r.engine.start(place_order, order(customer_id=2), workflow_id="o-1")
-    await r.engine.run_until_idle()
+    await run_until_idle(r.engine)
     assert r.services.executions[("o-1", "order.create_order")] == 1
     assert len(await r.engine.list()) == 1
 
@@ -281,7 +282,7 @@ async def test_compensation_is_retried_until_it_succeeds_and_flags_an_operator()
     r.services.refuse.add("shipping.arrange_shipping")
     r.services.comp_failures["inventory.release_stock"] = 5
     handle = await r.engine.start(place_order, order(), workflow_id="o-1")
-    await r.engine.run_until_idle()
+    await run_until_idle(r.engine)
     flagged = [(s, op) for sid, s, op in r.projections if sid == handle.saga_id and op]
     assert flagged and all(s == "COMPENSATION_STARTED" for s, _ in flagged)
     assert r.engine.counters.operator_alerts == 1
@@ -297,7 +298,7 @@ async def test_saga_never_fails_before_its_last_compensation_is_done() -> None:
     r.services.refuse.add("payment.process_payment")
     r.services.comp_failures["order.cancel_order"] = 3
     handle = await r.engine.start(place_order, order(), workflow_id="o-1")
-    await r.engine.run_until_idle()
+    await run_until_idle(r.engine)
     history = await r.engine.history("o-1")
     failed_at = next(e.seq for e in history if e.type == EventType.WORKFLOW_FAILED)
     comps = [e.seq for e in history if e.type == EventType.COMPENSATION_COMPLETED]
@@ -316,7 +317,7 @@ async def test_changed_code_parks_the_saga_with_a_nondeterminism_error() -> None
     crash = CrashAfter(3)  # start, step 1 scheduled, step 2 scheduled (+ step 1 completed)
     r = rig(crash=crash)
     await r.engine.start(two_steps, {"order_id": "o-1"}, workflow_id="o-1")
-    await r.engine.run_until_idle(recover=False)
+    await run_until_idle(r.engine, recover=False)
     assert crash.crashed
 
     @workflow(name="two_steps")
@@ -327,7 +328,7 @@ async def test_changed_code_parks_the_saga_with_a_nondeterminism_error() -> None
 
     r.clock.advance(60)
     successor = r.new_engine("unit-b", workflows=[two_steps_v2])
-    await successor.run_until_idle()
+    await run_until_idle(successor)
     status = await successor.status("o-1")
     assert status.status == "PARKED"
     assert status.needs_operator
@@ -339,7 +340,7 @@ async def test_changed_code_parks_the_saga_with_a_nondeterminism_error() -> None
 async def test_declarative_definition_runs_on_the_same_engine() -> None:
     r = rig()
     handle = await r.engine.start(place_order_declarative, order(), workflow_id="o-1")
-    await r.engine.run_until_idle()
+    await run_until_idle(r.engine)
     assert r.statuses(handle.saga_id) == HAPPY
     assert [c.method for c in r.transport.calls] == [t.split(".")[1] for t in FORWARD]
 
@@ -348,7 +349,7 @@ async def test_declarative_definition_compensates_in_reverse() -> None:
     r = rig()
     r.services.refuse.add("shipping.arrange_shipping")
     await r.engine.start(place_order_declarative, order(), workflow_id="o-1")
-    await r.engine.run_until_idle()
+    await run_until_idle(r.engine)
     assert [t for kind, t in r.services.for_saga("o-1") if kind == "undo"] == [
         "payment.process_payment",
         "inventory.reserve_stock",
@@ -387,12 +388,12 @@ async def test_now_uuid_and_sleep_are_replayed_after_a_crash() -> None:
     crash = CrashAfter(2)  # start, then the timer's commit (carrying now/uuid) -> crash
     r = rig(crash=crash)
     await r.engine.start(deterministic_helpers, {}, workflow_id="o-1")
-    await r.engine.run_until_idle(recover=False)
+    await run_until_idle(r.engine, recover=False)
     before = await r.engine.history("o-1")
     markers = [e.payload["value"] for e in before if e.type == EventType.MARKER]
     r.clock.advance(31)  # the crashed owner's lease (30 s) expires
     successor = r.new_engine("unit-b", workflows=[deterministic_helpers])
-    await successor.run_until_idle()
+    await run_until_idle(successor)
     status = await successor.status("o-1")
     assert status.status == "COMPLETED"
     assert [status.result["stamp"], status.result["token"]] == markers
@@ -404,7 +405,7 @@ async def test_status_reports_steps_with_attempts_errors_and_timestamps() -> Non
     r.transport.inject("payment.process_payment", Fault("transient", times=1))
     r.services.refuse.add("shipping.arrange_shipping")
     await r.engine.start(place_order, order(), workflow_id="o-1")
-    await r.engine.run_until_idle()
+    await run_until_idle(r.engine)
     steps = {s.name: s for s in (await r.engine.status("o-1")).steps}
     assert steps["payment.process_payment"].attempts == 2
     assert steps["payment.process_payment"].state == "COMPENSATED"
@@ -436,7 +437,7 @@ async def test_a_finished_saga_is_answered_from_memory_exactly_as_the_store_has_
     await r.engine.start(place_order, order(), workflow_id="o-1")
     if fault == "cancelled":
         await r.engine.cancel("o-1")
-    await r.engine.run_until_idle()
+    await run_until_idle(r.engine)
     remembered = await r.engine.status("o-1")
     assert remembered.status == ("COMPLETED" if fault == "none" else "FAILED")
     # Another engine on the same store has nothing in memory: it reads the store.
@@ -451,7 +452,7 @@ async def test_wait_for_a_saga_this_engine_finished_reads_nothing(
     r = rig()
     await r.engine.start(place_order, order(), workflow_id="o-1")
     waiting = asyncio.ensure_future(r.engine.wait("o-1", timeout=5))
-    await r.engine.run_until_idle()
+    await run_until_idle(r.engine)
 
     async def no_read(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("the store was read")
@@ -467,7 +468,7 @@ async def test_the_engine_forgets_its_oldest_finished_sagas_past_its_cache() -> 
     engine_ = r.new_engine("small", finished_cache=2)
     for i in range(3):
         await engine_.start(place_order, order(f"o-{i}"), workflow_id=f"o-{i}")
-    await engine_.run_until_idle()
+    await run_until_idle(engine_)
     assert list(engine_._finished) == ["o-1", "o-2"]
     assert (await engine_.status("o-0")).status == "COMPLETED"  # read from the store
 
@@ -478,7 +479,7 @@ async def test_wait_gives_up_after_its_timeout_with_the_current_status() -> None
     await r.engine.start(place_order, order(), workflow_id="o-1")
     status = await r.engine.wait("o-1", timeout=0.05)
     assert status.status not in ("COMPLETED", "FAILED")
-    await r.engine.run_until_idle()
+    await run_until_idle(r.engine)
     assert (await r.engine.wait("o-1", timeout=0)).status in ("COMPLETED", "FAILED")
 
 
@@ -501,7 +502,7 @@ async def test_a_saga_being_started_is_not_claimed_by_its_own_engines_recovery()
 
     r.store.create = create_then_recover  # type: ignore[method-assign]
     handle = await r.engine.start(place_order, order(), workflow_id="o-1")
-    await r.engine.run_until_idle(recover=False)
+    await run_until_idle(r.engine, recover=False)
     assert claimed_in_the_gap == [0]
     assert r.engine.counters.abandoned == 0
     assert (await r.engine.status("o-1")).status == "COMPLETED"

@@ -8,7 +8,7 @@ from typing import Any
 from engine import Engine
 from engine.adapters import InMemoryHistoryStore
 from engine.clock import FakeClock
-from engine.testing import FakeServices
+from engine.testing import FakeServices, run_until_idle
 from workflows.restock import CANCEL_PURCHASE, PURCHASE_BOOKS, RECEIVE_BOOKS, Restock, restock
 
 COMMAND = Restock(restock_id="r-1", book_id=3, quantity=20, supplier="Kinokuniya")
@@ -32,7 +32,7 @@ async def run(fakes: FakeServices) -> Engine:
     clock = FakeClock()
     engine = Engine(InMemoryHistoryStore(), fakes.transport(clock), clock=clock)
     await engine.start(restock, COMMAND, workflow_id=COMMAND.restock_id)
-    await engine.run_until_idle()
+    await run_until_idle(engine)
     return engine
 
 
