@@ -54,21 +54,23 @@ Modules
 :mod:`engine.workflow`     what workflow authors use: ``workflow``, ``WorkflowContext``,
                            ``RetryPolicy``, ``Activity`` (no I/O)
 :mod:`engine.api`          :class:`Engine`: start, cancel, status, wait, history, list; recovery,
-                           leases and the background loop; the status views
+                           leases and the background loop
+:mod:`engine.views`        what it answers: ``SagaHandle``, ``SagaStatus``, ``StepStatus``
 ``engine._runtime``        the replay of one saga under one lease (private)
 :mod:`engine.history`      the events and the ``saga_instances`` projection
 :mod:`engine.ports`        ``HistoryStore``, ``Transport``, ``Clock`` (protocols only)
 :mod:`engine.adapters`     SQL and in-memory stores, RabbitMQ and in-memory transports
 :mod:`engine.observer`     what the engine reports (``SagaObserver``, ``EngineCounters``)
 :mod:`engine.errors`       the error tree; :mod:`engine.clock`: system and fake clocks
-:mod:`engine.testing`      fake services for tests of workflows
+:mod:`engine.testing`      the test driver (``run_until_idle``) and fake services
 =========================  ====================================================================
 """
 
 from __future__ import annotations
 
-from engine.api import Engine, SagaHandle, SagaStatus, StepStatus
+from engine.api import Engine
 from engine.observer import EngineCounters
+from engine.views import SagaHandle, SagaStatus, StepStatus
 from engine.workflow import Activity, RetryPolicy, WorkflowContext, workflow
 
 __all__ = [

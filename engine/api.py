@@ -1,5 +1,5 @@
-"""The :class:`Engine` and the views it answers with (:class:`SagaHandle`, :class:`SagaStatus`,
-:class:`StepStatus`)."""
+"""The :class:`Engine`: start, cancel, status, wait, history and list sagas; recover and drive
+them under leases (its views are in :mod:`engine.views`)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,13 @@ import asyncio
 import builtins
 import collections
 import contextlib
-import dataclasses
 import functools
 import json
 import os
 import socket
 import uuid
 from collections.abc import Iterable
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import structlog
@@ -26,9 +25,10 @@ from engine.errors import SagaNotFound, WorkflowAlreadyStarted, WorkflowDefiniti
 from engine.history import STARTED, TERMINAL_STATUSES, Event, EventType, SagaRecord
 from engine.observer import EngineCounters, NullObserver, SagaObserver
 from engine.ports import Clock, HistoryStore, Transport
+from engine.views import SagaHandle, SagaStatus, saga_status
 from engine.workflow import RetryPolicy, Workflow, workflow_name
 
-__all__ = ["Engine", "SagaHandle", "SagaStatus", "StepStatus"]
+__all__ = ["Engine"]
 
 ET = EventType
 _log = structlog.get_logger("engine")
@@ -36,48 +36,6 @@ _log = structlog.get_logger("engine")
 
 DEFAULT_STEP_RETRY = RetryPolicy()
 DEFAULT_COMPENSATION_RETRY = RetryPolicy(initial_interval=0.5, max_interval=30.0, max_attempts=None)
-
-
-@dataclasses.dataclass(frozen=True)
-class SagaHandle:
-    """What ``start`` returns: the saga's ids, its status then, and whether this call made it."""
-
-    saga_id: str
-    workflow_id: str
-    status: str
-    created: bool  # False: the workflow_id was already started with the same input
-
-
-@dataclasses.dataclass(frozen=True)
-class StepStatus:
-    """One step of a saga as its history tells it: state, attempts, times, error, compensation."""
-
-    name: str
-    state: str  # SCHEDULED, RETRYING, COMPLETED, FAILED, COMPENSATING, COMPENSATED
-    attempts: int
-    scheduled_at: datetime | None
-    finished_at: datetime | None
-    last_error: dict[str, Any] | None
-    compensation: str | None
-    compensation_attempts: int
-
-
-@dataclasses.dataclass(frozen=True)
-class SagaStatus:
-    """What ``status``, ``wait`` and ``list`` answer: the saga's row and, from status, its steps."""
-
-    saga_id: str
-    workflow_id: str
-    workflow_name: str
-    status: str
-    failure_reason: str | None
-    needs_operator: bool
-    cancel_requested: bool
-    compensation_attempts: int
-    result: Any
-    created_at: datetime | None
-    updated_at: datetime | None
-    steps: tuple[StepStatus, ...] = ()
 
 
 class Engine:
@@ -226,12 +184,12 @@ class Engine:
         """The saga's projection and a per-step summary built from its history."""
         known = self._finished.get(workflow_id)
         if known is not None:
-            return _status(*known)
+            return saga_status(*known)
         record = await self.store.get(workflow_id)
         if record is None:
             raise SagaNotFound(workflow_id)
         record, events = await self.store.load(record.saga_id)
-        return _status(record, events)
+        return saga_status(record, events)
 
     async def wait(self, workflow_id: str, *, timeout: float) -> SagaStatus:
         """The saga's status once it is finished, or as it is after ``timeout`` seconds.
@@ -247,7 +205,7 @@ class Engine:
             await asyncio.wait([entry[1]], timeout=timeout)
         known = self._finished.get(workflow_id)
         if known is not None:
-            return _status(*known)
+            return saga_status(*known)
         record = await self.store.get(workflow_id)
         if record is None:
             raise SagaNotFound(workflow_id)
@@ -264,7 +222,7 @@ class Engine:
             record, events = await self.store.load(record.saga_id)
         if events is None:
             record, events = await self.store.load(record.saga_id)
-        return _status(record, events)
+        return saga_status(record, events)
 
     async def history(self, workflow_id: str) -> list[Event]:
         """The saga's events in seq order."""
@@ -277,7 +235,7 @@ class Engine:
         self, *, status: str | None = None, limit: int = 100
     ) -> builtins.list[SagaStatus]:
         """Sagas newest first (without steps), optionally with one status."""
-        return [_status(r, None) for r in await self.store.list(status=status, limit=limit)]
+        return [saga_status(r, None) for r in await self.store.list(status=status, limit=limit)]
 
     # -- running ------------------------------------------------------------------------------
 
@@ -406,67 +364,3 @@ class Engine:
             if saga_id not in kept and entry is not None and not entry[1].done():
                 _log.warning("saga.lease_lost", saga_id=saga_id)
                 entry[1].cancel()
-
-
-def _status(record: SagaRecord, events: builtins.list[Event] | None) -> SagaStatus:
-    steps: builtins.list[StepStatus] = []
-    if events is not None:
-        by_pos: dict[int, list[Event]] = {}
-        for event in events:
-            if event.position is not None:
-                by_pos.setdefault(event.position, []).append(event)
-        for position in sorted(by_pos):
-            group = by_pos[position]
-            if group[0].type != ET.STEP_SCHEDULED:
-                continue
-            steps.append(_step_status(group))
-    return SagaStatus(
-        saga_id=record.saga_id,
-        workflow_id=record.workflow_id,
-        workflow_name=record.workflow_name,
-        status=record.status,
-        failure_reason=record.failure_reason,
-        needs_operator=record.needs_operator,
-        cancel_requested=record.cancel_requested,
-        compensation_attempts=record.compensation_attempts,
-        result=record.result,
-        created_at=record.created_at,
-        updated_at=record.updated_at,
-        steps=tuple(steps),
-    )
-
-
-def _step_status(group: builtins.list[Event]) -> StepStatus:
-    first = group[0]
-    state, attempts, finished, last_error = "SCHEDULED", first.attempt, None, None
-    comp_info = first.payload.get("compensation") or {}
-    comp_attempts = 0
-    for event in group:
-        if event.type in (ET.STEP_RETRYING, ET.STEP_TIMED_OUT):
-            state, last_error = "RETRYING", event.payload.get("error")
-            attempts = max(attempts, event.attempt + 1)
-        elif event.type == ET.STEP_COMPLETED:
-            state, finished = "COMPLETED", event.created_at
-            attempts = max(attempts, event.attempt)
-        elif event.type == ET.STEP_FAILED:
-            state, finished, last_error = "FAILED", event.created_at, event.payload.get("error")
-            attempts = max(attempts, event.attempt)
-        elif event.type == ET.COMPENSATION_SCHEDULED:
-            state = "COMPENSATING"
-            comp_attempts = max(comp_attempts, 1)
-        elif event.type == ET.COMPENSATION_RETRYING:
-            last_error = event.payload.get("error")
-            comp_attempts = max(comp_attempts, event.attempt + 1)
-        elif event.type == ET.COMPENSATION_COMPLETED:
-            state, finished = "COMPENSATED", event.created_at
-            comp_attempts = max(comp_attempts, event.attempt)
-    return StepStatus(
-        name=first.step or "",
-        state=state,
-        attempts=attempts,
-        scheduled_at=first.created_at,
-        finished_at=finished,
-        last_error=last_error,
-        compensation=comp_info.get("target"),
-        compensation_attempts=comp_attempts,
-    )
