@@ -1,5 +1,7 @@
-"""The seed's scenarios, choreographed: four real service processes on MariaDB and Redis
-Streams, driven through the order service's REST API, SPEC §6 checked by SQL after each."""
+"""Choreographed end to end: four real service processes on MariaDB and Redis Streams, driven
+through the order service's REST API, SPEC §6 checked by SQL after each. The seed's scenarios
+come from :mod:`seed_scenarios`; what follows them is the choreography's own (redelivered and
+reordered events, dead letters, a customer's cancel)."""
 
 from __future__ import annotations
 
@@ -7,15 +9,15 @@ import itertools
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
-from typing import Any
 
 import httpx
 import pytest
 import sqlalchemy as sa
-from choreography_support import choreography_deployment, finished, run_all, start, sync_engine
+from choreography_support import choreography_deployment, finished, start, sync_engine
 from conftest import TEST_REDIS_URL, until
 from processes import Deployment
-from shop import JP, US, Shop, order
+from seed_scenarios import CHOREOGRAPHY, SeedScenarios
+from shop import US, Shop, order
 
 from activities.orders import order_id_for
 from choreography_pattern import Event
@@ -61,147 +63,8 @@ async def bus(deployment: Deployment) -> AsyncIterator[RedisEventBus]:
     await redis_bus.aclose()
 
 
-# normal flows ------------------------------------------------------------------------------
-
-
-async def test_one_item_order_completes_with_every_effect(
-    api: httpx.AsyncClient, shop: Shop
-) -> None:
-    book, customer = shop.book("1200.00", 10), shop.customer("5000.00")
-    oid = await start(api, order(customer, (book, 2)))
-    body = await finished(api, oid)
-    assert body["status"] == "COMPLETED"
-    assert shop.stock_of(book) == (8, 0)
-    assert shop.balance_of(customer) == Decimal("2600.00")
-    # the order service logs every event it sees; its handlers run concurrently, so the
-    # order can complete before its own OrderCreated is logged: wait for all five
-    expected = {
-        ev.ORDER_CREATED,
-        ev.STOCK_RESERVED,
-        ev.PAYMENT_COMPLETED,
-        ev.SHIPPING_ARRANGED,
-        ev.ORDER_COMPLETED,
-    }
-
-    async def all_seen() -> dict[str, Any] | None:
-        current: dict[str, Any] = (await api.get(f"/orders/{oid}")).json()
-        return current if expected <= {e["type"] for e in current["events"]} else None
-
-    body = await until(all_seen, timeout=10)
-    assert {e["producer"] for e in body["events"]} >= {"order", "inventory", "payment", "shipping"}
-    shop.check([oid])
-
-
-async def test_multi_item_order_completes(api: httpx.AsyncClient, shop: Shop) -> None:
-    books = [shop.book(p, 5) for p in ("100.00", "250.50", "9.99")]
-    customer = shop.customer("10000.00")
-    oid = await start(api, order(customer, (books[0], 1), (books[1], 2), (books[2], 3)))
-    assert (await finished(api, oid))["status"] == "COMPLETED"
-    assert shop.balance_of(customer) == Decimal("10000.00") - Decimal("630.97")
-    shop.check([oid])
-
-
-# failures and compensation -----------------------------------------------------------------
-
-
-async def test_stock_shortage_cancels_with_nothing_reserved_and_no_money_moved(
-    api: httpx.AsyncClient, shop: Shop
-) -> None:
-    book, customer = shop.book("100.00", 1), shop.customer("1000.00")
-    oid = await start(api, order(customer, (book, 2)))
-    body = await finished(api, oid)
-    assert body["status"] == "CANCELLED"
-    assert {ev.STOCK_UNAVAILABLE, ev.PAYMENT_CANCELLED} <= {e["type"] for e in body["events"]}
-    assert shop.stock_of(book) == (1, 0)
-    assert shop.balance_of(customer) == Decimal("1000.00")
-    shop.check([oid])
-
-
-async def test_payment_failure_releases_the_stock(api: httpx.AsyncClient, shop: Shop) -> None:
-    book, customer = shop.book("800.00", 3), shop.customer("500.00")
-    oid = await start(api, order(customer, (book, 1)))
-    body = await finished(api, oid)
-    assert body["status"] == "CANCELLED"
-    assert {ev.PAYMENT_FAILED, ev.STOCK_RELEASED} <= {e["type"] for e in body["events"]}
-    assert shop.stock_of(book) == (3, 0)
-    assert shop.balance_of(customer) == Decimal("500.00")
-    shop.check([oid])
-
-
-async def test_shipping_failure_refunds_and_releases_with_no_live_shipment(
-    api: httpx.AsyncClient, shop: Shop
-) -> None:
-    book, customer = shop.book("300.00", 4), shop.customer("1000.00")
-    oid = await start(api, order(customer, (book, 2), address=US))
-    body = await finished(api, oid)
-    assert body["status"] == "CANCELLED"
-    seen = {e["type"] for e in body["events"]}
-    assert {ev.SHIPPING_FAILED, ev.PAYMENT_REFUNDED, ev.STOCK_RELEASED} <= seen
-    assert shop.stock_of(book) == (4, 0)
-    assert shop.balance_of(customer) == Decimal("1000.00")
-    assert (
-        shop.count(
-            "SELECT COUNT(*) FROM shipments WHERE order_id = :o AND status = 'ARRANGED'", o=oid
-        )
-        == 0
-    )
-    shop.check([oid])
-
-
-async def test_partial_failure_one_book_short_reserves_none_of_the_order(
-    api: httpx.AsyncClient, shop: Shop
-) -> None:
-    plenty, scarce = shop.book("10.00", 50), shop.book("20.00", 1)
-    customer = shop.customer("1000.00")
-    oid = await start(api, order(customer, (plenty, 5), (scarce, 2)))
-    assert (await finished(api, oid))["status"] == "CANCELLED"
-    assert shop.stock_of(plenty) == (50, 0)
-    assert shop.stock_of(scarce) == (1, 0)
-    assert shop.balance_of(customer) == Decimal("1000.00")
-    shop.check([oid])
-
-
-# concurrency -------------------------------------------------------------------------------
-
-
-async def test_120_orders_for_30_copies_complete_exactly_30(
-    api: httpx.AsyncClient, shop: Shop
-) -> None:
-    book, customer = shop.book("1.00", 30), shop.customer("100000.00")
-    statuses = await run_all(api, shop, [order(customer, (book, 1)) for _ in range(120)])
-    assert list(statuses.values()).count("COMPLETED") == 30
-    assert shop.stock_of(book) == (0, 0)
-    shop.check(list(statuses))
-
-
-async def test_60_orders_by_one_customer_whose_balance_covers_20(
-    api: httpx.AsyncClient, shop: Shop
-) -> None:
-    book, customer = shop.book("50.00", 1000), shop.customer("1000.00")
-    statuses = await run_all(api, shop, [order(customer, (book, 1)) for _ in range(60)])
-    assert list(statuses.values()).count("COMPLETED") == 20
-    assert shop.balance_of(customer) == Decimal("0.00")
-    shop.check(list(statuses))
-
-
-async def test_200_orders_at_once_across_books_and_customers_all_end_and_conserve(
-    api: httpx.AsyncClient, shop: Shop
-) -> None:
-    books = [shop.book(f"{10 + i}.00", 40) for i in range(8)]
-    customers = [shop.customer("600.00") for _ in range(25)]
-    bodies = [
-        order(
-            customers[i % 25],
-            (books[i % 8], 1 + i % 3),
-            (books[(i + 3) % 8], 1),
-            address=US if i % 17 == 0 else JP,
-        )
-        for i in range(200)
-    ]
-    statuses = await run_all(api, shop, bodies, timeout=90)
-    assert set(statuses.values()) == {"COMPLETED", "CANCELLED"}
-    assert len(statuses) == 200
-    shop.check(list(statuses))
+class TestSeedScenarios(SeedScenarios):
+    style = CHOREOGRAPHY
 
 
 # delivery faults ---------------------------------------------------------------------------

@@ -1,5 +1,7 @@
-"""The seed's scenarios, orchestrated: five real processes on MariaDB and RabbitMQ, driven
-through the orchestrator's REST API, and SPEC §6's guarantees checked by SQL after each."""
+"""Orchestrated end to end: five real processes on MariaDB and RabbitMQ, driven through the
+orchestrator's REST API, and SPEC §6's guarantees checked by SQL after each. The seed's
+scenarios come from :mod:`seed_scenarios`; what follows them is the orchestrator's own (cancel,
+idempotent starts, lookups, dead letters, a killed orchestrator)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,6 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
-from typing import Any
 
 import aio_pika
 import httpx
@@ -17,13 +18,14 @@ import sqlalchemy as sa
 from conftest import TEST_RABBITMQ_URL, until
 from processes import Deployment, deployed
 from rabbitmq_support import message_count
-from shop import JP, US, Shop, order, sync_engine
+from seed_scenarios import ORCHESTRATION, SeedScenarios
+from seed_scenarios import saga_finished as finished
+from seed_scenarios import saga_start as start
+from shop import Shop, order, sync_engine
 
 from engine.adapters import amqp_names
 
 pytestmark = [pytest.mark.mysql, pytest.mark.rabbitmq, pytest.mark.slow]
-
-SERVICES = ("order", "inventory", "payment", "shipping", "orchestrator")
 
 
 @pytest.fixture(scope="module")
@@ -60,104 +62,11 @@ def shop(sql: sa.Engine) -> Shop:
     return Shop(sql)
 
 
-async def start(api: httpx.AsyncClient, body: dict[str, Any], **headers: str) -> str:
-    response = await api.post("/saga/start", json=body, headers=headers)
-    assert response.status_code == 202, response.text
-    assert response.headers["location"] == f"/saga/{response.json()['order_id']}/status"
-    return str(response.json()["order_id"])
+class TestSeedScenarios(SeedScenarios):
+    style = ORCHESTRATION
 
 
-async def finished(api: httpx.AsyncClient, order_id: str, timeout: float = 30) -> dict[str, Any]:
-    async def terminal() -> dict[str, Any] | None:
-        body = (await api.get(f"/saga/{order_id}/status", params={"wait": 5})).json()
-        return body if body["status"] in ("COMPLETED", "FAILED") else None
-
-    return await until(terminal, timeout=timeout, interval=0.01)
-
-
-async def run_all(
-    api: httpx.AsyncClient, bodies: list[dict[str, Any]], timeout: float = 120
-) -> list[dict[str, Any]]:
-    ids = await asyncio.gather(*(start(api, body) for body in bodies))
-    return list(await asyncio.gather(*(finished(api, oid, timeout) for oid in ids)))
-
-
-# normal flows ------------------------------------------------------------------------------
-
-
-async def test_one_item_order_completes_with_every_effect(
-    api: httpx.AsyncClient, shop: Shop
-) -> None:
-    book, customer = shop.book("1200.00", 10), shop.customer("5000.00")
-    oid = await start(api, order(customer, (book, 2)))
-    saga = await finished(api, oid)
-    assert saga["status"] == "COMPLETED"
-    assert [s["state"] for s in saga["steps"]] == ["COMPLETED"] * 5
-    assert shop.stock_of(book) == (8, 0)
-    assert shop.balance_of(customer) == Decimal("2600.00")
-    shop.check([oid])
-
-
-async def test_multi_item_order_completes(api: httpx.AsyncClient, shop: Shop) -> None:
-    books = [shop.book(p, 5) for p in ("100.00", "250.50", "9.99")]
-    customer = shop.customer("10000.00")
-    oid = await start(api, order(customer, (books[0], 1), (books[1], 2), (books[2], 3)))
-    assert (await finished(api, oid))["status"] == "COMPLETED"
-    assert shop.balance_of(customer) == Decimal("10000.00") - Decimal("630.97")
-    shop.check([oid])
-
-
-# failures and compensation -----------------------------------------------------------------
-
-
-async def test_stock_shortage_fails_with_nothing_reserved_and_no_money_moved(
-    api: httpx.AsyncClient, shop: Shop
-) -> None:
-    book, customer = shop.book("100.00", 1), shop.customer("1000.00")
-    oid = await start(api, order(customer, (book, 2)))
-    saga = await finished(api, oid)
-    assert saga["status"] == "FAILED"
-    assert "StockUnavailable" in saga["failure_reason"]
-    assert shop.stock_of(book) == (1, 0)
-    assert shop.balance_of(customer) == Decimal("1000.00")
-    shop.check([oid])
-
-
-async def test_payment_failure_releases_the_stock(api: httpx.AsyncClient, shop: Shop) -> None:
-    book, customer = shop.book("800.00", 3), shop.customer("500.00")
-    oid = await start(api, order(customer, (book, 1)))
-    saga = await finished(api, oid)
-    assert saga["status"] == "FAILED" and "PaymentFailed" in saga["failure_reason"]
-    assert shop.stock_of(book) == (3, 0)
-    assert shop.balance_of(customer) == Decimal("500.00")
-    shop.check([oid])
-
-
-async def test_shipping_failure_returns_money_and_stock_in_reverse_order(
-    api: httpx.AsyncClient, shop: Shop
-) -> None:
-    book, customer = shop.book("300.00", 4), shop.customer("1000.00")
-    oid = await start(api, order(customer, (book, 2), address=US))
-    saga = await finished(api, oid)
-    assert saga["status"] == "FAILED" and "ShippingFailed" in saga["failure_reason"]
-    assert shop.stock_of(book) == (4, 0)
-    assert shop.balance_of(customer) == Decimal("1000.00")
-    history = (await api.get(f"/saga/{oid}/history")).json()
-    undone = [e["step"] for e in history if e["type"] == "CompensationCompleted"]
-    assert undone == ["payment.cancel_payment", "inventory.release_stock", "order.cancel_order"]
-    shop.check([oid])
-
-
-async def test_partial_failure_one_book_short_reserves_none_of_the_order(
-    api: httpx.AsyncClient, shop: Shop
-) -> None:
-    plenty, scarce = shop.book("10.00", 50), shop.book("20.00", 1)
-    customer = shop.customer("1000.00")
-    oid = await start(api, order(customer, (plenty, 5), (scarce, 2)))
-    assert (await finished(api, oid))["status"] == "FAILED"
-    assert shop.stock_of(plenty) == (50, 0)
-    assert shop.stock_of(scarce) == (1, 0)
-    shop.check([oid])
+# a cancel ----------------------------------------------------------------------------------
 
 
 async def test_cancel_mid_way_compensates_every_step_that_ran(
@@ -185,50 +94,6 @@ async def test_cancel_mid_way_compensates_every_step_that_ran(
 
 async def _status_is(api: httpx.AsyncClient, oid: str, status: str) -> bool:
     return bool((await api.get(f"/saga/{oid}/status")).json()["status"] == status)
-
-
-# concurrency -------------------------------------------------------------------------------
-
-
-async def test_120_orders_for_30_copies_complete_exactly_30(
-    api: httpx.AsyncClient, shop: Shop
-) -> None:
-    book, customer = shop.book("1.00", 30), shop.customer("100000.00")
-    sagas = await run_all(api, [order(customer, (book, 1)) for _ in range(120)])
-    assert sum(s["status"] == "COMPLETED" for s in sagas) == 30
-    assert shop.stock_of(book) == (0, 0)
-    shop.check([s["order_id"] for s in sagas])
-
-
-async def test_60_orders_by_one_customer_whose_balance_covers_20(
-    api: httpx.AsyncClient, shop: Shop
-) -> None:
-    book, customer = shop.book("50.00", 1000), shop.customer("1000.00")
-    sagas = await run_all(api, [order(customer, (book, 1)) for _ in range(60)])
-    assert sum(s["status"] == "COMPLETED" for s in sagas) == 20
-    assert shop.balance_of(customer) == Decimal("0.00")
-    shop.check([s["order_id"] for s in sagas])
-
-
-async def test_200_orders_at_once_across_books_and_customers_all_end_and_conserve(
-    api: httpx.AsyncClient, shop: Shop
-) -> None:
-    books = [shop.book(f"{10 + i}.00", 40) for i in range(8)]
-    customers = [shop.customer("600.00") for _ in range(25)]
-    bodies = [
-        order(
-            customers[i % 25],
-            (books[i % 8], 1 + i % 3),
-            (books[(i + 3) % 8], 1),
-            address=US if i % 17 == 0 else JP,
-        )
-        for i in range(200)
-    ]
-    sagas = await run_all(api, bodies, timeout=180)
-    statuses = {s["status"] for s in sagas}
-    assert statuses <= {"COMPLETED", "FAILED"}
-    assert "COMPLETED" in statuses and "FAILED" in statuses
-    shop.check([s["order_id"] for s in sagas])
 
 
 # the API's contract ------------------------------------------------------------------------
