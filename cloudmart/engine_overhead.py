@@ -27,6 +27,7 @@ import structlog
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from contracts.examples import Reply, order_replies
 from engine import Engine
 from engine.adapters import SqlHistoryStore
 from engine.adapters.memory_transport import InMemoryTransport, current_request
@@ -88,7 +89,7 @@ async def run_bench(database_url: str, sagas: int, concurrency: int) -> dict[str
         await store.create_tables()
         calls: dict[str, list[tuple[float, float]]] = {}
 
-        def handler(reply: dict[str, Any]) -> Any:
+        def handler(reply: Reply | None) -> Any:
             async def handle(payload: dict[str, Any]) -> dict[str, Any]:
                 entered = time.perf_counter()
                 info = current_request()
@@ -96,12 +97,12 @@ async def run_bench(database_url: str, sagas: int, concurrency: int) -> dict[str
                 calls.setdefault(info.headers["workflow_id"], []).append(
                     (entered, time.perf_counter())
                 )
-                return reply
+                return {} if reply is None else reply(payload)
 
             return handle
 
-        handlers = {name: handler({}) for name in _STEPS + _COMPENSATIONS}
-        handlers["order.create_order"] = handler({"total_amount": "42.00"})
+        replies = order_replies("42.00")
+        handlers = {name: handler(replies.get(name)) for name in _STEPS + _COMPENSATIONS}
         transport = InMemoryTransport(handlers)
         engine = Engine(
             store, transport, owner_id=f"bench-{uuid.uuid4().hex[:8]}", workflows=[place_order]
@@ -133,9 +134,9 @@ async def run_bench(database_url: str, sagas: int, concurrency: int) -> dict[str
             }
             began = time.perf_counter()
             handle = await engine.start(place_order, order, workflow_id=order_id)
-            entry = engine._runs.get(handle.saga_id)
-            if entry is not None:
-                await entry[1]
+            task = engine.worker.task_of(saga_id=handle.saga_id)
+            if task is not None:
+                await task
             ended = time.perf_counter()
             spans = calls.pop(order_id, [])
             if len(spans) != len(_STEPS):

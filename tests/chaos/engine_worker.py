@@ -17,13 +17,12 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import sqlalchemy as sa
 import structlog
-from order_replies import order_replies
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from contracts.examples import order_replies
 from engine import Engine
 from engine.adapters import InMemoryTransport, SqlHistoryStore
 from engine.adapters.memory_transport import current_request
@@ -121,7 +120,13 @@ async def main() -> int:
                 "order_id": order_id,
                 "customer_id": 1,
                 "items": [{"book_id": 1, "quantity": 1}],
-                "shipping_address": {"country": "JP"},
+                "shipping_address": {
+                    "name": "Hanako",
+                    "line1": "1-2-3",
+                    "city": "Tokyo",
+                    "postal_code": "150-0002",
+                    "country": "JP",
+                },
             },
             workflow_id=order_id,
         )

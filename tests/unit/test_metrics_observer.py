@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 import structlog
 from durable_engine.engine_unit_kit import order
-from order_replies import order_replies
 from prometheus_client import CollectorRegistry
 
 import services._kit.logging as kit_logging
+from contracts.examples import order_replies
 from engine import Engine
 from engine.adapters import InMemoryHistoryStore
 from engine.adapters.memory_transport import Fault, current_request

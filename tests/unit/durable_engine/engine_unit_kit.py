@@ -6,8 +6,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from order_replies import order_replies
-
+from contracts.examples import order_replies
 from engine import Engine
 from engine.adapters import InMemoryHistoryStore, InMemoryTransport
 from engine.clock import FakeClock

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from order_replies import order_replies
 
+from contracts.examples import order_replies
 from engine import Engine
 from engine.adapters import InMemoryHistoryStore
 from engine.clock import FakeClock

@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from engine_unit_kit import ORDER_STEPS, order
-from order_replies import order_replies
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from contracts.examples import order_replies
 from engine import Engine
 from engine.adapters import SqlHistoryStore
 from engine.adapters.memory_transport import current_request

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from engine_unit_kit import FORWARD, CrashAfter, order, rig
+from pydantic import ValidationError
 
 import engine
 from engine import RetryPolicy, WorkflowContext, workflow
@@ -463,13 +464,23 @@ async def test_wait_for_a_saga_this_engine_finished_reads_nothing(
     assert (await r.engine.wait("o-1", timeout=5)).status == "COMPLETED"
 
 
+async def test_an_input_the_workflows_model_refuses_is_refused_at_start_with_nothing_written() -> (
+    None
+):
+    r = rig()
+    with pytest.raises(ValidationError):
+        await r.engine.start(place_order, order("o-1", shipping_address={"country": "JP"}))
+    assert await r.store.list() == []
+
+
 async def test_the_engine_forgets_its_oldest_finished_sagas_past_its_cache() -> None:
     r = rig()
     engine_ = r.new_engine("small", finished_cache=2)
     for i in range(3):
         await engine_.start(place_order, order(f"o-{i}"), workflow_id=f"o-{i}")
     await run_until_idle(engine_)
-    assert list(engine_._finished) == ["o-1", "o-2"]
+    kept = [f"o-{i}" for i in range(3) if engine_.worker.finished(f"o-{i}") is not None]
+    assert kept == ["o-1", "o-2"]
     assert (await engine_.status("o-0")).status == "COMPLETED"  # read from the store
 
 

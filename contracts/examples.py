@@ -1,14 +1,15 @@
-"""What the order saga's services answer, for fakes of them: every reply a valid result model.
+"""Replies as the order saga's services give them, for services that only pretend: the engine's
+overhead benchmark and the tests' fake services.
 
 The typed order workflow validates each reply into its operation's result model
-(:mod:`contracts.catalogue`), so a fake service must answer as the real one does.
+(:mod:`contracts.catalogue`), so a stand-in must answer as the real service does.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 from contracts import catalogue as ops
 from contracts.commands import (
@@ -30,12 +31,12 @@ def order_replies(total: str = "12.50") -> dict[str, Reply]:
     """A reply for each forward step of the order saga, by target; ``total`` is the order's."""
     amount = Decimal(total)
 
-    def order(status: str) -> Reply:
+    def order(status: Literal["PENDING", "COMPLETED"]) -> Reply:
         def reply(payload: dict[str, Any]) -> dict[str, Any]:
             view = OrderView(
                 order_id=payload.get("order_id", "unknown"),
                 customer_id=1,
-                status=status,  # type: ignore[arg-type]
+                status=status,
                 total_amount=amount,
                 items=_ITEMS,
                 shipping_address=_ADDRESS,

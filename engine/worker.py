@@ -1,0 +1,220 @@
+"""The worker half of the engine: it drives sagas.
+
+A :class:`Worker` runs each saga of its process in a task of its own under a lease
+(``engine._runtime`` replays it), claims unfinished sagas whose lease is free or expired
+(:meth:`Worker.recover`), renews the leases of the sagas it drives and gives up those it
+lost (the background loop), and keeps the last sagas it finished so that the client half
+(:class:`~engine.api.Engine`) answers ``status`` and ``wait`` for them without a read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import collections
+import contextlib
+import functools
+from collections.abc import Iterator
+from datetime import timedelta
+
+import structlog
+
+from engine._runtime import RunConfig, RunDeps, _Run
+from engine.errors import WorkflowDefinitionError
+from engine.history import Event, SagaRecord
+from engine.observer import EngineCounters, SagaObserver
+from engine.ports import Clock, HistoryStore, Transport
+from engine.workflow import Workflow, workflow_name
+
+__all__ = ["Worker"]
+
+_log = structlog.get_logger("engine")
+
+
+class Worker:
+    """Drives the sagas of one process (see the module docstring).
+
+    ``config`` carries the owner id and the runs' policies; a lease lasts ``lease_seconds``
+    and the background loop wakes every ``poll_interval`` seconds to renew leases and claim
+    up to ``claim_batch`` sagas; the last ``finished_cache`` finished sagas are kept.
+    """
+
+    def __init__(
+        self,
+        store: HistoryStore,
+        transport: Transport,
+        *,
+        clock: Clock,
+        config: RunConfig,
+        lease_seconds: float,
+        poll_interval: float,
+        claim_batch: int,
+        observer: SagaObserver,
+        counters: EngineCounters,
+        finished_cache: int,
+    ) -> None:
+        self.store = store
+        self.transport = transport
+        self.clock = clock
+        self.config = config
+        self.lease_seconds = lease_seconds
+        self.poll_interval = poll_interval
+        self.claim_batch = claim_batch
+        self.observer = observer
+        self.counters = counters
+        self.finished_cache = finished_cache
+        self._workflows: dict[str, Workflow] = {}
+        self._runs: dict[str, tuple[_Run, asyncio.Task[None]]] = {}
+        # Sagas whose row start() is writing: committed before their run is spawned, they are
+        # ours and not running for that moment, and recovery must leave them to start().
+        self._starting: set[str] = set()
+        # workflow_id -> saga_id of the sagas this worker drives right now
+        self._local: dict[str, str] = {}
+        # workflow_id -> the final row and history of a saga this worker finished (newest last)
+        self._finished: collections.OrderedDict[str, tuple[SagaRecord, builtins.list[Event]]] = (
+            collections.OrderedDict()
+        )
+        self._supervisor: asyncio.Task[None] | None = None
+
+    def register(self, wf: Workflow) -> None:
+        """Make ``wf`` resumable by :meth:`recover`."""
+        name = workflow_name(wf)
+        known = self._workflows.setdefault(name, wf)
+        if known is not wf:
+            raise WorkflowDefinitionError(f"two workflows are named {name!r}")
+
+    @contextlib.contextmanager
+    def starting(self, saga_id: str) -> Iterator[None]:
+        """While a new saga's first write is in flight: recovery leaves it alone."""
+        self._starting.add(saga_id)
+        try:
+            yield
+        finally:
+            self._starting.discard(saga_id)
+
+    def finished(self, workflow_id: str) -> tuple[SagaRecord, builtins.list[Event]] | None:
+        """The final row and history of a saga this worker finished lately, if it did."""
+        return self._finished.get(workflow_id)
+
+    def task_of(
+        self, *, workflow_id: str | None = None, saga_id: str | None = None
+    ) -> asyncio.Task[None] | None:
+        """The task driving a saga here (by workflow or saga id), or ``None``."""
+        if saga_id is None and workflow_id is not None:
+            saga_id = self._local.get(workflow_id)
+        entry = None if saga_id is None else self._runs.get(saga_id)
+        return None if entry is None else entry[1]
+
+    async def recover(self) -> int:
+        """Claim unfinished sagas (no owner, expired lease, or ours but not running) and resume
+        them from history. Returns how many were claimed."""
+        now = self.clock.now()
+        rows = await self.store.list_claimable(
+            owner=self.config.owner, now=now, limit=self.claim_batch
+        )
+        claimed = 0
+        for row in rows:
+            wf = self._workflows.get(row.workflow_name)
+            if row.saga_id in self._runs or row.saga_id in self._starting or wf is None:
+                continue
+            version = await self.store.acquire(
+                row.saga_id,
+                owner=self.config.owner,
+                expected_version=row.version,
+                now=now,
+                until=now + timedelta(seconds=self.lease_seconds),
+            )
+            if version is None:
+                continue
+            record, events = await self.store.load(row.saga_id)
+            self.counters.sagas_recovered += 1
+            self.observer.saga_resumed(row.workflow_name)
+            _log.info(
+                "saga.recovered", saga_id=row.saga_id, workflow_id=row.workflow_id, version=version
+            )
+            self.spawn(wf, record, events, version)
+            claimed += 1
+        return claimed
+
+    def spawn(
+        self, wf: Workflow, record: SagaRecord, events: builtins.list[Event], version: int
+    ) -> None:
+        deps = RunDeps(
+            self.store, self.transport, self.clock, self.observer, self.counters, self._remember
+        )
+        run = _Run(self.config, deps, wf, record, events, version)
+        task = asyncio.get_running_loop().create_task(run.run(), name=f"saga:{record.saga_id}")
+        self._runs[record.saga_id] = (run, task)
+        self._local[record.workflow_id] = record.saga_id
+        task.add_done_callback(functools.partial(self._forget, record.saga_id))
+
+    def _forget(self, saga_id: str, task: asyncio.Task[None]) -> None:
+        entry = self._runs.get(saga_id)
+        if entry is not None and entry[1] is task:
+            del self._runs[saga_id]
+            if self._local.get(entry[0].record.workflow_id) == saga_id:
+                del self._local[entry[0].record.workflow_id]
+        if not task.cancelled() and task.exception() is not None:
+            _log.error("saga.crashed", saga_id=saga_id, error=repr(task.exception()))
+
+    def _remember(self, record: SagaRecord, events: builtins.list[Event]) -> None:
+        """Keep a saga this worker just finished (COMPLETED or FAILED: final states), so that
+        ``wait`` and ``status`` answer it without a read; the oldest is forgotten first."""
+        self._finished[record.workflow_id] = (record, events)
+        while len(self._finished) > self.finished_cache:
+            self._finished.popitem(last=False)
+
+    @property
+    def running(self) -> int:
+        """Sagas this worker is driving right now."""
+        return len(self._runs)
+
+    def drive_tasks(self) -> builtins.list[asyncio.Task[None]]:
+        """The tasks of the sagas this worker is driving (for the test driver)."""
+        return [task for _, task in self._runs.values()]
+
+    def start_background(self) -> None:
+        """Start the loop that renews leases and claims expired or unowned sagas."""
+        if self._supervisor is None or self._supervisor.done():
+            self._supervisor = asyncio.get_running_loop().create_task(
+                self._supervise(), name=f"engine-supervisor:{self.config.owner}"
+            )
+
+    async def stop(self) -> None:
+        """Stop the background loop and every run; release their leases."""
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+            self._supervisor = None
+        runs = list(self._runs.values())
+        for _, task in runs:
+            task.cancel()
+        for run, task in runs:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            with contextlib.suppress(Exception):  # best effort: the lease expires anyway
+                await self.store.release(
+                    run.record.saga_id, owner=self.config.owner, version=run.version
+                )
+
+    async def _supervise(self) -> None:
+        while True:
+            try:
+                await self._renew()
+                await self.recover()
+            except Exception:  # the store may be down for a while: keep trying
+                _log.exception("engine.supervisor_failed", owner=self.config.owner)
+            await self.clock.sleep(self.poll_interval)
+
+    async def _renew(self) -> None:
+        if not self._runs:
+            return
+        ids = list(self._runs)
+        until = self.clock.now() + timedelta(seconds=self.lease_seconds)
+        kept = await self.store.renew(owner=self.config.owner, saga_ids=ids, until=until)
+        for saga_id in ids:
+            entry = self._runs.get(saga_id)
+            if saga_id not in kept and entry is not None and not entry[1].done():
+                _log.warning("saga.lease_lost", saga_id=saga_id)
+                entry[1].cancel()
