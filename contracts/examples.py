@@ -21,9 +21,22 @@ from contracts.commands import (
     StockReservation,
 )
 
+__all__ = ["ADDRESS", "ORDER_STEPS", "Reply", "order_replies"]
+
 Reply = Callable[[dict[str, Any]], dict[str, Any]]
 
-_ADDRESS = Address(name="Hanako", line1="1-2-3", city="Tokyo", postal_code="150-0002", country="JP")
+ADDRESS = Address(name="Hanako", line1="1-2-3", city="Tokyo", postal_code="150-0002", country="JP")
+# The order saga's forward steps, each with the compensation that undoes it (None: nothing).
+ORDER_STEPS: dict[str, str | None] = {
+    op.name: None if op.compensation is None else op.compensation.name
+    for op in (
+        ops.CREATE_ORDER,
+        ops.RESERVE_STOCK,
+        ops.PROCESS_PAYMENT,
+        ops.ARRANGE_SHIPPING,
+        ops.COMPLETE_ORDER,
+    )
+}
 _ITEMS = [OrderItem(book_id=1, quantity=2)]
 
 
@@ -39,7 +52,7 @@ def order_replies(total: str = "12.50") -> dict[str, Reply]:
                 status=status,
                 total_amount=amount,
                 items=_ITEMS,
-                shipping_address=_ADDRESS,
+                shipping_address=ADDRESS,
             )
             return view.model_dump(mode="json")
 

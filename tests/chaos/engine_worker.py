@@ -22,7 +22,7 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from contracts.examples import order_replies
+from contracts.examples import ADDRESS, order_replies
 from engine import Engine
 from engine.adapters import InMemoryTransport, SqlHistoryStore
 from engine.adapters.memory_transport import current_request
@@ -120,13 +120,7 @@ async def main() -> int:
                 "order_id": order_id,
                 "customer_id": 1,
                 "items": [{"book_id": 1, "quantity": 1}],
-                "shipping_address": {
-                    "name": "Hanako",
-                    "line1": "1-2-3",
-                    "city": "Tokyo",
-                    "postal_code": "150-0002",
-                    "country": "JP",
-                },
+                "shipping_address": ADDRESS.model_dump(exclude_none=True),
             },
             workflow_id=order_id,
         )

@@ -15,7 +15,7 @@ from durable_engine.engine_unit_kit import order
 from prometheus_client import CollectorRegistry
 
 import services._kit.logging as kit_logging
-from contracts.examples import order_replies
+from contracts.examples import ORDER_STEPS, order_replies
 from engine import Engine
 from engine.adapters import InMemoryHistoryStore
 from engine.adapters.memory_transport import Fault, current_request
@@ -27,13 +27,6 @@ from services._kit import Settings, configure_logging
 from services._kit.app import LATENCY_BUCKETS
 from workflows.order_saga import place_order
 
-STEPS: dict[str, str | None] = {
-    "order.create_order": "order.cancel_order",
-    "inventory.reserve_stock": "inventory.release_stock",
-    "payment.process_payment": "payment.cancel_payment",
-    "shipping.arrange_shipping": "shipping.cancel_shipping",
-    "order.complete_order": None,
-}
 WORKFLOW = "place_order"
 
 
@@ -64,7 +57,7 @@ class Rig:
 
 
 def services(**changes: Any) -> FakeServices:
-    return FakeServices(dict(STEPS), reply=dict(order_replies("12.50")), **changes)
+    return FakeServices(dict(ORDER_STEPS), reply=dict(order_replies("12.50")), **changes)
 
 
 def test_the_prometheus_observer_and_the_null_observer_fit_the_protocol() -> None:
@@ -86,7 +79,7 @@ async def test_a_completed_saga_counts_one_start_one_completion_and_every_step_o
     assert rig.value("cloudmart_saga_started_total", workflow=WORKFLOW) == 1
     finished = {"workflow": WORKFLOW, "status": "COMPLETED", "failed_step": "none"}
     assert rig.value("cloudmart_saga_finished_total", **finished) == 1
-    for step in STEPS:
+    for step in ORDER_STEPS:
         assert rig.value("cloudmart_step_attempts_total", step=step, outcome="completed") == 1
         assert rig.value("cloudmart_step_duration_seconds_count", step=step) == 1
     assert rig.value("cloudmart_sagas_running") == 0

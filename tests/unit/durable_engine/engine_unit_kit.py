@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from contracts.examples import order_replies
+from contracts.examples import ADDRESS, ORDER_STEPS, order_replies
 from engine import Engine
 from engine.adapters import InMemoryHistoryStore, InMemoryTransport
 from engine.clock import FakeClock
@@ -14,13 +14,6 @@ from engine.errors import StoreUnavailable
 from engine.history import Event
 from engine.testing import FakeServices
 
-ORDER_STEPS: dict[str, str | None] = {
-    "order.create_order": "order.cancel_order",
-    "inventory.reserve_stock": "inventory.release_stock",
-    "payment.process_payment": "payment.cancel_payment",
-    "shipping.arrange_shipping": "shipping.cancel_shipping",
-    "order.complete_order": None,
-}
 FORWARD = list(ORDER_STEPS)
 
 
@@ -29,13 +22,7 @@ def order(order_id: str = "o-1", **changes: Any) -> dict[str, Any]:
         "order_id": order_id,
         "customer_id": 1,
         "items": [{"book_id": 1, "quantity": 2}],
-        "shipping_address": {
-            "name": "Hanako",
-            "line1": "1-2-3",
-            "city": "Tokyo",
-            "postal_code": "150-0002",
-            "country": "JP",
-        },
+        "shipping_address": ADDRESS.model_dump(exclude_none=True),
     }
     data.update(changes)
     return data

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from contracts.examples import order_replies
+from contracts.examples import ORDER_STEPS, order_replies
 from engine import Engine
 from engine.adapters import InMemoryHistoryStore
 from engine.clock import FakeClock
@@ -28,13 +28,6 @@ from workflows import place_order
 RECORDED = json.loads((Path(__file__).parent / "histories_before_typed_steps.json").read_text())
 # What order.create_order answered when the histories were recorded; the fakes answer alike.
 TOTAL = RECORDED["rec-completed"][2]["payload"]["result"]["total_amount"]
-STEPS: dict[str, str | None] = {
-    "order.create_order": "order.cancel_order",
-    "inventory.reserve_stock": "inventory.release_stock",
-    "payment.process_payment": "payment.cancel_payment",
-    "shipping.arrange_shipping": "shipping.cancel_shipping",
-    "order.complete_order": None,
-}
 
 
 def events_of(saga: str) -> list[Event]:
@@ -62,7 +55,7 @@ async def take_over(saga: str, cut: int) -> tuple[Engine, list[tuple[str, Any]],
         updated_at=started.created_at,
     )
     await store.create(record, events)
-    services = FakeServices(dict(STEPS), reply=dict(order_replies(TOTAL)))
+    services = FakeServices(dict(ORDER_STEPS), reply=dict(order_replies(TOTAL)))
     transport = services.transport(clock)
     sent: list[tuple[str, Any]] = []
     original = transport.request
