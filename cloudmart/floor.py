@@ -319,11 +319,11 @@ async def measure(
             if load:
                 measured[name]["load"] = await _load(primitive, load, concurrency)
     from activities.db import create_engine
-    from cloudmart.bench import _versions
+    from cloudmart.bench.where import versions as part_versions
 
     engine = create_engine(database_url, pool_size=1, max_overflow=0)
     try:
-        versions = {**_versions(), "database": await database_version(engine)}
+        versions = {**part_versions(), "database": await database_version(engine)}
     finally:
         await engine.dispose()
     found = machine()

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from cloudmart import bench, costs, floor
+from cloudmart.bench import load
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 
@@ -160,7 +161,7 @@ async def test_clients_are_lent_one_per_saga_in_flight_and_reused() -> None:
         made.append(Client())
         return made[-1]
 
-    async with bench._Clients(make) as clients:
+    async with load._Clients(make) as clients:
         async with clients.lend() as first, clients.lend() as second:
             assert first is not second  # two sagas in flight: two connections
         async with clients.lend() as again:
@@ -183,9 +184,9 @@ async def test_the_probe_reads_the_latest_saga_without_waiting() -> None:
         async def aclose(self) -> None:
             pass
 
-    tally = bench._Tally(order_ids=["first", "latest"])
-    async with bench._Clients(Client) as clients:  # type: ignore[arg-type]
-        probe = asyncio.create_task(bench._probe(clients, "orchestration", tally))
+    tally = load._Tally(order_ids=["first", "latest"])
+    async with load._Clients(Client) as clients:  # type: ignore[arg-type]
+        probe = asyncio.create_task(load._probe(clients, "orchestration", tally))
         async with asyncio.timeout(5):
             await two.wait()
         probe.cancel()
@@ -201,10 +202,10 @@ def test_the_progress_line_is_redrawn_on_a_terminal_and_a_line_each_in_a_log() -
         def isatty(self) -> bool:
             return True
 
-    tally = bench._Tally(done=3, outcomes={"ok": Counter({"COMPLETED": 2, "error": 1})})
+    tally = load._Tally(done=3, outcomes={"ok": Counter({"COMPLETED": 2, "error": 1})})
     log, terminal = io.StringIO(), Terminal()
-    bench._progress_line(tally, 10, log, end="\n")
-    bench._progress_line(tally, 10, terminal)
+    load._progress_line(tally, 10, log, end="\n")
+    load._progress_line(tally, 10, terminal)
     assert log.getvalue() == "  3/10 sagas  completed 2  failed 0  errors 1\n"
     assert terminal.getvalue() == "\r  3/10 sagas  completed 2  failed 0  errors 1"
 

@@ -1,0 +1,66 @@
+"""The mix: which share of the orders fails at which step, and the order bodies that make them
+fail there (SPEC §4)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from typing import Any
+
+BENCH_CUSTOMER = 900_001
+BROKE_CUSTOMER = 900_002
+BENCH_BOOKS = list(range(900_001, 900_011))
+SOLD_OUT_BOOK = 900_011
+ADDRESS = {
+    "name": "Bench",
+    "line1": "1-1",
+    "city": "Tokyo",
+    "postal_code": "100-0001",
+    "country": "JP",
+}
+FAILURES = ("stock", "payment", "shipping")
+"""The steps a ``mix`` can make an order fail at, in saga order."""
+
+
+def parse_mix(text: str | None) -> dict[str, float]:
+    """``"stock=0.1,payment=0.1"`` → ``{"stock": 0.1, "payment": 0.1}``.
+
+    Raises ValueError for an unknown step, a share outside [0, 1] or shares summing above 1.
+    """
+    mix: dict[str, float] = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        name, sep, value = part.partition("=")
+        name = name.strip()
+        if not sep or name not in FAILURES:
+            raise ValueError(f"mix entries are STEP=SHARE with STEP in {', '.join(FAILURES)}")
+        share = float(value)
+        if not 0 <= share <= 1:
+            raise ValueError(f"the share of {name} must be between 0 and 1, not {share}")
+        mix[name] = share
+    if sum(mix.values()) > 1 + 1e-9:
+        raise ValueError("the shares of the mix add up to more than 1")
+    return mix
+
+
+def plan(sagas: int, mix: Mapping[str, float]) -> list[str]:
+    """What each saga is meant to do, ``"ok"`` or the step it fails at: ``round(share ×
+    sagas)`` of each failure, spread over the run in a fixed pseudo-random order."""
+    kinds: list[str] = []
+    for name in FAILURES:
+        kinds += [name] * round(mix.get(name, 0.0) * sagas)
+    kinds = kinds[:sagas]
+    kinds += ["ok"] * (sagas - len(kinds))
+    random.Random(sagas).shuffle(kinds)
+    return kinds
+
+
+def order_body(i: int, kind: str) -> dict[str, Any]:
+    """The order body of saga ``i`` meant to end as ``kind`` (see :func:`plan`)."""
+    book = SOLD_OUT_BOOK if kind == "stock" else BENCH_BOOKS[i % len(BENCH_BOOKS)]
+    return {
+        "customer_id": BROKE_CUSTOMER if kind == "payment" else BENCH_CUSTOMER,
+        "items": [{"book_id": book, "quantity": 1}],
+        "shipping_address": {**ADDRESS, "country": "US" if kind == "shipping" else "JP"},
+    }
