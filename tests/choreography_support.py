@@ -16,7 +16,9 @@ from conftest import until
 from processes import Deployment, deployed
 from shop import Shop
 
-SERVICES = ("order", "inventory", "payment", "shipping")
+from services._kit.roster import DOMAIN_SERVICES
+
+SERVICES = DOMAIN_SERVICES
 TERMINAL = ("COMPLETED", "CANCELLED")
 
 

@@ -27,8 +27,9 @@ from activities.db import create_engine
 from activities.orders import order_id_for
 from cloudmart.check import Baseline, check, snapshot
 from engine.adapters import amqp_names
+from services._kit.roster import SERVICE_NAMES
 
-SERVICES = ("order", "inventory", "payment", "shipping", "orchestrator")
+SERVICES = SERVICE_NAMES
 TERMINAL = ("COMPLETED", "FAILED")
 # Every saga is terminal within this many seconds of the last fault healing (the bound).
 HEALED_WITHIN = 60.0

@@ -40,6 +40,7 @@ from shop import US
 
 from activities.db import create_engine
 from cloudmart.schema import create_schema
+from services._kit.roster import DOMAIN_SERVICES, SERVICE_NAMES
 
 pytestmark = [
     pytest.mark.chaos,
@@ -49,8 +50,8 @@ pytestmark = [
     pytest.mark.redis,
 ]
 
-ORCHESTRATION = ("order", "inventory", "payment", "shipping", "orchestrator")
-CHOREOGRAPHY = ("order", "inventory", "payment", "shipping")
+ORCHESTRATION = SERVICE_NAMES
+CHOREOGRAPHY = DOMAIN_SERVICES
 SAGAS = 60
 PACE = 10.0 / SAGAS  # 60 orders over about 10 s
 

@@ -35,10 +35,11 @@ from rabbitmq_support import delete_topology
 
 from activities.db import create_engine
 from cloudmart.schema import create_schema
+from services._kit.roster import SERVICE_NAMES
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.mysql, pytest.mark.rabbitmq]
 
-SERVICES = ("order", "inventory", "payment", "shipping", "orchestrator")
+SERVICES = SERVICE_NAMES
 SAGAS = 40
 PACE = 0.2
 STEP_TIMEOUT = 1.5  # CLOUDMART_REQUEST_TIMEOUT: seconds a step waits for its reply

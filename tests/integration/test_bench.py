@@ -17,6 +17,7 @@ from processes import Deployment
 
 from cloudmart import bench
 from cloudmart.runner import run
+from services._kit.roster import SERVICE_NAMES
 
 pytestmark = [pytest.mark.mysql, pytest.mark.rabbitmq, pytest.mark.redis, pytest.mark.slow]
 
@@ -35,7 +36,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     )
     try:
         _cloudmart(system, "db", "init")
-        for name in ("order", "inventory", "payment", "shipping", "orchestrator"):
+        for name in SERVICE_NAMES:
             system.start(name)
         yield system
     finally:
@@ -88,7 +89,7 @@ def test_bench_with_a_mix_reports_failures_fully_compensated(
     assert result["long_poll_ms"]["p50"] >= result["start_response_ms"]["p50"]
     # What it cost: every process of the deployment (same user as the test) and the bench,
     # and at least the 5 service commits of each saga.
-    services = {"order", "inventory", "payment", "shipping", "orchestrator", "bench"}
+    services = {*SERVICE_NAMES, "bench"}
     assert services <= set(result["cpu"]["processes"])
     assert all(result["cpu"]["ms"][name] > 0 for name in services)
     assert 0 < result["cpu"]["busy"] <= 1

@@ -19,11 +19,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from shop import US, Shop, order, sync_engine
 
 from engine.adapters import amqp_names
+from services._kit.roster import SERVICE_NAMES
 
 pytestmark = [pytest.mark.mysql, pytest.mark.rabbitmq, pytest.mark.slow]
 
 NAMESPACE = "metrics-test"
-SERVICES = ("order", "inventory", "payment", "shipping", "orchestrator")
+SERVICES = SERVICE_NAMES
 SAGA_EVENTS = {
     "step.failed",
     "step.retrying",

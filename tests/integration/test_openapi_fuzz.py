@@ -20,9 +20,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from services._kit.roster import SERVICE_PORTS
+
 pytestmark = pytest.mark.slow
 
-PORTS = {"order": 8001, "inventory": 8002, "payment": 8003, "shipping": 8004, "orchestrator": 8005}
+PORTS = SERVICE_PORTS
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 
 

@@ -23,11 +23,12 @@ from choreography_pattern.saga import cancel_choreographed_order, order_events
 from cloudmart.check import Baseline, check_connection
 from cloudmart.schema import create_schema
 from contracts.commands import OrderItem, OrderRef, PlaceOrder
+from services._kit.roster import DOMAIN_SERVICES
 
 STOCK = {1: 10, 2: 5, 3: 50}
 BALANCES = {1: Decimal("10000.00"), 2: Decimal("500.00")}
 US = JP.model_copy(update={"country": "US"})
-SERVICES = ("order", "inventory", "payment", "shipping")
+SERVICES = DOMAIN_SERVICES
 
 
 @pytest.fixture
