@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
+import httpx
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
@@ -57,6 +58,29 @@ async def until(
         if time.monotonic() > deadline:
             pytest.fail(f"condition not met within {timeout}s")
         await asyncio.sleep(interval)
+
+
+def until_sync(
+    predicate: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.02, what: str = ""
+) -> T:
+    """:func:`until` for a test that is not async: poll ``predicate`` until it returns something
+    truthy; fail the test past ``timeout``, saying ``what`` was awaited."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what or 'condition'} not met within {timeout}s")
+        time.sleep(interval)
+
+
+def answers_200(url: str) -> bool:
+    """Whether ``url`` answers 200 now (a refused or dropped connection is a no)."""
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 # Databases for the business operations: cleaned and filled with tests/domain_data.py's catalogue.

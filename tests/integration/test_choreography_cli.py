@@ -10,14 +10,13 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from pathlib import Path
 
 import httpx
 import pytest
 import redis
-from conftest import TEST_REDIS_URL
+from conftest import TEST_REDIS_URL, answers_200, until_sync
 
 from choreography_pattern.events import Event
 from choreography_pattern.redis_bus import stream_key
@@ -68,16 +67,12 @@ def test_up_embedded_choreography_completes_an_order_and_stops_on_ctrl_c(tmp_pat
     )
     lines = _lines(proc)
     try:
-        deadline = time.monotonic() + 30
-        while True:
+
+        def healthy() -> bool:
             assert proc.poll() is None, "cloudmart up exited early"
-            try:
-                if httpx.get("http://127.0.0.1:8001/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "order service not healthy"
-            time.sleep(0.05)
+            return answers_200("http://127.0.0.1:8001/health")
+
+        until_sync(healthy, timeout=30, interval=0.05, what="the order service healthy")
         assert _free(8005), "no orchestrator in the choreography"
         placed = httpx.post("http://127.0.0.1:8001/orders", json=ORDER, timeout=5)
         assert placed.status_code == 202, placed.text
@@ -111,17 +106,18 @@ def test_events_tail_prints_events_as_they_are_added(tmp_path: Path) -> None:
     client = redis.Redis.from_url(TEST_REDIS_URL)
     try:
         event = Event("StockReserved", "order-tail-1", {"items": []})
+
         # tail reads from "now": add the event until the running tail has printed it
-        deadline = time.monotonic() + 20
-        printed = ""
-        while "order-tail-1" not in printed:
+        def tail_printed() -> str | None:
             assert proc.poll() is None, "".join(lines.queue)
-            assert time.monotonic() < deadline, "events tail printed nothing"
             client.xadd(stream_key(namespace), event.to_fields())
             try:
-                printed = lines.get(timeout=0.5)
+                line = lines.get(timeout=0.5)
             except queue.Empty:
-                continue
+                return None
+            return line if "order-tail-1" in line else None
+
+        printed = until_sync(tail_printed, timeout=20, interval=0, what="events tail printed")
         assert "StockReserved" in printed
         assert "from=inventory" in printed
     finally:

@@ -8,13 +8,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 import sqlalchemy as sa
-from conftest import mysql_database_url
+from conftest import answers_200, mysql_database_url, until_sync
 from typer.testing import CliRunner
 
 from cloudmart.cli import app
@@ -72,16 +71,11 @@ def _free(port: int) -> bool:
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def healthy() -> bool:
         assert proc.poll() is None, "cloudmart up exited early"
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    pytest.fail(f"{url} not healthy within {timeout}s")
+        return answers_200(url)
+
+    until_sync(healthy, timeout=timeout, interval=0.05, what=f"{url} healthy")
 
 
 ORDER = {
@@ -122,10 +116,12 @@ def test_up_embedded_runs_sagas_on_all_five_ports_and_stops_on_ctrl_c(tmp_path: 
         started = httpx.post("http://127.0.0.1:8005/saga/start", json=ORDER, timeout=5)
         assert started.status_code == 202, started.text
         order_id = started.json()["order_id"]
-        deadline = time.monotonic() + 20
-        while _saga_status(order_id) not in ("COMPLETED", "FAILED"):
-            assert time.monotonic() < deadline, "saga did not finish"
-            time.sleep(0.05)
+        until_sync(
+            lambda: _saga_status(order_id) in ("COMPLETED", "FAILED"),
+            timeout=20,
+            interval=0.05,
+            what="the saga finished",
+        )
         assert _saga_status(order_id) == "COMPLETED"
         order = httpx.get(f"http://127.0.0.1:8001/orders/{order_id}", timeout=5).json()
         assert order["status"] == "COMPLETED"

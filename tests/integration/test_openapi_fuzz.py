@@ -13,12 +13,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
+from conftest import answers_200, until_sync
 
 from services._kit.roster import SERVICE_PORTS
 
@@ -49,17 +48,13 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.monotonic() + 30
         for port in PORTS.values():
-            while True:
+
+            def healthy(port: int = port) -> bool:
                 assert proc.poll() is None, (directory / "up.log").read_text()
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "cloudmart up did not become healthy"
-                time.sleep(0.05)
+                return answers_200(f"http://127.0.0.1:{port}/health")
+
+            until_sync(healthy, timeout=30, interval=0.05, what="cloudmart up healthy")
         yield
     finally:
         proc.send_signal(signal.SIGINT)
