@@ -72,14 +72,11 @@ class Engine:
         self.transport = transport
         self.clock: Clock = clock or SystemClock()
         self.owner_id = owner_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        # What the client itself reads: a new saga's first lease and deadline, and how often
+        # ``wait`` polls a saga driven elsewhere. The rest configures the worker.
         self.lease_seconds = lease_seconds
-        self.compensation_alert_attempts = compensation_alert_attempts
-        self.default_step_timeout = default_step_timeout
         self.saga_deadline = saga_deadline
-        self.step_retry = step_retry
-        self.compensation_retry = compensation_retry
         self.poll_interval = poll_interval or max(0.05, lease_seconds / 3)
-        self.claim_batch = claim_batch
         self.counters = EngineCounters()
         self.observer: SagaObserver = observer or NullObserver()
         self.worker = Worker(

@@ -54,7 +54,6 @@ class Worker:
         finished_cache: int,
     ) -> None:
         self.store = store
-        self.transport = transport
         self.clock = clock
         self.config = config
         self.lease_seconds = lease_seconds
@@ -75,6 +74,8 @@ class Worker:
             collections.OrderedDict()
         )
         self._supervisor: asyncio.Task[None] | None = None
+        # What every run of this worker works through: the same for all, built once.
+        self._deps = RunDeps(store, transport, clock, observer, counters, self._remember)
 
     def register(self, wf: Workflow) -> None:
         """Make ``wf`` resumable by :meth:`recover`."""
@@ -139,10 +140,7 @@ class Worker:
     def spawn(
         self, wf: Workflow, record: SagaRecord, events: builtins.list[Event], version: int
     ) -> None:
-        deps = RunDeps(
-            self.store, self.transport, self.clock, self.observer, self.counters, self._remember
-        )
-        run = _Run(self.config, deps, wf, record, events, version)
+        run = _Run(self.config, self._deps, wf, record, events, version)
         task = asyncio.get_running_loop().create_task(run.run(), name=f"saga:{record.saga_id}")
         self._runs[record.saga_id] = (run, task)
         self._local[record.workflow_id] = record.saga_id
