@@ -45,7 +45,6 @@ __all__ = [
     "RELEASE_STOCK",
     "RESERVE_STOCK",
     "Operation",
-    "operation",
 ]
 
 In = TypeVar("In", bound=BaseModel)
@@ -62,10 +61,6 @@ class Operation(Generic[In, Out]):
     result: type[Out]
     compensation: Operation[Any, Any] | None = None
     milestone: str | None = None
-
-    @property
-    def service(self) -> str:
-        return self.name.partition(".")[0]
 
     def compensation_for(self, command: In) -> tuple[str, BaseModel] | None:
         """The compensation's name and input for ``command``, or ``None`` when there is none."""
@@ -120,9 +115,3 @@ CATALOGUE: tuple[Operation[Any, Any], ...] = (
     ARRANGE_SHIPPING,
     CANCEL_SHIPPING,
 )
-_BY_NAME = {op.name: op for op in CATALOGUE}
-
-
-def operation(name: str) -> Operation[Any, Any] | None:
-    """The operation named ``name`` (``"service.method"``), or ``None``."""
-    return _BY_NAME.get(name)
