@@ -268,15 +268,12 @@ class WorkflowContext:
         :class:`~engine.errors.StepFailed` when the step gives up. The idempotency key is
         ``f"{workflow_id}:{method}"`` (``:n`` appended for the n-th repeat of one target).
         """
+        undo: tuple[str, dict[str, Any]] | None = None
         if isinstance(activity, str):
             assert isinstance(command, dict), "a step by name sends JSON"
             target, payload, result_model = activity, command, None
-            undo = None
             if compensate is not None:
-                undo = (
-                    compensate,
-                    payload if compensation_payload is None else compensation_payload,
-                )
+                undo = compensate, command if compensation_payload is None else compensation_payload
         else:
             assert isinstance(command, BaseModel), "a typed step sends its command model"
             target, result_model = activity.name, activity.result
@@ -285,14 +282,9 @@ class WorkflowContext:
             payload = command.model_dump(mode="json", exclude_defaults=True)
             milestone = activity.milestone
             compensation = activity.compensation_for(command)
-            undo = (
-                None
-                if compensation is None
-                else (
-                    compensation[0],
-                    compensation[1].model_dump(mode="json", exclude_defaults=True),
-                )
-            )
+            if compensation is not None:
+                undo_target, undo_input = compensation
+                undo = undo_target, undo_input.model_dump(mode="json", exclude_defaults=True)
         _, method = _split(target)
         position = self._next_position()
         key = self._key(target, method)
