@@ -132,18 +132,12 @@ async def events_undone_by(_api: httpx.AsyncClient, _oid: str, body: Body, refus
     assert _EVENTS[refusal] <= {e["type"] for e in body["events"]}
 
 
-async def orders_all(
-    api: httpx.AsyncClient, shop: Shop, bodies: list[Body], timeout: float
-) -> dict[str, str]:
-    return await orders_run_all(api, shop, bodies, timeout=timeout)
-
-
 CHOREOGRAPHY = Style(
     name="choreography",
     failed="CANCELLED",
     start=order_start,
     finished=order_finished,
-    run_all=orders_all,
+    run_all=orders_run_all,
     every_step=events_every_step,
     undone_by=events_undone_by,
 )

@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import mysql_database_url
+from fastapi import FastAPI
 from rest_support import prepared_database, running, settings_for
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -46,14 +47,19 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-async def api(database_url: str, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+async def app(database_url: str, tmp_path: Path) -> FastAPI:
     async with prepared_database(database_url):
         pass
     embedded = database_url.startswith("sqlite")
     settings = settings_for(
         None if embedded else database_url, sqlite_path=str(tmp_path / "orchestrator.db")
     )
-    async with running(build_app(settings)) as client:
+    return build_app(settings)
+
+
+@pytest.fixture
+async def api(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with running(app) as client:
         yield client
 
 
@@ -144,40 +150,28 @@ async def test_bad_orders_are_refused_before_any_saga(api: httpx.AsyncClient) ->
 
 @pytest.mark.parametrize(("country", "outcome"), [("JP", "COMPLETED"), ("US", "FAILED")])
 async def test_the_seeds_declarative_workflow_runs_the_saga_through_the_orchestrator(
-    database_url: str, tmp_path: Path, country: str, outcome: str
+    app: FastAPI, api: httpx.AsyncClient, country: str, outcome: str
 ) -> None:
-    async with prepared_database(database_url):
-        pass
-    embedded = database_url.startswith("sqlite")
-    settings = settings_for(
-        None if embedded else database_url, sqlite_path=str(tmp_path / "orchestrator.db")
+    orchestrator: Orchestrator = app.state.orchestrator  # the api fixture runs the app
+    handle = await orchestrator.start(
+        PlaceOrder.model_validate(order((1, 2), country=country)),
+        workflow=place_order_declarative,
     )
-    app = build_app(settings)
-    async with running(app) as api:
-        orchestrator: Orchestrator = app.state.orchestrator
-        handle = await orchestrator.start(
-            PlaceOrder.model_validate(order((1, 2), country=country)),
-            workflow=place_order_declarative,
-        )
-        saga = await final(api, handle.workflow_id)
-        assert saga["status"] == outcome
-        recorded = await orchestrator.engine.status(handle.workflow_id)
-        assert recorded.workflow_name == "place_order_declarative"
-        steps = {s["name"]: s["state"] for s in saga["steps"]}  # type: ignore[union-attr]
-        if outcome == "COMPLETED":
-            assert list(steps) == [
-                "order.create_order",
-                "inventory.reserve_stock",
-                "payment.process_payment",
-                "shipping.arrange_shipping",
-                "order.complete_order",
-            ]
-            assert set(steps.values()) == {"COMPLETED"}
-        else:
-            assert steps["shipping.arrange_shipping"] == "FAILED"
-            for step in (
-                "order.create_order",
-                "inventory.reserve_stock",
-                "payment.process_payment",
-            ):
-                assert steps[step] == "COMPENSATED"
+    saga = await final(api, handle.workflow_id)
+    assert saga["status"] == outcome
+    recorded = await orchestrator.engine.status(handle.workflow_id)
+    assert recorded.workflow_name == "place_order_declarative"
+    steps = {s["name"]: s["state"] for s in saga["steps"]}  # type: ignore[union-attr]
+    if outcome == "COMPLETED":
+        assert list(steps) == [
+            "order.create_order",
+            "inventory.reserve_stock",
+            "payment.process_payment",
+            "shipping.arrange_shipping",
+            "order.complete_order",
+        ]
+        assert set(steps.values()) == {"COMPLETED"}
+    else:
+        assert steps["shipping.arrange_shipping"] == "FAILED"
+        for step in ("order.create_order", "inventory.reserve_stock", "payment.process_payment"):
+            assert steps[step] == "COMPENSATED"
