@@ -91,7 +91,7 @@ async def run(plan: Plan) -> tuple[FakeServices, list[Event], str]:
         async def cancelling(payload: dict[str, Any]) -> dict[str, Any]:
             # an already finished saga refuses the cancel: fine
             with contextlib.suppress(Exception):
-                await store.request_cancel("saga")
+                await store.request_action("saga", "cancel", reason="cancelled", now=clock.now())
             return await forward(payload)
 
         transport._handlers[target] = cancelling
