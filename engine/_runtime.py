@@ -181,6 +181,9 @@ class _Run:
         started = events[0].payload if events else {}
         self.input = started.get("input", record.input)
         deadline = started.get("deadline")
+        for event in events:  # a resumed saga has its deadline's budget again from then on
+            if event.type == ET.OPERATOR_ACTION and event.payload.get("deadline"):
+                deadline = event.payload["deadline"]
         self.deadline = datetime.fromisoformat(deadline) if deadline else None
         self.projection = Projection(
             status=record.status,
@@ -546,6 +549,11 @@ class _Run:
         workflow body is to run (resume), False when the saga was compensated."""
         request = self.record.operator_request
         assert request is not None, "a parked saga is driven only for an operator's action"
+        if request["action"] == RESUME and self.deadline is not None and self.history:
+            # However long it was parked, a resumed saga gets its whole time budget again.
+            began = self.history[0].created_at
+            assert began is not None
+            self.deadline = self.clock.now() + (self.deadline - began)
         self._record_action(request)
         if request["action"] == RESUME:
             p = self.projection
@@ -752,14 +760,14 @@ class _Run:
     def _record_action(self, request: dict[str, Any]) -> None:
         self.handled.add(request["id"])
         self.projection.handled_request = request["id"]  # the append clears it from the row
-        self.emit(
-            ET.OPERATOR_ACTION,
-            payload={
-                "action": request["action"],
-                "reason": request["reason"],
-                "requested_at": request["at"],
-            },
-        )
+        payload = {
+            "action": request["action"],
+            "reason": request["reason"],
+            "requested_at": request["at"],
+        }
+        if request["action"] == RESUME and self.deadline is not None:
+            payload["deadline"] = self.deadline.isoformat()
+        self.emit(ET.OPERATOR_ACTION, payload=payload)
         self.log.info("saga.operator_action", action=request["action"], reason=request["reason"])
 
     def _take_retry(self) -> None:

@@ -214,3 +214,16 @@ async def test_compensate_before_the_pivot_undoes_what_took_effect() -> None:
     assert (status.status, status.failure_reason) == ("FAILED", "operator: suspected fraud")
     assert r.services.effective("o-1") == []
     assert actions(await r.engine.history("o-1")) == [("compensate", "suspected fraud")]
+
+
+async def test_a_resumed_saga_gets_its_time_budget_again_however_long_it_was_parked() -> None:
+    r = rig(crash=CrashAfter(3), saga_deadline=30.0)
+    await r.engine.start(two_steps, {"order_id": "o-1"}, workflow_id="o-1")
+    await run_until_idle(r.engine, recover=False)
+    r.clock.advance(60)
+    await run_until_idle(r.new_engine("changed", workflows=[two_steps_changed]))
+    r.clock.advance(3600)  # parked for an hour, far past the deadline
+    restored = r.new_engine("restored", workflows=[two_steps], saga_deadline=30.0)
+    await restored.resume("o-1", reason="v1 is back")
+    await run_until_idle(restored)
+    assert (await restored.status("o-1")).status == "COMPLETED"
