@@ -88,7 +88,7 @@ CREATE TABLE IF NOT EXISTS saga_instances (
 	created_at DATETIME(6) NOT NULL,
 	updated_at DATETIME(6) NOT NULL,
 	failed_step VARCHAR(100),
-	past_pivot BOOL NOT NULL,
+	past_pivot BOOL NOT NULL DEFAULT false,
 	operator_request_id VARCHAR(36),
 	operator_request MEDIUMTEXT,
 	PRIMARY KEY (saga_id),

@@ -199,6 +199,7 @@ class _Run:
         request = record.operator_request
         self.request = request if request is not None and request["action"] == RETRY else None
         self.handled: set[str] = set()
+        self.cancel_seen = False  # a compensating run stops asking once it saw the flag
         self._wake = asyncio.Event()
         if self.request is not None:
             self._wake.set()
@@ -522,13 +523,20 @@ class _Run:
             self.log.warning("saga.abandoned", reason=repr(stop.error))
 
     async def _finish(self, result: Any) -> None:
-        self.emit(ET.WORKFLOW_COMPLETED, payload={"result": result})
-        self.projection.status = COMPLETED
-        self.projection.current_step = None
-        self.projection.result = result
-        self.projection.needs_operator = False
-        self.projection.finished = True
-        await self.flush(honour_cancel=False)
+        completed = self.emit(ET.WORKFLOW_COMPLETED, payload={"result": result})
+        p = self.projection
+        before = dataclasses.replace(p)
+        p.status, p.current_step, p.result, p.needs_operator = COMPLETED, None, result, False
+        p.finished = True
+        try:
+            # A cancel accepted while the last step ran is honoured (past a pivot none is).
+            await self.flush()
+        except CancelRequested as exc:
+            self.unemit(completed)
+            self.projection = before
+            stop = self._cancel_stop(exc)
+            await self._compensate(stop.reason, cancelled=stop.cancelled, request=stop.request)
+            return
         self._remember()
         self.counters.sagas_completed += 1
         self.observer.saga_finished(self.record.workflow_name, COMPLETED, NO_FAILED_STEP)
@@ -617,7 +625,7 @@ class _Run:
                     payload={"key": comp.key, "for": comp.step},
                 )
                 comp.scheduled = True
-            await self.flush(honour_cancel=False)
+            await self._flush_compensating()
             if comp.retry_at is not None:
                 await self._backoff_until(comp.retry_at.isoformat())
             while True:
@@ -653,7 +661,7 @@ class _Run:
                         },
                     )
                     log.warning("compensation.retrying", attempt=attempt, error=wire["type"])
-                    await self.flush(honour_cancel=False)
+                    await self._flush_compensating()
                     await self._backoff(delay)
                     attempt += 1
                     continue
@@ -674,7 +682,7 @@ class _Run:
         self.projection.current_step = None
         self.projection.needs_operator = False
         self.projection.finished = True
-        await self.flush(honour_cancel=False)
+        await self._flush_compensating()
         self._remember()
         counters.sagas_failed += 1
         observer.saga_finished(
@@ -774,6 +782,18 @@ class _Run:
         request, self.request = self.request, None
         if request is not None and request["id"] not in self.handled:
             self._record_action(request)
+
+    async def _flush_compensating(self) -> None:
+        """Flush while compensating: a cancel changes nothing any more, but an operator's
+        compensate that arrived meanwhile is recorded (it is being honoured)."""
+        try:
+            await self.flush(honour_cancel=not self.cancel_seen)
+        except CancelRequested as refused:
+            self.cancel_seen = True
+            request = refused.request
+            if request is not None and request["id"] not in self.handled:
+                self._record_action(request)
+            await self.flush(honour_cancel=False)
 
     def _cancel_stop(self, refused: CancelRequested) -> _Stop:
         """The stop for an append refused on a pending cancel: an operator's compensate (with
