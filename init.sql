@@ -93,6 +93,7 @@ CREATE TABLE IF NOT EXISTS saga_instances (
 	operator_request MEDIUMTEXT,
 	PRIMARY KEY (saga_id),
 	UNIQUE (order_id),
+	INDEX ix_saga_instances_needs_operator (needs_operator),
 	INDEX ix_saga_instances_recovery (status, lease_expires_at),
 	INDEX ix_saga_instances_status_created (status, created_at)
 )ENGINE=InnoDB CHARSET=utf8mb4 COLLATE utf8mb4_bin;

@@ -100,7 +100,8 @@ class HistoryStore(Protocol):
         ...
 
     async def count_needing_operator(self) -> int:
-        """How many sagas are flagged ``needs_operator`` (compensating or parked)."""
+        """How many sagas are flagged ``needs_operator`` (parked, or a compensation or a step
+        past the pivot that keeps failing)."""
         ...
 
     async def list_claimable(

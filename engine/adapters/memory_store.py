@@ -15,8 +15,6 @@ from engine.errors import (
     SagaNotFound,
 )
 from engine.history import (
-    COMPENSATION_STARTED,
-    PARKED,
     Event,
     Projection,
     SagaRecord,
@@ -130,8 +128,7 @@ class InMemoryHistoryStore:
         return rows[:limit]
 
     async def count_needing_operator(self) -> int:
-        flagged = (COMPENSATION_STARTED, PARKED)
-        return sum(r.needs_operator and r.status in flagged for r in self._rows.values())
+        return sum(r.needs_operator for r in self._rows.values())
 
     async def list_claimable(
         self,

@@ -39,7 +39,6 @@ from engine.errors import (
     StoreUnavailable,
 )
 from engine.history import (
-    COMPENSATION_STARTED,
     PARKED,
     TERMINAL_STATUSES,
     Event,
@@ -360,12 +359,8 @@ class SqlHistoryStore:
         return [_record(r) for r in await self._select(query)]
 
     async def count_needing_operator(self) -> int:
-        # Only these statuses carry the flag; the status index keeps the count cheap.
-        query = (
-            sa.select(sa.func.count())
-            .select_from(_si)
-            .where(_si.c.status.in_([COMPENSATION_STARTED, PARKED]), _si.c.needs_operator.is_(True))
-        )
+        # A finished saga never carries the flag; its own index keeps the count cheap.
+        query = sa.select(sa.func.count()).select_from(_si).where(_si.c.needs_operator.is_(True))
         rows = await self._select(query)
         return int(rows[0][0])
 

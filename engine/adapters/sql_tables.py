@@ -57,6 +57,7 @@ saga_instances = sa.Table(
     sa.Column("operator_request", LongText, nullable=True),
     sa.Index("ix_saga_instances_recovery", "status", "lease_expires_at"),
     sa.Index("ix_saga_instances_status_created", "status", "created_at"),
+    sa.Index("ix_saga_instances_needs_operator", "needs_operator"),
     **_TABLE_ARGS,
 )
 

@@ -386,22 +386,23 @@ async def test_get_and_list_by_status(store: HistoryStore) -> None:
     assert len(await store.list(limit=2)) == 2
 
 
-async def test_the_operator_flag_is_counted_on_compensating_and_parked_sagas(
+async def test_the_operator_flag_is_counted_on_every_saga_that_carries_it(
     store: HistoryStore,
 ) -> None:
-    for n in (1, 2, 3, 4):
+    for n in (1, 2, 3, 4, 5):
         await started(store, n)
     assert await store.count_needing_operator() == 0
     flagged = {
         "saga-1": Projection(status="COMPENSATION_STARTED", needs_operator=True),
         "saga-2": Projection(status="PARKED", needs_operator=True, finished=True),
         "saga-3": Projection(status="COMPENSATION_STARTED"),  # compensating, not flagged
+        "saga-4": Projection(status="SHIPPING_ARRANGED", needs_operator=True, past_pivot=True),
     }
     for saga_id, projection in flagged.items():
         await store.append(
             saga_id, [ev(1)], expected_seq=1, version=1, owner="a", projection=projection
         )
-    assert await store.count_needing_operator() == 2
+    assert await store.count_needing_operator() == 3
 
 
 async def test_concurrent_appends_commit_together_and_a_stale_one_is_refused_alone(
