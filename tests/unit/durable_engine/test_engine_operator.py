@@ -227,3 +227,20 @@ async def test_a_resumed_saga_gets_its_time_budget_again_however_long_it_was_par
     await restored.resume("o-1", reason="v1 is back")
     await run_until_idle(restored)
     assert (await restored.status("o-1")).status == "COMPLETED"
+
+
+async def test_a_cancel_accepted_during_the_last_step_is_honoured() -> None:
+    # two_steps has no pivot: a cancel while its last step runs is accepted, so it must undo.
+    r = rig()
+    reserve = r.transport._handlers["inventory.reserve_stock"]
+
+    async def cancelled_meanwhile(payload: dict[str, Any]) -> dict[str, Any]:
+        await r.engine.cancel("o-1")  # answered 202 by the API
+        return await reserve(payload)
+
+    r.transport._handlers["inventory.reserve_stock"] = cancelled_meanwhile
+    await r.engine.start(two_steps, {"order_id": "o-1"}, workflow_id="o-1")
+    await run_until_idle(r.engine)
+    status = await r.engine.status("o-1")
+    assert (status.status, status.failure_reason) == ("FAILED", "cancelled")
+    assert r.services.effective("o-1") == []
