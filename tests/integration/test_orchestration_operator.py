@@ -5,15 +5,19 @@ through the REST API (SPEC §8)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from datetime import datetime
 from decimal import Decimal
-from typing import Any
 
 import httpx
 import pytest
 import sqlalchemy as sa
 from conftest import until
 from processes import Deployment, deployed
+from seed_scenarios import (
+    attempted_past_its_deadline,
+    held_past_the_pivot,
+    saga_history,
+    saga_status,
+)
 from seed_scenarios import saga_finished as finished
 from seed_scenarios import saga_start as start
 from shop import Shop, order, sync_engine
@@ -55,46 +59,10 @@ def shop(sql: sa.Engine) -> Shop:
     return Shop(sql)
 
 
-async def status_of(api: httpx.AsyncClient, oid: str) -> str:
-    return str((await api.get(f"/saga/{oid}/status")).json()["status"])
-
-
-async def history_of(api: httpx.AsyncClient, oid: str) -> list[dict[str, Any]]:
-    response = await api.get(f"/saga/{oid}/history")
-    assert response.status_code == 200, response.text
-    events: list[dict[str, Any]] = response.json()
-    return events
-
-
-async def past_the_pivot_with_order_paused(
-    api: httpx.AsyncClient, shop: Shop, deployment: Deployment
-) -> tuple[str, int, int]:
-    """A saga whose shipping is arranged while the order service is stopped, so that
-    completing the order waits. Returns (order id, book, customer); order stays paused."""
-    book, customer = shop.book("10.00", 5), shop.customer("100.00")
-    deployment.pause("shipping")
-    try:
-        oid = await start(api, order(customer, (book, 1)))
-
-        async def paid() -> bool:
-            return await status_of(api, oid) == "PAYMENT_COMPLETED"
-
-        await until(paid, timeout=20)
-        deployment.pause("order")
-    finally:
-        deployment.resume("shipping")
-
-    async def shipped() -> bool:
-        return await status_of(api, oid) == "SHIPPING_ARRANGED"
-
-    await until(shipped, timeout=20)
-    return oid, book, customer
-
-
 async def test_cancel_past_the_pivot_is_refused_and_the_saga_completes(
     api: httpx.AsyncClient, shop: Shop, deployment: Deployment
 ) -> None:
-    oid, book, _customer = await past_the_pivot_with_order_paused(api, shop, deployment)
+    oid, book, _customer = await held_past_the_pivot(api, shop, deployment)
     try:
         refused = await api.post(f"/saga/{oid}/cancel")
         assert refused.status_code == 409, refused.text
@@ -112,20 +80,9 @@ async def test_cancel_past_the_pivot_is_refused_and_the_saga_completes(
 async def test_the_order_service_down_across_the_deadline_after_the_pivot_completes(
     api: httpx.AsyncClient, shop: Shop, deployment: Deployment
 ) -> None:
-    oid, _book, customer = await past_the_pivot_with_order_paused(api, shop, deployment)
+    oid, _book, customer = await held_past_the_pivot(api, shop, deployment)
     try:
-        started = (await history_of(api, oid))[0]
-        deadline = datetime.fromisoformat(started["payload"]["deadline"])
-
-        async def attempted_past_the_deadline() -> bool:
-            return any(
-                e["step"] == "order.complete_order"
-                and e["type"] in ("StepTimedOut", "StepRetrying")
-                and datetime.fromisoformat(e["created_at"]).replace(tzinfo=None) > deadline
-                for e in await history_of(api, oid)
-            )
-
-        await until(attempted_past_the_deadline, timeout=DEADLINE * 4)
+        await attempted_past_its_deadline(api, oid, "order.complete_order", DEADLINE * 4)
     finally:
         deployment.resume("order")
     saga = await finished(api, oid)
@@ -147,7 +104,7 @@ async def parked_saga(
         oid = await start(api, order(customer, (book, 1)))
 
         async def paid() -> bool:
-            return await status_of(api, oid) == "PAYMENT_COMPLETED"
+            return await saga_status(api, oid) == "PAYMENT_COMPLETED"
 
         await until(paid, timeout=20)
         deployment.kill("orchestrator")
@@ -157,7 +114,7 @@ async def parked_saga(
     deployment.restart("orchestrator")
 
     async def parked() -> bool:
-        return await status_of(api, oid) == "PARKED"
+        return await saga_status(api, oid) == "PARKED"
 
     await until(parked, timeout=30)
     return oid, book, customer
@@ -185,7 +142,7 @@ async def test_a_parked_saga_resumed_once_its_history_matches_again_completes(
     resumed = await api.post(f"/saga/{oid}/resume", json={"reason": "v1 redeployed"})
     assert resumed.status_code == 202, resumed.text
     assert (await finished(api, oid))["status"] == "COMPLETED"
-    actions = [e["payload"] for e in await history_of(api, oid) if e["type"] == "OperatorAction"]
+    actions = [e["payload"] for e in await saga_history(api, oid) if e["type"] == "OperatorAction"]
     assert [(a["action"], a["reason"]) for a in actions] == [("resume", "v1 redeployed")]
     assert shop.stock_of(book) == (4, 0)
     shop.check([oid])
@@ -199,7 +156,7 @@ async def test_a_parked_saga_compensated_by_an_operator_ends_failed_with_every_e
     assert done.status_code == 202, done.text
     saga = await finished(api, oid)
     assert (saga["status"], saga["failure_reason"]) == ("FAILED", "operator: customer cancelled")
-    actions = [e["payload"] for e in await history_of(api, oid) if e["type"] == "OperatorAction"]
+    actions = [e["payload"] for e in await saga_history(api, oid) if e["type"] == "OperatorAction"]
     assert [(a["action"], a["reason"]) for a in actions] == [("compensate", "customer cancelled")]
     assert shop.stock_of(book) == (5, 0)
     assert shop.balance_of(customer) == Decimal("100.00")
