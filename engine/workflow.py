@@ -12,7 +12,9 @@ touches the world only through ``ctx``:
   the saga's status when the step completes;
 - ``await ctx.step("service.method", {...}, compensate=..., milestone=...)``, the same with
   names and JSON, for workflows built from data (the seed's declarative definition);
-- ``ctx.now()``, ``ctx.uuid()``, ``ctx.sleep(seconds)``: recorded, so replay answers the same.
+- ``ctx.now()``, ``ctx.uuid()``, ``ctx.sleep(seconds)``: recorded, so replay answers the same;
+- ``ctx.patched("change-id")`` / ``ctx.deprecate_patch(...)``: change a workflow while sagas
+  recorded by its older code are in flight.
 
 Nothing here does I/O: the context hands each call to the run that replays the saga
 (``engine._runtime``) through the narrow :class:`_Driver` it needs.
@@ -187,6 +189,8 @@ class _Driver(Protocol):
 
     async def sleep(self, position: int, seconds: float) -> None: ...
 
+    def patched(self, position: int, change_id: str, *, deprecated: bool = False) -> bool: ...
+
     def now(self) -> datetime: ...
 
 
@@ -321,6 +325,33 @@ class WorkflowContext:
     async def sleep(self, seconds: float) -> None:
         """A durable timer: a recovered saga sleeps only what is left."""
         await self._driver.sleep(self._next_position(), seconds)
+
+    def patched(self, change_id: str) -> bool:
+        """Whether this saga runs the code of the change ``change_id``: ``True`` for a new run
+        (the answer is recorded) and for a saga that reaches this point on the new code;
+        ``False`` when replaying a history recorded before the change, which must go on as
+        the old code did::
+
+            if ctx.patched("fraud-check"):
+                await ctx.step(CHECK_FRAUD, ...)
+
+        Once no history in flight predates the change, :meth:`deprecate_patch` retires it.
+        """
+        return self._patch(change_id, deprecated=False)
+
+    def deprecate_patch(self, change_id: str) -> None:
+        """Retire the patch ``change_id``: the new code runs unconditionally and records
+        nothing, while histories that recorded the patch still replay. Remove the call too
+        once ``cloudmart replay`` finds no history in flight with the patch."""
+        self._patch(change_id, deprecated=True)
+
+    def _patch(self, change_id: str, *, deprecated: bool) -> bool:
+        # The marker takes a position only when history holds it (or a live run records it):
+        # a history from before the change goes on at the same position down the old branch.
+        taken = self._driver.patched(self._position, change_id, deprecated=deprecated)
+        if taken:
+            self._position += 1
+        return taken
 
     def _next_position(self) -> int:
         position = self._position
