@@ -30,6 +30,22 @@ CREATE TABLE IF NOT EXISTS inbox (
 	INDEX ix_inbox_order (order_id)
 )ENGINE=InnoDB CHARSET=utf8mb4 COLLATE utf8mb4_bin;
 
+CREATE TABLE IF NOT EXISTS ledger_entries (
+	id BIGINT NOT NULL AUTO_INCREMENT,
+	account VARCHAR(16) NOT NULL,
+	account_id INTEGER NOT NULL,
+	bucket VARCHAR(16) NOT NULL,
+	delta NUMERIC(14, 2) NOT NULL,
+	order_id VARCHAR(64),
+	operation VARCHAR(64) NOT NULL,
+	created_at DATETIME(6) NOT NULL,
+	PRIMARY KEY (id),
+	CONSTRAINT ck_ledger_account CHECK (account IN ('customer', 'book')),
+	CONSTRAINT ck_ledger_bucket CHECK (bucket IN ('balance', 'available', 'reserved', 'shipped')),
+	INDEX ix_ledger_account (account, account_id, bucket, delta),
+	INDEX ix_ledger_order (order_id)
+)ENGINE=InnoDB CHARSET=utf8mb4 COLLATE utf8mb4_bin;
+
 CREATE TABLE IF NOT EXISTS order_events (
 	id BIGINT NOT NULL AUTO_INCREMENT,
 	event_id VARCHAR(36) NOT NULL,
@@ -197,3 +213,14 @@ CREATE TABLE IF NOT EXISTS stock_reservations (
 	FOREIGN KEY(book_id) REFERENCES books (book_id),
 	FOREIGN KEY(order_id) REFERENCES orders (order_id)
 )ENGINE=InnoDB CHARSET=utf8mb4 COLLATE utf8mb4_bin;
+
+-- The ledger's opening entries for rows inserted directly (cloudmart check).
+DROP TRIGGER IF EXISTS tr_customers_ledger_opening;
+
+CREATE TRIGGER tr_customers_ledger_opening AFTER INSERT ON customers
+FOR EACH ROW INSERT INTO ledger_entries (account, account_id, bucket, delta, order_id, operation, created_at) VALUES ('customer', NEW.customer_id, 'balance', NEW.balance, NULL, 'opening', UTC_TIMESTAMP(6));
+
+DROP TRIGGER IF EXISTS tr_inventory_ledger_opening;
+
+CREATE TRIGGER tr_inventory_ledger_opening AFTER INSERT ON inventory
+FOR EACH ROW INSERT INTO ledger_entries (account, account_id, bucket, delta, order_id, operation, created_at) VALUES ('book', NEW.book_id, 'available', NEW.available, NULL, 'opening', UTC_TIMESTAMP(6)), ('book', NEW.book_id, 'reserved', NEW.reserved, NULL, 'opening', UTC_TIMESTAMP(6));

@@ -8,9 +8,9 @@ refusals they raise.
 
 from __future__ import annotations
 
-from activities._inbox import Emit
+from activities._inbox import Emit, request_id_for
 from activities.db import Database, create_engine
-from activities.inventory import get_stock, release_stock, reserve_stock
+from activities.inventory import get_stock, release_stock, reserve_stock, restock
 from activities.orders import (
     cancel_order,
     check_order,
@@ -20,7 +20,13 @@ from activities.orders import (
     order_id_for,
     request_cancel,
 )
-from activities.payments import cancel_payment, get_payment, process_payment, refund_payment
+from activities.payments import (
+    cancel_payment,
+    get_payment,
+    process_payment,
+    refund_payment,
+    top_up,
+)
 from activities.shipping import arrange_shipping, cancel_shipping, get_shipment
 
 __all__ = [
@@ -43,5 +49,8 @@ __all__ = [
     "refund_payment",
     "release_stock",
     "request_cancel",
+    "request_id_for",
     "reserve_stock",
+    "restock",
+    "top_up",
 ]

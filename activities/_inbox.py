@@ -22,6 +22,7 @@ command, should it arrive late, finds the tombstone and raises :class:`AlreadyCo
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -55,6 +56,19 @@ def now() -> datetime:
 
 def operation_key(order_id: str, operation: str) -> str:
     return f"{order_id}:{operation}"
+
+
+# Ids of requests that are not an order's (a restock, a top-up), derived from an Idempotency-Key.
+_REQUEST_NAMESPACE = uuid.UUID("0d3f6b8e-57a1-4c29-8f0e-6a4b2d9c1e73")
+
+
+def request_id_for(kind: str, idempotency_key: str | None) -> str:
+    """The id an operation that belongs to no order (``kind``: ``restock``, ``top-up``) is
+    recorded under, once: derived from the client's Idempotency-Key, so a retried request
+    names the same operation and takes effect once; else a fresh one."""
+    if idempotency_key:
+        return f"{kind}-{uuid.uuid5(_REQUEST_NAMESPACE, idempotency_key)}"
+    return f"{kind}-{uuid.uuid4()}"
 
 
 class _Raced(Exception):

@@ -14,20 +14,26 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from activities._inbox import Emit, Later, now, run_compensation, run_once
+from activities._ledger import stock_moved
 from activities.db import Database
 from activities.errors import (
     BookNotFound,
     DomainError,
+    IdempotencyKeyReused,
+    InvalidCommand,
     ReservationShipped,
     StockUnavailable,
 )
 from activities.orders import order_status, require_found
 from activities.tables import books, inventory, stock_reservations
 from contracts.commands import (
+    INT32_MAX,
     Compensation,
     OrderItem,
     OrderRef,
     ReserveStock,
+    Restock,
+    Restocked,
     StockReservation,
     StockView,
 )
@@ -52,6 +58,14 @@ _RESERVATIONS_IN = Prepared(
         stock_reservations.c.status == sa.bindparam("source"),
     )
     .order_by(stock_reservations.c.book_id)
+)
+_RELEASE = Prepared(
+    inventory.update()
+    .where(inventory.c.book_id == sa.bindparam("book"))
+    .values(
+        available=inventory.c.available + sa.bindparam("qty"),
+        reserved=inventory.c.reserved - sa.bindparam("qty"),
+    )
 )
 _MOVE_RESERVED = Prepared(
     inventory.update()
@@ -105,6 +119,15 @@ async def reserve_stock(
                     }
                     for i in items
                 ],
+            )
+        )
+        later.add(
+            stock_moved(
+                [(i.book_id, i.quantity) for i in items],
+                source="available",
+                target="reserved",
+                order_id=cmd.order_id,
+                operation="reserve_stock",
             )
         )
         return StockReservation(order_id=cmd.order_id, items=items)
@@ -169,23 +192,33 @@ async def release_stock(db: Database, cmd: OrderRef, *, emit: Emit | None = None
             if r.status == "RESERVED"
         ]
         stamp = now()
+        # Every book's move back, its reservation's new status and the ledger's entries, in
+        # one round trip.
+        writes: list[Statement] = []
         for item in released:
-            await conn.execute(
-                inventory.update()
-                .where(inventory.c.book_id == item.book_id)
-                .values(
-                    available=inventory.c.available + item.quantity,
-                    reserved=inventory.c.reserved - item.quantity,
+            writes.append((_RELEASE, {"book": item.book_id, "qty": item.quantity}))
+            writes.append(
+                (
+                    _SET_RESERVATION,
+                    {
+                        "b_order": cmd.order_id,
+                        "book": item.book_id,
+                        "target": "RELEASED",
+                        "stamp": stamp,
+                    },
                 )
             )
-            await conn.execute(
-                stock_reservations.update()
-                .where(
-                    stock_reservations.c.order_id == cmd.order_id,
-                    stock_reservations.c.book_id == item.book_id,
+        if released:
+            writes.append(
+                stock_moved(
+                    [(i.book_id, i.quantity) for i in released],
+                    source="reserved",
+                    target="available",
+                    order_id=cmd.order_id,
+                    operation="release_stock",
                 )
-                .values(status="RELEASED", updated_at=stamp)
             )
+            await run_together(conn, writes)
         return Compensation(
             order_id=cmd.order_id, operation="release_stock", undone=bool(released), items=released
         )
@@ -220,7 +253,84 @@ def move_reservation(
                 {"b_order": order_id, "book": book_id, "target": target, "stamp": stamp},
             )
         )
+    moved = [(int(b), int(q)) for b, q in rows]
+    if moved:
+        writes.append(
+            stock_moved(
+                moved,
+                source="reserved" if ship else "shipped",
+                target="shipped" if ship else "reserved",
+                order_id=order_id,
+                operation="arrange_shipping" if ship else "cancel_shipping",
+            )
+        )
     return [OrderItem(book_id=b, quantity=q) for b, q in rows], writes
+
+
+_RESTOCK = Prepared(
+    inventory.update()
+    .where(
+        inventory.c.book_id == sa.bindparam("book"), inventory.c.available <= sa.bindparam("room")
+    )
+    .values(available=inventory.c.available + sa.bindparam("qty"))
+)
+_STOCK_OF = Prepared(
+    sa.select(inventory.c.available, inventory.c.reserved).where(
+        inventory.c.book_id == sa.bindparam("book")
+    )
+)
+
+
+async def restock(db: Database, cmd: Restock, *, emit: Emit | None = None) -> Restocked:
+    """Add ``quantity`` units to a book's ``available`` stock, once per ``request_id``: the
+    operation that brings stock in (the ledger records it; ``cloudmart check`` names stock that
+    appears any other way). BookNotFound for a book with no stock row; IdempotencyKeyReused when
+    the request id was used for another restock.
+    """
+
+    async def effect(conn: AsyncConnection, later: Later) -> Restocked:
+        # The addition and the read of the stock it leaves, in one round trip.
+        added, stock = await run_together(
+            conn,
+            [
+                (
+                    _RESTOCK,
+                    {"book": cmd.book_id, "qty": cmd.quantity, "room": INT32_MAX - cmd.quantity},
+                ),
+                (_STOCK_OF, {"book": cmd.book_id}),
+            ],
+        )
+        if not stock.rows:
+            raise BookNotFound(f"book {cmd.book_id} is not stocked", book_id=cmd.book_id)
+        available, reserved = stock.rows[0]
+        if added.matched != 1:
+            raise InvalidCommand(
+                f"book {cmd.book_id}: {available} available leaves no room for {cmd.quantity}",
+                book_id=cmd.book_id,
+            )
+        later.add(
+            stock_moved(
+                [(cmd.book_id, cmd.quantity)],
+                source=None,
+                target="available",
+                order_id=cmd.request_id,
+                operation="restock",
+            )
+        )
+        return Restocked(
+            request_id=cmd.request_id,
+            book_id=cmd.book_id,
+            quantity=cmd.quantity,
+            available=int(available),
+            reserved=int(reserved),
+        )
+
+    done = await run_once(db, cmd.request_id, "restock", Restocked, effect, emit)
+    if (done.book_id, done.quantity) != (cmd.book_id, cmd.quantity):
+        raise IdempotencyKeyReused(
+            "this Idempotency-Key was used with a different restock", request_id=cmd.request_id
+        )
+    return done
 
 
 async def get_stock(db: Database, book_id: int) -> StockView:

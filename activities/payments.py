@@ -13,11 +13,26 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from activities._inbox import Emit, Later, now, run_compensation, run_once
+from activities._ledger import balance_moved
 from activities.db import Database
-from activities.errors import CustomerNotFound, DomainError, NotFound, PaymentFailed
+from activities.errors import (
+    CustomerNotFound,
+    DomainError,
+    IdempotencyKeyReused,
+    InvalidCommand,
+    NotFound,
+    PaymentFailed,
+)
 from activities.orders import order_status, require_found
 from activities.tables import customers, payments
-from contracts.commands import Compensation, OrderRef, PaymentView, ProcessPayment
+from contracts.commands import (
+    Compensation,
+    OrderRef,
+    PaymentView,
+    ProcessPayment,
+    ToppedUp,
+    TopUp,
+)
 from prepared_sql import Prepared, run_together
 
 # The forward path runs them for every order (see prepared_sql).
@@ -30,6 +45,11 @@ _DEBIT = Prepared(
     .values(balance=customers.c.balance - sa.bindparam("amount"))
 )
 _INSERT_PAYMENT = Prepared(payments.insert())
+_CREDIT = Prepared(
+    customers.update()
+    .where(customers.c.customer_id == sa.bindparam("customer"))
+    .values(balance=customers.c.balance + sa.bindparam("amount"))
+)
 
 
 async def process_payment(
@@ -66,6 +86,15 @@ async def process_payment(
                 amount=str(cmd.amount),
             )
         status = "FAILED" if refusal else "COMPLETED"
+        if refusal is None:  # the debit's entry goes with the outcome, in its packet
+            later.add(
+                balance_moved(
+                    cmd.customer_id,
+                    -cmd.amount,
+                    order_id=cmd.order_id,
+                    operation="process_payment",
+                )
+            )
         stamp = now()
         later.add(
             (
@@ -110,10 +139,15 @@ async def _credit_back(
     )
     if moved.rowcount != 1:  # pragma: no cover - the inbox key already serialises compensations
         return Compensation(order_id=order_id, operation=operation, undone=False)
-    await conn.execute(
-        customers.update()
-        .where(customers.c.customer_id == row.customer_id)
-        .values(balance=customers.c.balance + row.amount)
+    # The credit and its ledger entry, in one round trip.
+    await run_together(
+        conn,
+        [
+            (_CREDIT, {"customer": row.customer_id, "amount": row.amount}),
+            balance_moved(
+                row.customer_id, Decimal(row.amount), order_id=order_id, operation=operation
+            ),
+        ],
     )
     return Compensation(
         order_id=order_id, operation=operation, undone=True, amount=Decimal(row.amount)
@@ -139,6 +173,73 @@ async def cancel_payment(db: Database, cmd: OrderRef, *, emit: Emit | None = Non
 async def refund_payment(db: Database, cmd: OrderRef, *, emit: Emit | None = None) -> Compensation:
     """Compensate a captured payment after a later failure: money back (REFUNDED)."""
     return await _compensate(db, cmd, "refund_payment", "REFUNDED", emit)
+
+
+# The largest balance the column holds (DECIMAL(12, 2)).
+MAX_BALANCE = Decimal("9999999999.99")
+_TOP_UP = Prepared(
+    customers.update()
+    .where(
+        customers.c.customer_id == sa.bindparam("customer"),
+        customers.c.balance <= sa.bindparam("room"),
+    )
+    .values(balance=customers.c.balance + sa.bindparam("amount"))
+)
+_BALANCE_OF = Prepared(
+    sa.select(customers.c.balance).where(customers.c.customer_id == sa.bindparam("customer"))
+)
+
+
+async def top_up(db: Database, cmd: TopUp, *, emit: Emit | None = None) -> ToppedUp:
+    """Add ``amount`` to a customer's balance, once per ``request_id``: the operation that
+    brings money in (the ledger records it; ``cloudmart check`` names money that appears any
+    other way). CustomerNotFound for an unknown customer; IdempotencyKeyReused when the request
+    id was used for another top-up.
+    """
+
+    async def effect(conn: AsyncConnection, later: Later) -> ToppedUp:
+        # The credit and the read of the balance it leaves, in one round trip.
+        added, balance = await run_together(
+            conn,
+            [
+                (
+                    _TOP_UP,
+                    {
+                        "customer": cmd.customer_id,
+                        "amount": cmd.amount,
+                        "room": MAX_BALANCE - cmd.amount,
+                    },
+                ),
+                (_BALANCE_OF, {"customer": cmd.customer_id}),
+            ],
+        )
+        if not balance.rows:
+            raise CustomerNotFound(
+                f"customer {cmd.customer_id} does not exist", customer_id=cmd.customer_id
+            )
+        now_holds = Decimal(str(balance.rows[0][0]))
+        if added.matched != 1:
+            raise InvalidCommand(
+                f"customer {cmd.customer_id}: a balance of {now_holds} leaves no room for "
+                f"{cmd.amount}",
+                customer_id=cmd.customer_id,
+            )
+        later.add(
+            balance_moved(cmd.customer_id, cmd.amount, order_id=cmd.request_id, operation="top_up")
+        )
+        return ToppedUp(
+            request_id=cmd.request_id,
+            customer_id=cmd.customer_id,
+            amount=cmd.amount,
+            balance=now_holds,
+        )
+
+    done = await run_once(db, cmd.request_id, "top_up", ToppedUp, effect, emit)
+    if (done.customer_id, done.amount) != (cmd.customer_id, cmd.amount):
+        raise IdempotencyKeyReused(
+            "this Idempotency-Key was used with a different top-up", request_id=cmd.request_id
+        )
+    return done
 
 
 async def get_payment(db: Database, order_id: str) -> PaymentView:

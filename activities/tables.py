@@ -226,3 +226,38 @@ shipping_prerequisites = sa.Table(
     sa.Column("updated_at", Timestamp, nullable=False),
     **MYSQL_TABLE_ARGS,
 )
+
+# The ledger: every movement of money and stock, appended in the transaction of the operation
+# that made it (never updated, never deleted by the application). An account is a customer's
+# ``balance`` or one of a book's buckets (``available``, ``reserved``, ``shipped``); the sum of
+# an account's deltas is what its row must hold, which ``cloudmart check`` proves (rule
+# ``ledger``). A row inserted directly opens its account with what it holds then: a trigger
+# (see :func:`cloudmart.schema.ledger_triggers`) writes the ``opening`` entries. ``order_id``
+# is the order of the operation, or for a restock or top-up the request's id, as in ``inbox``;
+# NULL for an opening. The index covers the check's grouped sum.
+LEDGER_ACCOUNTS = ("customer", "book")
+LEDGER_BUCKETS = ("balance", "available", "reserved", "shipped")
+OPENING = "opening"
+
+ledger_entries = sa.Table(
+    "ledger_entries",
+    metadata,
+    sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("account", sa.String(16), nullable=False),
+    sa.Column("account_id", sa.Integer, nullable=False),
+    sa.Column("bucket", sa.String(16), nullable=False),
+    sa.Column("delta", sa.Numeric(14, 2), nullable=False),
+    sa.Column("order_id", OrderId, nullable=True),
+    sa.Column("operation", sa.String(64), nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.CheckConstraint(_in("account", LEDGER_ACCOUNTS), name="ck_ledger_account"),
+    sa.CheckConstraint(_in("bucket", LEDGER_BUCKETS), name="ck_ledger_bucket"),
+    sa.Index("ix_ledger_account", "account", "account_id", "bucket", "delta"),
+    sa.Index("ix_ledger_order", "order_id"),
+    **MYSQL_TABLE_ARGS,
+)

@@ -27,6 +27,13 @@ Rules (``Violation.rule``):
     baseline) ``available + reserved + shipped`` changed.
 ``money``
     A negative balance, or (given a baseline) ``balance + captured payments`` changed.
+``ledger``
+    A customer's ``balance``, or a book's ``available``, ``reserved`` or units shipped (its
+    CONSUMED reservations), that is not the sum of its ledger entries: the row changed outside
+    any operation (by hand in SQL, say). Every operation that moves money or stock records the
+    movement in ``ledger_entries`` in its own transaction, and a row inserted directly opens
+    its account with what it holds then, so this needs no baseline. One grouped query per
+    table; scoped to a baseline's books and customers when the check is scoped to some orders.
 
 Outcome rules (``completed``/``failed``) skip sagas that reached their end less than
 ``grace_seconds`` ago: in the choreography an order can be CANCELLED while the compensations of
@@ -202,6 +209,12 @@ def check_connection(
         if order_ids is None or baseline is not None:
             found += _stock(conn)
             found += _money(conn)
+            scoped = order_ids is not None and baseline is not None
+            found += _ledger(
+                conn,
+                books=set(baseline.stock) if scoped and baseline else None,
+                customers=set(baseline.money) if scoped and baseline else None,
+            )
         if baseline is not None:
             now_totals = _totals(conn)
             found += _changed(
@@ -484,6 +497,69 @@ def _money(conn: sa.Connection) -> list[Violation]:
             sa.text("SELECT customer_id, balance FROM customers WHERE balance < 0")
         )
     ]
+
+
+# What each customer's balance and each book's buckets hold against the sum of their ledger
+# entries; only the rows that differ come back. Money is compared to the half cent, since
+# SQLite sums DECIMAL as floating point; stock is whole units on both.
+LEDGER_MONEY = """
+SELECT c.customer_id, c.balance, l.total
+FROM customers c
+LEFT JOIN (SELECT account_id, SUM(delta) AS total FROM ledger_entries
+           WHERE account = 'customer' AND bucket = 'balance' GROUP BY account_id) l
+       ON l.account_id = c.customer_id
+WHERE l.total IS NULL OR ABS(c.balance - l.total) >= 0.005
+"""
+
+LEDGER_STOCK = """
+SELECT i.book_id, i.available, i.reserved, COALESCE(s.shipped, 0) AS shipped,
+       l.available AS l_available, l.reserved AS l_reserved, l.shipped AS l_shipped
+FROM inventory i
+LEFT JOIN (SELECT account_id,
+                  SUM(CASE WHEN bucket = 'available' THEN delta ELSE 0 END) AS available,
+                  SUM(CASE WHEN bucket = 'reserved' THEN delta ELSE 0 END) AS reserved,
+                  SUM(CASE WHEN bucket = 'shipped' THEN delta ELSE 0 END) AS shipped
+           FROM ledger_entries WHERE account = 'book' GROUP BY account_id) l
+       ON l.account_id = i.book_id
+LEFT JOIN (SELECT book_id, SUM(quantity) AS shipped FROM stock_reservations
+           WHERE status = 'CONSUMED' GROUP BY book_id) s
+       ON s.book_id = i.book_id
+WHERE l.account_id IS NULL OR i.available <> l.available OR i.reserved <> l.reserved
+   OR COALESCE(s.shipped, 0) <> l.shipped
+"""
+
+
+def _ledger(
+    conn: sa.Connection, *, books: set[int] | None, customers: set[int] | None
+) -> list[Violation]:
+    """Rows that do not hold what their ledger entries add up to (``None``: every row)."""
+    found: list[Violation] = []
+    for r in conn.execute(sa.text(LEDGER_MONEY)):
+        if customers is not None and int(r.customer_id) not in customers:
+            continue
+        said = "no entries" if r.total is None else str(_money_of(r.total))
+        found.append(
+            Violation(
+                "ledger",
+                f"customer {r.customer_id}",
+                f"balance is {_money_of(r.balance)} but the ledger says {said}",
+            )
+        )
+    for r in conn.execute(sa.text(LEDGER_STOCK)):
+        if books is not None and int(r.book_id) not in books:
+            continue
+        for bucket in ("available", "reserved", "shipped"):
+            held, said = getattr(r, bucket), getattr(r, f"l_{bucket}")
+            if said is None or int(held) != int(Decimal(str(said))):
+                found.append(
+                    Violation(
+                        "ledger",
+                        f"book {r.book_id}",
+                        f"{bucket} is {int(held)} but the ledger says "
+                        + ("no entries" if said is None else str(int(Decimal(str(said))))),
+                    )
+                )
+    return found
 
 
 def _changed(

@@ -3,7 +3,8 @@
 
 ``init.sql`` is generated from it (``cloudmart db sql > init.sql``; a test keeps the committed
 file equal to the generated one) and runs unchanged on MySQL 8.0 and MariaDB 10.11. SQLite,
-for the embedded mode, gets the same tables through ``metadata.create_all``.
+for the embedded mode, gets the same tables through ``metadata.create_all``. Both get the
+ledger's triggers (:func:`ledger_triggers`) after the tables.
 """
 
 from __future__ import annotations
@@ -69,10 +70,52 @@ def _mysql_ddl(table: sa.Table) -> str:
 _CONSTRAINT_WORDS = ("PRIMARY KEY", "UNIQUE", "FOREIGN KEY", "CONSTRAINT", "CHECK")
 
 
+# A row inserted directly (SPEC §5 lets tests and operators do it) opens its ledger account
+# with what it holds then. A trigger is the one place that sees every insert, whoever makes it,
+# in the inserting transaction; the operations themselves never insert customers or inventory.
+_OPENINGS = {
+    "customers": ("('customer', NEW.customer_id, 'balance', NEW.balance, NULL, 'opening', {now})"),
+    "inventory": (
+        "('book', NEW.book_id, 'available', NEW.available, NULL, 'opening', {now}), "
+        "('book', NEW.book_id, 'reserved', NEW.reserved, NULL, 'opening', {now})"
+    ),
+}
+_LEDGER_INSERT = (
+    "INSERT INTO ledger_entries "
+    "(account, account_id, bucket, delta, order_id, operation, created_at) VALUES "
+)
+
+
+def ledger_triggers(dialect: str) -> list[str]:
+    """The statements that create the ledger's opening triggers on ``dialect``.
+
+    MySQL/MariaDB: ``DROP TRIGGER IF EXISTS`` then ``CREATE TRIGGER`` with a one-statement
+    body (no delimiter games; MySQL 8.0 before 8.0.29 has no ``CREATE TRIGGER IF NOT
+    EXISTS``), so init.sql stays re-runnable. SQLite: ``CREATE TRIGGER IF NOT EXISTS`` with its
+    required ``BEGIN ... END``. Timestamps are UTC, as the application writes them.
+    """
+    statements = []
+    for table, values in _OPENINGS.items():
+        name = f"tr_{table}_ledger_opening"
+        if dialect == "sqlite":
+            body = _LEDGER_INSERT + values.format(now="datetime('now')")
+            statements.append(
+                f"CREATE TRIGGER IF NOT EXISTS {name} AFTER INSERT ON {table} "
+                f"FOR EACH ROW BEGIN {body}; END"
+            )
+        else:
+            body = _LEDGER_INSERT + values.format(now="UTC_TIMESTAMP(6)")
+            statements.append(f"DROP TRIGGER IF EXISTS {name}")
+            statements.append(f"CREATE TRIGGER {name} AFTER INSERT ON {table}\nFOR EACH ROW {body}")
+    return statements
+
+
 def generate_init_sql() -> str:
     """The text of ``init.sql``."""
     parts = [_HEADER]
     parts.extend(_mysql_ddl(table) for table in all_metadata().sorted_tables)
+    parts.append("-- The ledger's opening entries for rows inserted directly (cloudmart check).")
+    parts.extend(f"{statement};\n" for statement in ledger_triggers("mysql"))
     return "\n".join(parts)
 
 
@@ -111,6 +154,8 @@ async def create_schema(engine: AsyncEngine, *, reset: bool = False) -> None:
             await conn.run_sync(metadata.drop_all)
         if engine.dialect.name == "sqlite":
             await conn.run_sync(metadata.create_all)
+            for statement in ledger_triggers("sqlite"):
+                await conn.execute(sa.text(statement))
         else:
             for statement in _statements(generate_init_sql()):
                 await conn.execute(sa.text(statement))

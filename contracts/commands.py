@@ -177,6 +177,57 @@ class ArrangeShipping(Model):
     address: Address
 
 
+MAX_RESTOCK = 10_000
+MAX_TOP_UP = Decimal("1000000.00")
+RequestId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+TopUpAmount = Annotated[
+    Decimal,
+    Field(gt=0, le=MAX_TOP_UP, max_digits=9, decimal_places=2, allow_inf_nan=False),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "exclusiveMinimum": 0, "maximum": 1_000_000, "multipleOf": 0.01},
+                {"type": "string", "pattern": r"^(0|[1-9][0-9]{0,6})(\.[0-9]{1,2})?$"},
+            ],
+            "description": 'A positive amount of at most 1000000 and 2 decimals, e.g. "12.50".',
+        },
+        mode="validation",
+    ),
+]
+
+
+class RestockBody(Model):
+    """The body of ``POST /inventory/{book_id}/restock``."""
+
+    quantity: Annotated[int, Field(strict=True, ge=1, le=MAX_RESTOCK)]
+
+
+class Restock(RestockBody):
+    """Units that enter a book's stock (into ``available``); ``request_id`` keys it once."""
+
+    request_id: RequestId
+    book_id: Id
+
+
+class TopUpBody(Model):
+    """The body of ``POST /payments/top-up``."""
+
+    customer_id: Id
+    amount: TopUpAmount
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        json_schema_extra={"examples": [{"customer_id": 1, "amount": "12.50"}]},
+    )
+
+
+class TopUp(TopUpBody):
+    """Money added to a customer's balance; ``request_id`` keys it once."""
+
+    request_id: RequestId
+
+
 # Results ---------------------------------------------------------------------------------
 
 
@@ -234,3 +285,22 @@ class Compensation(Model):
     undone: bool
     amount: Decimal | None = None
     items: list[OrderItem] = Field(default_factory=list)
+
+
+class Restocked(Model):
+    """What a restock did, and the book's stock right after it."""
+
+    request_id: str
+    book_id: int
+    quantity: int
+    available: int
+    reserved: int
+
+
+class ToppedUp(Model):
+    """What a top-up did, and the customer's balance right after it."""
+
+    request_id: str
+    customer_id: int
+    amount: Decimal
+    balance: Decimal
