@@ -91,3 +91,11 @@ async def balance(db: Database, customer_id: int) -> Decimal:
         db, sa.select(customers.c.balance).where(customers.c.customer_id == customer_id)
     )
     return Decimal(str(value))
+
+
+async def ledger_violations(db: Database) -> list[str]:
+    """What ``cloudmart check``'s ledger rule (no baseline) finds in the whole database."""
+    from cloudmart.check import check
+
+    report = await check(db.engine)
+    return [str(v) for v in report.violations if v.rule == "ledger"]

@@ -27,6 +27,9 @@ IdempotencyKeyHeader = Annotated[
         min_length=1,
         max_length=200,
         pattern=r"^[\x21-\x7e]+$",
-        description="Retry-safe start: the same key and body give the same order (and saga).",
+        description=(
+            "Retry-safe request: the same key and body give the same result, taking effect once "
+            "(a start: the same order and saga; a restock or top-up: applied once)."
+        ),
     ),
 ]

@@ -1,19 +1,30 @@
-"""The inventory service's REST API: reserve and release stock, read a book's stock."""
+"""The inventory service's REST API: reserve and release stock, restock a book, read its stock."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
-from activities import get_stock, release_stock, reserve_stock
+from activities import get_stock, release_stock, request_id_for, reserve_stock, restock
 from activities.errors import (
     AlreadyCompensated,
     BookNotFound,
+    IdempotencyKeyReused,
+    InvalidCommand,
     OrderNotFound,
     ReservationShipped,
     StockUnavailable,
 )
-from contracts.commands import Compensation, OrderRef, ReserveStock, StockReservation, StockView
-from services._kit import BookIdPath, DatabaseDep, error_responses
+from contracts.commands import (
+    Compensation,
+    OrderRef,
+    ReserveStock,
+    Restock,
+    RestockBody,
+    Restocked,
+    StockReservation,
+    StockView,
+)
+from services._kit import BookIdPath, DatabaseDep, IdempotencyKeyHeader, error_responses
 
 router = APIRouter(prefix="/inventory", tags=["inventory"])
 
@@ -36,6 +47,31 @@ async def reserve(body: ReserveStock, db: DatabaseDep) -> StockReservation:
 )
 async def release(body: OrderRef, db: DatabaseDep) -> Compensation:
     return await release_stock(db, body)
+
+
+@router.post(
+    "/{book_id}/restock",
+    response_model=Restocked,
+    responses=error_responses(BookNotFound, IdempotencyKeyReused, InvalidCommand),
+    summary="Add units to a book's available stock (once per Idempotency-Key)",
+    description=(
+        "The operation that brings stock in: recorded in the ledger, so `cloudmart check` "
+        "accepts it. With an `Idempotency-Key`, a retry with the same body takes effect once "
+        "and answers as the first did; the same key with another body is a 422."
+    ),
+)
+async def restock_book(
+    book_id: BookIdPath,
+    body: RestockBody,
+    db: DatabaseDep,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Restocked:
+    command = Restock(
+        request_id=request_id_for("restock", idempotency_key),
+        book_id=book_id,
+        quantity=body.quantity,
+    )
+    return await restock(db, command)
 
 
 @router.get(

@@ -1,19 +1,36 @@
-"""The payment service's REST API: take, cancel and refund an order's payment."""
+"""The payment service's REST API: take, cancel and refund an order's payment; top up a balance."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
-from activities import cancel_payment, get_payment, process_payment, refund_payment
+from activities import (
+    cancel_payment,
+    get_payment,
+    process_payment,
+    refund_payment,
+    request_id_for,
+    top_up,
+)
 from activities.errors import (
     AlreadyCompensated,
     CustomerNotFound,
+    IdempotencyKeyReused,
+    InvalidCommand,
     NotFound,
     OrderNotFound,
     PaymentFailed,
 )
-from contracts.commands import Compensation, OrderRef, PaymentView, ProcessPayment
-from services._kit import DatabaseDep, OrderIdPath, error_responses
+from contracts.commands import (
+    Compensation,
+    OrderRef,
+    PaymentView,
+    ProcessPayment,
+    ToppedUp,
+    TopUp,
+    TopUpBody,
+)
+from services._kit import DatabaseDep, IdempotencyKeyHeader, OrderIdPath, error_responses
 
 router = APIRouter(prefix="/payments", tags=["payments"])
 
@@ -44,6 +61,24 @@ async def cancel(body: OrderRef, db: DatabaseDep) -> Compensation:
 )
 async def refund(body: OrderRef, db: DatabaseDep) -> Compensation:
     return await refund_payment(db, body)
+
+
+@router.post(
+    "/top-up",
+    response_model=ToppedUp,
+    responses=error_responses(CustomerNotFound, IdempotencyKeyReused, InvalidCommand),
+    summary="Add money to a customer's balance (once per Idempotency-Key)",
+    description=(
+        "The operation that brings money in: recorded in the ledger, so `cloudmart check` "
+        "accepts it. With an `Idempotency-Key`, a retry with the same body takes effect once "
+        "and answers as the first did; the same key with another body is a 422."
+    ),
+)
+async def top_up_balance(
+    body: TopUpBody, db: DatabaseDep, idempotency_key: IdempotencyKeyHeader = None
+) -> ToppedUp:
+    command = TopUp(request_id=request_id_for("top-up", idempotency_key), **body.model_dump())
+    return await top_up(db, command)
 
 
 @router.get(

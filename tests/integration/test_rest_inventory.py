@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import mysql_database_url
-from domain_data import order, stock
+from domain_data import ledger_violations, order, stock
 from rest_support import (
     GENERIC_HOSTILE,
     HOSTILE_ORDER_IDS,
@@ -221,3 +221,44 @@ async def test_ten_megabyte_reserve_body_is_413(client: httpx.AsyncClient, db: D
 
     assert assert_error(response, 413)["error"] == "payload_too_large"
     assert await snapshot(db) == before
+
+
+async def test_restock_adds_available_units_and_the_ledger_agrees(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    response = await client.post("/inventory/2/restock", json={"quantity": 7})
+
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["book_id"], body["quantity"], body["available"], body["reserved"]) == (2, 7, 12, 0)
+    assert body["request_id"].startswith("restock-")
+    assert await stock(db, 2) == (12, 0)
+    assert await ledger_violations(db) == []
+
+
+async def test_restock_with_one_idempotency_key_takes_effect_once(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    key = {"Idempotency-Key": "restock-a"}
+    first = await client.post("/inventory/2/restock", json={"quantity": 7}, headers=key)
+    again = await client.post("/inventory/2/restock", json={"quantity": 7}, headers=key)
+    other = await client.post("/inventory/2/restock", json={"quantity": 8}, headers=key)
+    unkeyed = await client.post("/inventory/2/restock", json={"quantity": 1})
+
+    assert again.status_code == 200 and again.json() == first.json()
+    assert_error(other, 422)
+    assert unkeyed.status_code == 200
+    assert await stock(db, 2) == (13, 0)
+    assert await ledger_violations(db) == []
+
+
+async def test_restock_of_an_unknown_book_is_404(client: httpx.AsyncClient, db: Database) -> None:
+    assert_error(await client.post("/inventory/999/restock", json={"quantity": 1}), 404)
+
+
+@pytest.mark.parametrize("body", [{"quantity": 0}, {"quantity": 10_001}, {"quantity": "3"}, {}])
+async def test_restock_out_of_range_is_422_and_changes_nothing(
+    client: httpx.AsyncClient, db: Database, body: dict[str, Any]
+) -> None:
+    assert_error(await client.post("/inventory/2/restock", json=body), 422)
+    assert await stock(db, 2) == (5, 0)

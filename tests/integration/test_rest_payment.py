@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import mysql_database_url
-from domain_data import balance, order
+from domain_data import balance, ledger_violations, order
 from rest_support import (
     GENERIC_HOSTILE,
     HOSTILE_ORDER_IDS,
@@ -197,3 +197,46 @@ async def test_hostile_payment_body_is_a_4xx_json_error_and_writes_nothing(
 
     assert_error(response, is_client_error)
     assert await snapshot(db) == before
+
+
+async def test_top_up_adds_to_the_balance_and_the_ledger_agrees(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    response = await client.post("/payments/top-up", json={"customer_id": 2, "amount": "12.50"})
+
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["customer_id"], body["amount"], body["balance"]) == (2, "12.50", "512.50")
+    assert await balance(db, 2) == Decimal("512.50")
+    assert await ledger_violations(db) == []
+
+
+async def test_top_up_with_one_idempotency_key_takes_effect_once(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    key = {"Idempotency-Key": "top-up-a"}
+    body = {"customer_id": 2, "amount": "12.50"}
+    first = await client.post("/payments/top-up", json=body, headers=key)
+    again = await client.post("/payments/top-up", json=body, headers=key)
+    other = await client.post("/payments/top-up", json={**body, "amount": "1.00"}, headers=key)
+
+    assert again.status_code == 200 and again.json() == first.json()
+    assert_error(other, 422)
+    assert await balance(db, 2) == Decimal("512.50")
+    assert await ledger_violations(db) == []
+
+
+async def test_top_up_of_an_unknown_customer_is_404(client: httpx.AsyncClient) -> None:
+    response = await client.post("/payments/top-up", json={"customer_id": 999, "amount": "1.00"})
+    assert_error(response, 404)
+
+
+@pytest.mark.parametrize(
+    "amount", ["0", "0.00", "-1.00", "1.005", "1000000.01", "NaN", "Infinity", None]
+)
+async def test_top_up_of_a_bad_amount_is_422_and_changes_nothing(
+    client: httpx.AsyncClient, db: Database, amount: object
+) -> None:
+    response = await client.post("/payments/top-up", json={"customer_id": 2, "amount": amount})
+    assert_error(response, 422)
+    assert await balance(db, 2) == Decimal("500.00")
