@@ -10,6 +10,8 @@
     cloudmart check [--baseline FILE]      check every saga guarantee over the database
     cloudmart replay [--status S] [FILE]   replay histories against today's workflow code
     cloudmart bench [--rate R] [--mix M]   sagas through the REST API; floor; report
+    cloudmart stock restock BOOK QTY       add stock (POST /inventory/{book_id}/restock)
+    cloudmart money top-up CUSTOMER AMOUNT add money (POST /payments/top-up)
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 
+from cloudmart import operations_cli
 from services._kit import roster
 from services._kit.settings import Settings, get_settings
 
@@ -41,6 +44,9 @@ db_app = typer.Typer(help="Create and fill the database.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 events_app = typer.Typer(help="Watch the choreography's events.", no_args_is_help=True)
 app.add_typer(events_app, name="events")
+# Restock and top-up: the operations that bring stock and money in (cloudmart/operations_cli.py).
+app.add_typer(operations_cli.stock_app, name="stock", no_args_is_help=True)
+app.add_typer(operations_cli.money_app, name="money", no_args_is_help=True)
 
 
 class Pattern(StrEnum):
