@@ -170,6 +170,10 @@ async def release_stock(db: Database, cmd: OrderRef, *, emit: Emit | None = None
     """
 
     async def effect(conn: AsyncConnection, took_effect: bool) -> Compensation:
+        # Locking read: a concurrent duplicate release waits here for this one to commit, then
+        # finds the reservations RELEASED and moves nothing (its inbox insert then loses the
+        # race). A plain read would let it move the same units back twice and fail on
+        # ck_inventory_reserved instead.
         rows = (
             await conn.execute(
                 sa.select(
@@ -179,6 +183,7 @@ async def release_stock(db: Database, cmd: OrderRef, *, emit: Emit | None = None
                 )
                 .where(stock_reservations.c.order_id == cmd.order_id)
                 .order_by(stock_reservations.c.book_id)
+                .with_for_update()
             )
         ).all()
         if any(r.status == "CONSUMED" for r in rows):
