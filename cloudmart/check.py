@@ -38,7 +38,8 @@ Rules (``Violation.rule``):
 Outcome rules (``completed``/``failed``) skip sagas that reached their end less than
 ``grace_seconds`` ago: in the choreography an order can be CANCELLED while the compensations of
 other services are still on their way. Conservation needs the totals from before the load: take a
-:func:`snapshot` first (``cloudmart check --snapshot FILE``) and pass it as ``baseline``.
+:func:`snapshot` first (``cloudmart check --snapshot FILE``) and pass it as ``baseline``. The
+``ledger`` rule needs none: the ledger itself says what every row must hold.
 """
 
 from __future__ import annotations
@@ -114,6 +115,9 @@ class CheckReport:
     sagas: dict[str, int]
     orders: dict[str, int]
     checked_at: str
+    rules_run: list[str] = field(default_factory=list)
+    """The rules this check ran (``stock``, ``money`` and ``ledger`` only over the whole
+    database or with a baseline)."""
 
     @property
     def ok(self) -> bool:
@@ -200,6 +204,7 @@ def check_connection(
     cutoff = now - timedelta(seconds=grace_seconds)
     scope = _Scope(conn, order_ids)
     found: list[Violation] = []
+    ran = ["stuck", "completed", "failed", "twice", "compensation-order", "owners"]
     with _snapshot_transaction(conn):
         sagas = scope.counts("saga_instances", "s")
         orders = scope.counts("orders", "o")
@@ -207,6 +212,7 @@ def check_connection(
         found += _outcomes(scope, cutoff)
         found += _history(scope)
         if order_ids is None or baseline is not None:
+            ran += ["stock", "money", "ledger"]
             found += _stock(conn)
             found += _money(conn)
             scoped = order_ids is not None and baseline is not None
@@ -223,7 +229,7 @@ def check_connection(
             found += _changed(
                 "money", "customer", "balance+captured", baseline.money, now_totals.money
             )
-    return CheckReport(found, sagas, orders, now.isoformat())
+    return CheckReport(found, sagas, orders, now.isoformat(), ran)
 
 
 def _now() -> datetime:

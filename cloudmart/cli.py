@@ -108,8 +108,10 @@ def check(
 
     Reports, with the offending ids: sagas or orders not terminal after --grace seconds, a
     COMPLETED one missing an effect, a FAILED one with an effect left, a step or compensation
-    completed twice, compensations out of reverse order, two owners driving one saga, and stock
-    or money not conserved (against --baseline).
+    completed twice, compensations out of reverse order, two owners driving one saga, a balance
+    or a book's counts that differ from what the ledger's entries add up to (a row changed
+    outside any operation; no baseline needed), and stock or money not conserved (against
+    --baseline).
     """
     from pathlib import Path
 

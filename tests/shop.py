@@ -68,13 +68,16 @@ class Shop:
         return customer_id
 
     def check(self, order_ids: list[str]) -> None:
-        """SPEC §6 holds for these orders and this scenario's books and customers."""
+        """SPEC §6 holds for these orders and this scenario's books and customers, and each of
+        those books and customers holds what its ledger entries add up to (the ``ledger`` rule,
+        which needs no baseline: the baseline only scopes it to this scenario's rows)."""
         baseline = Baseline(stock=dict(self.stock), money=dict(self.balances))
         with self.sql.connect() as conn:
             report = check_connection(
                 conn, grace_seconds=0.0, baseline=baseline, order_ids=order_ids
             )
         assert report.ok, report.render()
+        assert "ledger" in report.rules_run, report.rules_run
 
     def stock_of(self, book_id: int) -> tuple[int, int]:
         with self.sql.connect() as conn:
