@@ -224,3 +224,8 @@ DROP TRIGGER IF EXISTS tr_inventory_ledger_opening;
 
 CREATE TRIGGER tr_inventory_ledger_opening AFTER INSERT ON inventory
 FOR EACH ROW INSERT INTO ledger_entries (account, account_id, bucket, delta, order_id, operation, created_at) VALUES ('book', NEW.book_id, 'available', NEW.available, NULL, 'opening', UTC_TIMESTAMP(6)), ('book', NEW.book_id, 'reserved', NEW.reserved, NULL, 'opening', UTC_TIMESTAMP(6));
+
+-- Rows from before the ledger open their accounts with what they hold.
+INSERT INTO ledger_entries (account, account_id, bucket, delta, order_id, operation, created_at) SELECT 'customer', c.customer_id, 'balance', c.balance, NULL, 'opening', UTC_TIMESTAMP(6) FROM customers c WHERE NOT EXISTS (SELECT 1 FROM ledger_entries l WHERE l.account = 'customer' AND l.account_id = c.customer_id);
+
+INSERT INTO ledger_entries (account, account_id, bucket, delta, order_id, operation, created_at) SELECT 'book', i.book_id, b.bucket, CASE b.bucket WHEN 'available' THEN i.available WHEN 'reserved' THEN i.reserved ELSE COALESCE((SELECT SUM(r.quantity) FROM stock_reservations r WHERE r.book_id = i.book_id AND r.status = 'CONSUMED'), 0) END, NULL, 'opening', UTC_TIMESTAMP(6) FROM inventory i CROSS JOIN (SELECT 'available' AS bucket UNION ALL SELECT 'reserved' UNION ALL SELECT 'shipped') b WHERE NOT EXISTS (SELECT 1 FROM ledger_entries l WHERE l.account = 'book' AND l.account_id = i.book_id);

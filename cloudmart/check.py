@@ -543,26 +543,32 @@ def _ledger(
     for r in conn.execute(sa.text(LEDGER_MONEY)):
         if customers is not None and int(r.customer_id) not in customers:
             continue
-        said = "no entries" if r.total is None else str(_money_of(r.total))
+        said = "has no entries" if r.total is None else f"says {_money_of(r.total)}"
         found.append(
             Violation(
                 "ledger",
                 f"customer {r.customer_id}",
-                f"balance is {_money_of(r.balance)} but the ledger says {said}",
+                f"balance is {_money_of(r.balance)} but the ledger {said}",
             )
         )
     for r in conn.execute(sa.text(LEDGER_STOCK)):
         if books is not None and int(r.book_id) not in books:
             continue
-        for bucket in ("available", "reserved", "shipped"):
-            held, said = getattr(r, bucket), getattr(r, f"l_{bucket}")
-            if said is None or int(held) != int(Decimal(str(said))):
+        held = {b: int(getattr(r, b)) for b in ("available", "reserved", "shipped")}
+        if r.l_available is None:
+            counts = ", ".join(f"{b} {n}" for b, n in held.items())
+            found.append(
+                Violation("ledger", f"book {r.book_id}", f"{counts} but the ledger has no entries")
+            )
+            continue
+        for bucket, n in held.items():
+            entries = int(Decimal(str(getattr(r, f"l_{bucket}"))))
+            if n != entries:
                 found.append(
                     Violation(
                         "ledger",
                         f"book {r.book_id}",
-                        f"{bucket} is {int(held)} but the ledger says "
-                        + ("no entries" if said is None else str(int(Decimal(str(said))))),
+                        f"{bucket} is {n} but the ledger says {entries}",
                     )
                 )
     return found

@@ -110,12 +110,42 @@ def ledger_triggers(dialect: str) -> list[str]:
     return statements
 
 
+# A database created before the ledger has rows and no entries: each row with no entry at all
+# opens its account with what it holds (and, for a book, the units its CONSUMED reservations
+# shipped), so re-running init.sql (``cloudmart db init``) adopts it. Rows that have entries are
+# left alone, so this never hides a change that no operation explains.
+_ADOPTIONS = (
+    "INSERT INTO ledger_entries "
+    "(account, account_id, bucket, delta, order_id, operation, created_at) "
+    "SELECT 'customer', c.customer_id, 'balance', c.balance, NULL, 'opening', {now} "
+    "FROM customers c WHERE NOT EXISTS (SELECT 1 FROM ledger_entries l "
+    "WHERE l.account = 'customer' AND l.account_id = c.customer_id)",
+    "INSERT INTO ledger_entries "
+    "(account, account_id, bucket, delta, order_id, operation, created_at) "
+    "SELECT 'book', i.book_id, b.bucket, CASE b.bucket WHEN 'available' THEN i.available "
+    "WHEN 'reserved' THEN i.reserved ELSE COALESCE((SELECT SUM(r.quantity) "
+    "FROM stock_reservations r WHERE r.book_id = i.book_id AND r.status = 'CONSUMED'), 0) END, "
+    "NULL, 'opening', {now} "
+    "FROM inventory i CROSS JOIN (SELECT 'available' AS bucket UNION ALL SELECT 'reserved' "
+    "UNION ALL SELECT 'shipped') b WHERE NOT EXISTS (SELECT 1 FROM ledger_entries l "
+    "WHERE l.account = 'book' AND l.account_id = i.book_id)",
+)
+
+
+def ledger_adoptions(dialect: str) -> list[str]:
+    """The statements that open the accounts of rows a database held before its ledger."""
+    now = "datetime('now')" if dialect == "sqlite" else "UTC_TIMESTAMP(6)"
+    return [statement.format(now=now) for statement in _ADOPTIONS]
+
+
 def generate_init_sql() -> str:
     """The text of ``init.sql``."""
     parts = [_HEADER]
     parts.extend(_mysql_ddl(table) for table in all_metadata().sorted_tables)
     parts.append("-- The ledger's opening entries for rows inserted directly (cloudmart check).")
     parts.extend(f"{statement};\n" for statement in ledger_triggers("mysql"))
+    parts.append("-- Rows from before the ledger open their accounts with what they hold.")
+    parts.extend(f"{statement};\n" for statement in ledger_adoptions("mysql"))
     return "\n".join(parts)
 
 
@@ -154,7 +184,7 @@ async def create_schema(engine: AsyncEngine, *, reset: bool = False) -> None:
             await conn.run_sync(metadata.drop_all)
         if engine.dialect.name == "sqlite":
             await conn.run_sync(metadata.create_all)
-            for statement in ledger_triggers("sqlite"):
+            for statement in [*ledger_triggers("sqlite"), *ledger_adoptions("sqlite")]:
                 await conn.execute(sa.text(statement))
         else:
             for statement in _statements(generate_init_sql()):

@@ -154,8 +154,26 @@ async def test_units_shipped_changed_by_sql_are_named(db: Database, sync: sa.Eng
 async def test_a_row_whose_opening_entry_is_gone_is_named(db: Database, sync: sa.Engine) -> None:
     sql(sync, "DELETE FROM ledger_entries WHERE account = 'customer' AND account_id = 1")
     assert ledger(run(sync)) == [
-        "[ledger] customer 1: balance is 10000.00 but the ledger says no entries"
+        "[ledger] customer 1: balance is 10000.00 but the ledger has no entries"
     ]
+
+
+async def test_a_database_from_before_the_ledger_is_adopted_by_init(
+    db: Database, sync: sa.Engine
+) -> None:
+    await shipped(db, "ok-1", (1, 2))
+    placed = await create_order(db, order("p-1", (3, 4)))
+    await reserve_stock(db, ReserveStock(order_id="p-1", items=placed.items))
+    sql(sync, "DELETE FROM ledger_entries")  # as a database created before the ledger
+    assert "[ledger] book 1: available 8, reserved 0, shipped 2 but the ledger has no entries" in (
+        ledger(run(sync))
+    )
+    assert len(ledger(run(sync))) == 5  # two customers, three books
+    await create_schema(db.engine)  # cloudmart db init, again
+    await create_schema(db.engine)  # adopting twice opens nothing twice
+    assert ledger(run(sync)) == []
+    sql(sync, "UPDATE inventory SET available = available + 1 WHERE book_id = 1")
+    assert ledger(run(sync)) == ["[ledger] book 1: available is 9 but the ledger says 8"]
 
 
 async def test_restock_and_top_up_move_the_rows_and_their_entries_once(
