@@ -176,44 +176,35 @@ async def cancel_saga(order_id: OrderIdPath, orchestrator: OrchestratorDep) -> S
     return SagaView.of(await orchestrator.act(order_id, CANCEL, "cancelled"))
 
 
-@router.post(
-    "/{order_id}/retry",
-    status_code=status.HTTP_202_ACCEPTED,
-    response_model=SagaView,
-    responses=_ACTION_ERRORS,
-    summary="Attempt the current step or compensation again now (409 unless running)",
-)
-async def retry_saga(
-    order_id: OrderIdPath, body: OperatorReason, orchestrator: OrchestratorDep
-) -> SagaView:
-    return SagaView.of(await orchestrator.act(order_id, RETRY, body.reason))
+# The operator's actions that take a reason (SPEC §8), each a POST on the saga.
+_ACTIONS = {
+    RETRY: "Attempt the current step or compensation again now (409 unless running)",
+    RESUME: "Replay a PARKED saga with the code deployed now (409 unless parked)",
+    COMPENSATE: "Undo what took effect, in reverse order, and end FAILED (a parked saga, or "
+    "one running before its pivot)",
+}
 
 
-@router.post(
-    "/{order_id}/resume",
-    status_code=status.HTTP_202_ACCEPTED,
-    response_model=SagaView,
-    responses=_ACTION_ERRORS,
-    summary="Replay a PARKED saga with the code deployed now (409 unless parked)",
-)
-async def resume_saga(
-    order_id: OrderIdPath, body: OperatorReason, orchestrator: OrchestratorDep
-) -> SagaView:
-    return SagaView.of(await orchestrator.act(order_id, RESUME, body.reason))
+def _add_action(action: str, summary: str) -> None:
+    async def act(
+        order_id: OrderIdPath, body: OperatorReason, orchestrator: OrchestratorDep
+    ) -> SagaView:
+        return SagaView.of(await orchestrator.act(order_id, action, body.reason))
+
+    act.__name__ = f"{action}_saga"
+    router.add_api_route(
+        f"/{{order_id}}/{action}",
+        act,
+        methods=["POST"],
+        status_code=status.HTTP_202_ACCEPTED,
+        response_model=SagaView,
+        responses=_ACTION_ERRORS,
+        summary=summary,
+    )
 
 
-@router.post(
-    "/{order_id}/compensate",
-    status_code=status.HTTP_202_ACCEPTED,
-    response_model=SagaView,
-    responses=_ACTION_ERRORS,
-    summary="Undo what took effect, in reverse order, and end FAILED (a parked saga, or one "
-    "running before its pivot)",
-)
-async def compensate_saga(
-    order_id: OrderIdPath, body: OperatorReason, orchestrator: OrchestratorDep
-) -> SagaView:
-    return SagaView.of(await orchestrator.act(order_id, COMPENSATE, body.reason))
+for _action, _summary in _ACTIONS.items():
+    _add_action(_action, _summary)
 
 
 @router.get(
