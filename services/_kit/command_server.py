@@ -29,9 +29,10 @@ and a short growing back-off (``retry_backoff``) spaces the deliveries of a fail
 
 A dead letter is a confirmed copy published to ``<ns>.dlx`` (then the original is acked), with
 what an operator needs to judge it (``cloudmart dead-letters list``): the headers
-``x-cloudmart-deliveries``, ``x-cloudmart-error`` (the last failure), ``x-cloudmart-dead-at``
-(RFC 3339) and ``x-cloudmart-queue`` (where ``redrive`` puts it back), beside the command's
-own ``method``, ``idempotency_key`` and ``order_id``.
+``x-cloudmart-dead-id`` (the dead letter's own id), ``x-cloudmart-deliveries``,
+``x-cloudmart-error`` (the last failure), ``x-cloudmart-dead-at`` (RFC 3339) and
+``x-cloudmart-queue`` (where ``redrive`` puts it back), beside the command's own ``method``,
+``idempotency_key`` and ``order_id``.
 
 The client's side, and what a command and its reply look like on the wire, is
 :mod:`engine.adapters.rabbitmq`; both ends keep their connection through
@@ -66,6 +67,7 @@ from services._kit.metrics import CommandHandler
 
 __all__ = [
     "DEAD_AT_HEADER",
+    "DEAD_ID_HEADER",
     "ERROR_HEADER",
     "QUEUE_HEADER",
     "CommandHandler",
@@ -81,6 +83,7 @@ _LOG_HEADERS = ("saga_id", "workflow_id", "order_id", "step", "attempt")
 _REPLY_HEADERS = ("saga_id", "workflow_id", "order_id")
 # What a dead letter carries besides the command's own headers (see the module docstring).
 ERROR_HEADER = "x-cloudmart-error"
+DEAD_ID_HEADER = "x-cloudmart-dead-id"
 DEAD_AT_HEADER = "x-cloudmart-dead-at"
 QUEUE_HEADER = "x-cloudmart-queue"
 _MAX_ERROR_CHARS = 1000
@@ -376,6 +379,7 @@ class RabbitMQCommandServer:
             copy = _copy(
                 message,
                 {
+                    DEAD_ID_HEADER: uuid.uuid4().hex[:12],
                     names.DELIVERIES_HEADER: failed,
                     ERROR_HEADER: reason[:_MAX_ERROR_CHARS],
                     DEAD_AT_HEADER: datetime.now(UTC).isoformat(timespec="milliseconds"),
