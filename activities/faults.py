@@ -81,6 +81,10 @@ _NETWORK_ERRNOS = frozenset(
 )
 
 
+# What uvloop says when something writes to a transport that was closed under it.
+_CLOSED_TRANSPORT = "the handler is closed"
+
+
 def dependency_of(exc: BaseException) -> str | None:
     """The dependency whose fault ``exc`` is, or None when it is no infrastructure fault."""
     seen: set[int] = set()
@@ -121,6 +125,10 @@ def _dependency(exc: BaseException) -> str | None:
     if isinstance(exc, OSError) and (
         exc.errno in _NETWORK_ERRNOS or "Connect call failed" in str(exc)
     ):
+        return NETWORK
+    if isinstance(exc, RuntimeError) and _CLOSED_TRANSPORT in str(exc):
+        # uvloop's answer to a write on a connection the peer reset: the driver (aiomysql)
+        # lets it through as it is, from SQLAlchemy's rollback of the failed transaction too.
         return NETWORK
     return None
 
@@ -186,7 +194,11 @@ class Outages:
         )
 
     def restored(self, dependency: str) -> None:
-        """``dependency`` answered again; logged (with how long it was gone) only after a loss."""
+        """``dependency`` answered again; logged (with how long it was gone) only after a loss.
+
+        A server that answers proves the network under it works too: a fault that could only
+        be called a ``network`` one (a reset connection, without saying to what) ends with it.
+        """
         since = self._down.pop(dependency, None)
         if since is not None:
             log.info(
@@ -194,6 +206,15 @@ class Outages:
                 dependency=dependency,
                 down_seconds=round(self._clock() - since, 1),
             )
+        if dependency != NETWORK:
+            self.restored(NETWORK)
+
+    def restore_all(self, dependencies: set[str]) -> None:
+        """Each of ``dependencies`` answered again (the work that failed on them succeeded);
+        the set is emptied."""
+        for dependency in sorted(dependencies):
+            self.restored(dependency)
+        dependencies.clear()
 
     @contextmanager
     def holding(self, dependency: str) -> Iterator[None]:
@@ -219,18 +240,17 @@ class Outages:
         where it was.
         """
         failures = 0
-        dependency: str | None = None
+        lost: set[str] = set()
         while True:
             try:
                 result = await attempt()
             except Exception as exc:
-                fault = dependency_of(exc)
-                if fault is None:
-                    if dependency is not None:
-                        self.restored(dependency)  # it answered, with something else
+                dependency = dependency_of(exc)
+                if dependency is None:
+                    self.restore_all(lost)  # it answered, with something else
                     raise
-                dependency = fault
                 failures += 1
+                lost.add(dependency)
                 self.lost(dependency, exc, **context)
                 with self.holding(dependency):
                     if on_fault is not None:
@@ -238,6 +258,5 @@ class Outages:
                     await asyncio.sleep(self.backoff.delay(failures))
                 self.retries[dependency] += 1
                 continue
-            if dependency is not None:
-                self.restored(dependency)
+            self.restore_all(lost)
             return result

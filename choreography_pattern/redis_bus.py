@@ -46,7 +46,7 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError, ResponseError
 
-from activities.faults import REDIS, Outages, dependency_of
+from activities.faults import Outages, dependency_of
 from choreography_pattern.bus import (
     DEFAULT_MAX_DELIVERIES,
     Backlog,
@@ -311,17 +311,17 @@ class _Consumer:
         """Run ``step`` until the consumer stops; survive Redis going away (and the group
         with a restart). An outage is logged once, by :attr:`outages`, not once per turn."""
         failures = 0
-        lost = REDIS
+        lost: set[str] = set()
         while not self.stopping.is_set():
             try:
                 await step()
-                if failures:
-                    self.outages.restored(lost)
+                self.outages.restore_all(lost)
                 failures = 0
             except Exception as exc:
                 dependency = dependency_of(exc)
                 if dependency is not None:
-                    failures, lost = failures + 1, dependency
+                    failures += 1
+                    lost.add(dependency)
                     self.outages.lost(dependency, exc, group=self.group, loop=what)
                     await self._pause(self.outages.backoff.delay(failures))
                     continue

@@ -154,7 +154,7 @@ class OutboxRelay:
 
     async def run(self) -> None:
         """Publish until cancelled; survive the database or the bus being away for a while."""
-        lost: str | None = None
+        lost: set[str] = set()
         while True:
             woken = False
             with contextlib.suppress(TimeoutError):
@@ -172,11 +172,9 @@ class OutboxRelay:
                 if dependency is None:
                     log.warning("relay.pass_failed", error_type=type(exc).__name__, error=str(exc))
                 else:
-                    lost = dependency
+                    lost.add(dependency)
                     self.outages.lost(dependency, exc, where="relay")
                     self.outages.retries[dependency] += 1
                 await asyncio.sleep(self.poll_interval)
             else:
-                if lost is not None:
-                    self.outages.restored(lost)
-                    lost = None
+                self.outages.restore_all(lost)

@@ -58,6 +58,13 @@ def _caused_by(error: Exception, cause: BaseException) -> Exception:
         (socket.gaierror("name unknown"), NETWORK),
         (OSError(errno.EHOSTUNREACH, "No route to host"), NETWORK),
         (OSError("Multiple exceptions: [Errno 111] Connect call failed"), NETWORK),
+        (
+            RuntimeError(
+                "unable to perform operation on <TCPTransport closed=True reading=False "
+                "0x5644071f6990>; the handler is closed"
+            ),
+            NETWORK,
+        ),
         # a wrapper keeps the fault it wraps
         (_caused_by(RuntimeError("store"), _mysql(sa_exc.OperationalError, 2003, "")), DATABASE),
     ],
@@ -122,6 +129,14 @@ def test_an_outage_is_logged_once_when_it_begins_and_once_when_it_ends() -> None
     assert logs[0]["dependency"] == DATABASE and logs[0]["error_type"] == "TimeoutError"
     assert logs[1]["down_seconds"] == 42.5
     assert outages.outages[DATABASE] == 1 and not outages.is_down(DATABASE)
+
+
+def test_a_server_answering_again_ends_a_fault_of_the_network_under_it() -> None:
+    outages = Outages()
+    outages.lost(NETWORK, ConnectionResetError())
+    outages.lost(DATABASE, sa_exc.TimeoutError())
+    outages.restored(DATABASE)
+    assert outages.down == frozenset()
 
 
 async def test_wait_out_runs_again_after_faults_and_returns_the_result() -> None:
