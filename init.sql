@@ -87,8 +87,13 @@ CREATE TABLE IF NOT EXISTS saga_instances (
 	compensation_attempts INTEGER NOT NULL,
 	created_at DATETIME(6) NOT NULL,
 	updated_at DATETIME(6) NOT NULL,
+	failed_step VARCHAR(100),
+	past_pivot BOOL NOT NULL DEFAULT false,
+	operator_request_id VARCHAR(36),
+	operator_request MEDIUMTEXT,
 	PRIMARY KEY (saga_id),
 	UNIQUE (order_id),
+	INDEX ix_saga_instances_needs_operator (needs_operator),
 	INDEX ix_saga_instances_recovery (status, lease_expires_at),
 	INDEX ix_saga_instances_status_created (status, created_at)
 )ENGINE=InnoDB CHARSET=utf8mb4 COLLATE utf8mb4_bin;

@@ -161,7 +161,7 @@ class StepCall:
     """One ``ctx.step`` as the run receives it: where it stands, what it sends, what undoes it.
 
     ``compensation`` is ``(target, payload, idempotency key)``, registered before the command
-    leaves.
+    leaves. ``pivot``: once this step completes the saga only goes forward.
     """
 
     position: int
@@ -172,6 +172,7 @@ class StepCall:
     retry: RetryPolicy | None
     timeout: float | None
     milestone: str | None
+    pivot: bool = False
 
 
 class _Driver(Protocol):
@@ -228,6 +229,7 @@ class WorkflowContext:
         *,
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
+        pivot: bool = False,
     ) -> Out: ...
 
     @overload
@@ -241,6 +243,7 @@ class WorkflowContext:
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
         milestone: str | None = None,
+        pivot: bool = False,
     ) -> dict[str, Any]: ...
 
     async def step(
@@ -253,6 +256,7 @@ class WorkflowContext:
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
         milestone: str | None = None,
+        pivot: bool = False,
     ) -> Any:
         """Send ``command`` to ``activity`` and return its reply.
 
@@ -264,8 +268,14 @@ class WorkflowContext:
 
         The compensation is registered *before* the command is sent. Business errors
         (``non_retryable``) are not retried and mean the step did not take effect; transport
-        errors and timeouts are retried by ``retry``. Raises
-        :class:`~engine.errors.StepFailed` when the step gives up. The idempotency key is
+        errors and timeouts are retried by ``retry`` (the engine's default policy when
+        ``None``). Raises :class:`~engine.errors.StepFailed` when the step gives up.
+
+        ``pivot=True`` marks the saga's point of no return: once this step has completed, the
+        saga only goes forward. Every later step is retried until it is done (a business
+        refusal included; the saga is flagged ``needs_operator`` after the engine's alert
+        attempts), the saga deadline no longer applies, and cancel or compensate is refused.
+        The idempotency key is
         ``f"{workflow_id}:{method}"`` (``:n`` appended for the n-th repeat of one target).
         """
         undo: tuple[str, dict[str, Any]] | None = None
@@ -291,7 +301,9 @@ class WorkflowContext:
         registered = None
         if undo is not None:
             registered = (undo[0], undo[1], self._key(undo[0], _split(undo[0])[1]))
-        call = StepCall(position, target, payload, key, registered, retry, timeout, milestone)
+        call = StepCall(
+            position, target, payload, key, registered, retry, timeout, milestone, pivot
+        )
         reply = await self._driver.step(call)
         return reply if result_model is None else result_model.model_validate(reply)
 

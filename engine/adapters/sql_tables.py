@@ -48,8 +48,16 @@ saga_instances = sa.Table(
     sa.Column("compensation_attempts", sa.Integer, nullable=False),
     sa.Column("created_at", Timestamp, nullable=False),
     sa.Column("updated_at", Timestamp, nullable=False),
+    sa.Column("failed_step", sa.String(100), nullable=True),
+    # The pivot step completed: a cancel or compensate is refused from here on.
+    sa.Column("past_pivot", sa.Boolean, nullable=False, server_default=sa.false()),
+    # An operator's action (retry, resume, compensate, cancel of a parked saga) waiting for the
+    # saga's driver, as JSON; its id is what the driver's append clears.
+    sa.Column("operator_request_id", sa.String(36), nullable=True),
+    sa.Column("operator_request", LongText, nullable=True),
     sa.Index("ix_saga_instances_recovery", "status", "lease_expires_at"),
     sa.Index("ix_saga_instances_status_created", "status", "created_at"),
+    sa.Index("ix_saga_instances_needs_operator", "needs_operator"),
     **_TABLE_ARGS,
 )
 
