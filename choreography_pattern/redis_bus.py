@@ -22,7 +22,9 @@ An entry whose handler meets an infrastructure fault is held by its consumer and
 until the fault heals (:func:`choreography_pattern.bus.deliver`). Held or merely slow, an
 entry this consumer is working on is claimed again by it (XCLAIM ``JUSTID``, which counts no
 delivery) every half ``claim_idle``, so it never looks idle: no other consumer takes it over
-and XAUTOCLAIM never counts a delivery against it. Redis itself going away is waited out by
+and XAUTOCLAIM never counts a delivery against it; a consumer that stops while it holds one
+sets its count back (XCLAIM ``RETRYCOUNT``), so the claim of the next consumer does not count
+the stop as a failure. Redis itself going away is waited out by
 every loop, logged once when it goes and once when it is back (:class:`activities.faults.Outages`).
 
 The stream is trimmed (:meth:`RedisEventBus.trim`, every ``trim_interval`` seconds from each
@@ -437,6 +439,28 @@ class _Consumer:
 
         await self._resilient("keep_claimed", step)
 
+    async def _uncount(self, entry_id: str) -> None:
+        """Take back the delivery the next consumer's claim will count: this consumer stops
+        while it holds ``entry_id`` on an infrastructure fault, which is no failed delivery
+        (XCLAIM ``RETRYCOUNT`` sets the count; ``JUSTID`` adds none)."""
+        try:
+            delivered = await self._deliveries(entry_id)
+            if delivered:
+                await self.client.xclaim(
+                    self.bus.stream,
+                    self.group,
+                    self.name,
+                    min_idle_time=0,
+                    message_ids=[entry_id],
+                    retrycount=delivered - 1,
+                    justid=True,
+                )
+        except Exception as exc:
+            dependency = dependency_of(exc)
+            if dependency is None:
+                raise
+            self.outages.lost(dependency, exc, group=self.group)  # counted once more, then
+
     async def _deliveries(self, entry_id: str) -> int:
         pending = await self.client.xpending_range(
             self.bus.stream, self.group, min=entry_id, max=entry_id, count=1
@@ -460,14 +484,31 @@ class _Consumer:
         log.error("event.dead_lettered", group=self.group, entry_id=entry_id, reason=reason)
 
     async def _process(self, entry_id: str, raw: dict[bytes, bytes]) -> None:
+        held = False
+
+        async def on_fault(_dependency: str) -> None:
+            nonlocal held
+            held = True
+
         try:
             fields, readable = _decode(raw)
             if not readable:
                 await self._dead_letter(entry_id, fields, "entry is not UTF-8")
                 return
-            verdict, event, reason = await deliver(
-                self.group, fields, self.handler, self.types, self.stats, self.outages
-            )
+            try:
+                verdict, event, reason = await deliver(
+                    self.group,
+                    fields,
+                    self.handler,
+                    self.types,
+                    self.stats,
+                    self.outages,
+                    on_fault=on_fault,
+                )
+            except asyncio.CancelledError:
+                if held:
+                    await self._uncount(entry_id)
+                raise
             if verdict is Verdict.DEAD:
                 await self._dead_letter(entry_id, fields, reason)
             elif verdict is Verdict.RETRY:

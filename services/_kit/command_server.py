@@ -87,6 +87,7 @@ DEAD_ID_HEADER = "x-cloudmart-dead-id"
 DEAD_AT_HEADER = "x-cloudmart-dead-at"
 QUEUE_HEADER = "x-cloudmart-queue"
 _MAX_ERROR_CHARS = 1000
+_PUT_BACK_TIMEOUT = 5.0
 
 
 @dataclasses.dataclass
@@ -207,6 +208,9 @@ class RabbitMQCommandServer:
         """Stop consuming, let in-flight commands finish for ``drain_timeout`` s, disconnect.
 
         Commands still running after that are cancelled; unacked, they go back to the queue.
+        One held on an infrastructure fault is put back by this server first, without a
+        delivery counted: a service restarted during an outage (a health check failing, say)
+        costs its commands nothing.
         """
         queue, tag = self._queue, self._consumer_tag
         self._channel = self._replies = self._queue = self._consumer_tag = None
@@ -222,6 +226,8 @@ class RabbitMQCommandServer:
             await asyncio.wait(inflight, timeout=drain_timeout)
         for task in inflight:
             task.cancel()
+        if inflight:  # a command held on a fault goes back to the queue (_put_back) first
+            await asyncio.wait(inflight, timeout=_PUT_BACK_TIMEOUT)
         await self._link.close()
         await asyncio.gather(*inflight, return_exceptions=True)
         logger.info("command_server.closed", service=self.service)
@@ -311,9 +317,20 @@ class RabbitMQCommandServer:
             logger.debug("command.processed")
             return encode({"ok": result})
 
+        held = False
+
+        async def on_fault(_dependency: str) -> None:
+            nonlocal held
+            held = True
+
+        channel = self._channel
         try:
             # Held, unacked, while the database or the network is away: no delivery counted.
-            reply = await self.outages.wait_out(attempt, service=self.service)
+            reply = await self.outages.wait_out(attempt, on_fault=on_fault, service=self.service)
+        except asyncio.CancelledError:
+            if held and channel is not None:
+                await self._put_back(channel, message, failed_before)
+            raise
         except Exception as exc:  # neither an answer nor a fault: a failed delivery
             self.stats.failures += 1
             logger.warning(
@@ -352,11 +369,29 @@ class RabbitMQCommandServer:
             reply, routing_key=message.reply_to, mandatory=False
         )
 
+    async def _put_back(
+        self, channel: AbstractChannel, message: AbstractIncomingMessage, failed: int
+    ) -> None:
+        """``message`` to the tail of the queue as it came (no delivery counted), then acked."""
+        try:
+            copy = _copy(message, {names.DELIVERIES_HEADER: failed})
+            await channel.default_exchange.publish(
+                copy, routing_key=self.queue_name, mandatory=True
+            )
+            await message.ack()
+        except BROKER_ERRORS as exc:  # the broker requeues it itself, as redelivered
+            logger.info("command.put_back_failed", error=repr(exc))
+            return
+        logger.info("command.put_back", reason="closing while waiting on a fault")
+
     async def _retry_or_dead_letter(
         self, message: AbstractIncomingMessage, failed: int, reason: str
     ) -> None:
         channel = self._channel
-        if failed >= self.max_deliveries or channel is None:
+        if channel is None:  # closing: back to the queue (counted when it is redelivered)
+            await message.nack(requeue=True)
+            return
+        if failed >= self.max_deliveries:
             await self._dead_letter(message, failed, reason)
             return
         delay = min(self._retry_backoff * 2 ** (failed - 1), self._retry_backoff_max)

@@ -62,7 +62,7 @@ def fast_outages() -> Outages:
     return Outages(backoff=Backoff(initial=0.01, maximum=0.05))
 
 
-def database_away() -> Exception:
+def database_away_error() -> Exception:
     return sa_exc.OperationalError("SELECT 1", {}, Exception("Can't connect to MySQL server"))
 
 
@@ -124,7 +124,7 @@ async def test_an_infrastructure_fault_is_waited_out_without_counting_a_delivery
     async def database_down_for_a_while(event: Event) -> None:
         attempts.append(1)
         if len(attempts) <= 8:
-            raise database_away()
+            raise database_away_error()
 
     async with bus.consumer("g", database_down_for_a_while) as stats:
         await bus.publish([created()])
@@ -236,7 +236,7 @@ async def test_redis_keeps_an_entry_held_through_a_fault_at_its_first_delivery()
             pending = await client.xpending_range(redis_bus.stream, "g", "-", "+", 10)
             deliveries_seen.append(int(pending[0]["times_delivered"]))
             if len(deliveries_seen) <= 10:
-                raise database_away()
+                raise database_away_error()
 
         async with redis_bus.consumer("g", handler) as stats:
             await redis_bus.publish([created()])
@@ -268,3 +268,32 @@ async def test_redis_redrive_publishes_a_dead_letter_again_once_and_deletes_it()
         assert calls == [event.event_id]
         assert await redis_bus.dead_letters("g") == []
         assert await redis_bus.redrive("g", dead_id) is None  # gone: nothing to put back
+
+
+@pytest.mark.redis
+async def test_redis_a_consumer_stopping_on_a_fault_leaves_its_entry_uncounted() -> None:
+    # A service restarted during an outage: the next consumer claims the entry it held and
+    # runs it, not counting the stop as a failed delivery (here one counted failure too many
+    # would dead-letter it: max_deliveries=1).
+    async with redis_bus_and_client() as (redis_bus, client):
+        strict = RedisEventBus(
+            redis_bus.client, redis_bus.namespace, claim_idle=0.1, max_deliveries=1, block=0.1
+        )
+        strict.outages = fast_outages()
+
+        async def database_away(event: Event) -> None:
+            raise database_away_error()
+
+        deliveries_seen: list[int] = []
+
+        async def healthy(event: Event) -> None:
+            pending = await client.xpending_range(strict.stream, "g", "-", "+", 10)
+            deliveries_seen.append(int(pending[0]["times_delivered"]))
+
+        async with strict.consumer("g", database_away):
+            await strict.publish([created()])
+            await until(lambda: strict.outages.retries[DATABASE] >= 3, timeout=10)
+        async with strict.consumer("g", healthy) as stats:
+            await until(lambda: stats.handled == 1, timeout=15)
+        assert deliveries_seen == [1]
+        assert stats.dead_lettered == 0 and await strict.dead_letters("g") == []

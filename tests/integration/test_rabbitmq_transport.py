@@ -264,6 +264,39 @@ async def test_an_infrastructure_fault_is_waited_out_without_counting_a_delivery
     assert await message_count(URL, names.dead_letter_queue(namespace, SERVICE)) == 0
 
 
+async def test_a_command_held_on_a_fault_goes_back_uncounted_when_its_server_closes(
+    namespace: str, transport: RabbitMQTransport
+) -> None:
+    # A service restarted during an outage (its health check failing, say): the command it
+    # was holding is put back as it came, and the next server runs it at its first delivery.
+    async def database_away(
+        method: str, payload: dict[str, Any], headers: dict[str, str]
+    ) -> dict[str, Any]:
+        raise sa_exc.OperationalError("SELECT 1", {}, Exception("Can't connect to MySQL"))
+
+    seen: list[dict[str, Any]] = []
+
+    async def healthy(
+        method: str, payload: dict[str, Any], headers: dict[str, str]
+    ) -> dict[str, Any]:
+        seen.append(payload)
+        return {"n": payload["n"]}
+
+    outages = Outages(backoff=Backoff(initial=0.01, maximum=0.05))
+    first = server(namespace, database_away, max_deliveries=1, outages=outages)
+    await first.start()
+    pending = asyncio.create_task(
+        transport.request(SERVICE, "reserve_stock", {"n": 3}, timeout=15, idempotency_key="k")
+    )
+    await until(lambda: outages.retries[DATABASE] >= 3, timeout=10)
+    await first.close(drain_timeout=0)
+    async with server(namespace, healthy, max_deliveries=1) as second:
+        assert await pending == {"n": 3}
+    assert seen == [{"n": 3}]  # max_deliveries=1: one counted delivery would have been fatal
+    assert (second.stats.failures, second.stats.dead_lettered) == (0, 0)
+    assert await message_count(URL, names.dead_letter_queue(namespace, SERVICE)) == 0
+
+
 async def test_malformed_message_goes_to_the_dead_letter_queue(namespace: str) -> None:
     calls = 0
 
