@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -61,10 +62,13 @@ from engine.workflow import (
     workflow_input_model,
 )
 
-__all__ = ["RunConfig", "canonical_json"]
+__all__ = ["RunConfig", "canonical_json", "input_digest"]
 
 ET = EventType
-_FORWARD_OUTCOMES = (ET.STEP_COMPLETED, ET.STEP_FAILED)
+# Events at a step's position that belong to its compensation, not to the step.
+_COMPENSATION_EVENTS = frozenset(
+    {ET.COMPENSATION_SCHEDULED, ET.COMPENSATION_RETRYING, ET.COMPENSATION_COMPLETED}
+)
 _log = structlog.get_logger("engine")
 
 
@@ -148,8 +152,13 @@ class _Run:
         record: SagaRecord,
         events: list[Event],
         version: int,
+        *,
+        offline: bool = False,
     ) -> None:
         self.config = config
+        # Offline: replay against history only; nothing is sent, written or waited for.
+        self.offline = offline
+        self.divergence: str | None = None
         self.store = deps.store
         self.transport = deps.transport
         self.clock = deps.clock
@@ -274,9 +283,11 @@ class _Run:
             comp = _Compensation(position, target, *call.compensation)
         recorded = self.by_pos.get(position)
         if recorded is not None:
-            first, last = recorded[0], recorded[-1]
+            first = recorded[0]
+            last = next(e for e in reversed(recorded) if e.type not in _COMPENSATION_EVENTS)
             if first.type != ET.STEP_SCHEDULED or first.step != target:
                 raise self._diverged(position, f"step {target}", first)
+            self._check_input(call, first)
             comp = self._recorded_compensation(first) or comp
             if last.type == ET.STEP_COMPLETED:
                 if comp is not None:
@@ -293,11 +304,15 @@ class _Run:
             # Scheduled, outcome unknown: it may have happened, so compensable; re-send it.
             if comp is not None:
                 self.stack.append(comp)
+            if self.offline:
+                raise _Stop("end")
             attempt = last.attempt
             if last.type in (ET.STEP_RETRYING, ET.STEP_TIMED_OUT):
                 await self._backoff_until(last.payload.get("retry_at"))
                 attempt += 1
             return await self._send(call, comp, attempt)
+        if self.offline:
+            raise _Stop("end")
         self._check_deadline()
         if comp is not None:
             self.stack.append(comp)
@@ -308,6 +323,9 @@ class _Run:
             attempt=1,
             payload={
                 "key": key,
+                # What was sent, and its digest: replay compares the code's input with it.
+                "input": call.payload,
+                "digest": input_digest(call.payload),
                 "compensation": None
                 if comp is None
                 else {"target": comp.target, "payload": comp.payload, "key": comp.key},
@@ -435,6 +453,8 @@ class _Run:
             if first.type != ET.MARKER or first.step != name:
                 raise self._diverged(position, f"ctx.{name}()", first)
             return str(first.payload["value"])
+        if self.offline:
+            raise _Stop("end")
         value = make()
         self.emit(ET.MARKER, position=position, step=name, payload={"value": value})
         return value
@@ -447,8 +467,12 @@ class _Run:
                 raise self._diverged(position, "ctx.sleep()", first)
             if recorded[-1].type == ET.TIMER_FIRED:
                 return
+            if self.offline:
+                raise _Stop("end")
             await self._sleep_until(first.payload.get("fire_at"))
         else:
+            if self.offline:
+                raise _Stop("end")
             self._check_deadline()
             fire_at = self.clock.now() + timedelta(seconds=seconds)
             started = self.emit(
@@ -465,6 +489,19 @@ class _Run:
             await self.clock.sleep(seconds)
         self.emit(ET.TIMER_FIRED, position=position, step="sleep")
 
+    def patched(self, position: int, change_id: str, *, deprecated: bool = False) -> bool:
+        """Whether the saga runs the code of patch ``change_id`` (see ``WorkflowContext``);
+        the marker takes ``position`` only when it is (or, live, becomes) part of history."""
+        name = f"patch:{change_id}"
+        recorded = self.by_pos.get(position)
+        if recorded is not None:
+            first = recorded[0]
+            return first.type == ET.MARKER and first.step == name
+        if deprecated or self.offline:
+            return False  # nothing more is recorded for a retired patch, nor offline
+        self.emit(ET.MARKER, position=position, step=name, payload={"value": "true"})
+        return True
+
     # -- the saga ----------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -475,6 +512,9 @@ class _Run:
             workflow_id=self.record.workflow_id,
             order_id=self.record.workflow_id,
         )
+        if self.offline:
+            await self._replay_offline()
+            return
         try:
             if self.record.status == PARKED and not await self._answer_parked():
                 return
@@ -541,6 +581,29 @@ class _Run:
         self.counters.sagas_completed += 1
         self.observer.saga_finished(self.record.workflow_name, COMPLETED, NO_FAILED_STEP)
         self.log.info("saga.completed")
+
+    async def _replay_offline(self) -> None:
+        """Run the body against the history and nothing else; ``divergence`` says where they
+        part, or stays ``None`` when the history is what today's code would have written."""
+        assert self.body is not None
+        try:
+            model = workflow_input_model(self.body)
+            given = self.input if model is None else model.model_validate(self.input)
+            await self.body(self.ctx, given)
+        except StepFailed:
+            return  # a recorded failure: from here on the saga compensated what history says
+        except _Stop as stop:
+            if stop.kind == "park":
+                self.divergence = str(stop.error)
+            return
+        except Exception as exc:  # replayed code that raises where history went on
+            self.divergence = f"workflow error: {type(exc).__name__}: {exc}"
+            return
+        if self.ctx.position < self.recorded_positions:
+            self.divergence = (
+                f"workflow returned at position {self.ctx.position} but history has commands "
+                f"up to position {self.recorded_positions - 1}"
+            )
 
     async def park_unknown(self) -> None:
         """Park a saga whose workflow this engine does not know, recording the operator's
@@ -831,6 +894,21 @@ class _Run:
             if remaining > 0:
                 await self.clock.sleep(remaining)
 
+    def _check_input(self, call: StepCall, scheduled: Event) -> None:
+        """The code sends what history says it sent (histories recorded before inputs were
+        kept are not checked)."""
+        digest = scheduled.payload.get("digest")
+        if digest is None or digest == input_digest(call.payload):
+            return
+        differences = _differences(scheduled.payload.get("input"), call.payload)
+        raise _Stop(
+            "park",
+            error=NondeterminismError(
+                f"at position {call.position} the workflow asked for step {call.target} with "
+                f"another input than history holds: {'; '.join(differences)}"
+            ),
+        )
+
     def _diverged(self, position: int, asked: str, recorded: Event) -> _Stop:
         what = recorded.type if recorded.step is None else f"{recorded.type} {recorded.step}"
         return _Stop(
@@ -877,3 +955,32 @@ class _Run:
 
 def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def input_digest(payload: Any) -> str:
+    """A step input's digest, recorded with ``StepScheduled`` and compared on replay."""
+    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:16]
+
+
+def _differences(recorded: Any, asked: Any, path: str = "") -> list[str]:
+    """Where two JSON values differ, as ``field: history X, code Y`` (dotted paths)."""
+    if isinstance(recorded, dict) and isinstance(asked, dict):
+        found = []
+        for key in sorted(recorded.keys() | asked.keys()):
+            here = f"{path}.{key}" if path else str(key)
+            if key not in asked:
+                found.append(f"{here}: history {recorded[key]!r}, code has no such field")
+            elif key not in recorded:
+                found.append(f"{here}: history has no such field, code {asked[key]!r}")
+            else:
+                found.extend(_differences(recorded[key], asked[key], here))
+        return found
+    if isinstance(recorded, list) and isinstance(asked, list) and len(recorded) == len(asked):
+        return [
+            d
+            for i, (r, a) in enumerate(zip(recorded, asked, strict=True))
+            for d in _differences(r, a, f"{path}[{i}]")
+        ]
+    if canonical_json(recorded) == canonical_json(asked):
+        return []
+    return [f"{path or 'input'}: history {recorded!r}, code {asked!r}"]
