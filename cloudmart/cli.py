@@ -8,6 +8,7 @@
     cloudmart up [--pattern P]             every service; embedded when no database is set
     cloudmart events tail                  print choreography events as they flow (Redis)
     cloudmart check [--baseline FILE]      check every saga guarantee over the database
+    cloudmart dead-letters list|redrive    what the dead-letter queues and streams hold
     cloudmart replay [--status S] [FILE]   replay histories against today's workflow code
     cloudmart bench [--rate R] [--mix M]   sagas through the REST API; floor; report
 """
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 
+from cloudmart import dead_letters
 from services._kit import roster
 from services._kit.settings import Settings, get_settings
 
@@ -41,6 +43,7 @@ db_app = typer.Typer(help="Create and fill the database.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 events_app = typer.Typer(help="Watch the choreography's events.", no_args_is_help=True)
 app.add_typer(events_app, name="events")
+app.add_typer(dead_letters.app, name="dead-letters")
 
 
 class Pattern(StrEnum):
