@@ -49,7 +49,13 @@ saga_instances = sa.Table(
     sa.Column("created_at", Timestamp, nullable=False),
     sa.Column("updated_at", Timestamp, nullable=False),
     sa.Index("ix_saga_instances_recovery", "status", "lease_expires_at"),
+    # The listing (newest first, keyset on created_at then saga_id, which InnoDB appends to
+    # every secondary index) by each filter an operator reaches for; the order id prefix uses
+    # the unique index.
     sa.Index("ix_saga_instances_status_created", "status", "created_at"),
+    sa.Index("ix_saga_instances_created", "created_at"),
+    sa.Index("ix_saga_instances_operator_created", "needs_operator", "created_at"),
+    sa.Index("ix_saga_instances_workflow_created", "workflow_name", "created_at"),
     **_TABLE_ARGS,
 )
 
