@@ -19,7 +19,17 @@ from pydantic import BaseModel
 from engine._runtime import RunConfig, canonical_json
 from engine.clock import SystemClock
 from engine.errors import SagaNotFound, WorkflowAlreadyStarted
-from engine.history import STARTED, TERMINAL_STATUSES, Event, EventType, SagaRecord
+from engine.history import (
+    CANCEL,
+    COMPENSATE,
+    RESUME,
+    RETRY,
+    STARTED,
+    TERMINAL_STATUSES,
+    Event,
+    EventType,
+    SagaRecord,
+)
 from engine.listing import (
     SagaCounts,
     SagaFilter,
@@ -180,10 +190,36 @@ class Engine:
     async def cancel(self, workflow_id: str) -> SagaStatus:
         """Ask the saga to stop at its next step boundary and compensate what took effect.
 
-        Raises ``SagaNotFound``, or ``SagaAlreadyFinished`` for a COMPLETED/FAILED saga. The
-        request is durable: whoever owns the saga (this process or another) honours it.
+        Raises ``SagaNotFound``, ``SagaAlreadyFinished`` for a COMPLETED/FAILED saga, or
+        ``ActionRefused`` once it is past its pivot. The request is durable: whoever owns the
+        saga (this process or another) honours it; a parked saga is compensated.
         """
-        await self.store.request_cancel(workflow_id)
+        return await self._act(workflow_id, CANCEL, "cancelled")
+
+    async def retry(self, workflow_id: str, *, reason: str) -> SagaStatus:
+        """Attempt the saga's current step or compensation again now, without waiting out its
+        backoff (a flagged saga's flag clears once the attempt succeeds). Recorded in the
+        history with ``reason``; ``ActionRefused`` unless the saga is running."""
+        return await self._act(workflow_id, RETRY, reason)
+
+    async def resume(self, workflow_id: str, *, reason: str) -> SagaStatus:
+        """Replay a ``PARKED`` saga with the code registered now: it goes on if its history
+        matches and parks again (with the new reason) if not. ``ActionRefused`` unless
+        parked."""
+        return await self._act(workflow_id, RESUME, reason)
+
+    async def compensate(self, workflow_id: str, *, reason: str) -> SagaStatus:
+        """Compensate every step of a parked saga, or of one running before its pivot, that
+        took effect (or may have), in reverse order; it ends ``FAILED`` with reason
+        ``operator: <reason>``. ``ActionRefused`` past the pivot or when already
+        compensating."""
+        return await self._act(workflow_id, COMPENSATE, reason)
+
+    async def _act(self, workflow_id: str, action: str, reason: str) -> SagaStatus:
+        record = await self.store.request_action(
+            workflow_id, action, reason=reason, now=self.clock.now()
+        )
+        await self.worker.act(record)
         return await self.status(workflow_id)
 
     async def status(self, workflow_id: str) -> SagaStatus:

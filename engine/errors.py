@@ -16,7 +16,8 @@
     ├── CancelRequested               the store refused an append because a cancel is pending
     ├── WorkflowAlreadyStarted        same workflow_id, different input (or different workflow)
     ├── SagaNotFound                  no saga with that workflow_id
-    ├── SagaAlreadyFinished           cancel of a COMPLETED/FAILED saga
+    ├── ActionRefused                 an operator action that does not apply to the saga now
+    │   └── SagaAlreadyFinished       cancel of a COMPLETED/FAILED saga
     └── WorkflowDefinitionError       a function that cannot be a workflow
 
 "Retryable" is a property of the error (:func:`is_retryable`); ``RetryPolicy.non_retryable``
@@ -28,6 +29,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "ActionRefused",
     "CancelRequested",
     "ConcurrencyConflict",
     "NondeterminismError",
@@ -146,7 +148,12 @@ class ConcurrencyConflict(SagaError):
 
 
 class CancelRequested(SagaError):
-    """Append refused because the saga has a pending cancel request."""
+    """Append refused because the saga has a pending cancel request; ``request`` is the
+    operator's compensate request behind it, if it was one."""
+
+    def __init__(self, saga_id: str, request: dict[str, Any] | None = None) -> None:
+        super().__init__(saga_id)
+        self.request = request
 
 
 class WorkflowAlreadyStarted(SagaError):
@@ -157,7 +164,16 @@ class SagaNotFound(SagaError):
     """No saga with that workflow_id."""
 
 
-class SagaAlreadyFinished(SagaError):
+class ActionRefused(SagaError):
+    """An operator action (cancel, retry, resume, compensate) that does not apply to the saga
+    in its ``status`` now."""
+
+    def __init__(self, message: str, *, status: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class SagaAlreadyFinished(ActionRefused):
     """The saga is already COMPLETED or FAILED."""
 
 

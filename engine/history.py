@@ -10,16 +10,22 @@ nondeterminism. Compensation events carry the position of the forward step they 
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from datetime import datetime
 from typing import Any
 
+from engine.errors import ActionRefused, SagaAlreadyFinished
+
 __all__ = [
+    "ACTIONS",
     "ACTIVE_STATUSES",
     "TERMINAL_STATUSES",
     "Event",
     "EventType",
     "Projection",
     "SagaRecord",
+    "operator_request",
+    "plan_action",
 ]
 
 
@@ -42,7 +48,8 @@ class EventType:
     COMPENSATION_COMPLETED = "CompensationCompleted"
     WORKFLOW_COMPLETED = "WorkflowCompleted"
     WORKFLOW_FAILED = "WorkflowFailed"
-    WORKFLOW_PARKED = "WorkflowParked"  # nondeterminism: waits for an operator
+    WORKFLOW_PARKED = "WorkflowParked"  # nondeterminism or unknown workflow: waits for an operator
+    OPERATOR_ACTION = "OperatorAction"  # retry / resume / compensate / cancel, with its reason
 
 
 STARTED = "STARTED"
@@ -79,6 +86,9 @@ class Projection:
     failure_reason: str | None = None
     needs_operator: bool = False
     compensation_attempts: int = 0
+    failed_step: str | None = None  # the step whose failure made the saga compensate
+    past_pivot: bool = False  # the pivot step completed: from here on, only forward
+    handled_request: str | None = None  # the operator request this append answers (cleared)
     finished: bool = False  # the append ends the saga: the lease is released with it
 
 
@@ -103,7 +113,71 @@ class SagaRecord:
     compensation_attempts: int = 0
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    failed_step: str | None = None
+    past_pivot: bool = False
+    # An operator's action waiting for the saga's driver: {"id", "action", "reason", "at"}.
+    operator_request: dict[str, Any] | None = None
 
     @property
     def finished(self) -> bool:
         return self.status in TERMINAL_STATUSES
+
+    @property
+    def claimable(self) -> bool:
+        """Whether a worker should drive it: unfinished, or parked with an operator's action
+        waiting."""
+        return not self.finished or (self.status == PARKED and self.operator_request is not None)
+
+
+CANCEL, RETRY, RESUME, COMPENSATE = "cancel", "retry", "resume", "compensate"
+ACTIONS = (CANCEL, RETRY, RESUME, COMPENSATE)
+
+
+def plan_action(record: SagaRecord, action: str) -> tuple[bool, bool]:
+    """What an operator's ``action`` writes on ``record``'s row, or why it cannot apply.
+
+    Returns ``(flag_cancel, leave_request)``: whether to set ``cancel_requested`` (the run stops
+    at its next write and compensates) and whether to leave the action for the saga's driver
+    (who records it in the history and acts on it). Raises
+    :class:`~engine.errors.ActionRefused` (``SagaAlreadyFinished`` for a finished saga). One
+    rule for every store, so that each checks it in the transaction that writes the request:
+
+    - nothing applies to a ``COMPLETED`` or ``FAILED`` saga;
+    - ``resume`` applies to a ``PARKED`` saga only, ``retry`` to a running one only;
+    - ``cancel`` and ``compensate`` are refused once the saga is past its pivot, and
+      ``compensate`` while it already compensates; on a parked saga both are left for a
+      driver to carry out.
+    """
+    if action not in ACTIONS:
+        raise ValueError(f"unknown operator action {action!r}")
+    status = record.status
+    if status in (COMPLETED, FAILED):
+        raise SagaAlreadyFinished(f"saga {record.workflow_id} is {status}", status=status)
+    parked = status == PARKED
+    if action == RESUME:
+        if not parked:
+            raise ActionRefused(f"only a {PARKED} saga can be resumed", status=status)
+        return False, True
+    if action == RETRY:
+        if parked:
+            raise ActionRefused(f"a {PARKED} saga is resumed, not retried", status=status)
+        if record.cancel_requested:
+            raise ActionRefused("the saga is already asked to compensate", status=status)
+        return False, True
+    if record.past_pivot:
+        raise ActionRefused(
+            f"the saga is past its pivot: it can only go forward ({action} refused)",
+            status=status,
+        )
+    if parked:
+        return False, True
+    if action == COMPENSATE:
+        if status == COMPENSATION_STARTED:
+            raise ActionRefused("the saga is already compensating", status=status)
+        return True, True
+    return True, False
+
+
+def operator_request(action: str, reason: str, now: datetime) -> dict[str, Any]:
+    """An operator's action as it waits on the saga's row for its driver."""
+    return {"id": str(uuid.uuid4()), "action": action, "reason": reason, "at": now.isoformat()}

@@ -110,13 +110,22 @@ class HistoryStore(Protocol):
         ...
 
     async def count_needing_operator(self) -> int:
-        """How many sagas are flagged ``needs_operator`` (compensating or parked)."""
+        """How many sagas are flagged ``needs_operator`` (parked, or a compensation or a step
+        past the pivot that keeps failing)."""
         ...
 
     async def list_claimable(
-        self, *, owner: str, now: datetime, limit: int
+        self,
+        *,
+        owner: str,
+        now: datetime,
+        limit: int,
+        workflows: Sequence[str] | None = None,
+        known: bool = True,
     ) -> builtins.list[SagaRecord]:
-        """Unfinished sagas with no owner, an expired lease, or owned by ``owner``."""
+        """Sagas to drive (unfinished, or parked with an operator's action waiting) with no
+        owner, an expired lease, or owned by ``owner``; only those of ``workflows`` (or, with
+        ``known=False``, only those of other workflows) when it is given."""
         ...
 
     async def acquire(
@@ -134,6 +143,14 @@ class HistoryStore(Protocol):
 
     async def release(self, saga_id: str, *, owner: str, version: int) -> None: ...
 
-    async def request_cancel(self, workflow_id: str) -> SagaRecord:
-        """Flag a cancel; ``SagaNotFound`` / ``SagaAlreadyFinished`` when it cannot apply."""
+    async def request_action(
+        self, workflow_id: str, action: str, *, reason: str, now: datetime
+    ) -> SagaRecord:
+        """Write an operator's ``action`` on the saga's row as
+        :func:`~engine.history.plan_action` says, checked in the same transaction; raises
+        ``SagaNotFound`` or ``ActionRefused``. Returns the row as written."""
+        ...
+
+    async def operator_requests(self, saga_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The operator requests waiting on these sagas' rows, by saga id."""
         ...

@@ -2,9 +2,11 @@
 
 A :class:`Worker` runs each saga of its process in a task of its own under a lease
 (``engine._runtime`` replays it), claims unfinished sagas whose lease is free or expired
-(:meth:`Worker.recover`), renews the leases of the sagas it drives and gives up those it
-lost (the background loop), and keeps the last sagas it finished so that the client half
-(:class:`~engine.api.Engine`) answers ``status`` and ``wait`` for them without a read.
+(:meth:`Worker.recover`) — parking those whose workflow it does not know, so that they hold
+up nobody — renews the leases of the sagas it drives and gives up those it lost, hands the
+operator's requests to the runs they are for (the background loop), and keeps the last sagas
+it finished so that the client half (:class:`~engine.api.Engine`) answers ``status`` and
+``wait`` for them without a read.
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ import builtins
 import collections
 import contextlib
 import functools
-from collections.abc import Iterator
-from datetime import timedelta
+from collections.abc import Coroutine, Iterator
+from datetime import datetime, timedelta
+from typing import Any
 
 import structlog
 
 from engine._runtime import RunConfig, RunDeps, _Run
-from engine.errors import WorkflowDefinitionError
+from engine.errors import StoreUnavailable, WorkflowDefinitionError
 from engine.history import Event, SagaRecord
 from engine.observer import EngineCounters, SagaObserver
 from engine.ports import Clock, HistoryStore, Transport
@@ -107,41 +110,70 @@ class Worker:
         return None if entry is None else entry[1]
 
     async def recover(self) -> int:
-        """Claim unfinished sagas (no owner, expired lease, or ours but not running) and resume
-        them from history. Returns how many were claimed."""
+        """Claim sagas to drive (unfinished, or parked with an operator's action waiting) with
+        no owner, an expired lease, or ours but not running, and resume them from history.
+        Those of workflows this worker does not know are parked, in a pass of their own after
+        the others. Returns how many were claimed."""
         now = self.clock.now()
-        rows = await self.store.list_claimable(
-            owner=self.config.owner, now=now, limit=self.claim_batch
-        )
+        known = list(self._workflows)
         claimed = 0
-        for row in rows:
-            wf = self._workflows.get(row.workflow_name)
-            if row.saga_id in self._runs or row.saga_id in self._starting or wf is None:
-                continue
-            version = await self.store.acquire(
-                row.saga_id,
-                owner=self.config.owner,
-                expected_version=row.version,
-                now=now,
-                until=now + timedelta(seconds=self.lease_seconds),
-            )
-            if version is None:
-                continue
-            record, events = await self.store.load(row.saga_id)
-            self.counters.sagas_recovered += 1
-            self.observer.saga_resumed(row.workflow_name)
-            _log.info(
-                "saga.recovered", saga_id=row.saga_id, workflow_id=row.workflow_id, version=version
-            )
-            self.spawn(wf, record, events, version)
-            claimed += 1
+        for row in await self.store.list_claimable(
+            owner=self.config.owner, now=now, limit=self.claim_batch, workflows=known
+        ):
+            claimed += await self.claim(row)
+        for row in await self.store.list_claimable(
+            owner=self.config.owner, now=now, limit=self.claim_batch, workflows=known, known=False
+        ):
+            claimed += await self.claim(row)
         return claimed
+
+    async def claim(self, row: SagaRecord) -> bool:
+        """Take ``row``'s lease and drive it (or park it, if its workflow is unknown here).
+        False when it runs here already or someone else holds it."""
+        if row.saga_id in self._runs or row.saga_id in self._starting:
+            return False
+        now = self.clock.now()
+        version = await self.store.acquire(
+            row.saga_id,
+            owner=self.config.owner,
+            expected_version=row.version,
+            now=now,
+            until=now + timedelta(seconds=self.lease_seconds),
+        )
+        if version is None:
+            return False
+        record, events = await self.store.load(row.saga_id)
+        wf = self._workflows.get(row.workflow_name)
+        if wf is None:
+            run = _Run(self.config, self._deps, None, record, events, version)
+            self._track(run, run.park_unknown())
+            return True
+        self.counters.sagas_recovered += 1
+        self.observer.saga_resumed(row.workflow_name)
+        _log.info(
+            "saga.recovered", saga_id=row.saga_id, workflow_id=row.workflow_id, version=version
+        )
+        self.spawn(wf, record, events, version)
+        return True
+
+    async def act(self, record: SagaRecord) -> None:
+        """An operator's action was just written on ``record``'s row: hand it to the run that
+        drives the saga here, or claim the parked saga it wakes."""
+        entry = self._runs.get(record.saga_id)
+        if entry is not None and record.operator_request is not None:
+            entry[0].poke(record.operator_request)
+        elif entry is None and record.claimable:
+            await self.claim(record)
 
     def spawn(
         self, wf: Workflow, record: SagaRecord, events: builtins.list[Event], version: int
     ) -> None:
         run = _Run(self.config, self._deps, wf, record, events, version)
-        task = asyncio.get_running_loop().create_task(run.run(), name=f"saga:{record.saga_id}")
+        self._track(run, run.run())
+
+    def _track(self, run: _Run, work: Coroutine[Any, Any, None]) -> None:
+        record = run.record
+        task = asyncio.get_running_loop().create_task(work, name=f"saga:{record.saga_id}")
         self._runs[record.saga_id] = (run, task)
         self._local[record.workflow_id] = record.saga_id
         task.add_done_callback(functools.partial(self._forget, record.saga_id))
@@ -197,13 +229,34 @@ class Worker:
                 )
 
     async def _supervise(self) -> None:
+        down_since: datetime | None = None  # the store's outage, logged when it starts and ends
         while True:
             try:
                 await self._renew()
+                await self._hand_over_requests()
                 await self.recover()
-            except Exception:  # the store may be down for a while: keep trying
+            except StoreUnavailable as exc:  # the store may be down for a while: keep trying
+                if down_since is None:
+                    down_since = self.clock.now()
+                    _log.warning("engine.store_unavailable", error=str(exc))
+            except Exception:  # a bug: say it each time, it will not heal by itself
                 _log.exception("engine.supervisor_failed", owner=self.config.owner)
+            else:
+                if down_since is not None:
+                    gone = (self.clock.now() - down_since).total_seconds()
+                    _log.warning("engine.store_available", unavailable_seconds=round(gone, 1))
+                    down_since = None
             await self.clock.sleep(self.poll_interval)
+
+    async def _hand_over_requests(self) -> None:
+        """Operators' requests written on rows of sagas driven here (through another process's
+        API, say) reach their runs."""
+        if not self._runs:
+            return
+        for saga_id, request in (await self.store.operator_requests(list(self._runs))).items():
+            entry = self._runs.get(saga_id)
+            if entry is not None:
+                entry[0].poke(request)
 
     async def _renew(self) -> None:
         if not self._runs:

@@ -12,7 +12,9 @@ touches the world only through ``ctx``:
   the saga's status when the step completes;
 - ``await ctx.step("service.method", {...}, compensate=..., milestone=...)``, the same with
   names and JSON, for workflows built from data (the seed's declarative definition);
-- ``ctx.now()``, ``ctx.uuid()``, ``ctx.sleep(seconds)``: recorded, so replay answers the same.
+- ``ctx.now()``, ``ctx.uuid()``, ``ctx.sleep(seconds)``: recorded, so replay answers the same;
+- ``ctx.patched("change-id")`` / ``ctx.deprecate_patch(...)``: change a workflow while sagas
+  recorded by its older code are in flight.
 
 Nothing here does I/O: the context hands each call to the run that replays the saga
 (``engine._runtime``) through the narrow :class:`_Driver` it needs.
@@ -161,7 +163,7 @@ class StepCall:
     """One ``ctx.step`` as the run receives it: where it stands, what it sends, what undoes it.
 
     ``compensation`` is ``(target, payload, idempotency key)``, registered before the command
-    leaves.
+    leaves. ``pivot``: once this step completes the saga only goes forward.
     """
 
     position: int
@@ -172,6 +174,7 @@ class StepCall:
     retry: RetryPolicy | None
     timeout: float | None
     milestone: str | None
+    pivot: bool = False
 
 
 class _Driver(Protocol):
@@ -185,6 +188,8 @@ class _Driver(Protocol):
     async def marker(self, position: int, name: str, make: Callable[[], str]) -> str: ...
 
     async def sleep(self, position: int, seconds: float) -> None: ...
+
+    def patched(self, position: int, change_id: str, *, deprecated: bool = False) -> bool: ...
 
     def now(self) -> datetime: ...
 
@@ -228,6 +233,7 @@ class WorkflowContext:
         *,
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
+        pivot: bool = False,
     ) -> Out: ...
 
     @overload
@@ -241,6 +247,7 @@ class WorkflowContext:
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
         milestone: str | None = None,
+        pivot: bool = False,
     ) -> dict[str, Any]: ...
 
     async def step(
@@ -253,6 +260,7 @@ class WorkflowContext:
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
         milestone: str | None = None,
+        pivot: bool = False,
     ) -> Any:
         """Send ``command`` to ``activity`` and return its reply.
 
@@ -264,8 +272,14 @@ class WorkflowContext:
 
         The compensation is registered *before* the command is sent. Business errors
         (``non_retryable``) are not retried and mean the step did not take effect; transport
-        errors and timeouts are retried by ``retry``. Raises
-        :class:`~engine.errors.StepFailed` when the step gives up. The idempotency key is
+        errors and timeouts are retried by ``retry`` (the engine's default policy when
+        ``None``). Raises :class:`~engine.errors.StepFailed` when the step gives up.
+
+        ``pivot=True`` marks the saga's point of no return: once this step has completed, the
+        saga only goes forward. Every later step is retried until it is done (a business
+        refusal included; the saga is flagged ``needs_operator`` after the engine's alert
+        attempts), the saga deadline no longer applies, and cancel or compensate is refused.
+        The idempotency key is
         ``f"{workflow_id}:{method}"`` (``:n`` appended for the n-th repeat of one target).
         """
         undo: tuple[str, dict[str, Any]] | None = None
@@ -291,7 +305,9 @@ class WorkflowContext:
         registered = None
         if undo is not None:
             registered = (undo[0], undo[1], self._key(undo[0], _split(undo[0])[1]))
-        call = StepCall(position, target, payload, key, registered, retry, timeout, milestone)
+        call = StepCall(
+            position, target, payload, key, registered, retry, timeout, milestone, pivot
+        )
         reply = await self._driver.step(call)
         return reply if result_model is None else result_model.model_validate(reply)
 
@@ -309,6 +325,33 @@ class WorkflowContext:
     async def sleep(self, seconds: float) -> None:
         """A durable timer: a recovered saga sleeps only what is left."""
         await self._driver.sleep(self._next_position(), seconds)
+
+    def patched(self, change_id: str) -> bool:
+        """Whether this saga runs the code of the change ``change_id``: ``True`` for a new run
+        (the answer is recorded) and for a saga that reaches this point on the new code;
+        ``False`` when replaying a history recorded before the change, which must go on as
+        the old code did::
+
+            if ctx.patched("fraud-check"):
+                await ctx.step(CHECK_FRAUD, ...)
+
+        Once no history in flight predates the change, :meth:`deprecate_patch` retires it.
+        """
+        return self._patch(change_id, deprecated=False)
+
+    def deprecate_patch(self, change_id: str) -> None:
+        """Retire the patch ``change_id``: the new code runs unconditionally and records
+        nothing, while histories that recorded the patch still replay. Remove the call too
+        once ``cloudmart replay`` finds no history in flight with the patch."""
+        self._patch(change_id, deprecated=True)
+
+    def _patch(self, change_id: str, *, deprecated: bool) -> bool:
+        # The marker takes a position only when history holds it (or a live run records it):
+        # a history from before the change goes on at the same position down the old branch.
+        taken = self._driver.patched(self._position, change_id, deprecated=deprecated)
+        if taken:
+            self._position += 1
+        return taken
 
     def _next_position(self) -> int:
         position = self._position

@@ -78,7 +78,8 @@ class PrometheusSagaObserver:
         )
         self.operator_alerts = Counter(
             "cloudmart_operator_alerts",
-            "Sagas flagged for an operator because a compensation kept failing.",
+            "Sagas flagged for an operator because a compensation, or a step past the pivot, "
+            "kept failing.",
             ["workflow"],
             registry=registry,
         )
@@ -116,7 +117,8 @@ async def sagas_needing_operator(store: HistoryStore) -> list[Metric]:
     count = await store.count_needing_operator()
     family = GaugeMetricFamily(
         "cloudmart_sagas_needing_operator",
-        "Sagas flagged for an operator (a compensation keeps failing, or parked).",
+        "Sagas flagged for an operator (parked, or a compensation or a step past the pivot "
+        "keeps failing).",
     )
     family.add_metric([], float(count))
     return [family]

@@ -17,10 +17,15 @@ from activities import Database, check_order, order_id_for
 from activities.errors import DomainError, IdempotencyKeyReused
 from activities.registry import OPERATIONS, invoke
 from contracts.commands import CreateOrder, PlaceOrder
-from engine import Engine, SagaHandle, SagaStatus
+from engine import Engine, RetryPolicy, SagaHandle, SagaStatus
 from engine.adapters import InMemoryTransport, SqlHistoryStore
-from engine.errors import SagaAlreadyFinished, SagaNotFound, WorkflowAlreadyStarted
-from engine.history import Event, SagaRecord
+from engine.errors import (
+    ActionRefused,
+    SagaAlreadyFinished,
+    SagaNotFound,
+    WorkflowAlreadyStarted,
+)
+from engine.history import CANCEL, COMPENSATE, RESUME, RETRY, Event, SagaRecord
 from engine.listing import SagaCounts, SagaFilter, SagaPage
 from engine.observer import SagaObserver
 from engine.ports import HistoryStore, Transport
@@ -38,10 +43,16 @@ class SagaUnknown(DomainError):
     http_status = 404
 
 
-class SagaFinished(DomainError):
-    """The saga is already COMPLETED or FAILED; there is nothing to cancel."""
+class SagaActionRefused(DomainError):
+    """The action does not apply to the saga in its status (``details.status``): resume is
+    for a parked saga, retry for a running one, and cancel or compensate are refused once the
+    saga is past its pivot."""
 
     http_status = 409
+
+
+class SagaFinished(SagaActionRefused):
+    """The saga is already COMPLETED or FAILED; no action applies to it."""
 
 
 class Orchestrator:
@@ -84,14 +95,24 @@ class Orchestrator:
         except SagaNotFound as exc:
             raise SagaUnknown(f"no saga for order {order_id}", order_id=order_id) from exc
 
-    async def cancel(self, order_id: str) -> SagaStatus:
-        """Ask the saga to stop and compensate; durable, honoured by whoever drives it."""
+    async def act(self, order_id: str, action: str, reason: str) -> SagaStatus:
+        """An operator's ``action`` (cancel, retry, resume, compensate) with its ``reason``:
+        durable, recorded in the history and honoured by whoever drives the saga."""
         try:
-            return await self.engine.cancel(order_id)
+            if action == CANCEL:
+                return await self.engine.cancel(order_id)
+            do = {
+                RETRY: self.engine.retry,
+                RESUME: self.engine.resume,
+                COMPENSATE: self.engine.compensate,
+            }[action]
+            return await do(order_id, reason=reason)
         except SagaNotFound as exc:
             raise SagaUnknown(f"no saga for order {order_id}", order_id=order_id) from exc
         except SagaAlreadyFinished as exc:
-            raise SagaFinished(str(exc), order_id=order_id) from exc
+            raise SagaFinished(str(exc), order_id=order_id, status=exc.status) from exc
+        except ActionRefused as exc:
+            raise SagaActionRefused(str(exc), order_id=order_id, status=exc.status) from exc
 
     async def history(self, order_id: str) -> list[Event]:
         try:
@@ -153,6 +174,8 @@ def build_engine(
     compensation_alert_attempts: int,
     step_timeout: float,
     saga_deadline: float | None,
+    step_retry: RetryPolicy,
+    compensation_retry: RetryPolicy,
     observer: SagaObserver | None = None,
     history_hook: HistoryHook | None = None,
 ) -> Engine:
@@ -171,6 +194,8 @@ def build_engine(
         compensation_alert_attempts=compensation_alert_attempts,
         default_step_timeout=step_timeout,
         saga_deadline=saga_deadline,
+        step_retry=step_retry,
+        compensation_retry=compensation_retry,
         workflows=[place_order, place_order_declarative],
         observer=observer,
     )

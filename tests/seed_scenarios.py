@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, ClassVar
 
@@ -21,6 +22,7 @@ from choreography_support import finished as order_finished
 from choreography_support import run_all as orders_run_all
 from choreography_support import start as order_start
 from conftest import until
+from processes import Deployment
 from shop import JP, US, Shop, order
 
 from choreography_pattern import events as ev
@@ -51,6 +53,59 @@ async def saga_start(api: httpx.AsyncClient, body: Body) -> str:
     assert response.status_code == 202, response.text
     assert response.headers["location"] == f"/saga/{response.json()['order_id']}/status"
     return str(response.json()["order_id"])
+
+
+async def saga_status(api: httpx.AsyncClient, oid: str) -> str:
+    return str((await api.get(f"/saga/{oid}/status")).json()["status"])
+
+
+async def saga_history(api: httpx.AsyncClient, oid: str) -> list[dict[str, Any]]:
+    response = await api.get(f"/saga/{oid}/history")
+    assert response.status_code == 200, response.text
+    events: list[dict[str, Any]] = response.json()
+    return events
+
+
+async def attempted_past_its_deadline(
+    api: httpx.AsyncClient, oid: str, step: str, timeout: float
+) -> None:
+    """Wait until the saga's history shows a failed attempt of ``step`` after its deadline."""
+    deadline = datetime.fromisoformat((await saga_history(api, oid))[0]["payload"]["deadline"])
+
+    async def attempted() -> bool:
+        return any(
+            e["step"] == step
+            and e["type"] in ("StepTimedOut", "StepRetrying")
+            and datetime.fromisoformat(e["created_at"]).replace(tzinfo=None) > deadline
+            for e in await saga_history(api, oid)
+        )
+
+    await until(attempted, timeout=timeout)
+
+
+async def held_past_the_pivot(
+    api: httpx.AsyncClient, shop: Shop, deployment: Deployment
+) -> tuple[str, int, int]:
+    """A saga whose shipping is arranged while the order service is stopped, so that
+    completing the order waits. Returns (order id, book, customer); order stays paused."""
+    book, customer = shop.book("10.00", 5), shop.customer("100.00")
+    deployment.pause("shipping")
+    try:
+        oid = await saga_start(api, order(customer, (book, 1)))
+
+        async def paid() -> bool:
+            return await saga_status(api, oid) == "PAYMENT_COMPLETED"
+
+        await until(paid, timeout=20)
+        deployment.pause("order")
+    finally:
+        deployment.resume("shipping")
+
+    async def shipped() -> bool:
+        return await saga_status(api, oid) == "SHIPPING_ARRANGED"
+
+    await until(shipped, timeout=20)
+    return oid, book, customer
 
 
 async def saga_finished(api: httpx.AsyncClient, order_id: str, timeout: float = 30) -> Body:

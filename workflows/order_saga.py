@@ -1,6 +1,7 @@
 """The order saga: create order → reserve stock → take payment → arrange shipping → complete.
 
-Each forward step registers its compensation before it is sent; the status projection moves
+Each forward step registers its compensation before it is sent; arranging shipping is the
+pivot (from there on the saga only goes forward); the status projection moves
 STARTED → ORDER_CREATED → STOCK_RESERVED → PAYMENT_COMPLETED → SHIPPING_ARRANGED → COMPLETED
 through the steps' milestones (the engine writes COMPLETED / COMPENSATION_STARTED / FAILED).
 The seed's declarative ``ORDER_WORKFLOW`` dict runs on the same engine through
@@ -26,22 +27,10 @@ from engine import RetryPolicy, WorkflowContext, workflow
 __all__ = [
     "MILESTONES",
     "ORDER_WORKFLOW",
-    "SERVICE_RETRY",
-    "UNTIL_DONE_RETRY",
     "place_order",
     "place_order_declarative",
     "workflow_from_definition",
 ]
-
-# One policy for every service command: transport trouble and timeouts only (business errors
-# arrive non_retryable and are never retried).
-SERVICE_RETRY = RetryPolicy(initial_interval=0.2, backoff=2.0, max_interval=5.0, max_attempts=5)
-# Steps after the pivot (shipping arranged) cannot be undone: they are retried until they are
-# done. Giving up would compensate a saga whose last command may well have run — e.g. an order
-# COMPLETED just before the broker went away, which ``order.cancel_order`` then refuses forever.
-UNTIL_DONE_RETRY = RetryPolicy(
-    initial_interval=0.2, backoff=2.0, max_interval=5.0, max_attempts=None
-)
 
 # The saga status each step reaches, from the catalogue (for the declarative definition).
 MILESTONES = {op.name: op.milestone for op in CATALOGUE if op.milestone is not None}
@@ -52,28 +41,26 @@ async def place_order(ctx: WorkflowContext, order: CreateOrder) -> OrderPlaced:
     """Create the order, reserve its stock, take the payment, arrange shipping, complete it.
 
     Each step's compensation (cancel the order, release the stock, cancel the payment, cancel
-    the shipment) is registered before its command leaves; completing the order comes after
-    the pivot and is retried until it is done.
+    the shipment) is registered before its command leaves. Arranging shipping is the pivot:
+    once it is done, completing the order is retried until it is done, however late, and the
+    saga can no longer be cancelled. Giving up there would compensate a saga whose last command
+    may well have run (an order COMPLETED just before the broker went away, which
+    ``order.cancel_order`` then refuses forever). Retries follow the engine's policy.
     """
-    created = await ctx.step(ops.CREATE_ORDER, order, retry=SERVICE_RETRY)
-    await ctx.step(
-        ops.RESERVE_STOCK,
-        ReserveStock(order_id=order.order_id, items=order.items),
-        retry=SERVICE_RETRY,
-    )
+    created = await ctx.step(ops.CREATE_ORDER, order)
+    await ctx.step(ops.RESERVE_STOCK, ReserveStock(order_id=order.order_id, items=order.items))
     payment = await ctx.step(
         ops.PROCESS_PAYMENT,
         ProcessPayment(
             order_id=order.order_id, customer_id=order.customer_id, amount=created.total_amount
         ),
-        retry=SERVICE_RETRY,
     )
     shipment = await ctx.step(
         ops.ARRANGE_SHIPPING,
         ArrangeShipping(order_id=order.order_id, address=order.shipping_address),
-        retry=SERVICE_RETRY,
+        pivot=True,
     )
-    await ctx.step(ops.COMPLETE_ORDER, OrderRef(order_id=order.order_id), retry=UNTIL_DONE_RETRY)
+    await ctx.step(ops.COMPLETE_ORDER, OrderRef(order_id=order.order_id))
     return OrderPlaced(
         order_id=order.order_id,
         total_amount=created.total_amount,
@@ -94,16 +81,16 @@ ORDER_WORKFLOW: dict[str, Any] = {
 
 
 def workflow_from_definition(
-    definition: dict[str, Any], *, name: str, retry: RetryPolicy = SERVICE_RETRY
+    definition: dict[str, Any], *, name: str, retry: RetryPolicy | None = None
 ) -> Any:
     """Turn the seed's ``{"steps": [{"service", "command", "compensation"?}]}`` into a workflow.
 
     Each command gets the saga's running state: the input merged with every earlier reply
     (``amount`` defaults to ``total_amount``, ``address`` to ``shipping_address``); each
     compensation gets ``{"order_id"}``. A step's optional ``"milestone"`` (default: from
-    :data:`MILESTONES`) becomes the saga status when it completes. A step without a
-    compensation after one with a compensation comes after the pivot: it is retried until done
-    (:data:`UNTIL_DONE_RETRY`) instead of by ``retry``.
+    :data:`MILESTONES`) becomes the saga status when it completes. The last step with a
+    compensation before one without is the pivot (``ctx.step(..., pivot=True)``): the steps
+    after it are retried until done. ``retry`` (default: the engine's) retries the others.
     """
     steps = list(definition["steps"])
     for spec in steps:
@@ -113,19 +100,21 @@ def workflow_from_definition(
     async def run_definition(ctx: WorkflowContext, data: dict[str, Any]) -> dict[str, Any]:
         state = dict(data)
         ref = {"order_id": state["order_id"]}
-        compensatable_before = False
-        for spec in steps:
+        for index, spec in enumerate(steps):
             target = f"{spec['service']}.{spec['command']}"
             compensation = spec.get("compensation")
-            after_pivot = compensatable_before and not compensation
-            compensatable_before = compensatable_before or bool(compensation)
+            following = steps[index + 1] if index + 1 < len(steps) else None
+            pivot = (
+                bool(compensation) and following is not None and not following.get("compensation")
+            )
             reply = await ctx.step(
                 target,
                 state,
                 compensate=f"{spec['service']}.{compensation}" if compensation else None,
                 compensation_payload=ref,
-                retry=UNTIL_DONE_RETRY if after_pivot else retry,
+                retry=retry,
                 milestone=spec.get("milestone", MILESTONES.get(target)),
+                pivot=pivot,
             )
             state.update(reply)
             if "total_amount" in reply:

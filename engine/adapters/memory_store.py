@@ -8,21 +8,19 @@ import dataclasses
 from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import Any
 
 from engine.errors import (
     CancelRequested,
     ConcurrencyConflict,
-    SagaAlreadyFinished,
     SagaNotFound,
 )
 from engine.history import (
-    COMPENSATION_STARTED,
-    COMPLETED,
-    FAILED,
-    PARKED,
     Event,
     Projection,
     SagaRecord,
+    operator_request,
+    plan_action,
 )
 from engine.listing import SagaCounts, SagaFilter, SagaPosition
 
@@ -88,11 +86,13 @@ class InMemoryHistoryStore:
         if row.next_seq != expected_seq:
             raise ConcurrencyConflict(f"saga {saga_id}: seq {expected_seq} taken")
         if honour_cancel and row.cancel_requested:
-            raise CancelRequested(saga_id)
+            raise CancelRequested(saga_id, copy.deepcopy(row.operator_request))
         _check_seq(events, expected_seq)
         if self.before_commit is not None:
             self.before_commit(saga_id, events)
         now = events[-1].created_at if events else row.updated_at
+        pending = row.operator_request
+        answered = pending is not None and pending["id"] == projection.handled_request
         self._rows[saga_id] = dataclasses.replace(
             row,
             next_seq=expected_seq + len(events),
@@ -102,6 +102,9 @@ class InMemoryHistoryStore:
             failure_reason=projection.failure_reason,
             needs_operator=projection.needs_operator,
             compensation_attempts=projection.compensation_attempts,
+            failed_step=projection.failed_step,
+            past_pivot=projection.past_pivot,
+            operator_request=None if answered else row.operator_request,
             updated_at=now,
             owner=None if projection.finished else row.owner,
             lease_expires_at=None if projection.finished else row.lease_expires_at,
@@ -140,13 +143,23 @@ class InMemoryHistoryStore:
         return SagaCounts(by_status=dict(by_status), needs_operator=flagged)
 
     async def count_needing_operator(self) -> int:
-        flagged = (COMPENSATION_STARTED, PARKED)
-        return sum(r.needs_operator and r.status in flagged for r in self._rows.values())
+        return sum(r.needs_operator for r in self._rows.values())
 
     async def list_claimable(
-        self, *, owner: str, now: datetime, limit: int
+        self,
+        *,
+        owner: str,
+        now: datetime,
+        limit: int,
+        workflows: Sequence[str] | None = None,
+        known: bool = True,
     ) -> builtins.list[SagaRecord]:
-        rows = [r for r in self._rows.values() if not r.finished and _claimable(r, owner, now)]
+        rows = [
+            r
+            for r in self._rows.values()
+            if _claimable(r, owner, now)
+            and (workflows is None or (r.workflow_name in workflows) == known)
+        ]
         rows.sort(key=lambda r: r.lease_expires_at or datetime.min)
         return rows[:limit]
 
@@ -154,7 +167,7 @@ class InMemoryHistoryStore:
         self, saga_id: str, *, owner: str, expected_version: int, now: datetime, until: datetime
     ) -> int | None:
         row = self._rows.get(saga_id)
-        if row is None or row.finished or row.version != expected_version:
+        if row is None or row.version != expected_version:
             return None
         if not _claimable(row, owner, now):
             return None
@@ -167,7 +180,7 @@ class InMemoryHistoryStore:
         kept = set()
         for saga_id in saga_ids:
             row = self._rows.get(saga_id)
-            if row is not None and row.owner == owner and not row.finished:
+            if row is not None and row.owner == owner:
                 self._rows[saga_id] = dataclasses.replace(row, lease_expires_at=until)
                 kept.add(saga_id)
         return kept
@@ -177,16 +190,28 @@ class InMemoryHistoryStore:
         if row is not None and row.owner == owner and row.version == version:
             self._rows[saga_id] = dataclasses.replace(row, owner=None, lease_expires_at=None)
 
-    async def request_cancel(self, workflow_id: str) -> SagaRecord:
+    async def request_action(
+        self, workflow_id: str, action: str, *, reason: str, now: datetime
+    ) -> SagaRecord:
         saga_id = self._by_workflow.get(workflow_id)
         if saga_id is None:
             raise SagaNotFound(workflow_id)
         row = self._rows[saga_id]
-        if row.status in (COMPLETED, FAILED):
-            raise SagaAlreadyFinished(f"saga {workflow_id} is {row.status}")
-        row = dataclasses.replace(row, cancel_requested=True)
+        flag_cancel, leave_request = plan_action(row, action)
+        if flag_cancel:
+            row = dataclasses.replace(row, cancel_requested=True)
+        if leave_request:
+            row = dataclasses.replace(row, operator_request=operator_request(action, reason, now))
         self._rows[saga_id] = row
         return row
+
+    async def operator_requests(self, saga_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        requests = {}
+        for saga_id in saga_ids:
+            row = self._rows.get(saga_id)
+            if row is not None and row.operator_request is not None:
+                requests[saga_id] = copy.deepcopy(row.operator_request)
+        return requests
 
     def _committed(self, saga_id: str, events: Sequence[Event]) -> None:
         self.commits += 1
@@ -212,7 +237,7 @@ def _matches(row: SagaRecord, where: SagaFilter) -> bool:
 
 
 def _claimable(row: SagaRecord, owner: str, now: datetime) -> bool:
-    return (
+    return row.claimable and (
         row.owner is None
         or row.owner == owner
         or row.lease_expires_at is None

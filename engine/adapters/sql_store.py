@@ -34,20 +34,18 @@ from engine.adapters.sql_tables import metadata, saga_instances, saga_step_logs
 from engine.errors import (
     CancelRequested,
     ConcurrencyConflict,
-    SagaAlreadyFinished,
     SagaError,
     SagaNotFound,
     StoreUnavailable,
 )
 from engine.history import (
-    COMPENSATION_STARTED,
-    COMPLETED,
-    FAILED,
     PARKED,
     TERMINAL_STATUSES,
     Event,
     Projection,
     SagaRecord,
+    operator_request,
+    plan_action,
 )
 from engine.listing import SagaCounts, SagaFilter, SagaPosition, order_id_prefix_bounds
 from prepared_sql import Prepared, run_together
@@ -83,12 +81,19 @@ def _update_statement(*, honour_cancel: bool, finished: bool) -> sa.Update:
         "failure_reason": sa.bindparam("v_failure_reason"),
         "needs_operator": sa.bindparam("v_needs_operator"),
         "compensation_attempts": sa.bindparam("v_compensation_attempts"),
+        "failed_step": sa.bindparam("v_failed_step"),
+        "past_pivot": sa.bindparam("v_past_pivot"),
         "updated_at": sa.bindparam("v_updated_at"),
     }
+    # The operator request this append answers is cleared; one that came after it stays.
+    # (In this order: MySQL assigns left to right, and each CASE must see the id as it was.)
+    answered = _si.c.operator_request_id == sa.bindparam("b_handled")
+    values["operator_request"] = sa.case((answered, None), else_=_si.c.operator_request)
+    values["operator_request_id"] = sa.case((answered, None), else_=_si.c.operator_request_id)
     if finished:
         values["owner"] = None
         values["lease_expires_at"] = None
-    return sa.update(_si).where(*where).values(**values)
+    return sa.update(_si).where(*where).ordered_values(*values.items())
 
 
 # The appends' statements run on the driver's cursor (prepared_sql).
@@ -169,6 +174,10 @@ class SqlHistoryStore:
                 "compensation_attempts": 0,
                 "created_at": now,
                 "updated_at": now,
+                "failed_step": None,
+                "past_pivot": False,
+                "operator_request_id": None,
+                "operator_request": None,
             },
         )
         await self._submit(write)
@@ -210,7 +219,10 @@ class SqlHistoryStore:
                 "v_failure_reason": projection.failure_reason,
                 "v_needs_operator": projection.needs_operator,
                 "v_compensation_attempts": projection.compensation_attempts,
+                "v_failed_step": projection.failed_step,
+                "v_past_pivot": projection.past_pivot,
                 "v_updated_at": updated_at,
+                "b_handled": projection.handled_request,
             },
         )
         await self._submit(write)
@@ -298,9 +310,13 @@ class SqlHistoryStore:
         assert item.params is not None
         row = (
             await conn.execute(
-                sa.select(_si.c.version, _si.c.owner, _si.c.next_seq, _si.c.cancel_requested).where(
-                    _si.c.saga_id == item.saga_id
-                )
+                sa.select(
+                    _si.c.version,
+                    _si.c.owner,
+                    _si.c.next_seq,
+                    _si.c.cancel_requested,
+                    _si.c.operator_request,
+                ).where(_si.c.saga_id == item.saga_id)
             )
         ).first()
         if row is None:
@@ -308,7 +324,7 @@ class SqlHistoryStore:
         p = item.params
         fence = (p["b_version"], p["b_owner"], p["b_expected"])
         if (row.version, row.owner, row.next_seq) == fence and row.cancel_requested:
-            return CancelRequested(item.saga_id)
+            return CancelRequested(item.saga_id, _loads(row.operator_request))
         return ConcurrencyConflict(
             f"saga {item.saga_id}: fenced (append v{p['b_version']}/{p['b_owner']}/seq "
             f"{p['b_expected']}, store v{row.version}/{row.owner}/seq {row.next_seq})"
@@ -362,32 +378,27 @@ class SqlHistoryStore:
         )
 
     async def count_needing_operator(self) -> int:
-        # Only these statuses carry the flag; the status index keeps the count cheap.
-        query = (
-            sa.select(sa.func.count())
-            .select_from(_si)
-            .where(_si.c.status.in_([COMPENSATION_STARTED, PARKED]), _si.c.needs_operator.is_(True))
-        )
+        # A finished saga never carries the flag; its own index keeps the count cheap.
+        query = sa.select(sa.func.count()).select_from(_si).where(_si.c.needs_operator.is_(True))
         rows = await self._select(query)
         return int(rows[0][0])
 
     async def list_claimable(
-        self, *, owner: str, now: datetime, limit: int
+        self,
+        *,
+        owner: str,
+        now: datetime,
+        limit: int,
+        workflows: Sequence[str] | None = None,
+        known: bool = True,
     ) -> builtins.list[SagaRecord]:
-        query = (
-            sa.select(_si)
-            .where(
-                _si.c.status.not_in(sorted(TERMINAL_STATUSES)),
-                sa.or_(
-                    _si.c.owner.is_(None),
-                    _si.c.owner == owner,
-                    _si.c.lease_expires_at.is_(None),
-                    _si.c.lease_expires_at < now,
-                ),
+        query = sa.select(_si).where(*_claimable(owner, now))
+        if workflows is not None:
+            names = sorted(workflows)
+            query = query.where(
+                _si.c.workflow_name.in_(names) if known else _si.c.workflow_name.not_in(names)
             )
-            .order_by(_si.c.lease_expires_at)
-            .limit(limit)
-        )
+        query = query.order_by(_si.c.lease_expires_at).limit(limit)
         return [_record(r) for r in await self._select(query)]
 
     async def acquire(
@@ -406,13 +417,7 @@ class SqlHistoryStore:
             .where(
                 _si.c.saga_id == saga_id,
                 _si.c.version == expected_version,
-                _si.c.status.not_in(sorted(TERMINAL_STATUSES)),
-                sa.or_(
-                    _si.c.owner.is_(None),
-                    _si.c.owner == owner,
-                    _si.c.lease_expires_at.is_(None),
-                    _si.c.lease_expires_at < now,
-                ),
+                *_claimable(owner, now),
             )
             .values(owner=owner, version=expected_version + 1, lease_expires_at=until)
         )
@@ -465,18 +470,50 @@ class SqlHistoryStore:
             .values(owner=None, lease_expires_at=None)
         )
 
-    async def request_cancel(self, workflow_id: str) -> SagaRecord:
-        rowcount = await self._execute(
-            sa.update(_si)
-            .where(_si.c.order_id == workflow_id, _si.c.status.not_in([COMPLETED, FAILED]))
-            .values(cancel_requested=True)
+    async def request_action(
+        self, workflow_id: str, action: str, *, reason: str, now: datetime
+    ) -> SagaRecord:
+        try:
+            async with self._engine.begin() as conn:
+                # The row lock orders this against the driver's appends (which lock it too).
+                row = (
+                    await conn.execute(
+                        sa.select(_si).where(_si.c.order_id == workflow_id).with_for_update()
+                    )
+                ).first()
+                if row is None:
+                    raise SagaNotFound(workflow_id)
+                record = _record(row)
+                flag_cancel, leave_request = plan_action(record, action)
+                values: dict[str, Any] = {}
+                if flag_cancel:
+                    values["cancel_requested"] = True
+                if leave_request:
+                    request = operator_request(action, reason, now)
+                    values["operator_request_id"] = request["id"]
+                    values["operator_request"] = _dumps(request)
+                await conn.execute(
+                    sa.update(_si).where(_si.c.saga_id == record.saga_id).values(**values)
+                )
+        except DBAPIError as exc:
+            raise _map_error(exc) from exc
+        return await self._get_by_id(record.saga_id)
+
+    async def operator_requests(self, saga_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        if not saga_ids:
+            return {}
+        rows = await self._select(
+            sa.select(_si.c.saga_id, _si.c.operator_request).where(
+                _si.c.saga_id.in_(list(saga_ids)), _si.c.operator_request_id.is_not(None)
+            )
         )
-        record = await self.get(workflow_id)
-        if record is None:
-            raise SagaNotFound(workflow_id)
-        if rowcount == 0 and record.status in (COMPLETED, FAILED):
-            raise SagaAlreadyFinished(f"saga {workflow_id} is {record.status}")
-        return record
+        return {r.saga_id: _loads(r.operator_request) for r in rows}
+
+    async def _get_by_id(self, saga_id: str) -> SagaRecord:
+        rows = await self._select(sa.select(_si).where(_si.c.saga_id == saga_id))
+        if not rows:
+            raise SagaNotFound(saga_id)
+        return _record(rows[0])
 
     async def _select(self, query: sa.Select[Any]) -> builtins.list[sa.Row[Any]]:
         try:
@@ -491,6 +528,22 @@ class SqlHistoryStore:
                 return int((await conn.execute(statement)).rowcount)
         except DBAPIError as exc:
             raise _map_error(exc) from exc
+
+
+def _claimable(owner: str, now: datetime) -> list[sa.ColumnElement[bool]]:
+    """Unfinished (or parked with an operator's action waiting), and not leased by another."""
+    return [
+        sa.or_(
+            _si.c.status.not_in(sorted(TERMINAL_STATUSES)),
+            sa.and_(_si.c.status == PARKED, _si.c.operator_request_id.is_not(None)),
+        ),
+        sa.or_(
+            _si.c.owner.is_(None),
+            _si.c.owner == owner,
+            _si.c.lease_expires_at.is_(None),
+            _si.c.lease_expires_at < now,
+        ),
+    ]
 
 
 _LOCK_RETRIES = 8
@@ -590,4 +643,7 @@ def _record(row: sa.Row[Any]) -> SagaRecord:
         compensation_attempts=row.compensation_attempts,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        failed_step=row.failed_step,
+        past_pivot=bool(row.past_pivot),
+        operator_request=_loads(row.operator_request),
     )

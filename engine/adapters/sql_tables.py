@@ -48,14 +48,23 @@ saga_instances = sa.Table(
     sa.Column("compensation_attempts", sa.Integer, nullable=False),
     sa.Column("created_at", Timestamp, nullable=False),
     sa.Column("updated_at", Timestamp, nullable=False),
+    sa.Column("failed_step", sa.String(100), nullable=True),
+    # The pivot step completed: a cancel or compensate is refused from here on.
+    sa.Column("past_pivot", sa.Boolean, nullable=False, server_default=sa.false()),
+    # An operator's action (retry, resume, compensate, cancel of a parked saga) waiting for the
+    # saga's driver, as JSON; its id is what the driver's append clears.
+    sa.Column("operator_request_id", sa.String(36), nullable=True),
+    sa.Column("operator_request", LongText, nullable=True),
     sa.Index("ix_saga_instances_recovery", "status", "lease_expires_at"),
     # The listing (newest first, keyset on created_at then saga_id, which InnoDB appends to
     # every secondary index) by each filter an operator reaches for; the order id prefix uses
     # the unique index.
     sa.Index("ix_saga_instances_status_created", "status", "created_at"),
     sa.Index("ix_saga_instances_created", "created_at"),
+    # Also what counts the sagas flagged for an operator.
     sa.Index("ix_saga_instances_operator_created", "needs_operator", "created_at"),
     sa.Index("ix_saga_instances_workflow_created", "workflow_name", "created_at"),
+    sa.Index("ix_saga_instances_failed_step_created", "failed_step", "created_at"),
     **_TABLE_ARGS,
 )
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from services._kit._middleware import MUTATING_METHODS
+from services._kit._middleware import OPEN_PATHS
 from services._kit.errors import ErrorBody
 
 ERROR_BODY_REF = "#/components/schemas/ErrorBody"
@@ -85,16 +85,17 @@ def _kit_responses(*, has_body: bool, has_input: bool, needs_token: bool) -> dic
 def document_kit_responses(openapi: dict[str, Any], *, bearer: bool) -> dict[str, Any]:
     """Declare the kit's responses on every operation of FastAPI's document ``openapi``.
 
-    ``bearer``: the prod profile, where mutating operations need the API key. Changes
+    ``bearer``: the prod profile, where every operation but the open ones (health, metrics,
+    the documentation) needs the API key. Changes
     ``openapi`` in place (idempotent: a second call changes nothing) and returns it.
     """
     components = openapi.setdefault("components", {})
     components.setdefault("schemas", {}).setdefault("ErrorBody", ErrorBody.model_json_schema())
-    for item in openapi.get("paths", {}).values():
+    for path, item in openapi.get("paths", {}).items():
         for method, operation in item.items():
             if method not in _HTTP_METHODS:
                 continue
-            needs_token = bearer and method.upper() in MUTATING_METHODS
+            needs_token = bearer and path not in OPEN_PATHS
             kit = _kit_responses(
                 has_body="requestBody" in operation,
                 has_input=bool(operation.get("parameters")) or "requestBody" in operation,

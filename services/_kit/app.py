@@ -129,7 +129,8 @@ def create_app(
     if settings.env == "prod" and not api_key:
         raise ConfigurationError(
             f"{service}: CLOUDMART_API_KEY must be set in the prod profile "
-            "(mutating endpoints require it as a bearer token)"
+            "(every endpoint but /health, /metrics and the API docs requires it as a bearer "
+            "token)"
         )
     if settings.env == "prod" and _default_broker_login(settings.rabbitmq_url):
         raise ConfigurationError(

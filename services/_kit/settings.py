@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from engine import RetryPolicy
 from services._kit import failpoints
 
 Profile = Literal["dev", "test", "prod"]
@@ -55,7 +56,39 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(
         default=15.0, gt=0, description="How long an orchestrator owns a saga between renewals."
     )
-    compensation_alert_attempts: int = Field(default=10, ge=1)
+    compensation_alert_attempts: int = Field(
+        default=10,
+        ge=1,
+        description="Failed attempts of one compensation, or of one step past the pivot, "
+        "before the saga is flagged needs_operator.",
+    )
+    step_retry_initial: float = Field(
+        default=0.2,
+        ge=0,
+        description="Seconds before a step's first retry (transport errors "
+        "and timeouts; business refusals are never retried).",
+    )
+    step_retry_backoff: float = Field(
+        default=2.0, ge=1, description="Each retry waits this × longer."
+    )
+    step_retry_max_interval: float = Field(
+        default=5.0, ge=0, description="Longest wait between retries."
+    )
+    step_retry_max_attempts: int = Field(
+        default=5,
+        ge=1,
+        description="Attempts of a step before the saga compensates (steps "
+        "past the pivot are retried until done).",
+    )
+    compensation_retry_initial: float = Field(
+        default=0.5, ge=0, description="Seconds before a compensation's first retry."
+    )
+    compensation_retry_max_interval: float = Field(
+        default=30.0,
+        ge=0,
+        description="Longest wait between a compensation's retries (it is "
+        "retried for as long as it takes).",
+    )
     max_body_bytes: int = Field(default=1_000_000, ge=1024)
     served_countries: Annotated[tuple[str, ...], NoDecode] = ("JP",)
 
@@ -100,6 +133,26 @@ class Settings(BaseSettings):
         if self.failpoint:
             failpoints.parse(self.failpoint)  # a misspelt point fails at start, not silently
         return self
+
+    @property
+    def step_retry(self) -> RetryPolicy:
+        """How the orchestrator retries a service command (a workflow may pass its own)."""
+        return RetryPolicy(
+            initial_interval=self.step_retry_initial,
+            backoff=self.step_retry_backoff,
+            max_interval=self.step_retry_max_interval,
+            max_attempts=self.step_retry_max_attempts,
+        )
+
+    @property
+    def compensation_retry(self) -> RetryPolicy:
+        """How the orchestrator retries a compensation: until it is done."""
+        return RetryPolicy(
+            initial_interval=self.compensation_retry_initial,
+            backoff=self.step_retry_backoff,
+            max_interval=self.compensation_retry_max_interval,
+            max_attempts=None,
+        )
 
     @property
     def embedded(self) -> bool:

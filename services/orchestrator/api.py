@@ -1,4 +1,5 @@
-"""The orchestrator's REST API: start, follow and cancel order sagas."""
+"""The orchestrator's REST API: start, follow and cancel order sagas, and the operator's
+actions on them (retry, resume, compensate; SPEC §8)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ from fastapi import APIRouter, Depends, Query, Request, Response, status
 from pydantic import BaseModel, Field
 
 from activities.errors import BookNotFound, CustomerNotFound, IdempotencyKeyReused
-from contracts.commands import PlaceOrder, UtcTimestamp
+from contracts.commands import Line, PlaceOrder, UtcTimestamp
 from engine import SagaStatus
+from engine.history import CANCEL, COMPENSATE, RESUME, RETRY
 from engine.listing import SagaFilter
 from orchestration_pattern.orchestrator import (
     Orchestrator,
+    SagaActionRefused,
     SagaFinished,
     SagaUnknown,
 )
@@ -77,7 +80,10 @@ class SagaView(BaseModel):
     failure_reason: str | None = Field(
         description="Why the saga compensated: the failed step and its error, or 'cancelled'."
     )
-    needs_operator: bool = Field(description="A compensation keeps failing: look at it.")
+    needs_operator: bool = Field(
+        description="A compensation, or a step past the pivot, keeps failing, or the saga is "
+        "parked: look at it."
+    )
     cancel_requested: bool
     created_at: UtcTimestamp | None
     updated_at: UtcTimestamp | None
@@ -180,15 +186,66 @@ async def saga_status(
     return SagaView.of(await orchestrator.status(order_id, wait=wait))
 
 
+class OperatorReason(BaseModel):
+    """Why the operator acts; recorded in the saga's history with the action."""
+
+    model_config = {"extra": "forbid"}
+    reason: Line
+
+
+_ACTION_ERRORS = error_responses(SagaUnknown, SagaFinished, SagaActionRefused)
+
+
 @router.post(
     "/{order_id}/cancel",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=SagaView,
-    responses=error_responses(SagaUnknown, SagaFinished),
-    summary="Cancel: completed steps are compensated in reverse order (409 when finished)",
+    responses=_ACTION_ERRORS,
+    summary="Cancel: completed steps are compensated in reverse order (409 when finished or "
+    "past the pivot)",
 )
 async def cancel_saga(order_id: OrderIdPath, orchestrator: OrchestratorDep) -> SagaView:
-    return SagaView.of(await orchestrator.cancel(order_id))
+    return SagaView.of(await orchestrator.act(order_id, CANCEL, "cancelled"))
+
+
+@router.post(
+    "/{order_id}/retry",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=SagaView,
+    responses=_ACTION_ERRORS,
+    summary="Attempt the current step or compensation again now (409 unless running)",
+)
+async def retry_saga(
+    order_id: OrderIdPath, body: OperatorReason, orchestrator: OrchestratorDep
+) -> SagaView:
+    return SagaView.of(await orchestrator.act(order_id, RETRY, body.reason))
+
+
+@router.post(
+    "/{order_id}/resume",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=SagaView,
+    responses=_ACTION_ERRORS,
+    summary="Replay a PARKED saga with the code deployed now (409 unless parked)",
+)
+async def resume_saga(
+    order_id: OrderIdPath, body: OperatorReason, orchestrator: OrchestratorDep
+) -> SagaView:
+    return SagaView.of(await orchestrator.act(order_id, RESUME, body.reason))
+
+
+@router.post(
+    "/{order_id}/compensate",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=SagaView,
+    responses=_ACTION_ERRORS,
+    summary="Undo what took effect, in reverse order, and end FAILED (a parked saga, or one "
+    "running before its pivot)",
+)
+async def compensate_saga(
+    order_id: OrderIdPath, body: OperatorReason, orchestrator: OrchestratorDep
+) -> SagaView:
+    return SagaView.of(await orchestrator.act(order_id, COMPENSATE, body.reason))
 
 
 @router.get(

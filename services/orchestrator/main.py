@@ -50,6 +50,8 @@ def build_app(settings: Settings | None = None, *, database: Database | None = N
                 compensation_alert_attempts=settings.compensation_alert_attempts,
                 step_timeout=settings.request_timeout,
                 saga_deadline=settings.saga_deadline,
+                step_retry=settings.step_retry,
+                compensation_retry=settings.compensation_retry,
                 observer=observer,
                 history_hook=failpoints.history_hook(),
             )

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from engine.adapters import InMemoryHistoryStore, SqlHistoryStore
 from engine.errors import (
+    ActionRefused,
     CancelRequested,
     ConcurrencyConflict,
     SagaAlreadyFinished,
@@ -190,8 +191,9 @@ async def test_a_taken_over_saga_refuses_the_old_owner(store: HistoryStore) -> N
 
 async def test_cancel_request_is_refused_by_honouring_appends_only(store: HistoryStore) -> None:
     await started(store)
-    cancelled = await store.request_cancel("order-1")
+    cancelled = await store.request_action("order-1", "cancel", reason="cancelled", now=T0)
     assert cancelled.cancel_requested
+    assert cancelled.operator_request is None  # a running saga's cancel needs only the flag
     with pytest.raises(CancelRequested):
         await store.append(
             "saga-1", [ev(1)], expected_seq=1, version=1, owner="a", projection=Projection()
@@ -206,6 +208,117 @@ async def test_cancel_request_is_refused_by_honouring_appends_only(store: Histor
         honour_cancel=False,
     )
     assert (await store.load("saga-1"))[0].next_seq == 2
+
+
+async def test_projection_columns_round_trip(store: HistoryStore) -> None:
+    await started(store)
+    await store.append(
+        "saga-1",
+        [ev(1, "StepCompleted")],
+        expected_seq=1,
+        version=1,
+        owner="a",
+        projection=Projection(status="SHIPPING_ARRANGED", failed_step="svc.op", past_pivot=True),
+    )
+    row = (await store.load("saga-1"))[0]
+    assert (row.failed_step, row.past_pivot) == ("svc.op", True)
+
+
+async def test_past_the_pivot_cancel_and_compensate_are_refused_but_retry_is_not(
+    store: HistoryStore,
+) -> None:
+    await started(store)
+    await store.append(
+        "saga-1",
+        [ev(1, "StepCompleted")],
+        expected_seq=1,
+        version=1,
+        owner="a",
+        projection=Projection(status="SHIPPING_ARRANGED", past_pivot=True),
+    )
+    for action in ("cancel", "compensate", "resume"):
+        with pytest.raises(ActionRefused) as refused:
+            await store.request_action("order-1", action, reason="r", now=T0)
+        assert refused.value.status == "SHIPPING_ARRANGED"
+    row = await store.request_action("order-1", "retry", reason="flaky", now=T0)
+    assert not row.cancel_requested
+    assert row.operator_request is not None
+    assert (row.operator_request["action"], row.operator_request["reason"]) == ("retry", "flaky")
+    assert await store.operator_requests(["saga-1", "saga-404"]) == {"saga-1": row.operator_request}
+
+
+async def test_a_compensate_request_reaches_the_driver_with_the_refused_append(
+    store: HistoryStore,
+) -> None:
+    await started(store)
+    asked = await store.request_action("order-1", "compensate", reason="fraud", now=T0)
+    assert asked.cancel_requested
+    with pytest.raises(CancelRequested) as refused:
+        await store.append(
+            "saga-1", [ev(1)], expected_seq=1, version=1, owner="a", projection=Projection()
+        )
+    assert refused.value.request == asked.operator_request
+
+
+async def test_a_parked_saga_is_claimable_only_while_an_operator_request_waits(
+    store: HistoryStore,
+) -> None:
+    await started(store)
+    await store.append(
+        "saga-1",
+        [ev(1, "WorkflowParked")],
+        expected_seq=1,
+        version=1,
+        owner="a",
+        projection=Projection(status="PARKED", needs_operator=True, finished=True),
+    )
+    later = T0 + LEASE * 2
+    assert await store.list_claimable(owner="z", now=later, limit=10) == []
+    with pytest.raises(ActionRefused):
+        await store.request_action("order-1", "retry", reason="r", now=T0)
+    asked = await store.request_action("order-1", "resume", reason="code restored", now=T0)
+    assert asked.operator_request is not None
+    claimable = await store.list_claimable(owner="z", now=later, limit=10)
+    assert [r.saga_id for r in claimable] == ["saga-1"]
+    version = await store.acquire(
+        "saga-1", owner="z", expected_version=1, now=later, until=later + LEASE
+    )
+    assert version == 2
+    await store.append(
+        "saga-1",
+        [ev(2, "OperatorAction", owner="z", version=2)],
+        expected_seq=2,
+        version=2,
+        owner="z",
+        projection=Projection(status="STARTED", handled_request=asked.operator_request["id"]),
+    )
+    row = (await store.load("saga-1"))[0]
+    assert row.operator_request is None  # answered: cleared by the append that recorded it
+    again = await store.request_action("order-1", "retry", reason="now", now=T0)
+    assert again.operator_request is not None
+    await store.append(
+        "saga-1",
+        [ev(3, "StepScheduled", owner="z", version=2)],
+        expected_seq=3,
+        version=2,
+        owner="z",
+        projection=Projection(status="STARTED", handled_request=asked.operator_request["id"]),
+    )
+    row = (await store.load("saga-1"))[0]
+    assert row.operator_request == again.operator_request  # a later request stays
+
+
+async def test_claimable_sagas_can_be_split_by_known_workflows(store: HistoryStore) -> None:
+    await started(store, 1)
+    await store.create(
+        dataclasses.replace(record(2), workflow_name="gone"), [ev(0, "WorkflowStarted")]
+    )
+    later = T0 + LEASE * 2
+    known = await store.list_claimable(owner="z", now=later, limit=10, workflows=["wf"])
+    others = await store.list_claimable(
+        owner="z", now=later, limit=10, workflows=["wf"], known=False
+    )
+    assert ([r.saga_id for r in known], [r.saga_id for r in others]) == (["saga-1"], ["saga-2"])
 
 
 async def test_finishing_releases_the_lease_and_the_saga_is_no_longer_claimable(
@@ -231,9 +344,9 @@ async def test_finishing_releases_the_lease_and_the_saga_is_no_longer_claimable(
         "saga-2"
     ]
     with pytest.raises(SagaAlreadyFinished):
-        await store.request_cancel("order-1")
+        await store.request_action("order-1", "cancel", reason="cancelled", now=T0)
     with pytest.raises(SagaNotFound):
-        await store.request_cancel("order-404")
+        await store.request_action("order-404", "cancel", reason="cancelled", now=T0)
 
 
 async def test_renew_extends_only_leases_still_owned(store: HistoryStore) -> None:
@@ -278,22 +391,23 @@ async def test_get_and_list_by_status(store: HistoryStore) -> None:
     assert len(await store.list(limit=2)) == 2
 
 
-async def test_the_operator_flag_is_counted_on_compensating_and_parked_sagas(
+async def test_the_operator_flag_is_counted_on_every_saga_that_carries_it(
     store: HistoryStore,
 ) -> None:
-    for n in (1, 2, 3, 4):
+    for n in (1, 2, 3, 4, 5):
         await started(store, n)
     assert await store.count_needing_operator() == 0
     flagged = {
         "saga-1": Projection(status="COMPENSATION_STARTED", needs_operator=True),
         "saga-2": Projection(status="PARKED", needs_operator=True, finished=True),
         "saga-3": Projection(status="COMPENSATION_STARTED"),  # compensating, not flagged
+        "saga-4": Projection(status="SHIPPING_ARRANGED", needs_operator=True, past_pivot=True),
     }
     for saga_id, projection in flagged.items():
         await store.append(
             saga_id, [ev(1)], expected_seq=1, version=1, owner="a", projection=projection
         )
-    assert await store.count_needing_operator() == 2
+    assert await store.count_needing_operator() == 3
 
 
 async def test_concurrent_appends_commit_together_and_a_stale_one_is_refused_alone(

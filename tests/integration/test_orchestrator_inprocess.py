@@ -175,3 +175,27 @@ async def test_the_seeds_declarative_workflow_runs_the_saga_through_the_orchestr
         assert steps["shipping.arrange_shipping"] == "FAILED"
         for step in ("order.create_order", "inventory.reserve_stock", "payment.process_payment"):
             assert steps[step] == "COMPENSATED"
+
+
+async def test_in_prod_saga_reads_and_actions_need_the_api_key(
+    database_url: str, tmp_path: Path
+) -> None:
+    async with prepared_database(database_url):
+        pass
+    embedded = database_url.startswith("sqlite")
+    settings = settings_for(
+        None if embedded else database_url,
+        sqlite_path=str(tmp_path / "orchestrator.db"),
+        env="prod",
+        api_key="k3y",
+        log_json=False,
+    )
+    async with running(build_app(settings)) as client:
+        bearer = {"Authorization": "Bearer k3y"}
+        oid = await started(client, order((1, 1)), **bearer)
+        for path in (f"/saga/{oid}/status", f"/saga/{oid}/history", "/saga"):
+            assert (await client.get(path)).status_code == 401, path
+            assert (await client.get(path, headers=bearer)).status_code == 200, path
+        refused = await client.post(f"/saga/{oid}/retry", json={"reason": "r"})
+        assert refused.status_code == 401
+        assert (await client.get("/health")).status_code == 200

@@ -260,14 +260,33 @@ async def test_prod_accepts_a_mutation_with_the_right_bearer_token(
     assert 200 <= response.status_code < 300, response.text
 
 
-@pytest.mark.mysql
-async def test_prod_reads_need_no_token(url: str, db: Database) -> None:
-    async with running(build_service_app("order", prod_settings(url))) as client:
-        order_response = await client.get("/orders/o-1")
-        health = await client.get("/health")
+# One read per service that returns what a customer would not want anyone to see.
+PERSONAL_READS = {
+    "order": "/orders/o-1",
+    "inventory": "/inventory/1",
+    "payment": "/payments/o-1",
+    "shipping": "/shipping/o-1",
+}
 
-    assert order_response.status_code == 200
-    assert health.status_code == 200
+
+@pytest.mark.mysql
+@pytest.mark.parametrize("service", sorted(SEED_PATHS))
+async def test_prod_reads_need_the_token_but_health_metrics_and_docs_stay_open(
+    url: str, db: Database, service: str
+) -> None:
+    assert set(PERSONAL_READS) == set(SEED_PATHS)
+    bearer = {"Authorization": f"Bearer {API_KEY}"}
+    async with running(build_service_app(service, prod_settings(url))) as client:
+        refused = await client.get(PERSONAL_READS[service])
+        allowed = await client.get(PERSONAL_READS[service], headers=bearer)
+        open_pages = [
+            await client.get(p) for p in ("/health", "/metrics", "/openapi.json", "/docs")
+        ]
+
+    assert assert_error(refused, 401)["error"] == "unauthorized"
+    assert API_KEY not in refused.text
+    assert allowed.status_code in (200, 404), allowed.text  # through the guard either way
+    assert [r.status_code for r in open_pages] == [200, 200, 200, 200]
 
 
 def test_prod_refuses_to_build_without_an_api_key(url: str) -> None:

@@ -200,6 +200,8 @@ async def test_the_history_store_passes_by_failpoints_only_when_one_is_armed(
             compensation_alert_attempts=settings.compensation_alert_attempts,
             step_timeout=settings.request_timeout,
             saga_deadline=settings.saga_deadline,
+            step_retry=settings.step_retry,
+            compensation_retry=settings.compensation_retry,
             history_hook=failpoints.history_hook(),
         )
         return engine.store

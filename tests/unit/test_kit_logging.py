@@ -77,7 +77,9 @@ async def test_prod_logs_are_json_lines_bound_to_the_request_id(
                 transport=httpx.ASGITransport(app=manager.app), base_url="http://t"
             ) as client,
         ):
-            response = await client.get("/work", headers={"X-Request-ID": "req-42"})
+            response = await client.get(
+                "/work", headers={"X-Request-ID": "req-42", "Authorization": "Bearer k"}
+            )
     finally:
         handler.setStream(previous)
 

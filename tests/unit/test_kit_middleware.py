@@ -130,27 +130,34 @@ async def test_client_gone_before_the_body_ends_never_reaches_the_app() -> None:
 
 
 @pytest.mark.parametrize(
-    ("method", "authorization", "status"),
+    ("method", "path", "authorization", "status"),
     [
-        ("GET", None, 200),
-        ("HEAD", None, 200),
-        ("POST", None, 401),
-        ("PUT", "Bearer nope", 401),
-        ("DELETE", "Bearer key", 200),
-        ("PATCH", "bearer key", 200),
-        ("POST", "Bearer  key ", 200),
-        ("POST", "Token key", 401),
-        ("POST", "Bearer key\u00e9", 401),
+        ("GET", "/orders/o-1", None, 401),
+        ("HEAD", "/orders/o-1", None, 401),
+        ("GET", "/orders/o-1", "Bearer key", 200),
+        ("GET", "/health", None, 200),
+        ("GET", "/metrics", None, 200),
+        ("GET", "/openapi.json", None, 200),
+        ("GET", "/docs", None, 200),
+        ("POST", "/health", None, 200),  # open paths are open (the app answers 405 itself)
+        ("POST", "/", None, 401),
+        ("PUT", "/", "Bearer nope", 401),
+        ("DELETE", "/", "Bearer key", 200),
+        ("PATCH", "/", "bearer key", 200),
+        ("POST", "/", "Bearer  key ", 200),
+        ("POST", "/", "Token key", 401),
+        ("POST", "/", "Bearer key\u00e9", 401),
+        ("GET", "/healthz", None, 401),  # only the exact open paths
     ],
 )
-async def test_api_key_guard_only_lets_mutations_through_with_the_key(
-    method: str, authorization: str | None, status: int
+async def test_api_key_guard_lets_only_open_paths_through_without_the_key(
+    method: str, path: str, authorization: str | None, status: int
 ) -> None:
     headers = {} if authorization is None else {"Authorization": authorization.encode("latin-1")}
     async with client_for(ApiKeyGuard(echo, api_key="key")) as client:
-        response = await client.request(method, "/", headers=headers)
+        response = await client.request(method, path, headers=headers)
 
     assert response.status_code == status
-    if status == 401:
+    if status == 401 and method != "HEAD":  # a HEAD answer has no body
         assert response.json()["error"] == "unauthorized"
         assert "key" not in response.json()["message"].replace("<CLOUDMART_API_KEY>", "")

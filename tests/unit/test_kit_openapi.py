@@ -175,7 +175,9 @@ def test_a_routes_own_responses_stand_beside_the_kits(tmp_path: Path) -> None:
     assert "HealthView" in json.dumps(ops[("GET", "/health")]["responses"]["503"])
 
 
-def test_the_bearer_token_is_declared_on_mutations_in_prod_only(tmp_path: Path) -> None:
+def test_the_bearer_token_is_declared_on_every_operation_but_the_open_ones_in_prod_only(
+    tmp_path: Path,
+) -> None:
     dev = operations(app_for(tmp_path).openapi())
     prod_schema = app_for(tmp_path, env="prod", api_key="k").openapi()
     prod = operations(prod_schema)
@@ -185,8 +187,9 @@ def test_the_bearer_token_is_declared_on_mutations_in_prod_only(tmp_path: Path) 
     assert error_body(prod[("PUT", "/things/{book_id}/cancel")]["responses"]["401"])
     assert prod[("POST", "/things/reserve")]["security"] == [{"bearer": []}]
     assert prod_schema["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
-    assert "401" not in prod[("GET", "/things/{book_id}")]["responses"]
-    assert "security" not in prod[("GET", "/things/{book_id}")]
+    assert prod[("GET", "/things/{book_id}")]["security"] == [{"bearer": []}]
+    assert "security" not in prod[("GET", "/health")]
+    assert "401" not in prod[("GET", "/health")]["responses"]
 
 
 def test_integer_bounds_are_written_as_integers(tmp_path: Path) -> None:

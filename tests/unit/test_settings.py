@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from services._kit.settings import Settings, get_settings
@@ -32,3 +34,51 @@ def test_environment_and_profile_file(monkeypatch: pytest.MonkeyPatch, tmp_path)
 def test_bad_namespace_is_refused() -> None:
     with pytest.raises(ValueError, match="namespace"):
         Settings(_env_file=None, namespace="has spaces")  # type: ignore[call-arg]
+
+
+def test_retry_policies_default_to_todays_values_and_are_read_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from engine import RetryPolicy
+
+    defaults = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert defaults.step_retry == RetryPolicy(
+        initial_interval=0.2, backoff=2.0, max_interval=5.0, max_attempts=5
+    )
+    assert defaults.compensation_retry == RetryPolicy(
+        initial_interval=0.5, backoff=2.0, max_interval=30.0, max_attempts=None
+    )
+    monkeypatch.setenv("CLOUDMART_STEP_RETRY_MAX_ATTEMPTS", "7")
+    monkeypatch.setenv("CLOUDMART_COMPENSATION_RETRY_MAX_INTERVAL", "60")
+    monkeypatch.setenv("CLOUDMART_COMPENSATION_ALERT_ATTEMPTS", "3")
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.step_retry.max_attempts == 7
+    assert settings.compensation_retry.max_interval == 60.0
+    assert settings.compensation_alert_attempts == 3
+
+
+async def test_the_orchestrators_engine_retries_as_the_settings_say(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from activities.db import Database
+    from engine.adapters import InMemoryTransport
+    from orchestration_pattern.orchestrator import build_engine
+
+    monkeypatch.setenv("CLOUDMART_STEP_RETRY_INITIAL", "1.5")
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    db = Database.from_url(f"sqlite+aiosqlite:///{tmp_path / 'engine.db'}")
+    engine = build_engine(
+        db,
+        InMemoryTransport({}),
+        lease_seconds=settings.lease_seconds,
+        compensation_alert_attempts=settings.compensation_alert_attempts,
+        step_timeout=settings.request_timeout,
+        saga_deadline=settings.saga_deadline,
+        step_retry=settings.step_retry,
+        compensation_retry=settings.compensation_retry,
+    )
+    try:
+        assert engine.worker.config.step_retry.initial_interval == 1.5
+        assert engine.worker.config.compensation_retry == settings.compensation_retry
+    finally:
+        await db.dispose()

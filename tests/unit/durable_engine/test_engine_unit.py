@@ -182,7 +182,7 @@ async def test_the_step_after_the_pivot_is_retried_until_done_never_compensated(
     definition: Any,
 ) -> None:
     r = rig()
-    # more lost replies than SERVICE_RETRY allows: the order may be completed already, and
+    # more lost replies than the step retry policy allows: the order may be completed already, and
     # shipping was arranged, so the saga can only go forward
     r.transport.inject("order.complete_order", Fault("drop_reply", times=8))
     await r.engine.start(definition, order(), workflow_id="o-1")

@@ -1,0 +1,169 @@
+"""An operator's view of orchestrated sagas, on real processes (MariaDB, RabbitMQ): the pivot
+holds against a cancel and against the deadline, and a parked saga is resumed or compensated
+through the REST API (SPEC §8)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from decimal import Decimal
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from conftest import until
+from processes import Deployment, deployed
+from seed_scenarios import (
+    attempted_past_its_deadline,
+    held_past_the_pivot,
+    saga_history,
+    saga_status,
+)
+from seed_scenarios import saga_finished as finished
+from seed_scenarios import saga_start as start
+from shop import Shop, order, sync_engine
+
+pytestmark = [pytest.mark.mysql, pytest.mark.rabbitmq, pytest.mark.slow]
+
+DEADLINE = 10.0
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    with deployed(
+        "orchestration",
+        "cloudmart_test_operator",
+        tmp_path_factory.mktemp("operator"),
+        base_port=18600,
+        CLOUDMART_REQUEST_TIMEOUT="2",
+        CLOUDMART_LEASE_SECONDS="3",
+        CLOUDMART_SAGA_DEADLINE=str(DEADLINE),
+    ) as deployment:
+        yield deployment
+
+
+@pytest.fixture(scope="module")
+def sql(deployment: Deployment) -> Iterator[sa.Engine]:
+    engine = sync_engine(deployment.database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+async def api(deployment: Deployment) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=deployment.url("orchestrator"), timeout=30) as client:
+        yield client
+
+
+@pytest.fixture
+def shop(sql: sa.Engine) -> Shop:
+    return Shop(sql)
+
+
+async def test_cancel_past_the_pivot_is_refused_and_the_saga_completes(
+    api: httpx.AsyncClient, shop: Shop, deployment: Deployment
+) -> None:
+    oid, book, _customer = await held_past_the_pivot(api, shop, deployment)
+    try:
+        refused = await api.post(f"/saga/{oid}/cancel")
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["error"] == "SagaActionRefused"
+        assert refused.json()["details"]["status"] == "SHIPPING_ARRANGED"
+        compensate = await api.post(f"/saga/{oid}/compensate", json={"reason": "too late"})
+        assert compensate.status_code == 409
+    finally:
+        deployment.resume("order")
+    assert (await finished(api, oid))["status"] == "COMPLETED"
+    assert shop.stock_of(book) == (4, 0)
+    shop.check([oid])
+
+
+async def test_the_order_service_down_across_the_deadline_after_the_pivot_completes(
+    api: httpx.AsyncClient, shop: Shop, deployment: Deployment
+) -> None:
+    oid, _book, customer = await held_past_the_pivot(api, shop, deployment)
+    try:
+        await attempted_past_its_deadline(api, oid, "order.complete_order", DEADLINE * 4)
+    finally:
+        deployment.resume("order")
+    saga = await finished(api, oid)
+    assert saga["status"] == "COMPLETED", saga
+    assert shop.balance_of(customer) == Decimal("90.00")
+    shop.check([oid])
+
+
+async def parked_saga(
+    api: httpx.AsyncClient, shop: Shop, deployment: Deployment, sql: sa.Engine
+) -> tuple[str, int, int]:
+    """A saga parked because its history no longer matches the workflow: the orchestrator is
+    killed while shipping waits, the recorded step is renamed (as a deploy of other code would
+    see it), and the restarted orchestrator parks the saga. Returns (order id, book,
+    customer)."""
+    book, customer = shop.book("10.00", 5), shop.customer("100.00")
+    deployment.pause("shipping")
+    try:
+        oid = await start(api, order(customer, (book, 1)))
+
+        async def paid() -> bool:
+            return await saga_status(api, oid) == "PAYMENT_COMPLETED"
+
+        await until(paid, timeout=20)
+        deployment.kill("orchestrator")
+        rename_step(sql, oid, "shipping.arrange_shipping", "shipping.arrange_courier")
+    finally:
+        deployment.resume("shipping")
+    deployment.restart("orchestrator")
+
+    async def parked() -> bool:
+        return await saga_status(api, oid) == "PARKED"
+
+    await until(parked, timeout=30)
+    return oid, book, customer
+
+
+def rename_step(sql: sa.Engine, oid: str, old: str, new: str) -> None:
+    with sql.begin() as conn:
+        renamed = conn.execute(
+            sa.text(
+                "UPDATE saga_step_logs SET step_name = :new WHERE step_name = :old AND saga_id ="
+                " (SELECT saga_id FROM saga_instances WHERE order_id = :oid)"
+            ),
+            {"new": new, "old": old, "oid": oid},
+        ).rowcount
+    assert renamed >= 1
+
+
+async def test_a_parked_saga_resumed_once_its_history_matches_again_completes(
+    api: httpx.AsyncClient, shop: Shop, deployment: Deployment, sql: sa.Engine
+) -> None:
+    oid, book, _customer = await parked_saga(api, shop, deployment, sql)
+    assert (await api.post(f"/saga/{oid}/retry", json={"reason": "x"})).status_code == 409
+    assert (await api.post(f"/saga/{oid}/resume", json={})).status_code == 422  # no reason
+    rename_step(sql, oid, "shipping.arrange_courier", "shipping.arrange_shipping")
+    resumed = await api.post(f"/saga/{oid}/resume", json={"reason": "v1 redeployed"})
+    assert resumed.status_code == 202, resumed.text
+    assert (await finished(api, oid))["status"] == "COMPLETED"
+    actions = [e["payload"] for e in await saga_history(api, oid) if e["type"] == "OperatorAction"]
+    assert [(a["action"], a["reason"]) for a in actions] == [("resume", "v1 redeployed")]
+    assert shop.stock_of(book) == (4, 0)
+    shop.check([oid])
+
+
+async def test_a_parked_saga_compensated_by_an_operator_ends_failed_with_every_effect_undone(
+    api: httpx.AsyncClient, shop: Shop, deployment: Deployment, sql: sa.Engine
+) -> None:
+    oid, book, customer = await parked_saga(api, shop, deployment, sql)
+    done = await api.post(f"/saga/{oid}/compensate", json={"reason": "customer cancelled"})
+    assert done.status_code == 202, done.text
+    saga = await finished(api, oid)
+    assert (saga["status"], saga["failure_reason"]) == ("FAILED", "operator: customer cancelled")
+    actions = [e["payload"] for e in await saga_history(api, oid) if e["type"] == "OperatorAction"]
+    assert [(a["action"], a["reason"]) for a in actions] == [("compensate", "customer cancelled")]
+    assert shop.stock_of(book) == (5, 0)
+    assert shop.balance_of(customer) == Decimal("100.00")
+    assert (
+        shop.count(
+            "SELECT COUNT(*) FROM shipments WHERE order_id = :oid AND status = 'ARRANGED'", oid=oid
+        )
+        == 0
+    )
+    shop.check([oid])

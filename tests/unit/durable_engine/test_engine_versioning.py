@@ -1,0 +1,179 @@
+"""Changing a workflow under recorded histories: input digests, ``ctx.patched`` and its
+retirement, and the offline replayer that tells a deploy which histories the new code breaks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from engine_unit_kit import CrashAfter, order, rig
+
+from engine import WorkflowContext, workflow
+from engine.adapters.memory_transport import Fault
+from engine.history import EventType
+from engine.replay import history_file, read_history_file, replay
+from engine.testing import run_until_idle
+from workflows import place_order, place_order_declarative
+
+ET = EventType
+DEPLOYED = [place_order, place_order_declarative]
+
+
+async def recorded(fault: str) -> tuple[str, list[Any]]:
+    """One order saga's history, run to its end on today's code under ``fault``."""
+    r = rig()
+    if fault in ("stock", "payment", "shipping"):
+        target = {
+            "stock": "inventory.reserve_stock",
+            "payment": "payment.process_payment",
+            "shipping": "shipping.arrange_shipping",
+        }[fault]
+        r.services.refuse.add(target)
+    elif fault == "retried":
+        r.transport.inject("payment.process_payment", Fault("transient", times=2))
+    await r.engine.start(place_order, order(), workflow_id="o-1")
+    if fault == "cancel":
+        await r.engine.cancel("o-1")
+    await run_until_idle(r.engine)
+    return "o-1", await r.engine.history("o-1")
+
+
+@pytest.mark.parametrize("fault", ["none", "stock", "payment", "shipping", "retried", "cancel"])
+async def test_histories_of_todays_code_replay_as_matching(fault: str) -> None:
+    workflow_id, events = await recorded(fault)
+    replayed = await replay(DEPLOYED, events, workflow_id=workflow_id)
+    assert replayed.matching, replayed.divergence
+    assert replayed.events == len(events)
+
+
+async def test_a_history_file_round_trips() -> None:
+    workflow_id, events = await recorded("shipping")
+    assert read_history_file(history_file(workflow_id, events)) == (workflow_id, events)
+
+
+@workflow(name="pay")
+async def pay(ctx: WorkflowContext, data: dict[str, Any]) -> dict[str, Any]:
+    await ctx.step("order.create_order", {"order_id": data["order_id"]})
+    await ctx.step("payment.process_payment", {"order_id": data["order_id"], "amount": "20.00"})
+    return {}
+
+
+@workflow(name="pay")
+async def pay_more(ctx: WorkflowContext, data: dict[str, Any]) -> dict[str, Any]:
+    await ctx.step("order.create_order", {"order_id": data["order_id"]})
+    await ctx.step("payment.process_payment", {"order_id": data["order_id"], "amount": "25.00"})
+    return {}
+
+
+async def test_a_changed_step_input_parks_the_saga_naming_the_field_and_replay_reports_it() -> None:
+    r = rig(crash=CrashAfter(3))  # start; create scheduled; payment scheduled (+ create done)
+    await r.engine.start(pay, {"order_id": "o-1"}, workflow_id="o-1")
+    await run_until_idle(r.engine, recover=False)
+    events = await r.engine.history("o-1")
+    replayed = await replay([pay_more], events, workflow_id="o-1")
+    assert not replayed.matching
+    assert replayed.divergence is not None
+    assert "position 1" in replayed.divergence
+    assert "amount: history '20.00', code '25.00'" in replayed.divergence
+    assert (await replay([pay], events, workflow_id="o-1")).matching
+
+    r.clock.advance(60)
+    changed = r.new_engine("changed", workflows=[pay_more])
+    await run_until_idle(changed)
+    status = await changed.status("o-1")
+    assert status.status == "PARKED"
+    assert "amount: history '20.00', code '25.00'" in (status.failure_reason or "")
+    assert r.services.calls["payment.process_payment"] == 0  # the new code sends nothing
+
+
+@workflow(name="shop")
+async def shop_v1(ctx: WorkflowContext, data: dict[str, Any]) -> dict[str, Any]:
+    await ctx.step("order.create_order", data, compensate="order.cancel_order")
+    await ctx.step("payment.process_payment", data, compensate="payment.cancel_payment")
+    return {"version": 1}
+
+
+@workflow(name="shop")
+async def shop_v2(ctx: WorkflowContext, data: dict[str, Any]) -> dict[str, Any]:
+    await ctx.step("order.create_order", data, compensate="order.cancel_order")
+    if ctx.patched("stock-first"):
+        await ctx.step("inventory.reserve_stock", data, compensate="inventory.release_stock")
+    await ctx.step("payment.process_payment", data, compensate="payment.cancel_payment")
+    return {"version": 2}
+
+
+@workflow(name="shop")
+async def shop_v3(ctx: WorkflowContext, data: dict[str, Any]) -> dict[str, Any]:
+    await ctx.step("order.create_order", data, compensate="order.cancel_order")
+    ctx.deprecate_patch("stock-first")
+    await ctx.step("inventory.reserve_stock", data, compensate="inventory.release_stock")
+    await ctx.step("payment.process_payment", data, compensate="payment.cancel_payment")
+    return {"version": 3}
+
+
+@workflow(name="shop")
+async def shop_v4(ctx: WorkflowContext, data: dict[str, Any]) -> dict[str, Any]:
+    await ctx.step("order.create_order", data, compensate="order.cancel_order")
+    await ctx.step("inventory.reserve_stock", data, compensate="inventory.release_stock")
+    await ctx.step("payment.process_payment", data, compensate="payment.cancel_payment")
+    return {"version": 4}
+
+
+async def crashed_v1_saga(commits: int) -> Any:
+    r = rig(crash=CrashAfter(commits))
+    await r.engine.start(shop_v1, {"order_id": "o-1"}, workflow_id="o-1")
+    await run_until_idle(r.engine, recover=False)
+    r.clock.advance(60)
+    return r
+
+
+async def test_a_v1_saga_past_the_patch_point_finishes_as_v1_on_v2_code() -> None:
+    r = await crashed_v1_saga(3)  # payment already scheduled by v1
+    v2 = r.new_engine("v2", workflows=[shop_v2])
+    await run_until_idle(v2)
+    status = await v2.status("o-1")
+    assert status.status == "COMPLETED"
+    assert [s.name for s in status.steps] == ["order.create_order", "payment.process_payment"]
+    assert r.services.calls["inventory.reserve_stock"] == 0
+
+
+async def test_a_v1_saga_before_the_patch_point_and_a_new_saga_take_the_new_branch() -> None:
+    r = await crashed_v1_saga(2)  # only create_order scheduled by v1
+    v2 = r.new_engine("v2", workflows=[shop_v2])
+    await v2.start(shop_v2, {"order_id": "o-2"}, workflow_id="o-2")
+    await run_until_idle(v2)
+    for workflow_id in ("o-1", "o-2"):
+        steps = [s.name for s in (await v2.status(workflow_id)).steps]
+        assert steps == ["order.create_order", "inventory.reserve_stock", "payment.process_payment"]
+        markers = [e.step for e in await v2.history(workflow_id) if e.type == ET.MARKER]
+        assert markers == ["patch:stock-first"]
+
+
+async def test_a_retired_patch_replays_old_markers_and_its_removal_is_caught_by_replay() -> None:
+    r = rig()
+    await r.engine.start(shop_v2, {"order_id": "o-2"}, workflow_id="o-2")
+    await run_until_idle(r.engine)
+    v2_history = await r.engine.history("o-2")
+    assert (await replay([shop_v3], v2_history, workflow_id="o-2")).matching
+    removed = await replay([shop_v4], v2_history, workflow_id="o-2")
+    assert not removed.matching
+    assert "MarkerRecorded patch:stock-first" in (removed.divergence or "")
+
+    v3 = r.new_engine("v3")
+    await v3.start(shop_v3, {"order_id": "o-3"}, workflow_id="o-3")  # a new run on v3
+    await run_until_idle(v3)
+    v3_history = await v3.history("o-3")
+    assert not [e for e in v3_history if e.type == ET.MARKER]
+    assert (await replay([shop_v4], v3_history, workflow_id="o-3")).matching
+
+
+async def test_replay_sends_and_writes_nothing_and_knows_an_unknown_workflow() -> None:
+    r = rig(crash=CrashAfter(2))
+    await r.engine.start(pay, {"order_id": "o-1"}, workflow_id="o-1")
+    await run_until_idle(r.engine, recover=False)
+    events = await r.engine.history("o-1")
+    calls, commits = len(r.transport.calls), r.store.commits
+    assert (await replay([pay], events, workflow_id="o-1")).matching  # stops at the live edge
+    assert (len(r.transport.calls), r.store.commits) == (calls, commits)
+    unknown = await replay([shop_v1], events, workflow_id="o-1")
+    assert unknown.divergence == "no workflow named 'pay' is deployed"
