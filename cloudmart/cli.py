@@ -8,6 +8,7 @@
     cloudmart up [--pattern P]             every service; embedded when no database is set
     cloudmart events tail                  print choreography events as they flow (Redis)
     cloudmart check [--baseline FILE]      check every saga guarantee over the database
+    cloudmart replay [--status S] [FILE]   replay histories against today's workflow code
     cloudmart bench [--rate R] [--mix M]   sagas through the REST API; floor; report
 """
 
@@ -18,6 +19,7 @@ import json
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -126,6 +128,61 @@ def check(
     else:
         typer.echo(report.render())
     raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command()
+def replay(
+    files: list[Path] = typer.Argument(
+        None, help="History files (from `cloudmart saga export`); none: the database."
+    ),
+    status: list[str] = typer.Option(
+        [], "--status", help="Only sagas with this status (repeatable)."
+    ),
+    workflow: str | None = typer.Option(None, help="Only sagas of this workflow."),
+    since: datetime | None = typer.Option(
+        None, help="Only sagas started at or after this time (UTC)."
+    ),
+    limit: int = typer.Option(1000, min=1, help="At most this many sagas, newest first."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+) -> None:
+    """Replay histories against the workflows deployed now, sending and writing nothing.
+
+    Prints one line per saga (matching, or diverged: at which position, what history holds,
+    what the code asked for) and exits 1 when any diverged, so it can gate a deploy.
+    """
+    from cloudmart import replay as replayer
+    from orchestration_pattern.orchestrator import WORKFLOWS
+
+    async def from_database(engine: AsyncEngine) -> list[Any]:
+        histories = replayer.from_database(
+            engine, statuses=status, workflow=workflow, since=since, limit=limit
+        )
+        return await replayer.replay_all(WORKFLOWS, histories)
+
+    async def run() -> list[Any]:
+        if files:
+            return await replayer.replay_all(WORKFLOWS, replayer.from_files(files))
+        return await _with_engine(get_settings(), from_database)
+
+    results = asyncio.run(run())
+    if as_json:
+        typer.echo(
+            json.dumps(
+                [
+                    {
+                        "workflow_id": r.workflow_id,
+                        "workflow": r.workflow,
+                        "matching": r.matching,
+                        "divergence": r.divergence,
+                    }
+                    for r in results
+                ],
+                indent=2,
+            )
+        )
+    else:
+        typer.echo(replayer.render(results))
+    raise typer.Exit(0 if all(r.matching for r in results) else 1)
 
 
 async def _with_engine(settings: Settings, use: Callable[[AsyncEngine], Awaitable[T]]) -> T:

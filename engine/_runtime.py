@@ -65,7 +65,10 @@ from engine.workflow import (
 __all__ = ["RunConfig", "canonical_json", "input_digest"]
 
 ET = EventType
-_FORWARD_OUTCOMES = (ET.STEP_COMPLETED, ET.STEP_FAILED)
+# Events at a step's position that belong to its compensation, not to the step.
+_COMPENSATION_EVENTS = frozenset(
+    {ET.COMPENSATION_SCHEDULED, ET.COMPENSATION_RETRYING, ET.COMPENSATION_COMPLETED}
+)
 _log = structlog.get_logger("engine")
 
 
@@ -280,7 +283,8 @@ class _Run:
             comp = _Compensation(position, target, *call.compensation)
         recorded = self.by_pos.get(position)
         if recorded is not None:
-            first, last = recorded[0], recorded[-1]
+            first = recorded[0]
+            last = next(e for e in reversed(recorded) if e.type not in _COMPENSATION_EVENTS)
             if first.type != ET.STEP_SCHEDULED or first.step != target:
                 raise self._diverged(position, f"step {target}", first)
             self._check_input(call, first)

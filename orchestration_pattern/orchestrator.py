@@ -32,6 +32,10 @@ from engine.ports import HistoryStore, Transport
 from engine.workflow import Workflow
 from workflows.order_saga import place_order, place_order_declarative
 
+# The workflows an orchestrator runs: what it recovers, and what `cloudmart replay` checks
+# histories against.
+WORKFLOWS: tuple[Workflow, ...] = (place_order, place_order_declarative)
+
 # Called around every history write when given: ``(point, event_types)`` with the points
 # ``freeze_before_history`` and ``crash_after_history`` (the process's failure points).
 HistoryHook = Callable[[str, list[str]], None]
@@ -196,6 +200,6 @@ def build_engine(
         saga_deadline=saga_deadline,
         step_retry=step_retry,
         compensation_retry=compensation_retry,
-        workflows=[place_order, place_order_declarative],
+        workflows=WORKFLOWS,
         observer=observer,
     )

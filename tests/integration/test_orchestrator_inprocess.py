@@ -199,3 +199,5 @@ async def test_in_prod_saga_reads_and_actions_need_the_api_key(
         refused = await client.post(f"/saga/{oid}/retry", json={"reason": "r"})
         assert refused.status_code == 401
         assert (await client.get("/health")).status_code == 200
+        done = await client.get(f"/saga/{oid}/status", params={"wait": 10}, headers=bearer)
+        assert done.json()["status"] == "COMPLETED"  # nothing left running at shutdown
