@@ -44,13 +44,15 @@ class SagaFilter:
     """Which sagas to list; every field that is set must hold (an empty filter lists all).
 
     ``statuses``: any of these. ``needs_operator``: the operator flag equals it.
-    ``workflow``: the workflow's name. ``created_after`` (inclusive) and ``created_before``
+    ``failed_step``: the step whose failure made the saga compensate. ``workflow``: the
+    workflow's name. ``created_after`` (inclusive) and ``created_before``
     (exclusive): naive UTC, so consecutive windows cover every saga once. ``order_id_prefix``:
     the order id (the workflow id) starts with it, case-sensitively.
     """
 
     statuses: tuple[str, ...] = ()
     needs_operator: bool | None = None
+    failed_step: str | None = None
     workflow: str | None = None
     created_after: datetime | None = None
     created_before: datetime | None = None

@@ -229,6 +229,7 @@ def _matches(row: SagaRecord, where: SagaFilter) -> bool:
     return (
         (not where.statuses or row.status in where.statuses)
         and (where.needs_operator is None or row.needs_operator == where.needs_operator)
+        and (where.failed_step is None or row.failed_step == where.failed_step)
         and (where.workflow is None or row.workflow_name == where.workflow)
         and (where.created_after is None or created >= where.created_after)
         and (where.created_before is None or created < where.created_before)

@@ -576,6 +576,8 @@ def _conditions(where: SagaFilter, after: SagaPosition | None) -> builtins.list[
         conditions.append(_si.c.status.in_(sorted(set(where.statuses))))
     if where.needs_operator is not None:
         conditions.append(_si.c.needs_operator == where.needs_operator)
+    if where.failed_step is not None:
+        conditions.append(_si.c.failed_step == where.failed_step)
     if where.workflow is not None:
         conditions.append(_si.c.workflow_name == where.workflow)
     if where.created_after is not None:

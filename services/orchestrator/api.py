@@ -24,6 +24,7 @@ from services.orchestrator.listing import (
     CreatedAfterQuery,
     CreatedBeforeQuery,
     CursorQuery,
+    FailedStepQuery,
     LimitQuery,
     NeedsOperatorQuery,
     OrderIdPrefixQuery,
@@ -262,7 +263,10 @@ async def saga_history(order_id: OrderIdPath, orchestrator: OrchestratorDep) -> 
 @router.get(
     "",
     response_model=SagaPage,
-    summary="A page of sagas, newest first, by status, operator flag, workflow, time or order id",
+    summary=(
+        "A page of sagas, newest first, by status, operator flag, failed step, workflow, time "
+        "or order id"
+    ),
 )
 async def list_sagas(
     orchestrator: OrchestratorDep,
@@ -271,6 +275,7 @@ async def list_sagas(
         Query(alias="status", description="Only sagas with one of these statuses (repeatable)."),
     ] = None,
     needs_operator: NeedsOperatorQuery = None,
+    failed_step: FailedStepQuery = None,
     workflow: WorkflowQuery = None,
     created_after: CreatedAfterQuery = None,
     created_before: CreatedBeforeQuery = None,
@@ -281,6 +286,7 @@ async def list_sagas(
     where = SagaFilter(
         statuses=tuple(statuses or ()),
         needs_operator=needs_operator,
+        failed_step=failed_step,
         workflow=workflow,
         created_after=created_after,
         created_before=created_before,

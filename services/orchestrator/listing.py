@@ -20,6 +20,7 @@ __all__ = [
     "CreatedAfterQuery",
     "CreatedBeforeQuery",
     "CursorQuery",
+    "FailedStepQuery",
     "LimitQuery",
     "NeedsOperatorQuery",
     "OrderIdPrefixQuery",
@@ -90,6 +91,17 @@ CreatedBeforeQuery = Annotated[
 NeedsOperatorQuery = Annotated[
     bool | None,
     Query(description="Only sagas flagged for an operator (`true`) or only those not (`false`)."),
+]
+FailedStepQuery = Annotated[
+    str | None,
+    Query(
+        pattern=r"^[A-Za-z0-9_.:-]{1,100}$",
+        description=(
+            "Only sagas that compensated because this step failed (`service.method`), e.g. "
+            "`shipping.arrange_shipping`."
+        ),
+        examples=["shipping.arrange_shipping"],
+    ),
 ]
 WorkflowQuery = Annotated[
     str | None,

@@ -450,9 +450,10 @@ async def listed(
     status: str = "STARTED",
     workflow: str = "wf",
     needs_operator: bool = False,
+    failed_step: str | None = None,
 ) -> SagaRecord:
-    """A saga stored with these listing fields (the flag is set through an append, as the
-    runtime sets it)."""
+    """A saga stored with these listing fields (the flag and the failed step are set through
+    an append, as the runtime sets them)."""
     row = dataclasses.replace(
         record(),
         saga_id=saga_id,
@@ -464,14 +465,16 @@ async def listed(
     )
     stored, created = await store.create(row, [ev(0, "WorkflowStarted")])
     assert created
-    if needs_operator:
+    if needs_operator or failed_step:
         await store.append(
             saga_id,
             [ev(1)],
             expected_seq=1,
             version=1,
             owner="a",
-            projection=Projection(status=status, needs_operator=True),
+            projection=Projection(
+                status=status, needs_operator=needs_operator, failed_step=failed_step
+            ),
         )
     return stored
 
@@ -479,7 +482,9 @@ async def listed(
 async def test_list_filters_by_each_field_and_by_all_together(store: HistoryStore) -> None:
     t = [T0 + timedelta(minutes=m) for m in range(5)]
     await listed(store, "s0", order_id="ab-1", created_at=t[0], status="COMPLETED")
-    await listed(store, "s1", order_id="ab_2", created_at=t[1], status="FAILED")
+    await listed(
+        store, "s1", order_id="ab_2", created_at=t[1], status="FAILED", failed_step="pay.take"
+    )
     await listed(
         store, "s2", order_id="aB-3", created_at=t[2], status="PARKED", needs_operator=True
     )
@@ -491,6 +496,7 @@ async def test_list_filters_by_each_field_and_by_all_together(store: HistoryStor
         status="COMPENSATION_STARTED",
         workflow="restock",
         needs_operator=True,
+        failed_step="ship.arrange",
     )
     await listed(store, "s4", order_id="xab", created_at=t[4], status="COMPLETED")
 
@@ -503,6 +509,9 @@ async def test_list_filters_by_each_field_and_by_all_together(store: HistoryStor
     assert await ids(needs_operator=True) == ["s3", "s2"]
     assert await ids(needs_operator=False) == ["s4", "s1", "s0"]
     assert await ids(workflow="restock") == ["s3"]
+    assert await ids(failed_step="pay.take") == ["s1"]
+    assert await ids(failed_step="ship.arrange") == ["s3"]
+    assert await ids(failed_step="pay") == []
     # created_after is inclusive, created_before exclusive: windows tile.
     assert await ids(created_after=t[1], created_before=t[3]) == ["s2", "s1"]
     assert await ids(created_after=t[3]) == ["s4", "s3"]
@@ -548,6 +557,7 @@ async def test_counts_group_sagas_by_status_and_count_the_operator_flag(
 
 
 _STATUSES = ("STARTED", "COMPLETED", "FAILED", "PARKED")
+_STEPS = ("order.create", "stock.reserve")
 _examples = itertools.count()
 
 
@@ -561,6 +571,7 @@ def listings(draw: st.DrawFn) -> tuple[list[dict[str, Any]], SagaFilter, int]:
                     "created_at": st.integers(0, 4).map(lambda s: T0 + timedelta(seconds=s)),
                     "status": st.sampled_from(_STATUSES),
                     "needs_operator": st.booleans(),
+                    "failed_step": st.none() | st.sampled_from(_STEPS),
                     "order_id": st.text("ab_-", min_size=1, max_size=4),
                 }
             ),
@@ -570,6 +581,7 @@ def listings(draw: st.DrawFn) -> tuple[list[dict[str, Any]], SagaFilter, int]:
     where = SagaFilter(
         statuses=tuple(draw(st.lists(st.sampled_from(_STATUSES), max_size=2, unique=True))),
         needs_operator=draw(st.none() | st.booleans()),
+        failed_step=draw(st.none() | st.sampled_from(_STEPS)),
         created_after=draw(st.none() | st.integers(0, 4).map(lambda s: T0 + timedelta(seconds=s))),
         created_before=draw(st.none() | st.integers(0, 5).map(lambda s: T0 + timedelta(seconds=s))),
         order_id_prefix=draw(st.none() | st.text("ab_-", min_size=1, max_size=2)),
@@ -584,6 +596,7 @@ def _expected(rows: list[SagaRecord], where: SagaFilter) -> list[str]:
         for r in rows
         if (not where.statuses or r.status in where.statuses)
         and (where.needs_operator is None or r.needs_operator == where.needs_operator)
+        and (where.failed_step is None or r.failed_step == where.failed_step)
         and (where.created_after is None or r.created_at >= where.created_after)  # type: ignore[operator]
         and (where.created_before is None or r.created_at < where.created_before)  # type: ignore[operator]
         and (where.order_id_prefix is None or r.workflow_id.startswith(where.order_id_prefix))
@@ -617,8 +630,15 @@ async def test_following_pages_yields_every_matching_saga_once_in_order(
             status=fields["status"],
             workflow=workflow,
             needs_operator=fields["needs_operator"],
+            failed_step=fields["failed_step"],
         )
-        rows.append(dataclasses.replace(stored, needs_operator=fields["needs_operator"]))
+        rows.append(
+            dataclasses.replace(
+                stored,
+                needs_operator=fields["needs_operator"],
+                failed_step=fields["failed_step"],
+            )
+        )
     expected = _expected(rows, where)
     seen: list[str] = []
     after: SagaPosition | None = None

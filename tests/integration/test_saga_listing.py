@@ -73,6 +73,9 @@ async def test_the_filters_select_sagas_newest_first(api: httpx.AsyncClient) -> 
     assert order_ids(await listing(api, needs_operator="true")) == []
     assert order_ids(await listing(api, workflow="place_order")) == newest_first
     assert order_ids(await listing(api, workflow="restock")) == []
+    shipping = await listing(api, failed_step="shipping.arrange_shipping")
+    assert order_ids(shipping) == [failed["order_id"]]
+    assert order_ids(await listing(api, failed_step="payment.process_payment")) == []
     prefix = failed["order_id"][:12]
     assert order_ids(await listing(api, order_id=prefix)) == [failed["order_id"]]
 
@@ -132,6 +135,7 @@ async def test_stats_count_sagas_by_status_and_the_operator_flag(api: httpx.Asyn
         ({"needs_operator": "maybe"}, "needs_operator"),
         ({"order_id": "a%"}, "order_id"),
         ({"workflow": "x" * 101}, "workflow"),
+        ({"failed_step": "a b"}, "failed_step"),
     ],
 )
 async def test_bad_parameters_are_a_422_naming_the_parameter(
@@ -158,6 +162,7 @@ async def test_the_openapi_document_describes_the_listing_and_the_counts(
     assert set(params) == {
         "status",
         "needs_operator",
+        "failed_step",
         "workflow",
         "created_after",
         "created_before",
