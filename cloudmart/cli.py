@@ -9,6 +9,7 @@
     cloudmart events tail                  print choreography events as they flow (Redis)
     cloudmart check [--baseline FILE]      check every saga guarantee over the database
     cloudmart replay [--status S] [FILE]   replay histories against today's workflow code
+    cloudmart saga list|show|history|...   sagas through the orchestrator's REST API
     cloudmart bench [--rate R] [--mix M]   sagas through the REST API; floor; report
 """
 
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 
+from cloudmart.saga_cli import saga_app
 from services._kit import roster
 from services._kit.settings import Settings, get_settings
 
@@ -41,6 +43,7 @@ db_app = typer.Typer(help="Create and fill the database.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 events_app = typer.Typer(help="Watch the choreography's events.", no_args_is_help=True)
 app.add_typer(events_app, name="events")
+app.add_typer(saga_app, name="saga")
 
 
 class Pattern(StrEnum):
