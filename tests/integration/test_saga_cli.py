@@ -200,6 +200,37 @@ def test_cancel_is_accepted_while_the_saga_runs_and_refused_once_it_finished(
     assert line.endswith("(the saga is FAILED)")
 
 
+def test_retry_and_compensate_act_on_a_saga_held_before_its_pivot(
+    api: httpx.Client, url: str, deployment: Deployment
+) -> None:
+    deployment.pause("shipping")
+    try:
+        order_id = start(api)
+
+        def paid() -> bool:
+            status = api.get(f"/saga/{order_id}/status").json()["status"]
+            return bool(status == "PAYMENT_COMPLETED")
+
+        until_sync(paid, timeout=20, what="payment completed")
+        retried = saga("retry", order_id, "--reason", "shipping looks stuck", "--url", url)
+        assert retried.exit_code == 0, retried.output
+        assert retried.stdout.startswith(f"retry accepted: saga of order {order_id} is ")
+        undone = saga("compensate", order_id, "--reason", "customer called", "--url", url)
+        assert undone.exit_code == 0, undone.output
+        assert undone.stdout.startswith(f"compensate accepted: saga of order {order_id} is ")
+    finally:
+        deployment.resume("shipping")
+    assert finished(api, order_id) == "FAILED"
+    shown = saga("show", order_id, "--url", url).stdout
+    assert "reason   operator: customer called" in shown
+    actions = json.loads(saga("history", order_id, "--url", url, "--json").stdout)
+    reasons = [e["payload"].get("reason") for e in actions]
+    assert "shipping looks stuck" in reasons and "customer called" in reasons
+    line = refusal(saga("resume", order_id, "--reason", "again", "--url", url), 1)
+    assert line.startswith("cloudmart saga resume: 409 ")
+    assert line.endswith("(the saga is FAILED)")
+
+
 @pytest.mark.parametrize(
     "command",
     [
