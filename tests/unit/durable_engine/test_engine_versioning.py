@@ -3,6 +3,8 @@ retirement, and the offline replayer that tells a deploy which histories the new
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,6 +12,7 @@ from engine_unit_kit import CrashAfter, order, rig
 
 from engine import WorkflowContext, workflow
 from engine.adapters.memory_transport import Fault
+from engine.errors import WorkflowDefinitionError
 from engine.history import EventType
 from engine.replay import history_file, read_history_file, replay
 from engine.testing import run_until_idle
@@ -177,3 +180,46 @@ async def test_replay_sends_and_writes_nothing_and_knows_an_unknown_workflow() -
     assert (len(r.transport.calls), r.store.commits) == (calls, commits)
     unknown = await replay([shop_v1], events, workflow_id="o-1")
     assert unknown.divergence == "no workflow named 'pay' is deployed"
+
+
+@pytest.mark.parametrize(
+    ("call", "advice"),
+    [
+        ("datetime.now()", "ctx.now()"),
+        ("datetime.datetime.utcnow()", "ctx.now()"),
+        ("time.time()", "ctx.now()"),
+        ("random.random()", "ctx.uuid()"),
+        ("uuid.uuid4()", "ctx.uuid()"),
+        ("asyncio.sleep(1)", "ctx.sleep()"),
+        ("open('orders.csv')", "a step (ctx.step)"),
+        ("httpx.get('http://x')", "a step (ctx.step)"),
+    ],
+)
+def test_a_workflow_that_calls_what_replay_cannot_repeat_is_refused_with_its_line(
+    call: str, advice: str, tmp_path: Path
+) -> None:
+    module = tmp_path / "impure_workflow.py"
+    module.write_text(
+        "import asyncio, datetime, random, time, uuid, httpx\n"
+        "from engine import workflow\n"
+        "@workflow\n"
+        "async def impure(ctx, data):\n"
+        "    await ctx.step('order.create_order', data)\n"
+        f"    value = {call}\n"
+        "    return {}\n"
+    )
+    spec = importlib.util.spec_from_file_location("impure_workflow", module)
+    assert spec is not None and spec.loader is not None
+    with pytest.raises(WorkflowDefinitionError) as refused:
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    message = str(refused.value)
+    assert f"calls {call.split('(')[0]}()" in message
+    assert f"{module}:6;" in message  # the line of the call
+    assert advice in message
+
+
+def test_the_deployed_workflows_pass_the_determinism_check() -> None:
+    from workflows.restock import restock  # noqa: F401 (decorating it ran the check)
+
+    for wf in (*DEPLOYED, shop_v2, shop_v3):
+        assert wf.__workflow_name__  # type: ignore[attr-defined]
