@@ -10,6 +10,7 @@
     cloudmart check [--baseline FILE]      check every saga guarantee over the database
     cloudmart dead-letters list|redrive    what the dead-letter queues and streams hold
     cloudmart replay [--status S] [FILE]   replay histories against today's workflow code
+    cloudmart saga list|show|history|...   sagas through the orchestrator's REST API
     cloudmart bench [--rate R] [--mix M]   sagas through the REST API; floor; report
 """
 
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import typer
 
 from cloudmart import dead_letters
+from cloudmart.saga_cli import saga_app
 from services._kit import roster
 from services._kit.settings import Settings, get_settings
 
@@ -44,6 +46,7 @@ app.add_typer(db_app, name="db")
 events_app = typer.Typer(help="Watch the choreography's events.", no_args_is_help=True)
 app.add_typer(events_app, name="events")
 app.add_typer(dead_letters.app, name="dead-letters")
+app.add_typer(saga_app, name="saga")
 
 
 class Pattern(StrEnum):

@@ -12,6 +12,7 @@ from activities.errors import BookNotFound, CustomerNotFound, IdempotencyKeyReus
 from contracts.commands import Line, PlaceOrder, UtcTimestamp
 from engine import SagaStatus
 from engine.history import CANCEL, COMPENSATE, RESUME, RETRY
+from engine.listing import SagaFilter
 from orchestration_pattern.orchestrator import (
     Orchestrator,
     SagaActionRefused,
@@ -19,6 +20,16 @@ from orchestration_pattern.orchestrator import (
     SagaUnknown,
 )
 from services._kit import IdempotencyKeyHeader, OrderIdPath, error_responses
+from services.orchestrator.listing import (
+    CreatedAfterQuery,
+    CreatedBeforeQuery,
+    CursorQuery,
+    FailedStepQuery,
+    LimitQuery,
+    NeedsOperatorQuery,
+    OrderIdPrefixQuery,
+    WorkflowQuery,
+)
 
 router = APIRouter(prefix="/saga", tags=["saga"])
 
@@ -107,7 +118,17 @@ class HistoryEvent(BaseModel):
 
 
 class SagaPage(BaseModel):
-    sagas: list[SagaView]
+    sagas: list[SagaView] = Field(description="Newest first, without their steps.")
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; `null` on the last page."
+    )
+
+
+class SagaStats(BaseModel):
+    by_status: dict[str, int] = Field(
+        description="How many sagas have each status (statuses no saga has are left out)."
+    )
+    needs_operator: int = Field(description="How many sagas are flagged for an operator.")
 
 
 @router.post(
@@ -131,6 +152,18 @@ async def start_saga(
     if not handle.created:
         response.status_code = status.HTTP_200_OK
     return SagaStarted(order_id=handle.workflow_id, saga_id=handle.saga_id, status=handle.status)
+
+
+# Before every /{order_id}... route: Starlette takes the first route that matches, and a
+# one-segment /{order_id} route above this one would answer /saga/stats.
+@router.get(
+    "/stats",
+    response_model=SagaStats,
+    summary="How many sagas have each status, and how many need an operator",
+)
+async def saga_stats(orchestrator: OrchestratorDep) -> SagaStats:
+    counts = await orchestrator.counts()
+    return SagaStats(by_status=dict(counts.by_status), needs_operator=counts.needs_operator)
 
 
 @router.get(
@@ -218,11 +251,37 @@ async def saga_history(order_id: OrderIdPath, orchestrator: OrchestratorDep) -> 
     return [HistoryEvent.model_validate(event, from_attributes=True) for event in events]
 
 
-@router.get("", response_model=SagaPage, summary="A page of sagas, newest first")
+@router.get(
+    "",
+    response_model=SagaPage,
+    summary=(
+        "A page of sagas, newest first, by status, operator flag, failed step, workflow, time "
+        "or order id"
+    ),
+)
 async def list_sagas(
     orchestrator: OrchestratorDep,
-    saga_status: Annotated[SagaState | None, Query(alias="status")] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    statuses: Annotated[
+        list[SagaState] | None,
+        Query(alias="status", description="Only sagas with one of these statuses (repeatable)."),
+    ] = None,
+    needs_operator: NeedsOperatorQuery = None,
+    failed_step: FailedStepQuery = None,
+    workflow: WorkflowQuery = None,
+    created_after: CreatedAfterQuery = None,
+    created_before: CreatedBeforeQuery = None,
+    order_id: OrderIdPrefixQuery = None,
+    limit: LimitQuery = 50,
+    cursor: CursorQuery = None,
 ) -> SagaPage:
-    sagas = await orchestrator.list(status=saga_status, limit=limit)
-    return SagaPage(sagas=[SagaView.of(s) for s in sagas])
+    where = SagaFilter(
+        statuses=tuple(statuses or ()),
+        needs_operator=needs_operator,
+        failed_step=failed_step,
+        workflow=workflow,
+        created_after=created_after,
+        created_before=created_before,
+        order_id_prefix=order_id,
+    )
+    page = await orchestrator.list(where, cursor=cursor, limit=limit)
+    return SagaPage(sagas=[SagaView.of(s) for s in page.sagas], next_cursor=page.next_cursor)

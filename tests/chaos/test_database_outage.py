@@ -37,10 +37,10 @@ from faults.scenario import (
     baseline,
     invariants_hold,
     scenario,
-    sync_engine,
 )
 from processes import Deployment, delete_redis_namespace
 from rabbitmq_support import delete_topology
+from shop import sync_engine
 
 from activities.db import create_engine
 from cloudmart.schema import create_schema
@@ -101,12 +101,6 @@ def fresh_database(name: str) -> str:
 
     asyncio.run(create())
     return url
-
-
-def through(proxy: FaultProxy, database_url: str) -> str:
-    """``database_url`` with the proxy in place of the server."""
-    url = sa.engine.make_url(database_url).set(host=proxy.address[0], port=proxy.port)
-    return url.render_as_string(hide_password=False)
 
 
 @pytest.fixture
@@ -199,7 +193,7 @@ def choreography(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Deployment]:
     deployment = Deployment(
-        database_url=through(choreography_proxy, choreography_db),
+        database_url=choreography_proxy.through(choreography_db),
         namespace=f"infra-{uuid.uuid4().hex[:8]}",
         directory=Path(tmp_path_factory.mktemp("outage-choreography")),
         base_port=29200,
@@ -268,7 +262,7 @@ def orchestration(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Deployment]:
     deployment = Deployment(
-        database_url=through(orchestration_proxy, orchestration_db),
+        database_url=orchestration_proxy.through(orchestration_db),
         namespace=f"infra-{uuid.uuid4().hex[:8]}",
         directory=Path(tmp_path_factory.mktemp("outage-orchestration")),
         base_port=29300,

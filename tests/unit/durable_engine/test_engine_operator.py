@@ -175,7 +175,7 @@ async def test_sagas_of_an_unknown_workflow_are_parked_and_hold_up_nobody() -> N
     parked = await successor.status("x-0")
     assert parked.status == "PARKED"
     assert "UnknownWorkflow" in (parked.failure_reason or "")
-    assert sum(1 for s in await successor.list(limit=500) if s.status == "PARKED") == 150
+    assert sum(1 for s in (await successor.list(limit=500)).sagas if s.status == "PARKED") == 150
 
 
 async def test_retry_attempts_a_compensation_now_instead_of_waiting_out_its_backoff() -> None:
