@@ -775,6 +775,8 @@ class _Run:
             needs_operator=p.needs_operator,
             cancel_requested=any(e.type == ET.CANCEL_REQUESTED for e in self.history),
             compensation_attempts=p.compensation_attempts,
+            failed_step=p.failed_step,
+            past_pivot=p.past_pivot,
             updated_at=self.history[-1].created_at,
         )
         self._finished(record, self.history)

@@ -379,7 +379,7 @@ class SqlHistoryStore:
 
     async def count_needing_operator(self) -> int:
         # A finished saga never carries the flag; its own index keeps the count cheap.
-        query = sa.select(sa.func.count()).select_from(_si).where(_si.c.needs_operator.is_(True))
+        query = sa.select(sa.func.count()).select_from(_si).where(_si.c.needs_operator == sa.true())
         rows = await self._select(query)
         return int(rows[0][0])
 

@@ -86,6 +86,13 @@ class SagaView(BaseModel):
         "parked: look at it."
     )
     cancel_requested: bool
+    failed_step: str | None = Field(
+        description="The step whose failure made the saga compensate, if one did."
+    )
+    past_pivot: bool = Field(
+        description="The pivot step completed: the saga only goes forward (cancel and "
+        "compensate answer 409)."
+    )
     created_at: UtcTimestamp | None
     updated_at: UtcTimestamp | None
     steps: list[StepView] = Field(default_factory=list)
@@ -99,6 +106,8 @@ class SagaView(BaseModel):
             failure_reason=saga.failure_reason,
             needs_operator=saga.needs_operator,
             cancel_requested=saga.cancel_requested,
+            failed_step=saga.failed_step,
+            past_pivot=saga.past_pivot,
             created_at=saga.created_at,
             updated_at=saga.updated_at,
             steps=[StepView.model_validate(step, from_attributes=True) for step in saga.steps],
