@@ -8,6 +8,7 @@
     cloudmart saga stats [--json]
     cloudmart saga show ORDER_ID [--json]
     cloudmart saga history ORDER_ID [--json]
+    cloudmart saga export ORDER_ID [--out FILE]
     cloudmart saga retry|resume|compensate ORDER_ID --reason TEXT
     cloudmart saga cancel ORDER_ID
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -271,6 +273,23 @@ def history(order_id: OrderId, as_json: AsJson = False, url: Url = DEFAULT_URL) 
         for event in events
     ]
     typer.echo(_columns(["SEQ", "TIME", "EVENT", "STEP", "ATTEMPT", "PAYLOAD"], rows))
+
+
+@saga_app.command("export")
+def export(
+    order_id: OrderId,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Write here (default: <order id>.history.json)."),
+    ] = None,
+    url: Url = DEFAULT_URL,
+) -> None:
+    """Write the saga's history to a file that `cloudmart replay FILE` replays offline."""
+    with _api("export", url) as api:
+        events = api.call("GET", _path(order_id, "history"))
+    target = out or Path(f"{order_id}.history.json")
+    target.write_text(json.dumps({"workflow_id": order_id, "events": events}, indent=1) + "\n")
+    typer.echo(f"{len(events)} events of order {order_id}: {target}")
 
 
 # -- acting ------------------------------------------------------------------------------------

@@ -177,6 +177,20 @@ def test_show_and_history_print_the_steps_and_the_events(api: httpx.Client, url:
     assert [e["type"] for e in raw] == types
 
 
+def test_an_exported_history_replays_offline_as_matching(
+    api: httpx.Client, url: str, tmp_path: Path
+) -> None:
+    order_id = start(api)
+    finished(api, order_id)
+    target = tmp_path / "saga.json"
+    exported = saga("export", order_id, "--url", url, "--out", str(target))
+    assert exported.exit_code == 0, exported.output
+    assert json.loads(target.read_text())["workflow_id"] == order_id
+    replayed = CliRunner().invoke(app, ["replay", str(target)])
+    assert replayed.exit_code == 0, replayed.output
+    assert f"{order_id}  place_order  matching" in replayed.output
+
+
 def test_cancel_is_accepted_while_the_saga_runs_and_refused_once_it_finished(
     api: httpx.Client, url: str, deployment: Deployment
 ) -> None:
