@@ -109,9 +109,12 @@ CREATE TABLE IF NOT EXISTS saga_instances (
 	operator_request MEDIUMTEXT,
 	PRIMARY KEY (saga_id),
 	UNIQUE (order_id),
-	INDEX ix_saga_instances_needs_operator (needs_operator),
+	INDEX ix_saga_instances_created (created_at),
+	INDEX ix_saga_instances_failed_step_created (failed_step, created_at),
+	INDEX ix_saga_instances_operator_created (needs_operator, created_at),
 	INDEX ix_saga_instances_recovery (status, lease_expires_at),
-	INDEX ix_saga_instances_status_created (status, created_at)
+	INDEX ix_saga_instances_status_created (status, created_at),
+	INDEX ix_saga_instances_workflow_created (workflow_name, created_at)
 )ENGINE=InnoDB CHARSET=utf8mb4 COLLATE utf8mb4_bin;
 
 CREATE TABLE IF NOT EXISTS saga_step_logs (

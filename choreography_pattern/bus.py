@@ -9,11 +9,19 @@
     EventBus.dead_letters(group)             what the group gave up on
 
 Delivery is at least once: an entry is acknowledged only after ``handler`` returned (so after
-the handler's database transaction committed); a handler that raises leaves it unacknowledged
-and it is delivered again, up to ``max_deliveries`` times, then moved to the group's
-dead-letter list. An entry that does not decode as an event (:class:`MalformedEvent`) is
-dead-lettered at once; the consumer carries on. Handlers must therefore be idempotent — the
-choreography's are (see :mod:`choreography_pattern.handlers`).
+the handler's database transaction committed). A handler that fails on an infrastructure fault
+(:func:`activities.faults.is_infrastructure_fault`: the database, a broker or the network did
+not answer) is run again on the same delivery, after a capped back-off, until the fault heals:
+the entry stays unacknowledged meanwhile and no delivery is counted
+(:meth:`activities.faults.Outages.wait_out`). A handler that raises anything else leaves the
+entry unacknowledged and it is delivered again, up to ``max_deliveries`` times, then moved to
+the group's dead-letter list. An entry that does not decode as an event
+(:class:`MalformedEvent`) is dead-lettered at once; the consumer carries on. Handlers must
+therefore be idempotent — the choreography's are (see :mod:`choreography_pattern.handlers`).
+
+A dead letter is the entry's fields plus ``dead_entry_id``, ``dead_group``, ``dead_reason``
+(the last failure), ``dead_deliveries`` and ``dead_at`` (:func:`dead_letter_fields`);
+:func:`redriven_fields` is the entry to publish again.
 
 Two adapters obey this contract (``tests/contract/test_choreography_bus_contract.py``):
 :class:`InMemoryEventBus` here (an asyncio fan-out per group: embedded mode and unit tests) and
@@ -27,11 +35,13 @@ import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import Enum
 from typing import Protocol, runtime_checkable
 
 import structlog
 
+from activities.faults import Outages
 from choreography_pattern.events import Event, MalformedEvent
 
 log = structlog.get_logger("choreography.bus")
@@ -55,7 +65,7 @@ class Verdict(Enum):
     DONE = "done"  # handled: acknowledge
     SKIP = "skip"  # not a type this group handles: acknowledge
     DEAD = "dead"  # malformed: dead-letter now
-    RETRY = "retry"  # the handler failed: leave it for another delivery
+    RETRY = "retry"  # the handler failed (not on a fault): leave it for another delivery
 
 
 class EventBus(Protocol):
@@ -101,8 +111,14 @@ async def deliver(
     handler: Handler,
     types: Collection[str] | None,
     stats: ConsumerStats,
+    outages: Outages,
+    on_fault: Callable[[str], Awaitable[None]] | None = None,
 ) -> tuple[Verdict, Event | None, str]:
-    """Decode one entry and run ``handler`` on it; the verdict, the event and a reason."""
+    """Decode one entry and run ``handler`` on it; the verdict, the event and a reason.
+
+    An infrastructure fault is waited out here (``outages``; ``on_fault(dependency)`` at each
+    pause): it never becomes a verdict.
+    """
     try:
         event = Event.from_fields(fields)
     except MalformedEvent as exc:
@@ -114,8 +130,10 @@ async def deliver(
         with structlog.contextvars.bound_contextvars(
             order_id=event.order_id, event_type=event.type, event_id=event.event_id
         ):
-            await handler(event)
-    except Exception as exc:  # any handler failure: redelivered later, dead after max tries
+            await outages.wait_out(
+                lambda: handler(event), on_fault=on_fault, group=group, event_type=event.type
+            )
+    except Exception as exc:  # neither done nor a fault: redelivered later, dead after max tries
         stats.failed += 1
         log.warning(
             "event.handler_failed",
@@ -130,8 +148,26 @@ async def deliver(
     return Verdict.DONE, event, ""
 
 
-def dead_letter_fields(fields: dict[str, str], entry_id: str, reason: str) -> dict[str, str]:
-    return {**fields, "dead_entry_id": entry_id, "dead_reason": reason[:1000]}
+DEAD_LETTER_FIELDS = ("dead_entry_id", "dead_group", "dead_reason", "dead_deliveries", "dead_at")
+
+
+def dead_letter_fields(
+    fields: dict[str, str], entry_id: str, reason: str, *, group: str = "", deliveries: int = 0
+) -> dict[str, str]:
+    """The dead letter of entry ``entry_id`` (``fields``): what failed, how often, when."""
+    return {
+        **redriven_fields(fields),
+        "dead_entry_id": entry_id,
+        "dead_group": group,
+        "dead_reason": reason[:1000],
+        "dead_deliveries": str(deliveries),
+        "dead_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+    }
+
+
+def redriven_fields(dead: dict[str, str]) -> dict[str, str]:
+    """The entry a dead letter came from, to publish again (its ``dead_*`` fields gone)."""
+    return {key: value for key, value in dead.items() if key not in DEAD_LETTER_FIELDS}
 
 
 @dataclass
@@ -154,7 +190,9 @@ class InMemoryEventBus:
         max_deliveries: int = DEFAULT_MAX_DELIVERIES,
         retry_delay: float = 0.01,
         concurrency: int = 16,
+        outages: Outages | None = None,
     ) -> None:
+        self.outages = outages or Outages()
         self._log: list[tuple[str, dict[str, str]]] = []
         self._groups: dict[str, _Group] = {}
         self._ids = itertools.count(1)
@@ -231,12 +269,18 @@ class InMemoryEventBus:
             entry_id, fields = entry
             try:
                 deliveries[entry_id] = deliveries.get(entry_id, 0) + 1
-                verdict, event, reason = await deliver(group, fields, handler, types, stats)
+                verdict, event, reason = await deliver(
+                    group, fields, handler, types, stats, self.outages
+                )
                 if verdict is Verdict.RETRY and deliveries[entry_id] < self._max_deliveries:
                     self._pending_retries += 1
                     asyncio.get_running_loop().call_later(self._retry_delay, requeue, entry)
                 elif verdict in (Verdict.RETRY, Verdict.DEAD):
-                    state.dead.append(dead_letter_fields(fields, entry_id, reason))
+                    state.dead.append(
+                        dead_letter_fields(
+                            fields, entry_id, reason, group=group, deliveries=deliveries[entry_id]
+                        )
+                    )
                     stats.dead_lettered += 1
                     log.error("event.dead_lettered", group=group, entry_id=entry_id, reason=reason)
                 elif verdict is Verdict.DONE and before_ack is not None and event is not None:

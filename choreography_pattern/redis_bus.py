@@ -18,6 +18,15 @@ the entry's delivery count (XPENDING ``times_delivered``) decides when it has fa
 enough (``max_deliveries``) to be dead-lettered. A dead-lettered entry is XADDed to the dead
 stream and XACKed in one MULTI/EXEC.
 
+An entry whose handler meets an infrastructure fault is held by its consumer and run again
+until the fault heals (:func:`choreography_pattern.bus.deliver`). Held or merely slow, an
+entry this consumer is working on is claimed again by it (XCLAIM ``JUSTID``, which counts no
+delivery) every half ``claim_idle``, so it never looks idle: no other consumer takes it over
+and XAUTOCLAIM never counts a delivery against it; a consumer that stops while it holds one
+sets its count back (XCLAIM ``RETRYCOUNT``), so the claim of the next consumer does not count
+the stop as a failure. Redis itself going away is waited out by
+every loop, logged once when it goes and once when it is back (:class:`activities.faults.Outages`).
+
 The stream is trimmed (:meth:`RedisEventBus.trim`, every ``trim_interval`` seconds from each
 consumer) below the oldest entry some group still needs: its oldest pending entry, or the
 entries after its last delivered one. Nothing is trimmed until every group named in
@@ -37,10 +46,9 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError, ResponseError
 
+from activities.faults import Outages, dependency_of
 from choreography_pattern.bus import (
     DEFAULT_MAX_DELIVERIES,
     Backlog,
@@ -50,12 +58,11 @@ from choreography_pattern.bus import (
     Verdict,
     dead_letter_fields,
     deliver,
+    redriven_fields,
 )
 from choreography_pattern.events import EVENT_TYPES, Event
 
 log = structlog.get_logger("choreography.redis")
-
-_TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
 
 # What redis-py returns without decoding, which its type hints leave loose.
 _Entry = tuple[bytes, dict[bytes, bytes]]
@@ -104,8 +111,10 @@ class RedisEventBus:
         block: float = 1.0,
         retain_for: Collection[str] = (),
         trim_interval: float = 60.0,
+        outages: Outages | None = None,
     ) -> None:
         self.client = client
+        self.outages = outages or Outages()
         self.namespace = namespace
         self.stream = stream_key(namespace)
         self._claim_idle_ms = max(1, int(claim_idle * 1000))
@@ -139,10 +148,33 @@ class RedisEventBus:
         return _text(await self.client.xadd(self.stream, fields))  # type: ignore[arg-type]
 
     async def dead_letters(self, group: str) -> list[dict[str, str]]:
+        return [fields for _, fields in await self.dead_letter_entries(group)]
+
+    async def dead_letter_entries(self, group: str) -> list[tuple[str, dict[str, str]]]:
+        """``group``'s dead letters with their ids in the dead-letter stream, oldest first."""
         entries = cast(
             list[_Entry], await self.client.xrange(dead_letter_key(self.namespace, group))
         )
-        return [_decode(fields)[0] for _, fields in entries]
+        return [(_text(entry_id), _decode(fields)[0]) for entry_id, fields in entries]
+
+    async def redrive(self, group: str, dead_id: str) -> str | None:
+        """Publish dead letter ``dead_id`` of ``group`` again and delete it, in one MULTI/EXEC;
+        the new entry's id, or None when there is no such dead letter.
+
+        The entry goes back on the one stream, so every group sees it again: those that had
+        handled it skip it as a duplicate (its event id is the same), and ``group`` runs it.
+        """
+        key = dead_letter_key(self.namespace, group)
+        found = cast(list[_Entry], await self.client.xrange(key, min=dead_id, max=dead_id))
+        if not found:
+            return None
+        fields, _ = _decode(found[0][1])
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.xadd(self.stream, redriven_fields(fields))  # type: ignore[arg-type]
+            pipe.xdel(key, dead_id)
+            new_id, _deleted = await pipe.execute()
+        log.info("event.redriven", group=group, dead_id=dead_id, entry_id=_text(new_id))
+        return _text(new_id)
 
     async def backlog(self, group: str) -> Backlog:
         """``group``'s pending entries and lag (XINFO GROUPS) and dead-letter length (XLEN)."""
@@ -214,7 +246,11 @@ class RedisEventBus:
     ) -> AsyncIterator[ConsumerStats]:
         await self.ensure_group(group)
         runner = _Consumer(self, group, handler, types, before_ack)
-        tasks = [asyncio.create_task(runner.read()), asyncio.create_task(runner.claim())]
+        tasks = [
+            asyncio.create_task(runner.read()),
+            asyncio.create_task(runner.claim()),
+            asyncio.create_task(runner.keep_claimed()),
+        ]
         if self._retain_for:
             tasks.append(asyncio.create_task(runner.trim()))
         try:
@@ -240,6 +276,7 @@ class _Consumer:
         self.before_ack = before_ack
         self.name = f"{group}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.stats = ConsumerStats()
+        self.outages = bus.outages
         self.slots = asyncio.Semaphore(bus._concurrency)
         self.in_flight: set[str] = set()
         self.tasks: set[asyncio.Task[None]] = set()
@@ -274,17 +311,22 @@ class _Consumer:
 
     async def _resilient(self, what: str, step: Any) -> None:
         """Run ``step`` until the consumer stops; survive Redis going away (and the group
-        with a restart)."""
-        delay = 0.1
+        with a restart). An outage is logged once, by :attr:`outages`, not once per turn."""
+        failures = 0
+        lost: set[str] = set()
         while not self.stopping.is_set():
             try:
                 await step()
-                delay = 0.1
-            except _TRANSIENT as exc:
-                log.warning(f"events.{what}_unavailable", group=self.group, error=str(exc))
-                await self._pause(delay)
-                delay = min(delay * 2, 2.0)
+                self.outages.restore_all(lost)
+                failures = 0
             except Exception as exc:
+                dependency = dependency_of(exc)
+                if dependency is not None:
+                    failures += 1
+                    lost.add(dependency)
+                    self.outages.lost(dependency, exc, group=self.group, loop=what)
+                    await self._pause(self.outages.backoff.delay(failures))
+                    continue
                 if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
                     await self.bus.ensure_group(self.group)  # Redis restarted without the group
                     continue
@@ -363,9 +405,12 @@ class _Consumer:
                     continue
                 self.stats.claimed += 1
                 self.in_flight.add(entry_id)
-                if await self._deliveries(entry_id) > self.bus._max_deliveries:
+                deliveries = await self._deliveries(entry_id)
+                if deliveries > self.bus._max_deliveries:
                     fields, _ = _decode(raw)
-                    await self._dead_letter(entry_id, fields, "delivered too many times")
+                    await self._dead_letter(
+                        entry_id, fields, "delivered too many times", deliveries
+                    )
                     self.in_flight.discard(entry_id)
                     continue
                 await self.slots.acquire()
@@ -373,17 +418,65 @@ class _Consumer:
 
         await self._resilient("claim", step)
 
+    async def keep_claimed(self) -> None:
+        """Every half ``claim_idle``, reset the idle time of every entry this consumer holds
+        (see the module docstring): a loop of its own, so that nothing it waits for (a free
+        slot, a handler) can hold it up."""
+        interval = max(0.05, self.bus._claim_idle_ms / 2000)
+
+        async def step() -> None:
+            await self._pause(interval)
+            held = list(self.in_flight)
+            if held and not self.stopping.is_set():
+                await self.client.xclaim(
+                    self.bus.stream,
+                    self.group,
+                    self.name,
+                    min_idle_time=0,
+                    message_ids=held,  # type: ignore[arg-type]
+                    justid=True,
+                )
+
+        await self._resilient("keep_claimed", step)
+
+    async def _uncount(self, entry_id: str) -> None:
+        """Take back the delivery the next consumer's claim will count: this consumer stops
+        while it holds ``entry_id`` on an infrastructure fault, which is no failed delivery
+        (XCLAIM ``RETRYCOUNT`` sets the count; ``JUSTID`` adds none)."""
+        try:
+            delivered = await self._deliveries(entry_id)
+            if delivered:
+                await self.client.xclaim(
+                    self.bus.stream,
+                    self.group,
+                    self.name,
+                    min_idle_time=0,
+                    message_ids=[entry_id],
+                    retrycount=delivered - 1,
+                    justid=True,
+                )
+        except Exception as exc:
+            dependency = dependency_of(exc)
+            if dependency is None:
+                raise
+            self.outages.lost(dependency, exc, group=self.group)  # counted once more, then
+
     async def _deliveries(self, entry_id: str) -> int:
         pending = await self.client.xpending_range(
             self.bus.stream, self.group, min=entry_id, max=entry_id, count=1
         )
         return int(pending[0]["times_delivered"]) if pending else 0
 
-    async def _dead_letter(self, entry_id: str, fields: dict[str, str], reason: str) -> None:
+    async def _dead_letter(
+        self, entry_id: str, fields: dict[str, str], reason: str, deliveries: int | None = None
+    ) -> None:
+        if deliveries is None:
+            deliveries = await self._deliveries(entry_id)
+        dead = dead_letter_fields(fields, entry_id, reason, group=self.group, deliveries=deliveries)
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.xadd(
                 dead_letter_key(self.bus.namespace, self.group),
-                dead_letter_fields(fields, entry_id, reason),  # type: ignore[arg-type]
+                dead,  # type: ignore[arg-type]
             )
             pipe.xack(self.bus.stream, self.group, entry_id)
             await pipe.execute()
@@ -391,27 +484,48 @@ class _Consumer:
         log.error("event.dead_lettered", group=self.group, entry_id=entry_id, reason=reason)
 
     async def _process(self, entry_id: str, raw: dict[bytes, bytes]) -> None:
+        held = False
+
+        async def on_fault(_dependency: str) -> None:
+            nonlocal held
+            held = True
+
         try:
             fields, readable = _decode(raw)
             if not readable:
                 await self._dead_letter(entry_id, fields, "entry is not UTF-8")
                 return
-            verdict, event, reason = await deliver(
-                self.group, fields, self.handler, self.types, self.stats
-            )
+            try:
+                verdict, event, reason = await deliver(
+                    self.group,
+                    fields,
+                    self.handler,
+                    self.types,
+                    self.stats,
+                    self.outages,
+                    on_fault=on_fault,
+                )
+            except asyncio.CancelledError:
+                if held:
+                    await self._uncount(entry_id)
+                raise
             if verdict is Verdict.DEAD:
                 await self._dead_letter(entry_id, fields, reason)
             elif verdict is Verdict.RETRY:
                 # Left pending: XAUTOCLAIM delivers it again after claim_idle; counted there.
-                if await self._deliveries(entry_id) >= self.bus._max_deliveries:
-                    await self._dead_letter(entry_id, fields, reason)
+                deliveries = await self._deliveries(entry_id)
+                if deliveries >= self.bus._max_deliveries:
+                    await self._dead_letter(entry_id, fields, reason, deliveries)
             else:
                 if verdict is Verdict.DONE and self.before_ack is not None and event is not None:
                     self.before_ack(event)
                 await self.client.xack(self.bus.stream, self.group, entry_id)
-        except _TRANSIENT as exc:
+        except Exception as exc:
+            dependency = dependency_of(exc)
+            if dependency is None:
+                raise
             # The entry stays pending and is claimed again once Redis is back.
-            log.warning("event.ack_failed", group=self.group, entry_id=entry_id, error=str(exc))
+            self.outages.lost(dependency, exc, group=self.group, entry_id=entry_id)
         finally:
             self.in_flight.discard(entry_id)
             self.slots.release()
@@ -435,5 +549,5 @@ async def tail(
                     last = _text(entry_id)
                     yield last, _decode(raw)[0]
     finally:
-        with contextlib.suppress(*_TRANSIENT):
+        with contextlib.suppress(RedisError, OSError):
             await client.aclose()

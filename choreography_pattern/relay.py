@@ -16,7 +16,9 @@ What can go wrong, and why it is fine:
 - a rolled-back business transaction never wrote a row, so there is nothing to publish.
 
 A pass runs when :meth:`OutboxRelay.notify` is called (the process just wrote an event) and
-otherwise every ``poll_interval`` seconds, which also refreshes :attr:`OutboxRelay.lag`.
+otherwise every ``poll_interval`` seconds, which also refreshes :attr:`OutboxRelay.lag`. While
+the database or the bus is away every pass fails; the outage is logged once when it begins and
+once when a pass succeeds again (:class:`activities.faults.Outages`), not once per pass.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from activities._inbox import now
 from activities.db import Database
+from activities.faults import Outages, dependency_of
 from activities.tables import outbox
 from choreography_pattern.bus import EventBus
 from choreography_pattern.events import PRODUCER, Event
@@ -63,8 +66,10 @@ class OutboxRelay:
         batch: int = 200,
         poll_interval: float = 0.5,
         before_publish: BeforePublish | None = None,
+        outages: Outages | None = None,
     ) -> None:
         self.db = db
+        self.outages = outages or Outages()
         self.bus = bus
         self.types = sorted(
             t for t, p in PRODUCER.items() if producers is None or p in set(producers)
@@ -149,6 +154,7 @@ class OutboxRelay:
 
     async def run(self) -> None:
         """Publish until cancelled; survive the database or the bus being away for a while."""
+        lost: set[str] = set()
         while True:
             woken = False
             with contextlib.suppress(TimeoutError):
@@ -161,6 +167,14 @@ class OutboxRelay:
                     pass
                 if not woken:
                     self.lag = await self.unpublished()
-            except Exception as exc:  # database or bus away: logged, retried on the next pass
-                log.warning("relay.pass_failed", error_type=type(exc).__name__, error=str(exc))
+            except Exception as exc:  # retried on the next pass; a fault is logged once
+                dependency = dependency_of(exc)
+                if dependency is None:
+                    log.warning("relay.pass_failed", error_type=type(exc).__name__, error=str(exc))
+                else:
+                    lost.add(dependency)
+                    self.outages.lost(dependency, exc, where="relay")
+                    self.outages.retries[dependency] += 1
                 await asyncio.sleep(self.poll_interval)
+            else:
+                self.outages.restore_all(lost)

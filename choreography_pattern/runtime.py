@@ -4,7 +4,9 @@
 consumer per service in ``services`` (a real service process runs its own; the embedded
 process runs all four on the in-process bus) and one relay for the events those services
 produce. Every handled event wakes the relay, so an event written by a handler goes out at
-once instead of at the next poll.
+once instead of at the next poll. ``before_ack`` and ``before_handle`` (per service) are hooks
+for failure points; ``outages`` is the process's :class:`activities.faults.Outages`, shared by
+the relay (the consumers share the bus's).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from activities._inbox import now
 from activities.db import Database
+from activities.faults import Outages
 from activities.shipping import DEFAULT_SERVED_COUNTRIES
 from activities.tables import outbox
 from choreography_pattern.bus import BeforeAck, ConsumerStats, EventBus, ReportsBacklog
@@ -39,20 +42,25 @@ class Choreography:
         poll_interval: float = 0.5,
         before_ack: dict[str, BeforeAck] | None = None,
         before_publish: BeforePublish | None = None,
+        before_handle: dict[str, BeforeAck] | None = None,
+        outages: Outages | None = None,
     ) -> None:
         self.db = db
         self.bus = bus
         self.services = list(services)
         self.deps = Deps(db, served_countries=served_countries)
+        self.outages = outages or Outages()
         self.relay = OutboxRelay(
             db,
             bus,
             producers=self.services,
             poll_interval=poll_interval,
             before_publish=before_publish,
+            outages=self.outages,
         )
         self.consumers: dict[str, ConsumerStats] = {}
         self._before_ack = before_ack or {}
+        self._before_handle = before_handle or {}
         self._stack = AsyncExitStack()
         self._relay_task: asyncio.Task[None] | None = None
         self._handled_for: weakref.WeakValueDictionary[str, asyncio.Event] = (
@@ -79,7 +87,11 @@ class Choreography:
         return change
 
     def _handler(self, service: str) -> Callable[[Event], Awaitable[None]]:
+        before = self._before_handle.get(service)
+
         async def on_event(event: Event) -> None:
+            if before is not None:
+                before(event)
             written = self.deps.events_written
             await handle(self.deps, service, event)
             if self.deps.events_written == written:

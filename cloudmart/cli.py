@@ -8,7 +8,9 @@
     cloudmart up [--pattern P]             every service; embedded when no database is set
     cloudmart events tail                  print choreography events as they flow (Redis)
     cloudmart check [--baseline FILE]      check every saga guarantee over the database
+    cloudmart dead-letters list|redrive    what the dead-letter queues and streams hold
     cloudmart replay [--status S] [FILE]   replay histories against today's workflow code
+    cloudmart saga list|show|history|...   sagas through the orchestrator's REST API
     cloudmart bench [--rate R] [--mix M]   sagas through the REST API; floor; report
     cloudmart stock restock BOOK QTY       add stock (POST /inventory/{book_id}/restock)
     cloudmart money top-up CUSTOMER AMOUNT add money (POST /payments/top-up)
@@ -28,7 +30,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 
-from cloudmart import operations_cli
+from cloudmart import dead_letters, operations_cli
+from cloudmart.saga_cli import saga_app
 from services._kit import roster
 from services._kit.settings import Settings, get_settings
 
@@ -44,6 +47,8 @@ db_app = typer.Typer(help="Create and fill the database.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 events_app = typer.Typer(help="Watch the choreography's events.", no_args_is_help=True)
 app.add_typer(events_app, name="events")
+app.add_typer(dead_letters.app, name="dead-letters")
+app.add_typer(saga_app, name="saga")
 # Restock and top-up: the operations that bring stock and money in (cloudmart/operations_cli.py).
 app.add_typer(operations_cli.stock_app, name="stock", no_args_is_help=True)
 app.add_typer(operations_cli.money_app, name="money", no_args_is_help=True)

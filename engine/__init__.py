@@ -55,6 +55,7 @@ Modules
                            ``RetryPolicy``, ``Activity`` (no I/O)
 :mod:`engine.api`          :class:`Engine`: start, cancel, status, wait, history, list; recovery,
                            leases and the background loop
+:mod:`engine.listing`      listing and counting sagas: ``SagaFilter``, keyset pages, cursors
 :mod:`engine.views`        what it answers: ``SagaHandle``, ``SagaStatus``, ``StepStatus``
 ``engine._runtime``        the replay of one saga under one lease (private)
 :mod:`engine.history`      the events and the ``saga_instances`` projection

@@ -424,7 +424,9 @@ class _Run:
                 self.counters.step_retries += 1
                 if forward_only:
                     self._alert(attempt, "step.needs_operator", log, wire)
-                log.info("step.retrying", attempt=attempt, error=wire["type"], delay=delay)
+                # The history records every attempt; the log says a step began failing once.
+                say = log.info if attempt == 1 else log.debug
+                say("step.retrying", attempt=attempt, error=wire["type"], delay=delay)
                 try:
                     await self.flush()
                 except CancelRequested as exc:
@@ -723,7 +725,8 @@ class _Run:
                             "retry_at": (self.clock.now() + timedelta(seconds=delay)).isoformat(),
                         },
                     )
-                    log.warning("compensation.retrying", attempt=attempt, error=wire["type"])
+                    say = log.warning if attempt == 1 else log.debug
+                    say("compensation.retrying", attempt=attempt, error=wire["type"])
                     await self._flush_compensating()
                     await self._backoff(delay)
                     attempt += 1
@@ -775,6 +778,8 @@ class _Run:
             needs_operator=p.needs_operator,
             cancel_requested=any(e.type == ET.CANCEL_REQUESTED for e in self.history),
             compensation_attempts=p.compensation_attempts,
+            failed_step=p.failed_step,
+            past_pivot=p.past_pivot,
             updated_at=self.history[-1].created_at,
         )
         self._finished(record, self.history)

@@ -10,7 +10,7 @@ import os
 import socket
 import uuid
 from collections.abc import Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -29,6 +29,14 @@ from engine.history import (
     Event,
     EventType,
     SagaRecord,
+)
+from engine.listing import (
+    SagaCounts,
+    SagaFilter,
+    SagaPage,
+    SagaPosition,
+    decode_cursor,
+    encode_cursor,
 )
 from engine.observer import EngineCounters, NullObserver, SagaObserver
 from engine.ports import Clock, HistoryStore, Transport
@@ -265,10 +273,26 @@ class Engine:
         return (await self.store.load(record.saga_id))[1]
 
     async def list(
-        self, *, status: str | None = None, limit: int = 100
-    ) -> builtins.list[SagaStatus]:
-        """Sagas newest first (without steps), optionally with one status."""
-        return [saga_status(r, None) for r in await self.store.list(status=status, limit=limit)]
+        self, where: SagaFilter = SagaFilter(), *, cursor: str | None = None, limit: int = 100
+    ) -> SagaPage:
+        """A page of the sagas ``where`` selects, newest first (without steps).
+
+        ``cursor`` is a previous page's ``next_cursor`` (``ValueError`` when it is not one);
+        following them lists every matching saga once, in order (:mod:`engine.listing`).
+        """
+        after = None if cursor is None else decode_cursor(cursor)
+        records = await self.store.list(where, after=after, limit=limit + 1)
+        more = len(records) > limit
+        records = records[:limit]
+        next_cursor = None
+        if more:
+            last = records[-1]
+            next_cursor = encode_cursor(SagaPosition(last.created_at or datetime.min, last.saga_id))
+        return SagaPage(tuple(saga_status(r, None) for r in records), next_cursor)
+
+    async def counts(self) -> SagaCounts:
+        """How many sagas have each status, and how many are flagged for an operator."""
+        return await self.store.counts()
 
     # -- the worker's ----------------------------------------------------------------------
 

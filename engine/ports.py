@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
 from engine.history import Event, Projection, SagaRecord
+from engine.listing import SagaCounts, SagaFilter, SagaPosition
 
 __all__ = ["Clock", "HistoryStore", "Transport"]
 
@@ -94,9 +95,18 @@ class HistoryStore(Protocol):
     async def get(self, workflow_id: str) -> SagaRecord | None: ...
 
     async def list(
-        self, *, status: str | None = None, limit: int = 100
+        self,
+        where: SagaFilter = SagaFilter(),
+        *,
+        after: SagaPosition | None = None,
+        limit: int = 100,
     ) -> builtins.list[SagaRecord]:
-        """Newest first."""
+        """Up to ``limit`` sagas matching ``where``, newest first (``created_at``, then
+        ``saga_id``, descending), starting below ``after`` (see :mod:`engine.listing`)."""
+        ...
+
+    async def counts(self) -> SagaCounts:
+        """Sagas per status and how many are flagged ``needs_operator``, in one query."""
         ...
 
     async def count_needing_operator(self) -> int:

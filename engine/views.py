@@ -53,6 +53,8 @@ class SagaStatus:
     needs_operator: bool
     cancel_requested: bool
     compensation_attempts: int
+    failed_step: str | None
+    past_pivot: bool
     result: Any
     created_at: datetime | None
     updated_at: datetime | None
@@ -80,6 +82,8 @@ def saga_status(record: SagaRecord, events: builtins.list[Event] | None) -> Saga
         needs_operator=record.needs_operator,
         cancel_requested=record.cancel_requested,
         compensation_attempts=record.compensation_attempts,
+        failed_step=record.failed_step,
+        past_pivot=record.past_pivot,
         result=record.result,
         created_at=record.created_at,
         updated_at=record.updated_at,

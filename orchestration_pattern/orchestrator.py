@@ -26,6 +26,7 @@ from engine.errors import (
     WorkflowAlreadyStarted,
 )
 from engine.history import CANCEL, COMPENSATE, RESUME, RETRY, Event, SagaRecord
+from engine.listing import SagaCounts, SagaFilter, SagaPage
 from engine.observer import SagaObserver
 from engine.ports import HistoryStore, Transport
 from engine.workflow import Workflow
@@ -123,8 +124,12 @@ class Orchestrator:
         except SagaNotFound as exc:
             raise SagaUnknown(f"no saga for order {order_id}", order_id=order_id) from exc
 
-    async def list(self, *, status: str | None, limit: int) -> list[SagaStatus]:
-        return await self.engine.list(status=status, limit=limit)
+    async def list(self, where: SagaFilter, *, cursor: str | None, limit: int) -> SagaPage:
+        """A page of sagas, newest first; ``cursor`` is the previous page's ``next_cursor``."""
+        return await self.engine.list(where, cursor=cursor, limit=limit)
+
+    async def counts(self) -> SagaCounts:
+        return await self.engine.counts()
 
 
 def in_process_transport(db: Database, *, served_countries: Collection[str]) -> InMemoryTransport:

@@ -319,6 +319,11 @@ class _DriverCursor:
         if isinstance(exc, AttributeError) and "NoneType" in str(exc):
             # aiomysql, when its socket is already gone
             exc = dbapi.InternalError(f"network operation failed: {exc}")
+        elif isinstance(exc, RuntimeError) and "the handler is closed" in str(exc):
+            # uvloop, when aiomysql writes to a connection the server (or the network) reset:
+            # a lost connection (2013), so that it is invalidated and the error is the
+            # OperationalError a dropped connection raises everywhere else.
+            exc = dbapi.OperationalError(2013, f"Lost connection to server: {exc}")
         if not isinstance(exc, dbapi.Error):
             return
         lost = dialect.is_disconnect(exc, None, None)

@@ -10,8 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import shop
-import sqlalchemy as sa
 from conftest import until
 from processes import Deployment, deployed
 from shop import Shop
@@ -35,10 +33,6 @@ def choreography_deployment(
         **{"CLOUDMART_EVENT_CLAIM_IDLE": "1", **env},
     ) as deployment:
         yield deployment
-
-
-def sync_engine(deployment: Deployment) -> sa.Engine:
-    return shop.sync_engine(deployment.database_url)
 
 
 async def start(api: httpx.AsyncClient, body: dict[str, Any], **headers: str) -> str:

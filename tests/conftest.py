@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, TypeVar
 
 import httpx
 import pytest
@@ -18,6 +18,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from activities import Database
+
+if TYPE_CHECKING:
+    from processes import Deployment
+    from shop import Shop
 
 T = TypeVar("T")
 
@@ -112,6 +116,37 @@ async def mysql_db(mysql_url: str) -> AsyncIterator[Database]:
     await _prepared(database)
     yield database
     await database.dispose()
+
+
+# For the modules that run processes of their own (a module-scoped fixture ``deployment``): a
+# plain engine on its database, the shop on it, and a client of the pattern's entry service
+# (the orchestrator, or the order service in the choreography).
+
+
+@pytest.fixture(scope="module")
+def sql(deployment: Deployment) -> Iterator[sa.Engine]:
+    from shop import sync_engine
+
+    engine = sync_engine(deployment.database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def shop(sql: sa.Engine, deployment: Deployment) -> Shop:
+    from shop import Shop
+
+    return Shop(sql, pattern=deployment.pattern)
+
+
+@pytest.fixture
+async def api(deployment: Deployment) -> AsyncIterator[httpx.AsyncClient]:
+    entry = "orchestrator" if deployment.pattern == "orchestration" else "order"
+    limits = httpx.Limits(max_connections=64)
+    async with httpx.AsyncClient(
+        base_url=deployment.url(entry), timeout=30, limits=limits
+    ) as client:
+        yield client
 
 
 async def _prepared(database: Database) -> None:

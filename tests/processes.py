@@ -79,8 +79,8 @@ class Deployment:
             CLOUDMART_LOG_LEVEL="INFO",
             **({"CLOUDMART_RABBITMQ_URL": self.rabbitmq_url} if self.rabbitmq_url else {}),
             **({"CLOUDMART_REDIS_URL": self.redis_url} if self.redis_url else {}),
-            **self.extra_env,
         )
+        env.update(self.extra_env)  # may override the defaults above (CLOUDMART_ENV=prod)
         return env
 
     def start(

@@ -23,8 +23,10 @@ _ids = itertools.count(1)
 
 
 def sync_engine(database_url: str) -> sa.Engine:
-    """A plain (pymysql) engine on a deployment's database, for setting up and checking."""
-    return sa.create_engine(sa.engine.make_url(database_url).set(drivername="mysql+pymysql"))
+    """A plain (pymysql) engine on a deployment's database, for setting up and checking; it
+    survives the server's restarts (each checkout pings)."""
+    url = sa.engine.make_url(database_url).set(drivername="mysql+pymysql")
+    return sa.create_engine(url, pool_pre_ping=True)
 
 
 def order(customer: int, *items: tuple[int, int], address: dict[str, str] = JP) -> dict[str, Any]:

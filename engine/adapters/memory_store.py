@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import copy
 import dataclasses
+from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -21,6 +22,7 @@ from engine.history import (
     operator_request,
     plan_action,
 )
+from engine.listing import SagaCounts, SagaFilter, SagaPosition
 
 __all__ = ["InMemoryHistoryStore"]
 
@@ -121,11 +123,24 @@ class InMemoryHistoryStore:
         return None if saga_id is None else self._rows[saga_id]
 
     async def list(
-        self, *, status: str | None = None, limit: int = 100
+        self,
+        where: SagaFilter = SagaFilter(),
+        *,
+        after: SagaPosition | None = None,
+        limit: int = 100,
     ) -> builtins.list[SagaRecord]:
-        rows = [r for r in self._rows.values() if status is None or r.status == status]
-        rows.sort(key=lambda r: (r.created_at or datetime.min, r.saga_id), reverse=True)
+        rows = [
+            r
+            for r in self._rows.values()
+            if _matches(r, where) and (after is None or _position(r) < after)
+        ]
+        rows.sort(key=_position, reverse=True)
         return rows[:limit]
+
+    async def counts(self) -> SagaCounts:
+        by_status = Counter(r.status for r in self._rows.values())
+        flagged = sum(r.needs_operator for r in self._rows.values())
+        return SagaCounts(by_status=dict(by_status), needs_operator=flagged)
 
     async def count_needing_operator(self) -> int:
         return sum(r.needs_operator for r in self._rows.values())
@@ -202,6 +217,24 @@ class InMemoryHistoryStore:
         self.commits += 1
         if self.after_commit is not None:
             self.after_commit(saga_id, events)
+
+
+def _position(row: SagaRecord) -> SagaPosition:
+    return SagaPosition(row.created_at or datetime.min, row.saga_id)
+
+
+def _matches(row: SagaRecord, where: SagaFilter) -> bool:
+    """The SQL store's WHERE clause, in Python (``created_at`` half-open, prefix exact)."""
+    created = row.created_at or datetime.min
+    return (
+        (not where.statuses or row.status in where.statuses)
+        and (where.needs_operator is None or row.needs_operator == where.needs_operator)
+        and (where.failed_step is None or row.failed_step == where.failed_step)
+        and (where.workflow is None or row.workflow_name == where.workflow)
+        and (where.created_after is None or created >= where.created_after)
+        and (where.created_before is None or created < where.created_before)
+        and (not where.order_id_prefix or row.workflow_id.startswith(where.order_id_prefix))
+    )
 
 
 def _claimable(row: SagaRecord, owner: str, now: datetime) -> bool:

@@ -197,11 +197,11 @@ class RabbitMQTransport:
                 return await future
         except TimeoutError:
             self.stats.timeouts += 1
-            log.warning("request.timeout", timeout=timeout)
+            log.debug("request.timeout", timeout=timeout)
             raise StepTimeout(f"no reply from {service}.{method} within {timeout}s") from None
         except TransportError as exc:
             self.stats.transport_errors += 1
-            log.warning("request.transport_error", error=str(exc))
+            log.debug("request.transport_error", error=str(exc))
             raise
         except RemoteError:
             self.stats.remote_errors += 1
@@ -231,7 +231,7 @@ class RabbitMQTransport:
         future = self._pending.get(correlation_id)
         if future is None or future.done():
             self.stats.unmatched_replies += 1
-            logger.warning("reply.unmatched", correlation_id=correlation_id)
+            logger.debug("reply.unmatched", correlation_id=correlation_id)
             return
         self.stats.replies += 1
         try:

@@ -47,6 +47,7 @@ from engine.history import (
     operator_request,
     plan_action,
 )
+from engine.listing import SagaCounts, SagaFilter, SagaPosition, order_id_prefix_bounds
 from prepared_sql import Prepared, run_together
 
 __all__ = ["SqlHistoryStore"]
@@ -351,16 +352,34 @@ class SqlHistoryStore:
         return _record(rows[0]) if rows else None
 
     async def list(
-        self, *, status: str | None = None, limit: int = 100
+        self,
+        where: SagaFilter = SagaFilter(),
+        *,
+        after: SagaPosition | None = None,
+        limit: int = 100,
     ) -> builtins.list[SagaRecord]:
-        query = sa.select(_si).order_by(_si.c.created_at.desc(), _si.c.saga_id.desc()).limit(limit)
-        if status is not None:
-            query = query.where(_si.c.status == status)
+        query = (
+            sa.select(_si)
+            .where(*_conditions(where, after))
+            .order_by(_si.c.created_at.desc(), _si.c.saga_id.desc())
+            .limit(limit)
+        )
         return [_record(r) for r in await self._select(query)]
+
+    async def counts(self) -> SagaCounts:
+        flagged = sa.func.sum(sa.case((_si.c.needs_operator == sa.true(), 1), else_=0))
+        query = sa.select(
+            _si.c.status, sa.func.count().label("sagas"), flagged.label("flagged")
+        ).group_by(_si.c.status)
+        rows = await self._select(query)
+        return SagaCounts(
+            by_status={row.status: int(row.sagas) for row in rows},
+            needs_operator=sum(int(row.flagged or 0) for row in rows),
+        )
 
     async def count_needing_operator(self) -> int:
         # A finished saga never carries the flag; its own index keeps the count cheap.
-        query = sa.select(sa.func.count()).select_from(_si).where(_si.c.needs_operator.is_(True))
+        query = sa.select(sa.func.count()).select_from(_si).where(_si.c.needs_operator == sa.true())
         rows = await self._select(query)
         return int(rows[0][0])
 
@@ -548,6 +567,34 @@ def _map_error(exc: BaseException) -> BaseException:
         error.__cause__ = exc
         return error
     return StoreUnavailable(f"history write interrupted ({type(exc).__name__})")
+
+
+def _conditions(where: SagaFilter, after: SagaPosition | None) -> builtins.list[Any]:
+    """The WHERE clauses of a listing: the filter's, then the keyset's (below ``after``)."""
+    conditions: builtins.list[Any] = []
+    if where.statuses:
+        conditions.append(_si.c.status.in_(sorted(set(where.statuses))))
+    if where.needs_operator is not None:
+        conditions.append(_si.c.needs_operator == where.needs_operator)
+    if where.failed_step is not None:
+        conditions.append(_si.c.failed_step == where.failed_step)
+    if where.workflow is not None:
+        conditions.append(_si.c.workflow_name == where.workflow)
+    if where.created_after is not None:
+        conditions.append(_si.c.created_at >= where.created_after)
+    if where.created_before is not None:
+        conditions.append(_si.c.created_at < where.created_before)
+    if where.order_id_prefix:
+        low, high = order_id_prefix_bounds(where.order_id_prefix)
+        conditions.extend((_si.c.order_id >= low, _si.c.order_id < high))
+    if after is not None:
+        conditions.append(
+            sa.or_(
+                _si.c.created_at < after.created_at,
+                sa.and_(_si.c.created_at == after.created_at, _si.c.saga_id < after.saga_id),
+            )
+        )
+    return conditions
 
 
 def _event_row(saga_id: str, event: Event) -> dict[str, Any]:

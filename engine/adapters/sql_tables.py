@@ -56,8 +56,15 @@ saga_instances = sa.Table(
     sa.Column("operator_request_id", sa.String(36), nullable=True),
     sa.Column("operator_request", LongText, nullable=True),
     sa.Index("ix_saga_instances_recovery", "status", "lease_expires_at"),
+    # The listing (newest first, keyset on created_at then saga_id, which InnoDB appends to
+    # every secondary index) by each filter an operator reaches for; the order id prefix uses
+    # the unique index.
     sa.Index("ix_saga_instances_status_created", "status", "created_at"),
-    sa.Index("ix_saga_instances_needs_operator", "needs_operator"),
+    sa.Index("ix_saga_instances_created", "created_at"),
+    # Also what counts the sagas flagged for an operator.
+    sa.Index("ix_saga_instances_operator_created", "needs_operator", "created_at"),
+    sa.Index("ix_saga_instances_workflow_created", "workflow_name", "created_at"),
+    sa.Index("ix_saga_instances_failed_step_created", "failed_step", "created_at"),
     **_TABLE_ARGS,
 )
 

@@ -22,6 +22,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from activities.faults import Outages
 from services._kit.errors import error_json, unexpected_error_response
 from services._kit.logging import (
     CORRELATION_ID_HEADER,
@@ -42,10 +43,13 @@ UNMATCHED_ROUTE = "<unmatched>"
 class RequestContext:
     """Bind a request id, time the request per route, answer unexpected exceptions."""
 
-    def __init__(self, app: ASGIApp, *, service: str, latency: Histogram) -> None:
+    def __init__(
+        self, app: ASGIApp, *, service: str, latency: Histogram, outages: Outages | None = None
+    ) -> None:
         self.app = app
         self.service = service
         self.latency = latency
+        self.outages = outages
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -77,7 +81,7 @@ class RequestContext:
             try:
                 await self.app(scope, receive, send_with_id)
             except Exception as exc:
-                response = unexpected_error_response(exc)
+                response = unexpected_error_response(exc, self.outages)
                 if started:
                     # Headers are gone already: the client sees a cut-off response; the
                     # error is logged above with the request id.

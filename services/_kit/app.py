@@ -32,6 +32,7 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Route
 
 from activities.db import Database
+from activities.faults import Outages
 from services._kit import failpoints
 from services._kit._middleware import ApiKeyGuard, BodyLimit, MethodCheck, RequestContext
 from services._kit._openapi import document_kit_responses, integral_bounds
@@ -148,7 +149,9 @@ def create_app(
         buckets=LATENCY_BUCKETS,
         registry=metrics,
     )
-    telemetry = Telemetry(metrics)
+    # One per process's app: whether each dependency is down, as every part of it saw it.
+    outages = Outages()
+    telemetry = Telemetry(metrics, outages=outages)
 
     @asynccontextmanager
     async def run(app: FastAPI) -> AsyncIterator[None]:
@@ -174,7 +177,7 @@ def create_app(
                 await db.dispose()
             log.info("service.stopped", service=service)
 
-    middleware = [Middleware(RequestContext, service=service, latency=latency)]
+    middleware = [Middleware(RequestContext, service=service, latency=latency, outages=outages)]
     if settings.env == "prod":
         middleware.append(Middleware(ApiKeyGuard, api_key=api_key))
     routes: list[BaseRoute] = []  # every route, in the router's order; filled below
@@ -192,6 +195,7 @@ def create_app(
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.telemetry = telemetry
+    app.state.outages = outages
     app.state.health_checks = dict(health_checks or {})
     install_error_handlers(app)
     operations = _operations_router()
@@ -228,7 +232,8 @@ def _operations_router() -> APIRouter:
     )
     async def health(request: Request, db: DatabaseDep) -> JSONResponse:
         checks: dict[str, HealthCheck] = {"database": db.ping, **request.app.state.health_checks}
-        results = {name: await _probe(name, check) for name, check in checks.items()}
+        outages: Outages = request.app.state.outages
+        results = {name: await _probe(name, check, outages) for name, check in checks.items()}
         healthy = all(results.values())
         return JSONResponse(
             {
@@ -251,15 +256,19 @@ def _operations_router() -> APIRouter:
     return router
 
 
-async def _probe(name: str, check: HealthCheck) -> bool:
+async def _probe(name: str, check: HealthCheck, outages: Outages) -> bool:
+    """Run one check; a dependency that goes down or comes back is logged once, through
+    ``outages`` (a health check polled every second during an outage adds no lines)."""
+    failure: BaseException | None = None
     try:
         async with asyncio.timeout(HEALTH_CHECK_TIMEOUT):
-            return bool(await check())
-    except TimeoutError:
-        log.warning("health.check_timed_out", check=name)
-        return False
+            healthy = bool(await check())
+    except TimeoutError as exc:
+        healthy, failure = False, exc
     except Exception as exc:  # a failing probe is a "down", and must not become a 500
-        log.warning(
-            "health.check_failed", check=name, error_type=type(exc).__name__, error=str(exc)
-        )
-        return False
+        healthy, failure = False, exc
+    if healthy:
+        outages.restored(name)
+    else:
+        outages.lost(name, failure, where="health")
+    return healthy

@@ -6,10 +6,17 @@ acks. Per message: decode (malformed → dead-letter at once), call ``handler(me
 headers)``, publish the reply and only then ack, so a command is acked only after its activity
 committed. Replies go unconfirmed, on a channel of their own (the command channel while that
 one is down after a reconnect): they live in the requester's exclusive queue, which no confirm
-makes durable. An exception with ``to_wire()`` (a ``DomainError`` or ``SagaError``) is an
-answer: error reply + ack. Any other exception (the database is down...) is a failed delivery:
-the command goes back to the queue until it has been delivered ``max_deliveries`` times, then
-to the dead-letter queue.
+makes durable. What the handler raises decides the rest:
+
+- an exception with ``to_wire()`` (a ``DomainError`` or ``SagaError``) is an answer: error
+  reply + ack;
+- an infrastructure fault (:func:`activities.faults.is_infrastructure_fault`: the database, a
+  broker or the network did not answer) is waited out: the command stays unacked with this
+  consumer and runs again after a capped back-off, for as long as the fault lasts, without
+  counting a delivery. The outage is logged once when it begins and once when it ends
+  (:class:`activities.faults.Outages`), and counted in between;
+- anything else is a failed delivery: the command goes back to the queue until it has been
+  delivered ``max_deliveries`` times, then to the dead-letter queue.
 
 Counting deliveries: classic queues keep no count (``x-delivery-limit`` needs a quorum queue,
 about 1 ms more per round trip on this machine, FLOOR.md). A failed delivery is therefore
@@ -18,8 +25,14 @@ re-published to the tail of the queue (persistent, confirmed) with the header
 ``redelivered`` set (its consumer died holding it) is counted the same way before it runs
 again, so even a command that kills its consumer stops after ``max_deliveries``. Re-publishing
 to the tail instead of requeueing at the head also lets other commands flow past a poison one,
-and a short growing back-off (``retry_backoff``) keeps a database blip from burning all the
-deliveries in a millisecond.
+and a short growing back-off (``retry_backoff``) spaces the deliveries of a failing one.
+
+A dead letter is a confirmed copy published to ``<ns>.dlx`` (then the original is acked), with
+what an operator needs to judge it (``cloudmart dead-letters list``): the headers
+``x-cloudmart-dead-id`` (the dead letter's own id), ``x-cloudmart-deliveries``,
+``x-cloudmart-error`` (the last failure), ``x-cloudmart-dead-at`` (RFC 3339) and
+``x-cloudmart-queue`` (where ``redrive`` puts it back), beside the command's own ``method``,
+``idempotency_key`` and ``order_id``.
 
 The client's side, and what a command and its reply look like on the wire, is
 :mod:`engine.adapters.rabbitmq`; both ends keep their connection through
@@ -32,6 +45,7 @@ import asyncio
 import dataclasses
 import json
 import uuid
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
@@ -45,12 +59,21 @@ from aio_pika.abc import (
     ConsumerTag,
 )
 
+from activities.faults import RABBITMQ, Outages
 from engine.adapters import amqp_names as names
 from engine.adapters.amqp_link import BROKER_ERRORS, RobustLink, encode, text
 from engine.errors import TransportError
 from services._kit.metrics import CommandHandler
 
-__all__ = ["CommandHandler", "CommandServerStats", "RabbitMQCommandServer"]
+__all__ = [
+    "DEAD_AT_HEADER",
+    "DEAD_ID_HEADER",
+    "ERROR_HEADER",
+    "QUEUE_HEADER",
+    "CommandHandler",
+    "CommandServerStats",
+    "RabbitMQCommandServer",
+]
 
 logger = structlog.get_logger(__name__)
 
@@ -58,6 +81,13 @@ logger = structlog.get_logger(__name__)
 _LOG_HEADERS = ("saga_id", "workflow_id", "order_id", "step", "attempt")
 # Headers a reply carries back from its command, so both ends log the same ids.
 _REPLY_HEADERS = ("saga_id", "workflow_id", "order_id")
+# What a dead letter carries besides the command's own headers (see the module docstring).
+ERROR_HEADER = "x-cloudmart-error"
+DEAD_ID_HEADER = "x-cloudmart-dead-id"
+DEAD_AT_HEADER = "x-cloudmart-dead-at"
+QUEUE_HEADER = "x-cloudmart-queue"
+_MAX_ERROR_CHARS = 1000
+_PUT_BACK_TIMEOUT = 5.0
 
 
 @dataclasses.dataclass
@@ -65,7 +95,9 @@ class CommandServerStats:
     """Counters of one :class:`RabbitMQCommandServer`, read by metrics.
 
     ``processed``: answered ``ok``; ``errors``: answered with a business error; ``failures``:
-    deliveries whose handler raised something else; ``retried``: of those, sent round again;
+    deliveries whose handler raised something that is neither an answer nor an
+    infrastructure fault (those are waited out, and counted by :class:`Outages`);
+    ``retried``: of the failures, sent round again;
     ``dead_lettered``: sent to the dead-letter queue (``malformed`` ones included);
     ``reconnects``: connections restored after a loss.
     """
@@ -98,6 +130,7 @@ class RabbitMQCommandServer:
         retry_backoff: float = 0.1,
         retry_backoff_max: float = 5.0,
         reconnect_interval: float = 1.0,
+        outages: Outages | None = None,
     ) -> None:
         if max_deliveries < 1:
             raise ValueError("max_deliveries must be at least 1")
@@ -112,6 +145,7 @@ class RabbitMQCommandServer:
         self.dead_letter_queue = names.dead_letter_queue(namespace, service)
         self.connection_name = f"{namespace}.{service}.server.{uuid.uuid4().hex[:8]}"
         self.stats = CommandServerStats()
+        self.outages = outages or Outages()
         self._channel: AbstractChannel | None = None
         self._replies: AbstractChannel | None = None
         self._queue: AbstractQueue | None = None
@@ -174,6 +208,9 @@ class RabbitMQCommandServer:
         """Stop consuming, let in-flight commands finish for ``drain_timeout`` s, disconnect.
 
         Commands still running after that are cancelled; unacked, they go back to the queue.
+        One held on an infrastructure fault is put back by this server first, without a
+        delivery counted: a service restarted during an outage (a health check failing, say)
+        costs its commands nothing.
         """
         queue, tag = self._queue, self._consumer_tag
         self._channel = self._replies = self._queue = self._consumer_tag = None
@@ -189,6 +226,8 @@ class RabbitMQCommandServer:
             await asyncio.wait(inflight, timeout=drain_timeout)
         for task in inflight:
             task.cancel()
+        if inflight:  # a command held on a fault goes back to the queue (_put_back) first
+            await asyncio.wait(inflight, timeout=_PUT_BACK_TIMEOUT)
         await self._link.close()
         await asyncio.gather(*inflight, return_exceptions=True)
         logger.info("command_server.closed", service=self.service)
@@ -216,6 +255,7 @@ class RabbitMQCommandServer:
 
     def _on_reconnected(self) -> None:
         self.stats.reconnects += 1
+        self.outages.restored(RABBITMQ)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         task = asyncio.current_task()
@@ -240,7 +280,8 @@ class RabbitMQCommandServer:
                     await self._process(message, method, headers)
                 except BROKER_ERRORS as exc:
                     # The channel died under us: the broker requeues the unacked command.
-                    logger.warning("command.settle_failed", error=repr(exc))
+                    # Logged once per outage: every command in flight ends here at once.
+                    self.outages.lost(RABBITMQ, exc, service=self.service)
         finally:
             if task is not None:
                 self._inflight.discard(task)
@@ -260,26 +301,44 @@ class RabbitMQCommandServer:
             self.stats.malformed += 1
             await self._dead_letter(message, failed_before + 1, "malformed command")
             return
-        try:
-            result = await self._handler(method, payload, headers)
-            reply = encode({"ok": result})
-        except Exception as exc:  # the wire mapping; anything else is a failed delivery
-            to_wire = getattr(exc, "to_wire", None)
-            if not callable(to_wire):
-                self.stats.failures += 1
-                logger.warning(
-                    "command.failed", delivery=failed_before + 1, error=repr(exc), exc_info=exc
-                )
-                await self._retry_or_dead_letter(message, failed_before + 1, repr(exc))
-                return
-            self.stats.errors += 1
-            wire = to_wire()
-            logger.info("command.refused", error_type=wire.get("type"))
-            await self._reply(message, encode({"error": wire}))
-        else:
+
+        async def attempt() -> bytes:
+            try:
+                result = await self._handler(method, payload, headers)
+            except Exception as exc:  # the wire mapping: a business answer is a reply
+                to_wire = getattr(exc, "to_wire", None)
+                if not callable(to_wire):
+                    raise
+                self.stats.errors += 1
+                wire = to_wire()
+                logger.info("command.refused", error_type=wire.get("type"))
+                return encode({"error": wire})
             self.stats.processed += 1
             logger.debug("command.processed")
-            await self._reply(message, reply)
+            return encode({"ok": result})
+
+        held = False
+
+        async def on_fault(_dependency: str) -> None:
+            nonlocal held
+            held = True
+
+        channel = self._channel
+        try:
+            # Held, unacked, while the database or the network is away: no delivery counted.
+            reply = await self.outages.wait_out(attempt, on_fault=on_fault, service=self.service)
+        except asyncio.CancelledError:
+            if held and channel is not None:
+                await self._put_back(channel, message, failed_before)
+            raise
+        except Exception as exc:  # neither an answer nor a fault: a failed delivery
+            self.stats.failures += 1
+            logger.warning(
+                "command.failed", delivery=failed_before + 1, error=repr(exc), exc_info=exc
+            )
+            await self._retry_or_dead_letter(message, failed_before + 1, _describe(exc))
+            return
+        await self._reply(message, reply)
         await message.ack()
 
     async def _reply(self, message: AbstractIncomingMessage, body: bytes) -> None:
@@ -310,25 +369,35 @@ class RabbitMQCommandServer:
             reply, routing_key=message.reply_to, mandatory=False
         )
 
+    async def _put_back(
+        self, channel: AbstractChannel, message: AbstractIncomingMessage, failed: int
+    ) -> None:
+        """``message`` to the tail of the queue as it came (no delivery counted), then acked."""
+        try:
+            copy = _copy(message, {names.DELIVERIES_HEADER: failed})
+            await channel.default_exchange.publish(
+                copy, routing_key=self.queue_name, mandatory=True
+            )
+            await message.ack()
+        except BROKER_ERRORS as exc:  # the broker requeues it itself, as redelivered
+            logger.info("command.put_back_failed", error=repr(exc))
+            return
+        logger.info("command.put_back", reason="closing while waiting on a fault")
+
     async def _retry_or_dead_letter(
         self, message: AbstractIncomingMessage, failed: int, reason: str
     ) -> None:
         channel = self._channel
-        if failed >= self.max_deliveries or channel is None:
+        if channel is None:  # closing: back to the queue (counted when it is redelivered)
+            await message.nack(requeue=True)
+            return
+        if failed >= self.max_deliveries:
             await self._dead_letter(message, failed, reason)
             return
         delay = min(self._retry_backoff * 2 ** (failed - 1), self._retry_backoff_max)
         if delay > 0:
             await asyncio.sleep(delay)
-        copy = aio_pika.Message(
-            message.body,
-            headers={**(message.headers or {}), names.DELIVERIES_HEADER: failed},
-            content_type=message.content_type,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            correlation_id=message.correlation_id,
-            reply_to=message.reply_to,
-            message_id=message.message_id,
-        )
+        copy = _copy(message, {names.DELIVERIES_HEADER: failed, ERROR_HEADER: reason})
         # Confirmed before the ack: a crash in between duplicates the command, never loses it.
         await channel.default_exchange.publish(copy, routing_key=self.queue_name, mandatory=True)
         await message.ack()
@@ -338,7 +407,24 @@ class RabbitMQCommandServer:
     async def _dead_letter(
         self, message: AbstractIncomingMessage, failed: int, reason: str
     ) -> None:
-        await message.reject(requeue=False)
+        channel = self._channel
+        if channel is None:  # closing: the broker's own dead-lettering, without our headers
+            await message.reject(requeue=False)
+        else:
+            copy = _copy(
+                message,
+                {
+                    DEAD_ID_HEADER: uuid.uuid4().hex[:12],
+                    names.DELIVERIES_HEADER: failed,
+                    ERROR_HEADER: reason[:_MAX_ERROR_CHARS],
+                    DEAD_AT_HEADER: datetime.now(UTC).isoformat(timespec="milliseconds"),
+                    QUEUE_HEADER: self.queue_name,
+                },
+            )
+            exchange = await channel.get_exchange(names.dead_letter_exchange(self.namespace))
+            # Confirmed before the ack, like a retry: never lost, at worst dead twice.
+            await exchange.publish(copy, routing_key=self.service, mandatory=True)
+            await message.ack()
         self.stats.dead_lettered += 1
         logger.error(
             "command.dead_lettered",
@@ -346,6 +432,23 @@ class RabbitMQCommandServer:
             deliveries=failed,
             dead_letter_queue=self.dead_letter_queue,
         )
+
+
+def _copy(message: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika.Message:
+    """``message`` again (persistent), its headers updated with ``headers``."""
+    return aio_pika.Message(
+        message.body,
+        headers={**(message.headers or {}), **headers},
+        content_type=message.content_type,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        correlation_id=message.correlation_id,
+        reply_to=message.reply_to,
+        message_id=message.message_id,
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:_MAX_ERROR_CHARS]
 
 
 def _deliveries(message: AbstractIncomingMessage) -> int:

@@ -55,6 +55,7 @@ def command_consumer(service: str) -> Lifespan:
             name = f"{service}.{method}"
             with structlog.contextvars.bound_contextvars(order_id=order_id):
                 failpoints.hit("fail_compensation", operation=name)
+                failpoints.hit("poison", service=service)
                 result = await invoke(db, name, payload, served_countries=settings.served_countries)
                 # Committed; the reply is not published and the command not acked yet.
                 failpoints.hit("crash_before_reply", service=service)
@@ -65,6 +66,8 @@ def command_consumer(service: str) -> Lifespan:
             namespace=settings.namespace,
             service=service,
             handler=telemetry.count_commands(handle),
+            max_deliveries=settings.command_max_deliveries,
+            outages=app.state.outages,
         )
         async with server:
             app.state.command_server = server

@@ -14,7 +14,7 @@ validation (body, path, query)                  422     ``validation_error``
 unknown path / wrong method                     404/405 ``not_found`` / ``method_not_allowed``
 missing or wrong bearer token (prod)            401     ``unauthorized``
 body over ``max_body_bytes``                    413     ``payload_too_large``
-database unreachable, pool exhausted            503     ``unavailable``
+database, broker or network fault              503     ``unavailable``
 anything else (a bug)                           500     ``internal``, nothing more
 =============================================  ======  ===========================
 
@@ -34,10 +34,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from activities.errors import DomainError
+from activities.faults import Outages, dependency_of, is_infrastructure_fault
 
 log = structlog.get_logger("services.errors")
 
@@ -94,30 +94,29 @@ def error_responses(*errors: type[DomainError]) -> dict[int | str, dict[str, Any
 
 
 def is_database_unavailable(exc: BaseException) -> bool:
-    """True when the database cannot be reached or gave no connection in time — also when
-    ``exc`` wraps such an error as its cause (the engine's ``StoreUnavailable`` does)."""
-    cause = exc.__cause__
-    if cause is not None and cause is not exc and is_database_unavailable(cause):
-        return True
-    if isinstance(
-        exc, sa_exc.TimeoutError | sa_exc.OperationalError | sa_exc.InterfaceError | ConnectionError
-    ):
-        return True
-    if isinstance(exc, sa_exc.DBAPIError):
-        # A bare DBAPIError is a driver error SQLAlchemy could not classify (a dropped
-        # connection, usually); IntegrityError, DataError and the like are bugs, not outages.
-        return exc.connection_invalidated or type(exc) is sa_exc.DBAPIError
-    return False
+    """True when ``exc`` is an infrastructure fault (:func:`activities.faults.dependency_of`):
+    the database, a broker or the network did not answer — also when ``exc`` wraps such an
+    error as its cause (the engine's ``StoreUnavailable`` does). Answered 503."""
+    return is_infrastructure_fault(exc)
 
 
-def unexpected_error_response(exc: Exception) -> JSONResponse:
-    """503 for a database outage, else a bare 500; either way logged, never echoed."""
-    if is_database_unavailable(exc):
-        log.warning("http.database_unavailable", error_type=type(exc).__name__, error=str(exc))
+def unexpected_error_response(exc: Exception, outages: Outages | None = None) -> JSONResponse:
+    """503 for an infrastructure fault, else a bare 500; never echoed.
+
+    A fault is logged once per outage through ``outages`` (every request during it would
+    otherwise add a line); without it, each is logged.
+    """
+    dependency = dependency_of(exc)
+    if dependency is not None:
+        if outages is not None:
+            outages.lost(dependency, exc, where="http")
+        else:
+            log.warning("http.dependency_unavailable", dependency=dependency, error=str(exc))
         return error_json(
             503,
             "unavailable",
-            "the database is unavailable; try again shortly",
+            f"the {dependency if dependency != 'network' else 'service'} is unavailable; "
+            "try again shortly",
             headers={"Retry-After": "1"},
         )
     log.error("http.internal_error", error_type=type(exc).__name__, exc_info=exc)

@@ -9,7 +9,8 @@ bus, as the orchestrator's app runs the whole orchestration there; the other app
 Failure points for chaos tests (:mod:`services._kit.failpoints`): ``crash_before_ack:<service>``
 kills the process after a handler committed and before the XACK;
 ``crash_before_publish:<service>`` kills it after the relay locked committed outbox rows and
-before it published them.
+before it published them; ``poison:<service>`` makes every event the service handles fail
+with an error that is neither an answer nor a fault.
 """
 
 from __future__ import annotations
@@ -64,7 +65,9 @@ def event_consumer(service: str) -> Lifespan:
         async with AsyncExitStack() as stack:
             bus: EventBus
             if settings.embedded:
-                bus = InMemoryEventBus(max_deliveries=settings.event_max_deliveries)
+                bus = InMemoryEventBus(
+                    max_deliveries=settings.event_max_deliveries, outages=app.state.outages
+                )
                 services: tuple[str, ...] = CHOREOGRAPHED_SERVICES
             else:
                 from choreography_pattern.redis_bus import RedisEventBus
@@ -78,6 +81,7 @@ def event_consumer(service: str) -> Lifespan:
                     max_deliveries=settings.event_max_deliveries,
                     retain_for=CHOREOGRAPHED_SERVICES,
                     trim_interval=settings.event_trim_interval,
+                    outages=app.state.outages,
                 )
                 stack.push_async_callback(redis_bus.aclose)
                 bus = redis_bus
@@ -95,6 +99,10 @@ def event_consumer(service: str) -> Lifespan:
                     if (hook := _failpoint("crash_before_ack", s)) is not None
                 },
                 before_publish=_failpoint("crash_before_publish", service),
+                before_handle={
+                    s: hook for s in services if (hook := _failpoint("poison", s)) is not None
+                },
+                outages=app.state.outages,
             )
             await stack.enter_async_context(choreography)
             app.state.choreography = choreography

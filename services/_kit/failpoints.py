@@ -31,6 +31,12 @@ spelling                                        what happens
                                                 transient :class:`FailpointError` for the
                                                 first ``<seconds>`` after arming, so the
                                                 orchestrator keeps retrying it
+``poison:<service>``                            a service: every command (orchestration) or
+                                                event (choreography) it handles raises
+                                                :class:`FailpointPoison` before its operation
+                                                runs — neither a business answer nor an
+                                                infrastructure fault, so the message is
+                                                dead-lettered after its delivery limit
 ==============================================  ==============================================
 """
 
@@ -47,7 +53,7 @@ import structlog
 
 from services._kit.roster import SERVICE_NAMES
 
-__all__ = ["Failpoint", "FailpointError", "arm", "armed", "hit", "parse"]
+__all__ = ["Failpoint", "FailpointError", "FailpointPoison", "arm", "armed", "hit", "parse"]
 
 log = structlog.get_logger("services.failpoints")
 
@@ -59,6 +65,7 @@ _TARGETS = {
     "freeze_before_history": "events",
     "crash_before_reply": "service",
     "fail_compensation": "operation",
+    "poison": "service",
 }
 
 
@@ -72,6 +79,10 @@ class FailpointError(Exception):
             "non_retryable": False,
             "details": {},
         }
+
+
+class FailpointPoison(Exception):
+    """What ``poison`` raises: a failure that is no answer (no ``to_wire``) and no fault."""
 
 
 @dataclass
@@ -97,6 +108,8 @@ class Failpoint:
         return value == self.target
 
     def act(self) -> None:
+        if self.point == "poison":
+            raise FailpointPoison(f"failpoint {self}: this message cannot succeed here")
         if self.point == "fail_compensation":
             if time.monotonic() - self.armed_at < self.seconds:
                 raise FailpointError(f"failpoint {self}: failing for {self.seconds}s")
@@ -125,7 +138,7 @@ def _positive(text: str, spec: str) -> int:
 def parse(spec: str) -> Failpoint:
     """Read one failpoint spelling (see the module docstring); ``ValueError`` if unknown."""
     point, *args = spec.strip().split(":")
-    if point in ("crash_before_ack", "crash_before_publish"):
+    if point in ("crash_before_ack", "crash_before_publish", "poison"):
         if len(args) != 1 or args[0] not in SERVICE_NAMES:
             raise ValueError(f"failpoint {spec!r}: expected {point}:<service>")
         return Failpoint(point, args[0])

@@ -17,6 +17,7 @@ import uuid
 
 import structlog
 
+from activities.faults import is_infrastructure_fault
 from services._kit.settings import Settings
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -62,6 +63,7 @@ def configure_logging(settings: Settings) -> None:
         cache_logger_on_first_use=False,
     )
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_QuietDeadConnections())
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,
@@ -79,6 +81,18 @@ def configure_logging(settings: Settings) -> None:
     root.addHandler(handler)
     root.setLevel(level)
     _configured_as = wanted
+
+
+class _QuietDeadConnections(logging.Filter):
+    """Drop the pool's traceback for a connection it could not close because the database or
+    the network had already dropped it ("Exception terminating connection"): one per pooled
+    connection at every outage, saying what the outage's one ``dependency.lost`` line says."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("sqlalchemy.pool"):
+            return True
+        exc = record.exc_info[1] if record.exc_info else None
+        return exc is None or not is_infrastructure_fault(exc)
 
 
 def request_id_from(value: str | None) -> str:

@@ -4,11 +4,17 @@
 (``app.state.telemetry``), so each process's ``/metrics`` shows its own numbers:
 
 - ``cloudmart_commands_total{method,outcome}``: RabbitMQ commands this process answered
-  (``ok``, ``refused`` = a business error reply, ``failed`` = a delivery that failed and goes
-  round again or to the dead-letter queue); :meth:`Telemetry.count_commands` wraps the
-  command handler.
+  (``ok``, ``refused`` = a business error reply, ``unavailable`` = an attempt that met a
+  database, broker or network fault and runs again once it heals, ``failed`` = a delivery that
+  failed otherwise and goes round again or to the dead-letter queue);
+  :meth:`Telemetry.count_commands` wraps the command handler.
 - ``cloudmart_inbox_duplicates_total{operation}``: repeats of an operation answered from the
   inbox instead of running again (read from :attr:`activities.db.Database.inbox_repeats`).
+- ``cloudmart_infrastructure_waiting{dependency}``: messages (commands, events) held unacked
+  by this process until the database, broker or network they failed on is back;
+  ``cloudmart_infrastructure_retries_total{dependency}``: attempts made again after such a
+  fault; ``cloudmart_dependency_down{dependency}`` (1 while down) and
+  ``cloudmart_dependency_outages_total{dependency}``, from :class:`activities.faults.Outages`.
 - *Probes*: gauges read from outside the process when ``/metrics`` is scraped — dead-letter
   depths from the broker or the stream, the outbox's age, a consumer group's backlog, sagas
   waiting for an operator. A lifespan adds one with :meth:`Telemetry.add_probe`. Each probe
@@ -28,6 +34,7 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from activities.db import Database
+from activities.faults import Outages, dependency_of
 
 log = structlog.get_logger("services.metrics")
 
@@ -48,10 +55,17 @@ def gauge(name: str, documentation: str, values: dict[str, float], label: str) -
 class Telemetry:
     """The process-wide metrics of one app (see the module docstring)."""
 
-    def __init__(self, registry: CollectorRegistry, *, probe_timeout: float = PROBE_TIMEOUT):
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        probe_timeout: float = PROBE_TIMEOUT,
+        outages: Outages | None = None,
+    ):
         self.registry = registry
         self.probe_timeout = probe_timeout
         self.database: Database | None = None
+        self.outages = outages or Outages()
         self.commands = Counter(
             "cloudmart_commands",
             "RabbitMQ commands answered by this process, by method and outcome.",
@@ -79,7 +93,12 @@ class Telemetry:
             try:
                 result = await handler(method, payload, headers)
             except Exception as exc:
-                outcome = "refused" if callable(getattr(exc, "to_wire", None)) else "failed"
+                if callable(getattr(exc, "to_wire", None)):
+                    outcome = "refused"
+                elif dependency_of(exc) is not None:
+                    outcome = "unavailable"  # waited out, and run again
+                else:
+                    outcome = "failed"
                 self.commands.labels(method=method, outcome=outcome).inc()
                 raise
             self.commands.labels(method=method, outcome="ok").inc()
@@ -109,10 +128,47 @@ class Telemetry:
                 return list(await probe())
         except Exception as exc:  # a probe failure must not fail the scrape: counted, logged
             self.scrape_errors.labels(probe=name).inc()
-            log.warning(
-                "metrics.probe_failed", probe=name, error_type=type(exc).__name__, error=str(exc)
-            )
+            dependency = dependency_of(exc)
+            if dependency is not None:  # logged once per outage, not once per scrape
+                self.outages.lost(dependency, exc, where="metrics")
+            else:
+                log.warning(
+                    "metrics.probe_failed",
+                    probe=name,
+                    error_type=type(exc).__name__,
+                    error=str(exc),
+                )
             return []
+
+    def _outage_metrics(self) -> Iterable[Metric]:
+        outages = self.outages
+        known = sorted(set(outages.outages) | set(outages.retries) | set(outages.waiting))
+        waiting = GaugeMetricFamily(
+            "cloudmart_infrastructure_waiting",
+            "Messages held unacknowledged until the dependency they failed on is back.",
+            labels=["dependency"],
+        )
+        retries = CounterMetricFamily(
+            "cloudmart_infrastructure_retries",
+            "Attempts made again after a database, broker or network fault.",
+            labels=["dependency"],
+        )
+        down = GaugeMetricFamily(
+            "cloudmart_dependency_down",
+            "1 while this process finds the dependency down, else 0.",
+            labels=["dependency"],
+        )
+        count = CounterMetricFamily(
+            "cloudmart_dependency_outages",
+            "Outages of the dependency this process saw begin.",
+            labels=["dependency"],
+        )
+        for dependency in known:
+            waiting.add_metric([dependency], outages.waiting[dependency])
+            retries.add_metric([dependency], outages.retries[dependency])
+            down.add_metric([dependency], 1.0 if outages.is_down(dependency) else 0.0)
+            count.add_metric([dependency], outages.outages[dependency])
+        return [waiting, retries, down, count]
 
     # -- the collector -------------------------------------------------------------------------
 
@@ -130,5 +186,6 @@ class Telemetry:
         for operation, count in sorted(repeats.items()):
             duplicates.add_metric([operation], count)
         yield duplicates
+        yield from self._outage_metrics()
         for metrics in self._latest.values():
             yield from metrics

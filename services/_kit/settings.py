@@ -99,7 +99,16 @@ class Settings(BaseSettings):
         "before another consumer of its group claims it (XAUTOCLAIM).",
     )
     event_max_deliveries: int = Field(
-        default=5, ge=1, description="Choreography: deliveries before an event is dead-lettered."
+        default=5,
+        ge=1,
+        description="Choreography: deliveries before an event is dead-lettered (a database, "
+        "broker or network fault is waited out and never counts).",
+    )
+    command_max_deliveries: int = Field(
+        default=5,
+        ge=1,
+        description="Orchestration: failed deliveries before a command is dead-lettered "
+        "(a database, broker or network fault is waited out and never counts).",
     )
     event_trim_interval: float = Field(
         default=60.0,

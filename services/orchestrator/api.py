@@ -12,6 +12,7 @@ from activities.errors import BookNotFound, CustomerNotFound, IdempotencyKeyReus
 from contracts.commands import Line, PlaceOrder, UtcTimestamp
 from engine import SagaStatus
 from engine.history import CANCEL, COMPENSATE, RESUME, RETRY
+from engine.listing import SagaFilter
 from orchestration_pattern.orchestrator import (
     Orchestrator,
     SagaActionRefused,
@@ -19,6 +20,16 @@ from orchestration_pattern.orchestrator import (
     SagaUnknown,
 )
 from services._kit import IdempotencyKeyHeader, OrderIdPath, error_responses
+from services.orchestrator.listing import (
+    CreatedAfterQuery,
+    CreatedBeforeQuery,
+    CursorQuery,
+    FailedStepQuery,
+    LimitQuery,
+    NeedsOperatorQuery,
+    OrderIdPrefixQuery,
+    WorkflowQuery,
+)
 
 router = APIRouter(prefix="/saga", tags=["saga"])
 
@@ -75,6 +86,13 @@ class SagaView(BaseModel):
         "parked: look at it."
     )
     cancel_requested: bool
+    failed_step: str | None = Field(
+        description="The step whose failure made the saga compensate, if one did."
+    )
+    past_pivot: bool = Field(
+        description="The pivot step completed: the saga only goes forward (cancel and "
+        "compensate answer 409)."
+    )
     created_at: UtcTimestamp | None
     updated_at: UtcTimestamp | None
     steps: list[StepView] = Field(default_factory=list)
@@ -88,6 +106,8 @@ class SagaView(BaseModel):
             failure_reason=saga.failure_reason,
             needs_operator=saga.needs_operator,
             cancel_requested=saga.cancel_requested,
+            failed_step=saga.failed_step,
+            past_pivot=saga.past_pivot,
             created_at=saga.created_at,
             updated_at=saga.updated_at,
             steps=[StepView.model_validate(step, from_attributes=True) for step in saga.steps],
@@ -107,7 +127,17 @@ class HistoryEvent(BaseModel):
 
 
 class SagaPage(BaseModel):
-    sagas: list[SagaView]
+    sagas: list[SagaView] = Field(description="Newest first, without their steps.")
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; `null` on the last page."
+    )
+
+
+class SagaStats(BaseModel):
+    by_status: dict[str, int] = Field(
+        description="How many sagas have each status (statuses no saga has are left out)."
+    )
+    needs_operator: int = Field(description="How many sagas are flagged for an operator.")
 
 
 @router.post(
@@ -131,6 +161,18 @@ async def start_saga(
     if not handle.created:
         response.status_code = status.HTTP_200_OK
     return SagaStarted(order_id=handle.workflow_id, saga_id=handle.saga_id, status=handle.status)
+
+
+# Before every /{order_id}... route: Starlette takes the first route that matches, and a
+# one-segment /{order_id} route above this one would answer /saga/stats.
+@router.get(
+    "/stats",
+    response_model=SagaStats,
+    summary="How many sagas have each status, and how many need an operator",
+)
+async def saga_stats(orchestrator: OrchestratorDep) -> SagaStats:
+    counts = await orchestrator.counts()
+    return SagaStats(by_status=dict(counts.by_status), needs_operator=counts.needs_operator)
 
 
 @router.get(
@@ -176,44 +218,35 @@ async def cancel_saga(order_id: OrderIdPath, orchestrator: OrchestratorDep) -> S
     return SagaView.of(await orchestrator.act(order_id, CANCEL, "cancelled"))
 
 
-@router.post(
-    "/{order_id}/retry",
-    status_code=status.HTTP_202_ACCEPTED,
-    response_model=SagaView,
-    responses=_ACTION_ERRORS,
-    summary="Attempt the current step or compensation again now (409 unless running)",
-)
-async def retry_saga(
-    order_id: OrderIdPath, body: OperatorReason, orchestrator: OrchestratorDep
-) -> SagaView:
-    return SagaView.of(await orchestrator.act(order_id, RETRY, body.reason))
+# The operator's actions that take a reason (SPEC §8), each a POST on the saga.
+_ACTIONS = {
+    RETRY: "Attempt the current step or compensation again now (409 unless running)",
+    RESUME: "Replay a PARKED saga with the code deployed now (409 unless parked)",
+    COMPENSATE: "Undo what took effect, in reverse order, and end FAILED (a parked saga, or "
+    "one running before its pivot)",
+}
 
 
-@router.post(
-    "/{order_id}/resume",
-    status_code=status.HTTP_202_ACCEPTED,
-    response_model=SagaView,
-    responses=_ACTION_ERRORS,
-    summary="Replay a PARKED saga with the code deployed now (409 unless parked)",
-)
-async def resume_saga(
-    order_id: OrderIdPath, body: OperatorReason, orchestrator: OrchestratorDep
-) -> SagaView:
-    return SagaView.of(await orchestrator.act(order_id, RESUME, body.reason))
+def _add_action(action: str, summary: str) -> None:
+    async def act(
+        order_id: OrderIdPath, body: OperatorReason, orchestrator: OrchestratorDep
+    ) -> SagaView:
+        return SagaView.of(await orchestrator.act(order_id, action, body.reason))
+
+    act.__name__ = f"{action}_saga"
+    router.add_api_route(
+        f"/{{order_id}}/{action}",
+        act,
+        methods=["POST"],
+        status_code=status.HTTP_202_ACCEPTED,
+        response_model=SagaView,
+        responses=_ACTION_ERRORS,
+        summary=summary,
+    )
 
 
-@router.post(
-    "/{order_id}/compensate",
-    status_code=status.HTTP_202_ACCEPTED,
-    response_model=SagaView,
-    responses=_ACTION_ERRORS,
-    summary="Undo what took effect, in reverse order, and end FAILED (a parked saga, or one "
-    "running before its pivot)",
-)
-async def compensate_saga(
-    order_id: OrderIdPath, body: OperatorReason, orchestrator: OrchestratorDep
-) -> SagaView:
-    return SagaView.of(await orchestrator.act(order_id, COMPENSATE, body.reason))
+for _action, _summary in _ACTIONS.items():
+    _add_action(_action, _summary)
 
 
 @router.get(
@@ -227,11 +260,37 @@ async def saga_history(order_id: OrderIdPath, orchestrator: OrchestratorDep) -> 
     return [HistoryEvent.model_validate(event, from_attributes=True) for event in events]
 
 
-@router.get("", response_model=SagaPage, summary="A page of sagas, newest first")
+@router.get(
+    "",
+    response_model=SagaPage,
+    summary=(
+        "A page of sagas, newest first, by status, operator flag, failed step, workflow, time "
+        "or order id"
+    ),
+)
 async def list_sagas(
     orchestrator: OrchestratorDep,
-    saga_status: Annotated[SagaState | None, Query(alias="status")] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    statuses: Annotated[
+        list[SagaState] | None,
+        Query(alias="status", description="Only sagas with one of these statuses (repeatable)."),
+    ] = None,
+    needs_operator: NeedsOperatorQuery = None,
+    failed_step: FailedStepQuery = None,
+    workflow: WorkflowQuery = None,
+    created_after: CreatedAfterQuery = None,
+    created_before: CreatedBeforeQuery = None,
+    order_id: OrderIdPrefixQuery = None,
+    limit: LimitQuery = 50,
+    cursor: CursorQuery = None,
 ) -> SagaPage:
-    sagas = await orchestrator.list(status=saga_status, limit=limit)
-    return SagaPage(sagas=[SagaView.of(s) for s in sagas])
+    where = SagaFilter(
+        statuses=tuple(statuses or ()),
+        needs_operator=needs_operator,
+        failed_step=failed_step,
+        workflow=workflow,
+        created_after=created_after,
+        created_before=created_before,
+        order_id_prefix=order_id,
+    )
+    page = await orchestrator.list(where, cursor=cursor, limit=limit)
+    return SagaPage(sagas=[SagaView.of(s) for s in page.sagas], next_cursor=page.next_cursor)

@@ -14,13 +14,34 @@ from fastapi import FastAPI
 from prometheus_client.core import Metric
 
 from activities.db import Database
+from engine import Engine
 from engine.adapters.rabbitmq import RabbitMQTransport
+from engine.observer import SagaObserver
 from engine.ports import Transport
 from orchestration_pattern.metrics import PrometheusSagaObserver, sagas_needing_operator
 from orchestration_pattern.orchestrator import Orchestrator, build_engine, in_process_transport
 from services._kit import Settings, create_app, failpoints, get_settings
 from services._kit.app import LATENCY_BUCKETS
 from services.orchestrator.api import router
+
+
+def engine_for(
+    settings: Settings, db: Database, transport: Transport, *, observer: SagaObserver | None = None
+) -> Engine:
+    """The engine of an orchestrator process configured by ``settings`` (the failure point of
+    the test profile included, when one is armed)."""
+    return build_engine(
+        db,
+        transport,
+        lease_seconds=settings.lease_seconds,
+        compensation_alert_attempts=settings.compensation_alert_attempts,
+        step_timeout=settings.request_timeout,
+        saga_deadline=settings.saga_deadline,
+        step_retry=settings.step_retry,
+        compensation_retry=settings.compensation_retry,
+        observer=observer,
+        history_hook=failpoints.history_hook(),
+    )
 
 
 def build_app(settings: Settings | None = None, *, database: Database | None = None) -> FastAPI:
@@ -43,18 +64,7 @@ def build_app(settings: Settings | None = None, *, database: Database | None = N
 
                 app.state.health_checks["rabbitmq"] = broker_up
             observer = PrometheusSagaObserver(app.state.metrics, buckets=LATENCY_BUCKETS)
-            engine = build_engine(
-                db,
-                transport,
-                lease_seconds=settings.lease_seconds,
-                compensation_alert_attempts=settings.compensation_alert_attempts,
-                step_timeout=settings.request_timeout,
-                saga_deadline=settings.saga_deadline,
-                step_retry=settings.step_retry,
-                compensation_retry=settings.compensation_retry,
-                observer=observer,
-                history_hook=failpoints.history_hook(),
-            )
+            engine = engine_for(settings, db, transport, observer=observer)
             observer.track_running(lambda: engine.running)
 
             async def operator_flags() -> list[Metric]:

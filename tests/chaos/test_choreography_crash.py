@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from decimal import Decimal
 
 import httpx
 import pytest
 import redis.asyncio as aioredis
-import sqlalchemy as sa
-from choreography_support import choreography_deployment, finished, sync_engine
+from choreography_support import choreography_deployment, finished
 from conftest import TEST_REDIS_URL, until
 from processes import Deployment
 from shop import Shop, order
@@ -37,24 +36,6 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         "cloudmart_test_choreography_chaos", tmp_path_factory.mktemp("choreography-chaos")
     ) as deployed:
         yield deployed
-
-
-@pytest.fixture(scope="module")
-def sql(deployment: Deployment) -> Iterator[sa.Engine]:
-    engine = sync_engine(deployment)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def shop(sql: sa.Engine) -> Shop:
-    return Shop(sql, pattern="choreography")
-
-
-@pytest.fixture
-async def api(deployment: Deployment) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=deployment.url("order"), timeout=30) as client:
-        yield client
 
 
 def restart_with(deployment: Deployment, name: str, failpoint: str | None) -> None:

@@ -32,11 +32,10 @@ from faults.scenario import (
     invariants_hold,
     retried_steps,
     scenario,
-    sync_engine,
 )
 from faults.servers import OwnMariaDB, OwnRabbitMQ, OwnRedis
 from processes import Deployment
-from shop import US
+from shop import US, sync_engine
 
 from activities.db import create_engine
 from cloudmart.schema import create_schema

@@ -28,10 +28,10 @@ from faults.scenario import (
     baseline,
     invariants_hold,
     scenario,
-    sync_engine,
 )
 from processes import Deployment
 from rabbitmq_support import delete_topology
+from shop import sync_engine
 
 from activities.db import create_engine
 from cloudmart.schema import create_schema
@@ -66,10 +66,7 @@ def deployment(proxy: FaultProxy, tmp_path_factory: pytest.TempPathFactory) -> I
         await engine.dispose()
 
     asyncio.run(create())
-    broker = urlsplit(TEST_RABBITMQ_URL)
-    login, _, _ = broker.netloc.rpartition("@")
-    host = f"{proxy.address[0]}:{proxy.port}"
-    rabbitmq_url = broker._replace(netloc=f"{login}@{host}" if login else host).geturl()
+    rabbitmq_url = proxy.through(TEST_RABBITMQ_URL)
     deployed = Deployment(
         database_url=url,
         namespace=f"infra-{uuid.uuid4().hex[:8]}",

@@ -45,7 +45,7 @@ from orchestration_support import (
     wait_terminal,
 )
 from processes import Deployment
-from shop import JP, US, Shop, order, sync_engine
+from shop import JP, US, Shop, order
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from activities.orders import order_id_for
@@ -76,18 +76,6 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         CLOUDMART_COMPENSATION_ALERT_ATTEMPTS="3",
     ) as deployed:
         yield deployed
-
-
-@pytest.fixture(scope="module")
-def sql(deployment: Deployment) -> Iterator[sa.Engine]:
-    engine = sync_engine(deployment.database_url)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def shop(sql: sa.Engine) -> Shop:
-    return Shop(sql)
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ pivot and healed once an attempt to complete the order failed after the deadline
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from decimal import Decimal
 from urllib.parse import urlsplit
 
@@ -16,7 +16,7 @@ from faults.proxy import FaultProxy
 from orchestration_support import orchestration_deployment
 from processes import Deployment
 from seed_scenarios import attempted_past_its_deadline, held_past_the_pivot, saga_finished
-from shop import Shop, sync_engine
+from shop import Shop
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.mysql, pytest.mark.rabbitmq]
 
@@ -43,25 +43,9 @@ def deployment(proxy: FaultProxy, tmp_path_factory: pytest.TempPathFactory) -> I
         CLOUDMART_LEASE_SECONDS="3",
         CLOUDMART_SAGA_DEADLINE=str(DEADLINE),
     ) as deployment:
-        broker = urlsplit(TEST_RABBITMQ_URL)
-        login, _, _ = broker.netloc.rpartition("@")
-        host = f"{proxy.address[0]}:{proxy.port}"
-        proxied = broker._replace(netloc=f"{login}@{host}" if login else host).geturl()
+        proxied = proxy.through(TEST_RABBITMQ_URL)
         deployment.restart("orchestrator", env={"CLOUDMART_RABBITMQ_URL": proxied})
         yield deployment
-
-
-@pytest.fixture
-async def api(deployment: Deployment) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=deployment.url("orchestrator"), timeout=30) as client:
-        yield client
-
-
-@pytest.fixture
-def shop(deployment: Deployment) -> Iterator[Shop]:
-    engine = sync_engine(deployment.database_url)
-    yield Shop(engine)
-    engine.dispose()
 
 
 async def test_the_broker_away_across_the_deadline_after_the_pivot_completes_the_saga(

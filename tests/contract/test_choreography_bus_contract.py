@@ -2,7 +2,8 @@
 
 Each test names what every adapter must do: fan-out per group, at-least-once delivery with
 redelivery of failed entries, dead-lettering after too many deliveries, malformed entries
-dead-lettered at once without stopping the consumer, and type filtering.
+dead-lettered at once without stopping the consumer, infrastructure faults waited out without
+counting a delivery, and type filtering.
 """
 
 from __future__ import annotations
@@ -10,12 +11,15 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 from conftest import TEST_REDIS_URL, until
+from sqlalchemy import exc as sa_exc
 
+from activities.faults import DATABASE, Backoff, Outages
 from choreography_pattern import Event, InMemoryEventBus
 from choreography_pattern import events as ev
 from choreography_pattern.redis_bus import RedisEventBus
@@ -24,7 +28,7 @@ from choreography_pattern.redis_bus import RedisEventBus
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
 async def bus(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
     if request.param == "memory":
-        yield InMemoryEventBus(max_deliveries=3, retry_delay=0.01)
+        yield InMemoryEventBus(max_deliveries=3, retry_delay=0.01, outages=fast_outages())
         return
     async with redis_bus_and_client() as (redis_bus, _client):
         yield redis_bus
@@ -36,7 +40,12 @@ async def redis_bus_and_client() -> AsyncIterator[tuple[RedisEventBus, aioredis.
     deleted afterwards."""
     namespace = f"test-bus-{uuid.uuid4().hex[:8]}"
     redis_bus = RedisEventBus.from_url(
-        TEST_REDIS_URL, namespace, claim_idle=0.1, max_deliveries=3, block=0.1
+        TEST_REDIS_URL,
+        namespace,
+        claim_idle=0.1,
+        max_deliveries=3,
+        block=0.1,
+        outages=fast_outages(),
     )
     client = aioredis.Redis.from_url(TEST_REDIS_URL)
     try:
@@ -47,6 +56,14 @@ async def redis_bus_and_client() -> AsyncIterator[tuple[RedisEventBus, aioredis.
             await client.delete(*keys)
         await client.aclose()
         await redis_bus.aclose()
+
+
+def fast_outages() -> Outages:
+    return Outages(backoff=Backoff(initial=0.01, maximum=0.05))
+
+
+def database_away_error() -> Exception:
+    return sa_exc.OperationalError("SELECT 1", {}, Exception("Can't connect to MySQL server"))
 
 
 def created(order_id: str | None = None) -> Event:
@@ -97,6 +114,28 @@ async def test_a_failing_handler_gets_the_event_again_until_it_succeeds(bus: Any
     assert await bus.dead_letters("g") == []
 
 
+async def test_an_infrastructure_fault_is_waited_out_without_counting_a_delivery(
+    bus: Any,
+) -> None:
+    # Failing on the database more often than max_deliveries (3) allows, for longer than
+    # claim_idle (Redis: 0.1 s): held and run again until it succeeds, never dead-lettered.
+    attempts: list[int] = []
+
+    async def database_down_for_a_while(event: Event) -> None:
+        attempts.append(1)
+        if len(attempts) <= 8:
+            raise database_away_error()
+
+    async with bus.consumer("g", database_down_for_a_while) as stats:
+        await bus.publish([created()])
+        await until(lambda: stats.handled == 1, timeout=15)
+    assert len(attempts) == 9
+    assert (stats.failed, stats.dead_lettered, stats.claimed) == (0, 0, 0)
+    assert bus.outages.retries[DATABASE] == 8 and bus.outages.waiting[DATABASE] == 0
+    assert not bus.outages.is_down(DATABASE)
+    assert await bus.dead_letters("g") == []
+
+
 async def test_an_event_that_always_fails_is_dead_lettered_and_counted(bus: Any) -> None:
     async def broken(event: Event) -> None:
         raise RuntimeError("cannot handle")
@@ -108,6 +147,9 @@ async def test_an_event_that_always_fails_is_dead_lettered_and_counted(bus: Any)
     dead = await bus.dead_letters("g")
     assert [d["event_id"] for d in dead] == [event.event_id]
     assert "cannot handle" in dead[0]["dead_reason"] or "too many" in dead[0]["dead_reason"]
+    # what `cloudmart dead-letters list` shows
+    assert dead[0]["dead_group"] == "g" and int(dead[0]["dead_deliveries"]) >= 3
+    assert datetime.fromisoformat(dead[0]["dead_at"]).tzinfo is not None
 
 
 async def test_a_malformed_entry_is_dead_lettered_at_once_and_the_consumer_goes_on(
@@ -180,3 +222,78 @@ async def test_redis_consumer_recreates_its_group_when_the_stream_was_lost() -> 
             await until(lambda: got == [before.event_id, after.event_id])
         groups = await client.xinfo_groups(redis_bus.stream)
         assert [g["name"] for g in groups] == [b"g"]
+
+
+@pytest.mark.redis
+async def test_redis_keeps_an_entry_held_through_a_fault_at_its_first_delivery() -> None:
+    # Held longer than claim_idle, the entry is claimed again by its own consumer with
+    # JUSTID, which counts nothing: when the fault heals it is still at its first delivery.
+    deliveries_seen: list[int] = []
+
+    async with redis_bus_and_client() as (redis_bus, client):
+
+        async def handler(event: Event) -> None:
+            pending = await client.xpending_range(redis_bus.stream, "g", "-", "+", 10)
+            deliveries_seen.append(int(pending[0]["times_delivered"]))
+            if len(deliveries_seen) <= 10:
+                raise database_away_error()
+
+        async with redis_bus.consumer("g", handler) as stats:
+            await redis_bus.publish([created()])
+            await until(lambda: stats.handled == 1, timeout=15)
+        assert set(deliveries_seen) == {1}
+        assert await redis_bus.dead_letters("g") == []
+
+
+@pytest.mark.redis
+async def test_redis_redrive_publishes_a_dead_letter_again_once_and_deletes_it() -> None:
+    calls: list[str] = []
+    broken = True
+
+    async def handler(event: Event) -> None:
+        calls.append(event.event_id)
+        if broken:
+            raise RuntimeError("a bug")
+
+    async with redis_bus_and_client() as (redis_bus, _client):
+        event = created()
+        async with redis_bus.consumer("g", handler) as stats:
+            await redis_bus.publish([event])
+            await until(lambda: stats.dead_lettered == 1, timeout=15)
+            [(dead_id, _fields)] = await redis_bus.dead_letter_entries("g")
+            broken = False
+            calls.clear()
+            assert await redis_bus.redrive("g", dead_id) is not None
+            await until(lambda: stats.handled == 1, timeout=15)
+        assert calls == [event.event_id]
+        assert await redis_bus.dead_letters("g") == []
+        assert await redis_bus.redrive("g", dead_id) is None  # gone: nothing to put back
+
+
+@pytest.mark.redis
+async def test_redis_a_consumer_stopping_on_a_fault_leaves_its_entry_uncounted() -> None:
+    # A service restarted during an outage: the next consumer claims the entry it held and
+    # runs it, not counting the stop as a failed delivery (here one counted failure too many
+    # would dead-letter it: max_deliveries=1).
+    async with redis_bus_and_client() as (redis_bus, client):
+        strict = RedisEventBus(
+            redis_bus.client, redis_bus.namespace, claim_idle=0.1, max_deliveries=1, block=0.1
+        )
+        strict.outages = fast_outages()
+
+        async def database_away(event: Event) -> None:
+            raise database_away_error()
+
+        deliveries_seen: list[int] = []
+
+        async def healthy(event: Event) -> None:
+            pending = await client.xpending_range(strict.stream, "g", "-", "+", 10)
+            deliveries_seen.append(int(pending[0]["times_delivered"]))
+
+        async with strict.consumer("g", database_away):
+            await strict.publish([created()])
+            await until(lambda: strict.outages.retries[DATABASE] >= 3, timeout=10)
+        async with strict.consumer("g", healthy) as stats:
+            await until(lambda: stats.handled == 1, timeout=15)
+        assert deliveries_seen == [1]
+        assert stats.dead_lettered == 0 and await strict.dead_letters("g") == []

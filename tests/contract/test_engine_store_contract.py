@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import mysql_database_url
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from engine.adapters import InMemoryHistoryStore, SqlHistoryStore
@@ -21,6 +25,7 @@ from engine.errors import (
     SagaNotFound,
 )
 from engine.history import Event, Projection, SagaRecord
+from engine.listing import SagaFilter, SagaPosition
 from engine.ports import HistoryStore
 
 T0 = datetime(2030, 1, 1, 12, 0, 0, 123456)
@@ -379,7 +384,7 @@ async def test_get_and_list_by_status(store: HistoryStore) -> None:
     assert (await store.get("order-2")).failure_reason == "why"  # type: ignore[union-attr]
     assert await store.get("order-9") is None
     assert [r.saga_id for r in await store.list()] == ["saga-3", "saga-2", "saga-1"]
-    failed = await store.list(status="FAILED")
+    failed = await store.list(SagaFilter(statuses=("FAILED",)))
     assert [(r.saga_id, r.needs_operator, r.compensation_attempts) for r in failed] == [
         ("saga-2", True, 3)
     ]
@@ -431,3 +436,228 @@ async def test_concurrent_appends_commit_together_and_a_stale_one_is_refused_alo
     for n in range(1, 9):
         _, events = await store.load(f"saga-{n}")
         assert len(events) == (1 if n == 5 else 3)
+
+
+# -- listing: filters, order, keyset pages, counts ----------------------------------------------
+
+
+async def listed(
+    store: HistoryStore,
+    saga_id: str,
+    *,
+    order_id: str | None = None,
+    created_at: datetime = T0,
+    status: str = "STARTED",
+    workflow: str = "wf",
+    needs_operator: bool = False,
+    failed_step: str | None = None,
+) -> SagaRecord:
+    """A saga stored with these listing fields (the flag and the failed step are set through
+    an append, as the runtime sets them)."""
+    row = dataclasses.replace(
+        record(),
+        saga_id=saga_id,
+        workflow_id=order_id or f"order-{saga_id}",
+        workflow_name=workflow,
+        status=status,
+        created_at=created_at,
+        updated_at=created_at,
+    )
+    stored, created = await store.create(row, [ev(0, "WorkflowStarted")])
+    assert created
+    if needs_operator or failed_step:
+        await store.append(
+            saga_id,
+            [ev(1)],
+            expected_seq=1,
+            version=1,
+            owner="a",
+            projection=Projection(
+                status=status, needs_operator=needs_operator, failed_step=failed_step
+            ),
+        )
+    return stored
+
+
+async def test_list_filters_by_each_field_and_by_all_together(store: HistoryStore) -> None:
+    t = [T0 + timedelta(minutes=m) for m in range(5)]
+    await listed(store, "s0", order_id="ab-1", created_at=t[0], status="COMPLETED")
+    await listed(
+        store, "s1", order_id="ab_2", created_at=t[1], status="FAILED", failed_step="pay.take"
+    )
+    await listed(
+        store, "s2", order_id="aB-3", created_at=t[2], status="PARKED", needs_operator=True
+    )
+    await listed(
+        store,
+        "s3",
+        order_id="abc",
+        created_at=t[3],
+        status="COMPENSATION_STARTED",
+        workflow="restock",
+        needs_operator=True,
+        failed_step="ship.arrange",
+    )
+    await listed(store, "s4", order_id="xab", created_at=t[4], status="COMPLETED")
+
+    async def ids(**fields: object) -> list[str]:
+        return [r.saga_id for r in await store.list(SagaFilter(**fields))]  # type: ignore[arg-type]
+
+    assert await ids() == ["s4", "s3", "s2", "s1", "s0"]
+    assert await ids(statuses=("COMPLETED",)) == ["s4", "s0"]
+    assert await ids(statuses=("FAILED", "PARKED")) == ["s2", "s1"]
+    assert await ids(needs_operator=True) == ["s3", "s2"]
+    assert await ids(needs_operator=False) == ["s4", "s1", "s0"]
+    assert await ids(workflow="restock") == ["s3"]
+    assert await ids(failed_step="pay.take") == ["s1"]
+    assert await ids(failed_step="ship.arrange") == ["s3"]
+    assert await ids(failed_step="pay") == []
+    # created_after is inclusive, created_before exclusive: windows tile.
+    assert await ids(created_after=t[1], created_before=t[3]) == ["s2", "s1"]
+    assert await ids(created_after=t[3]) == ["s4", "s3"]
+    assert await ids(created_before=t[1]) == ["s0"]
+    # A prefix is case-sensitive and literal: "_" and "-" are characters, not wildcards.
+    assert await ids(order_id_prefix="ab") == ["s3", "s1", "s0"]
+    assert await ids(order_id_prefix="ab_") == ["s1"]
+    assert await ids(order_id_prefix="aB") == ["s2"]
+    assert await ids(order_id_prefix="abc") == ["s3"]
+    assert await ids(order_id_prefix="b") == []
+    assert await ids(
+        statuses=("COMPLETED", "FAILED"), needs_operator=False, order_id_prefix="ab"
+    ) == ["s1", "s0"]
+
+
+async def test_sagas_sharing_a_created_at_page_in_saga_id_order_without_repeats(
+    store: HistoryStore,
+) -> None:
+    for n in range(7):
+        await listed(store, f"s{n}", created_at=T0)
+    await listed(store, "later", created_at=T0 + timedelta(microseconds=1))
+    first = await store.list(limit=3)
+    assert [r.saga_id for r in first] == ["later", "s6", "s5"]
+    last = first[-1]
+    assert last.created_at is not None
+    rest = await store.list(after=SagaPosition(last.created_at, last.saga_id), limit=10)
+    assert [r.saga_id for r in rest] == ["s4", "s3", "s2", "s1", "s0"]
+
+
+async def test_counts_group_sagas_by_status_and_count_the_operator_flag(
+    store: HistoryStore,
+) -> None:
+    empty = await store.counts()
+    assert (dict(empty.by_status), empty.needs_operator) == ({}, 0)
+    await listed(store, "s0", status="COMPLETED")
+    await listed(store, "s1", status="COMPLETED")
+    await listed(store, "s2", status="PARKED", needs_operator=True)
+    await listed(store, "s3", status="COMPENSATION_STARTED", needs_operator=True)
+    await listed(store, "s4", status="COMPENSATION_STARTED")
+    counts = await store.counts()
+    assert dict(counts.by_status) == {"COMPLETED": 2, "PARKED": 1, "COMPENSATION_STARTED": 2}
+    assert counts.needs_operator == 2
+
+
+_STATUSES = ("STARTED", "COMPLETED", "FAILED", "PARKED")
+_STEPS = ("order.create", "stock.reserve")
+_examples = itertools.count()
+
+
+@st.composite
+def listings(draw: st.DrawFn) -> tuple[list[dict[str, Any]], SagaFilter, int]:
+    """A set of sagas (few distinct times, so many share one), a filter and a page size."""
+    sagas = draw(
+        st.lists(
+            st.fixed_dictionaries(
+                {
+                    "created_at": st.integers(0, 4).map(lambda s: T0 + timedelta(seconds=s)),
+                    "status": st.sampled_from(_STATUSES),
+                    "needs_operator": st.booleans(),
+                    "failed_step": st.none() | st.sampled_from(_STEPS),
+                    "order_id": st.text("ab_-", min_size=1, max_size=4),
+                }
+            ),
+            max_size=25,
+        )
+    )
+    where = SagaFilter(
+        statuses=tuple(draw(st.lists(st.sampled_from(_STATUSES), max_size=2, unique=True))),
+        needs_operator=draw(st.none() | st.booleans()),
+        failed_step=draw(st.none() | st.sampled_from(_STEPS)),
+        created_after=draw(st.none() | st.integers(0, 4).map(lambda s: T0 + timedelta(seconds=s))),
+        created_before=draw(st.none() | st.integers(0, 5).map(lambda s: T0 + timedelta(seconds=s))),
+        order_id_prefix=draw(st.none() | st.text("ab_-", min_size=1, max_size=2)),
+    )
+    return sagas, where, draw(st.integers(1, 6))
+
+
+def _expected(rows: list[SagaRecord], where: SagaFilter) -> list[str]:
+    """What the listing must yield, computed apart from either store."""
+    chosen = [
+        r
+        for r in rows
+        if (not where.statuses or r.status in where.statuses)
+        and (where.needs_operator is None or r.needs_operator == where.needs_operator)
+        and (where.failed_step is None or r.failed_step == where.failed_step)
+        and (where.created_after is None or r.created_at >= where.created_after)  # type: ignore[operator]
+        and (where.created_before is None or r.created_at < where.created_before)  # type: ignore[operator]
+        and (where.order_id_prefix is None or r.workflow_id.startswith(where.order_id_prefix))
+    ]
+    chosen.sort(key=lambda r: (r.created_at, r.saga_id), reverse=True)
+    return [r.saga_id for r in chosen]
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(listings())
+async def test_following_pages_yields_every_matching_saga_once_in_order(
+    store: HistoryStore, listing: tuple[list[dict[str, Any]], SagaFilter, int]
+) -> None:
+    """However many sagas share a time, and while newer ones are created between pages."""
+    sagas, where, limit = listing
+    # The store outlives the examples: each example's sagas have a workflow of their own.
+    example = next(_examples)
+    workflow = f"wf-{example}"
+    where = dataclasses.replace(where, workflow=workflow)
+    rows = []
+    for n, fields in enumerate(sagas):
+        stored = await listed(
+            store,
+            f"e{example}-{n:02}",
+            order_id=f"{fields['order_id']}{example}.{n}",
+            created_at=fields["created_at"],
+            status=fields["status"],
+            workflow=workflow,
+            needs_operator=fields["needs_operator"],
+            failed_step=fields["failed_step"],
+        )
+        rows.append(
+            dataclasses.replace(
+                stored,
+                needs_operator=fields["needs_operator"],
+                failed_step=fields["failed_step"],
+            )
+        )
+    expected = _expected(rows, where)
+    seen: list[str] = []
+    after: SagaPosition | None = None
+    for page_number in itertools.count():
+        assert page_number <= len(sagas), "the pages do not end"
+        page = await store.list(where, after=after, limit=limit)
+        assert len(page) <= limit
+        seen.extend(r.saga_id for r in page)
+        if len(page) < limit:
+            break
+        last = page[-1]
+        assert last.created_at is not None
+        after = SagaPosition(last.created_at, last.saga_id)
+        # A saga created now is newer than any position handed out: never on a later page.
+        await listed(
+            store,
+            f"e{example}-new{page_number}",
+            order_id=f"a{example}.new{page_number}",
+            workflow=workflow,
+            created_at=T0 + timedelta(minutes=1 + page_number),
+        )
+    assert seen == expected

@@ -36,6 +36,7 @@ import time
 from collections.abc import Coroutine
 from types import TracebackType
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 T = TypeVar("T")
 
@@ -138,6 +139,14 @@ class FaultProxy:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+    def through(self, url: str) -> str:
+        """``url`` (``scheme://[login@]host:port/...``) with this proxy in place of its host and
+        port, so that a client configured with it connects through the proxy."""
+        parts = urlsplit(url)
+        login, _, _ = parts.netloc.rpartition("@")
+        host = f"{self.address[0]}:{self.port}"
+        return parts._replace(netloc=f"{login}@{host}" if login else host).geturl()
 
     @property
     def address(self) -> tuple[str, int]:

@@ -18,12 +18,6 @@ from cloudmart.check import Baseline, CheckReport, check_connection, snapshot_co
 HEAL_DEADLINE = 60.0  # every saga terminal within this long after the last fault healed
 
 
-def sync_engine(database_url: str) -> sa.Engine:
-    """A plain engine on the deployment's database that survives the server's restarts."""
-    url = sa.engine.make_url(database_url).set(drivername="mysql+pymysql")
-    return sa.create_engine(url, pool_pre_ping=True)
-
-
 def scenario(sql: sa.Engine, *, pattern: str, count: int) -> tuple[Shop, list[dict[str, Any]]]:
     """Books and customers of one scenario, and ``count`` orders: every 10th cannot ship (US)."""
     shop = Shop(sql, pattern=pattern)

@@ -12,8 +12,7 @@ from decimal import Decimal
 
 import httpx
 import pytest
-import sqlalchemy as sa
-from choreography_support import choreography_deployment, finished, start, sync_engine
+from choreography_support import choreography_deployment, finished, start
 from conftest import TEST_REDIS_URL, until
 from processes import Deployment
 from seed_scenarios import CHOREOGRAPHY, SeedScenarios
@@ -33,27 +32,6 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         "cloudmart_test_choreography", tmp_path_factory.mktemp("choreography")
     ) as deployed:
         yield deployed
-
-
-@pytest.fixture(scope="module")
-def sql(deployment: Deployment) -> Iterator[sa.Engine]:
-    engine = sync_engine(deployment)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-async def api(deployment: Deployment) -> AsyncIterator[httpx.AsyncClient]:
-    limits = httpx.Limits(max_connections=64)
-    async with httpx.AsyncClient(
-        base_url=deployment.url("order"), timeout=30, limits=limits
-    ) as client:
-        yield client
-
-
-@pytest.fixture
-def shop(sql: sa.Engine) -> Shop:
-    return Shop(sql, pattern="choreography")
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from conftest import TEST_RABBITMQ_URL, until
 from processes import Deployment, deployed
 from prometheus_client.parser import text_string_to_metric_families
-from shop import US, Shop, order, sync_engine
+from shop import US, Shop, order
 
 from engine.adapters import amqp_names
 from services._kit.roster import SERVICE_NAMES
@@ -49,13 +49,6 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         yield deployment
 
 
-@pytest.fixture(scope="module")
-def shop(deployment: Deployment) -> Iterator[Shop]:
-    engine = sync_engine(deployment.database_url)
-    yield Shop(engine)
-    engine.dispose()
-
-
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(timeout=30) as http:
@@ -86,9 +79,9 @@ def log_lines(deployment: Deployment, name: str) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def sagas(deployment: Deployment, shop: Shop) -> dict[str, str]:
+def sagas(deployment: Deployment, sql: sa.Engine) -> dict[str, str]:
     """Two orders that complete and one that fails at shipping (country US), run to the end."""
-    return asyncio.run(_run_sagas(deployment, shop))
+    return asyncio.run(_run_sagas(deployment, Shop(sql)))
 
 
 async def _run_sagas(deployment: Deployment, shop: Shop) -> dict[str, str]:

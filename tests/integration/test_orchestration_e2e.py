@@ -8,20 +8,19 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from decimal import Decimal
 
 import aio_pika
 import httpx
 import pytest
-import sqlalchemy as sa
 from conftest import TEST_RABBITMQ_URL, until
 from processes import Deployment, deployed
 from rabbitmq_support import message_count
 from seed_scenarios import ORCHESTRATION, SeedScenarios
 from seed_scenarios import saga_finished as finished
 from seed_scenarios import saga_start as start
-from shop import Shop, order, sync_engine
+from shop import Shop, order
 
 from engine.adapters import amqp_names
 
@@ -39,27 +38,6 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         CLOUDMART_LEASE_SECONDS="3",
     ) as deployment:
         yield deployment
-
-
-@pytest.fixture(scope="module")
-def sql(deployment: Deployment) -> Iterator[sa.Engine]:
-    engine = sync_engine(deployment.database_url)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-async def api(deployment: Deployment) -> AsyncIterator[httpx.AsyncClient]:
-    limits = httpx.Limits(max_connections=64)
-    async with httpx.AsyncClient(
-        base_url=deployment.url("orchestrator"), timeout=30, limits=limits
-    ) as client:
-        yield client
-
-
-@pytest.fixture
-def shop(sql: sa.Engine) -> Shop:
-    return Shop(sql)
 
 
 class TestSeedScenarios(SeedScenarios):

@@ -4,7 +4,7 @@ through the REST API (SPEC §8)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from decimal import Decimal
 
 import httpx
@@ -20,7 +20,7 @@ from seed_scenarios import (
 )
 from seed_scenarios import saga_finished as finished
 from seed_scenarios import saga_start as start
-from shop import Shop, order, sync_engine
+from shop import Shop, order
 
 pytestmark = [pytest.mark.mysql, pytest.mark.rabbitmq, pytest.mark.slow]
 
@@ -39,24 +39,6 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         CLOUDMART_SAGA_DEADLINE=str(DEADLINE),
     ) as deployment:
         yield deployment
-
-
-@pytest.fixture(scope="module")
-def sql(deployment: Deployment) -> Iterator[sa.Engine]:
-    engine = sync_engine(deployment.database_url)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-async def api(deployment: Deployment) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=deployment.url("orchestrator"), timeout=30) as client:
-        yield client
-
-
-@pytest.fixture
-def shop(sql: sa.Engine) -> Shop:
-    return Shop(sql)
 
 
 async def test_cancel_past_the_pivot_is_refused_and_the_saga_completes(

@@ -10,6 +10,7 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Any
 
 import aio_pika
@@ -23,13 +24,21 @@ from rabbitmq_support import (
     rabbitmq_transport_pair,
     unique_namespace,
 )
+from sqlalchemy import exc as sa_exc
 
 from activities.errors import ReservationShipped, StockUnavailable
+from activities.faults import DATABASE, Backoff, Outages
 from engine.adapters import amqp_names as names
 from engine.adapters.memory_transport import current_request
 from engine.adapters.rabbitmq import RabbitMQTransport
 from engine.errors import RemoteError, StepTimeout, TransportError
-from services._kit.command_server import CommandHandler, RabbitMQCommandServer
+from services._kit.command_server import (
+    DEAD_AT_HEADER,
+    ERROR_HEADER,
+    QUEUE_HEADER,
+    CommandHandler,
+    RabbitMQCommandServer,
+)
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.timeout(30)]
 
@@ -217,8 +226,75 @@ async def test_poison_command_is_dead_lettered_after_max_deliveries_while_others
     assert await message_count(URL, dead) == 1
     dead_message = await _get_one(dead)
     assert dead_message.headers[names.IDEMPOTENCY_KEY_HEADER] == "poison"
-    assert dead_message.headers[names.DELIVERIES_HEADER] == 2  # two failures before the last
-    assert "x-death" in dead_message.headers
+    # what `cloudmart dead-letters list` shows: deliveries, the last error, when, and where from
+    assert dead_message.headers[names.DELIVERIES_HEADER] == 3
+    assert dead_message.headers[ERROR_HEADER] == "RuntimeError: database is down"
+    assert datetime.fromisoformat(str(dead_message.headers[DEAD_AT_HEADER])).tzinfo is not None
+    assert dead_message.headers[QUEUE_HEADER] == names.command_queue(namespace, SERVICE)
+
+
+async def test_an_infrastructure_fault_is_waited_out_without_counting_a_delivery(
+    namespace: str, transport: RabbitMQTransport
+) -> None:
+    # The database is away for more attempts than the delivery limit allows: the command is
+    # held and tried again until it succeeds, and never reaches the dead-letter queue.
+    calls = 0
+
+    async def handler(
+        method: str, payload: dict[str, Any], headers: dict[str, str]
+    ) -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        if calls <= 6:
+            raise sa_exc.OperationalError("SELECT 1", {}, Exception("Can't connect to MySQL"))
+        return {"n": payload["n"]}
+
+    outages = Outages(backoff=Backoff(initial=0.01, maximum=0.05))
+    async with server(namespace, handler, max_deliveries=2, outages=outages) as srv:
+        reply = await transport.request(
+            SERVICE, "reserve_stock", {"n": 5}, timeout=10, idempotency_key="k"
+        )
+        assert outages.is_down(DATABASE) is False  # restored by the attempt that succeeded
+
+    assert reply == {"n": 5}
+    assert calls == 7
+    assert outages.retries[DATABASE] == 6 and outages.outages[DATABASE] == 1
+    assert outages.waiting[DATABASE] == 0
+    assert (srv.stats.failures, srv.stats.retried, srv.stats.dead_lettered) == (0, 0, 0)
+    assert await message_count(URL, names.dead_letter_queue(namespace, SERVICE)) == 0
+
+
+async def test_a_command_held_on_a_fault_goes_back_uncounted_when_its_server_closes(
+    namespace: str, transport: RabbitMQTransport
+) -> None:
+    # A service restarted during an outage (its health check failing, say): the command it
+    # was holding is put back as it came, and the next server runs it at its first delivery.
+    async def database_away(
+        method: str, payload: dict[str, Any], headers: dict[str, str]
+    ) -> dict[str, Any]:
+        raise sa_exc.OperationalError("SELECT 1", {}, Exception("Can't connect to MySQL"))
+
+    seen: list[dict[str, Any]] = []
+
+    async def healthy(
+        method: str, payload: dict[str, Any], headers: dict[str, str]
+    ) -> dict[str, Any]:
+        seen.append(payload)
+        return {"n": payload["n"]}
+
+    outages = Outages(backoff=Backoff(initial=0.01, maximum=0.05))
+    first = server(namespace, database_away, max_deliveries=1, outages=outages)
+    await first.start()
+    pending = asyncio.create_task(
+        transport.request(SERVICE, "reserve_stock", {"n": 3}, timeout=15, idempotency_key="k")
+    )
+    await until(lambda: outages.retries[DATABASE] >= 3, timeout=10)
+    await first.close(drain_timeout=0)
+    async with server(namespace, healthy, max_deliveries=1) as second:
+        assert await pending == {"n": 3}
+    assert seen == [{"n": 3}]  # max_deliveries=1: one counted delivery would have been fatal
+    assert (second.stats.failures, second.stats.dead_lettered) == (0, 0)
+    assert await message_count(URL, names.dead_letter_queue(namespace, SERVICE)) == 0
 
 
 async def test_malformed_message_goes_to_the_dead_letter_queue(namespace: str) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from conftest import mysql_database_url
 from domain_data import clean, order
 from fastapi import FastAPI
@@ -358,3 +359,19 @@ async def test_services_can_share_one_database_and_leave_it_open(sqlite_settings
     assert apps[0].state.db is apps[1].state.db is shared
     assert await shared.ping()  # not disposed by the apps
     await shared.dispose()
+
+
+async def test_an_outage_is_logged_once_however_often_health_and_routes_meet_it() -> None:
+    app = build_service_app("order", settings_for(closed_port_url()))
+    with structlog.testing.capture_logs() as logs:
+        async with running(app) as client:
+            for _ in range(20):
+                assert (await client.get("/health")).status_code == 503
+                assert (await client.get("/orders/o-1")).status_code == 503
+            metrics = (await client.get("/metrics")).text
+
+    said = [entry["event"] for entry in logs if entry["event"] != "http.request"]
+    assert said.count("dependency.lost") == 1, said
+    assert not [event for event in said if "failed" in event or "unavailable" in event], said
+    assert 'cloudmart_dependency_down{dependency="database"} 1.0' in metrics
+    assert 'cloudmart_dependency_outages_total{dependency="database"} 1.0' in metrics

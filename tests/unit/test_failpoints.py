@@ -187,23 +187,13 @@ async def test_the_history_store_passes_by_failpoints_only_when_one_is_armed(
 ) -> None:
     from activities.db import Database
     from engine.adapters import InMemoryTransport, SqlHistoryStore
-    from orchestration_pattern.orchestrator import build_engine
+    from services.orchestrator.main import engine_for
 
     db = Database.from_url(f"sqlite+aiosqlite:///{tmp_path / 'history.db'}")
     settings = Settings(_env_file=None, env="test")  # type: ignore[call-arg]
 
     def engine_store() -> object:
-        engine = build_engine(
-            db,
-            InMemoryTransport({}),
-            lease_seconds=settings.lease_seconds,
-            compensation_alert_attempts=settings.compensation_alert_attempts,
-            step_timeout=settings.request_timeout,
-            saga_deadline=settings.saga_deadline,
-            step_retry=settings.step_retry,
-            compensation_retry=settings.compensation_retry,
-            history_hook=failpoints.history_hook(),
-        )
+        engine = engine_for(settings, db, InMemoryTransport({}))
         return engine.store
 
     try:

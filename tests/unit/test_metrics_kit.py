@@ -110,8 +110,10 @@ async def test_commands_are_counted_by_method_and_outcome() -> None:
     async def handler(method: str, payload: dict[str, Any], headers: dict[str, str]) -> Any:
         if payload.get("refuse"):
             raise StockUnavailable("no stock")
-        if payload.get("crash"):
+        if payload.get("away"):
             raise ConnectionError("database away")
+        if payload.get("crash"):
+            raise RuntimeError("a bug")
         return {"ok": True}
 
     counted = telemetry.count_commands(handler)
@@ -120,6 +122,8 @@ async def test_commands_are_counted_by_method_and_outcome() -> None:
     with pytest.raises(StockUnavailable):
         await counted("reserve_stock", {"refuse": True}, {})
     with pytest.raises(ConnectionError):
+        await counted("release_stock", {"away": True}, {})
+    with pytest.raises(RuntimeError):
         await counted("release_stock", {"crash": True}, {})
 
     def value(method: str, outcome: str) -> float:
@@ -128,6 +132,7 @@ async def test_commands_are_counted_by_method_and_outcome() -> None:
 
     assert value("reserve_stock", "ok") == 2
     assert value("reserve_stock", "refused") == 1
+    assert value("release_stock", "unavailable") == 1  # an infrastructure fault, waited out
     assert value("release_stock", "failed") == 1
     assert value("release_stock", "ok") == 0
 

@@ -62,21 +62,12 @@ async def test_the_orchestrators_engine_retries_as_the_settings_say(
 ) -> None:
     from activities.db import Database
     from engine.adapters import InMemoryTransport
-    from orchestration_pattern.orchestrator import build_engine
+    from services.orchestrator.main import engine_for
 
     monkeypatch.setenv("CLOUDMART_STEP_RETRY_INITIAL", "1.5")
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
     db = Database.from_url(f"sqlite+aiosqlite:///{tmp_path / 'engine.db'}")
-    engine = build_engine(
-        db,
-        InMemoryTransport({}),
-        lease_seconds=settings.lease_seconds,
-        compensation_alert_attempts=settings.compensation_alert_attempts,
-        step_timeout=settings.request_timeout,
-        saga_deadline=settings.saga_deadline,
-        step_retry=settings.step_retry,
-        compensation_retry=settings.compensation_retry,
-    )
+    engine = engine_for(settings, db, InMemoryTransport({}))
     try:
         assert engine.worker.config.step_retry.initial_interval == 1.5
         assert engine.worker.config.compensation_retry == settings.compensation_retry

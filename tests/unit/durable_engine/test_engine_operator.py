@@ -7,6 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+import structlog.testing
 from conftest import until
 from engine_unit_kit import CrashAfter, order, rig
 
@@ -175,7 +176,7 @@ async def test_sagas_of_an_unknown_workflow_are_parked_and_hold_up_nobody() -> N
     parked = await successor.status("x-0")
     assert parked.status == "PARKED"
     assert "UnknownWorkflow" in (parked.failure_reason or "")
-    assert sum(1 for s in await successor.list(limit=500) if s.status == "PARKED") == 150
+    assert sum(1 for s in (await successor.list(limit=500)).sagas if s.status == "PARKED") == 150
 
 
 async def test_retry_attempts_a_compensation_now_instead_of_waiting_out_its_backoff() -> None:
@@ -244,3 +245,15 @@ async def test_a_cancel_accepted_during_the_last_step_is_honoured() -> None:
     status = await r.engine.status("o-1")
     assert (status.status, status.failure_reason) == ("FAILED", "cancelled")
     assert r.services.effective("o-1") == []
+
+
+async def test_a_step_that_keeps_failing_logs_once_not_once_per_attempt() -> None:
+    r = rig(compensation_alert_attempts=100)
+    r.transport.inject("order.complete_order", Fault("transient", times=12))
+    with structlog.testing.capture_logs() as logs:
+        await r.engine.start(place_order, order(), workflow_id="o-1")
+        await run_until_idle(r.engine)
+    retrying = [e for e in logs if e["event"] == "step.retrying"]
+    assert len(retrying) == 12  # every attempt is known (and in the history)
+    assert [e["log_level"] for e in retrying].count("info") == 1  # one line says it
+    assert (await r.engine.status("o-1")).status == "COMPLETED"

@@ -39,7 +39,7 @@ async def test_many_sagas_share_one_sqlite_connection_without_deadlock(tmp_path:
         for n in range(20):
             await engine.start(place_order, order(f"o-{n}"), workflow_id=f"o-{n}")
         await run_until_idle(engine)
-        statuses = {s.workflow_id: s.status for s in await engine.list(limit=50)}
+        statuses = {s.workflow_id: s.status for s in (await engine.list(limit=50)).sagas}
         assert statuses == {f"o-{n}": "FAILED" if n in (7, 17) else "COMPLETED" for n in range(20)}
         assert store.commits < store.writes  # appends of concurrent sagas were grouped
         # completed: start + one per step + finish; failed at step 4: start, 4 steps, 3

@@ -20,6 +20,7 @@ from engine.errors import (
     WorkflowDefinitionError,
 )
 from engine.history import EventType
+from engine.listing import SagaFilter
 from engine.testing import run_until_idle
 from workflows import place_order, place_order_declarative
 
@@ -275,7 +276,7 @@ async def test_start_is_idempotent_per_workflow_id() -> None:
         await r.engine.start(place_order, order(customer_id=2), workflow_id="o-1")
     await run_until_idle(r.engine)
     assert r.services.executions[("o-1", "order.create_order")] == 1
-    assert len(await r.engine.list()) == 1
+    assert len((await r.engine.list()).sagas) == 1
 
 
 async def test_compensation_is_retried_until_it_succeeds_and_flags_an_operator() -> None:
@@ -414,8 +415,8 @@ async def test_status_reports_steps_with_attempts_errors_and_timestamps() -> Non
     assert steps["shipping.arrange_shipping"].last_error["type"] == "BusinessError"
     assert steps["order.create_order"].scheduled_at is not None
     assert steps["order.create_order"].finished_at is not None
-    listed = await r.engine.list(status="FAILED")
-    assert [s.workflow_id for s in listed] == ["o-1"]
+    listed = await r.engine.list(SagaFilter(statuses=("FAILED",)))
+    assert [s.workflow_id for s in listed.sagas] == ["o-1"]
 
 
 async def test_wait_returns_the_finished_status_of_a_saga_this_engine_drives() -> None:

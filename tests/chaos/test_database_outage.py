@@ -1,0 +1,315 @@
+"""A MariaDB outage longer than the old dead-letter window, with sagas in flight, in both
+patterns: the services reach the database through a :class:`~faults.proxy.FaultProxy`, which
+resets every connection (open and new) for :data:`OUTAGE` seconds and then heals.
+
+Before, a handler failing on the database counted a delivery like a poison message: after
+``CLOUDMART_EVENT_MAX_DELIVERIES`` × ``CLOUDMART_EVENT_CLAIM_IDLE`` seconds (here 2 × 1 s) an
+event went to the dead-letter stream and its order stayed PENDING for good, and commands
+burned their deliveries in milliseconds. What must hold now: nothing is dead-lettered, every
+accepted order is terminal within 60 s of the heal, SPEC §6 holds (``cloudmart check``),
+starts made during the outage are answered 503 with a JSON body or accepted and finished
+later (none lost), and a service's log grows by a few lines over the whole outage — a
+dependency going and coming back — not a line or a traceback per retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from conftest import TEST_DATABASE_URL, TEST_RABBITMQ_URL, TEST_REDIS_URL, mysql_database_url, until
+from faults.load import Load
+from faults.proxy import FaultProxy
+from faults.scenario import (
+    all_healthy,
+    all_terminal,
+    baseline,
+    invariants_hold,
+    scenario,
+)
+from processes import Deployment, delete_redis_namespace
+from rabbitmq_support import delete_topology
+from shop import sync_engine
+
+from activities.db import create_engine
+from cloudmart.schema import create_schema
+from services._kit.roster import DOMAIN_SERVICES
+
+pytestmark = [
+    pytest.mark.chaos,
+    pytest.mark.slow,
+    pytest.mark.mysql,
+    pytest.mark.timeout(240),
+]
+
+SAGAS = 50
+PACE = 0.04  # 50 starts over 2 s; the cut comes after the first CUT_AFTER are accepted
+CUT_AFTER = 30
+MAX_DELIVERIES = 2
+CLAIM_IDLE = 1.0
+OUTAGE = 8 * MAX_DELIVERIES * CLAIM_IDLE  # 16 s: eight times the old dead-letter window
+LOG_LINES = 50  # a service's log may grow by fewer lines than this over the whole outage
+PROXY_PORTS = {"choreography": 29400, "orchestration": 29401}  # a proxy per deployment
+LIMITS = {
+    "CLOUDMART_EVENT_MAX_DELIVERIES": str(MAX_DELIVERIES),
+    "CLOUDMART_COMMAND_MAX_DELIVERIES": str(MAX_DELIVERIES),
+    "CLOUDMART_EVENT_CLAIM_IDLE": str(CLAIM_IDLE),
+    "CLOUDMART_REQUEST_TIMEOUT": "3",
+    "CLOUDMART_LEASE_SECONDS": "3",
+    "CLOUDMART_DB_POOL_TIMEOUT": "3",
+}
+
+
+def database_proxy(pattern: str) -> FaultProxy:
+    """A proxy in front of the test database server, for ``pattern``'s services alone."""
+    server = sa.engine.make_url(TEST_DATABASE_URL)
+    return FaultProxy(
+        server.host or "127.0.0.1", server.port or 3306, listen_port=PROXY_PORTS[pattern]
+    )
+
+
+@pytest.fixture(scope="module")
+def choreography_proxy() -> Iterator[FaultProxy]:
+    with database_proxy("choreography") as proxy:
+        yield proxy
+
+
+@pytest.fixture(scope="module")
+def orchestration_proxy() -> Iterator[FaultProxy]:
+    with database_proxy("orchestration") as proxy:
+        yield proxy
+
+
+def fresh_database(name: str) -> str:
+    url = mysql_database_url(name)
+
+    async def create() -> None:
+        engine = create_engine(url)
+        await create_schema(engine)
+        await engine.dispose()
+
+    asyncio.run(create())
+    return url
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=64)) as http:
+        yield http
+
+
+def log_lines(deployment: Deployment, name: str) -> int:
+    return deployment.log(name, tail=None).count("\n")
+
+
+def dead_letters(deployment: Deployment, pattern: str) -> list[dict[str, Any]]:
+    """``cloudmart dead-letters list --json`` for the deployment, as an operator runs it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDMART_")}
+    env.update(
+        CLOUDMART_ENV="test",
+        CLOUDMART_NAMESPACE=deployment.namespace,
+        CLOUDMART_RABBITMQ_URL=TEST_RABBITMQ_URL,
+        CLOUDMART_REDIS_URL=TEST_REDIS_URL,
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "cloudmart", "dead-letters", "list", "--pattern", pattern, "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    letters: list[dict[str, Any]] = json.loads(done.stdout)
+    return letters
+
+
+async def waiting_on_database(http: httpx.AsyncClient, deployment: Deployment, name: str) -> float:
+    """What ``name``'s /metrics says it holds until the database is back (0 when unreadable)."""
+    try:
+        response = await http.get(f"{deployment.url(name)}/metrics", timeout=10)
+    except httpx.TransportError:
+        return 0.0
+    for line in response.text.splitlines():
+        if line.startswith('cloudmart_infrastructure_waiting{dependency="database"}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def outage(
+    proxy: FaultProxy,
+    load: Load,
+    *,
+    held: Callable[[], Awaitable[bool]],
+    deployment: Deployment,
+) -> tuple[float, dict[str, int]]:
+    """Run ``load``, cut the database once ``CUT_AFTER`` starts were accepted, keep it cut for
+    :data:`OUTAGE` seconds and until ``held()`` says messages are being waited out, heal.
+
+    Returns when every start was answered: the time of the heal, and how many lines each
+    process's log grew by while the database was away."""
+    running = asyncio.create_task(load.run())
+    try:
+        await until(lambda: len(load.accepted) >= CUT_AFTER or running.done(), timeout=60)
+        assert not running.done(), "the load ended before the fault"
+        before = {name: log_lines(deployment, name) for name in deployment.processes}
+        proxy.reset()
+        cut = time.monotonic()
+        await until(held, timeout=OUTAGE + 30, interval=0.5)
+        # The outage's length is the fault under test: it must outlast the old window.
+        await until(lambda: time.monotonic() - cut >= OUTAGE, timeout=OUTAGE + 5, interval=0.2)
+        grown = {name: log_lines(deployment, name) - before[name] for name in before}
+        proxy.pass_through()
+        healed = time.monotonic()
+        await running
+    finally:
+        running.cancel()
+    return healed, grown
+
+
+# choreography -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def choreography_db() -> str:
+    return fresh_database("cloudmart_test_infra_outage_choreo")
+
+
+@pytest.fixture(scope="module")
+def choreography(
+    choreography_db: str,
+    choreography_proxy: FaultProxy,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Deployment]:
+    deployment = Deployment(
+        database_url=choreography_proxy.through(choreography_db),
+        namespace=f"infra-{uuid.uuid4().hex[:8]}",
+        directory=Path(tmp_path_factory.mktemp("outage-choreography")),
+        base_port=29200,
+        pattern="choreography",
+        redis_url=TEST_REDIS_URL,
+        extra_env=LIMITS,
+    )
+    try:
+        for name in DOMAIN_SERVICES:
+            deployment.start(name, wait=False)
+        for name in DOMAIN_SERVICES:
+            deployment.wait_healthy(name)
+        yield deployment
+    finally:
+        deployment.stop_all()
+        delete_redis_namespace(TEST_REDIS_URL, deployment.namespace)
+
+
+@pytest.mark.redis
+async def test_choreography_waits_out_a_database_outage_and_dead_letters_nothing(
+    choreography: Deployment,
+    choreography_db: str,
+    choreography_proxy: FaultProxy,
+    client: httpx.AsyncClient,
+) -> None:
+    sql = sync_engine(choreography_db)
+    try:
+        _, bodies = scenario(sql, pattern="choreography", count=SAGAS)
+        before = baseline(sql)
+        load = Load(client, f"{choreography.url('order')}/orders", bodies, PACE)
+
+        async def held() -> bool:
+            # The order service logs every event, so it holds some while the database is away
+            # (its own log is not measured: the load's requests add access lines to it).
+            return await waiting_on_database(client, choreography, "order") > 0
+
+        healed, grown = await outage(choreography_proxy, load, held=held, deployment=choreography)
+        assert load.refused == [] and len(load.accepted) == SAGAS, load.refused
+        assert load.answers.unexpected == []  # during the outage: 503 with a JSON body, or 202
+        assert load.answers.unavailable, "no start met the outage"
+        assert {body["error"] for body in load.answers.unavailable} == {"unavailable"}
+        await all_terminal(sql, load.accepted, "choreography", healed)
+        assert await asyncio.to_thread(dead_letters, choreography, "choreography") == []
+        await invariants_hold(sql, before)
+        for name in ("inventory", "payment", "shipping"):
+            assert grown[name] < LOG_LINES, (name, grown[name], choreography.log(name))
+        said = choreography.log("inventory", tail=None)  # the outage, in two lines
+        assert "dependency.lost" in said and "dependency.restored" in said
+        await all_healthy(client, choreography)
+    finally:
+        sql.dispose()
+
+
+# orchestration ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def orchestration_db() -> str:
+    return fresh_database("cloudmart_test_infra_outage_orch")
+
+
+@pytest.fixture(scope="module")
+def orchestration(
+    orchestration_db: str,
+    orchestration_proxy: FaultProxy,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Deployment]:
+    deployment = Deployment(
+        database_url=orchestration_proxy.through(orchestration_db),
+        namespace=f"infra-{uuid.uuid4().hex[:8]}",
+        directory=Path(tmp_path_factory.mktemp("outage-orchestration")),
+        base_port=29300,
+        pattern="orchestration",
+        rabbitmq_url=TEST_RABBITMQ_URL,
+        extra_env=LIMITS,
+    )
+    try:
+        for name in DOMAIN_SERVICES:
+            deployment.start(name, wait=False)
+        # Only the services' connections are cut: the orchestrator's history store stays direct.
+        deployment.start(
+            "orchestrator", wait=False, env={"CLOUDMART_DATABASE_URL": orchestration_db}
+        )
+        for name in (*DOMAIN_SERVICES, "orchestrator"):
+            deployment.wait_healthy(name)
+        yield deployment
+    finally:
+        deployment.stop_all()
+        asyncio.run(delete_topology(TEST_RABBITMQ_URL, deployment.namespace, DOMAIN_SERVICES))
+
+
+@pytest.mark.rabbitmq
+async def test_orchestration_waits_out_a_database_outage_and_dead_letters_nothing(
+    orchestration: Deployment,
+    orchestration_db: str,
+    orchestration_proxy: FaultProxy,
+    client: httpx.AsyncClient,
+) -> None:
+    sql = sync_engine(orchestration_db)
+    try:
+        _, bodies = scenario(sql, pattern="orchestration", count=SAGAS)
+        before = baseline(sql)
+        load = Load(client, f"{orchestration.url('orchestrator')}/saga/start", bodies, PACE)
+
+        async def held() -> bool:
+            # Every saga starts with the order service's create_order: it holds commands.
+            return await waiting_on_database(client, orchestration, "order") > 0
+
+        healed, grown = await outage(orchestration_proxy, load, held=held, deployment=orchestration)
+        assert load.refused == [] and len(load.accepted) == SAGAS, load.refused
+        assert load.answers.unexpected == []
+        await all_terminal(sql, load.accepted, "orchestration", healed)
+        assert await asyncio.to_thread(dead_letters, orchestration, "orchestration") == []
+        await invariants_hold(sql, before)
+        for name in DOMAIN_SERVICES:  # the order service's includes a few /metrics requests
+            assert grown[name] < LOG_LINES, (name, grown[name], orchestration.log(name))
+        await all_healthy(client, orchestration)
+    finally:
+        sql.dispose()
