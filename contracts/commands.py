@@ -187,7 +187,13 @@ TopUpAmount = Annotated[
         {
             "anyOf": [
                 {"type": "number", "exclusiveMinimum": 0, "maximum": 1_000_000, "multipleOf": 0.01},
-                {"type": "string", "pattern": r"^(0|[1-9][0-9]{0,6})(\.[0-9]{1,2})?$"},
+                {
+                    "type": "string",
+                    "pattern": (
+                        r"^(0\.(0[1-9]|[1-9][0-9]?)|[1-9][0-9]{0,5}(\.[0-9]{1,2})?"
+                        r"|1000000(\.00?)?)$"
+                    ),
+                },
             ],
             "description": 'A positive amount of at most 1000000 and 2 decimals, e.g. "12.50".',
         },
