@@ -515,6 +515,12 @@ LEFT JOIN (SELECT account_id, SUM(delta) AS total FROM ledger_entries
            WHERE account = 'customer' AND bucket = 'balance' GROUP BY account_id) l
        ON l.account_id = c.customer_id
 WHERE l.total IS NULL OR ABS(c.balance - l.total) >= 0.005
+UNION ALL
+SELECT l.account_id, NULL, SUM(l.delta)
+FROM ledger_entries l
+WHERE l.account = 'customer' AND l.bucket = 'balance'
+  AND NOT EXISTS (SELECT 1 FROM customers c WHERE c.customer_id = l.account_id)
+GROUP BY l.account_id HAVING ABS(SUM(l.delta)) >= 0.005
 """
 
 LEDGER_STOCK = """
@@ -532,6 +538,16 @@ LEFT JOIN (SELECT book_id, SUM(quantity) AS shipped FROM stock_reservations
        ON s.book_id = i.book_id
 WHERE l.account_id IS NULL OR i.available <> l.available OR i.reserved <> l.reserved
    OR COALESCE(s.shipped, 0) <> l.shipped
+UNION ALL
+SELECT l.account_id, NULL, NULL, NULL,
+       SUM(CASE WHEN l.bucket = 'available' THEN l.delta ELSE 0 END),
+       SUM(CASE WHEN l.bucket = 'reserved' THEN l.delta ELSE 0 END),
+       SUM(CASE WHEN l.bucket = 'shipped' THEN l.delta ELSE 0 END)
+FROM ledger_entries l
+WHERE l.account = 'book'
+  AND NOT EXISTS (SELECT 1 FROM inventory i WHERE i.book_id = l.account_id)
+GROUP BY l.account_id
+HAVING SUM(CASE WHEN l.bucket = 'shipped' THEN 0 ELSE ABS(l.delta) END) > 0
 """
 
 
@@ -543,6 +559,15 @@ def _ledger(
     for r in conn.execute(sa.text(LEDGER_MONEY)):
         if customers is not None and int(r.customer_id) not in customers:
             continue
+        if r.balance is None:  # the row is gone: deleted outside any operation
+            found.append(
+                Violation(
+                    "ledger",
+                    f"customer {r.customer_id}",
+                    f"no row but the ledger says balance {_money_of(r.total)}",
+                )
+            )
+            continue
         said = "has no entries" if r.total is None else f"says {_money_of(r.total)}"
         found.append(
             Violation(
@@ -553,6 +578,15 @@ def _ledger(
         )
     for r in conn.execute(sa.text(LEDGER_STOCK)):
         if books is not None and int(r.book_id) not in books:
+            continue
+        if r.available is None:  # the row is gone: deleted outside any operation
+            said = ", ".join(
+                f"{b} {int(Decimal(str(getattr(r, f'l_{b}'))))}"
+                for b in ("available", "reserved", "shipped")
+            )
+            found.append(
+                Violation("ledger", f"book {r.book_id}", f"no stock row but the ledger says {said}")
+            )
             continue
         held = {b: int(getattr(r, b)) for b in ("available", "reserved", "shipped")}
         if r.l_available is None:

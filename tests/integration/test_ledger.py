@@ -158,6 +158,19 @@ async def test_a_row_whose_opening_entry_is_gone_is_named(db: Database, sync: sa
     ]
 
 
+async def test_a_row_deleted_by_sql_is_named(db: Database, sync: sa.Engine) -> None:
+    sql(sync, "INSERT INTO customers VALUES (7, 'Direct', 'd@example.jp', 12.00)")
+    sql(sync, "INSERT INTO customers VALUES (8, 'Empty', 'e@example.jp', 0)")
+    sql(sync, "INSERT INTO books VALUES (9, 'Direct', 3.00)")
+    sql(sync, "INSERT INTO inventory VALUES (9, 4, 0)")
+    sql(sync, "DELETE FROM customers WHERE customer_id IN (7, 8)")
+    sql(sync, "DELETE FROM inventory WHERE book_id = 9")
+    assert ledger(run(sync)) == [  # an empty account deleted takes nothing away
+        "[ledger] book 9: no stock row but the ledger says available 4, reserved 0, shipped 0",
+        "[ledger] customer 7: no row but the ledger says balance 12.00",
+    ]
+
+
 async def test_a_database_from_before_the_ledger_is_adopted_by_init(
     db: Database, sync: sa.Engine
 ) -> None:
