@@ -401,7 +401,12 @@ class _Consumer:
             cursor = _text(response[0])
             for entry_id, raw in response[1]:
                 entry_id = _text(entry_id)
-                if entry_id in self.in_flight or raw is None:
+                if entry_id in self.in_flight:
+                    # One we hold looked idle (keep_claimed was held up longer than claim_idle):
+                    # this claim counted a delivery that never failed; take it back.
+                    await self._uncount(entry_id)
+                    continue
+                if raw is None:
                     continue
                 self.stats.claimed += 1
                 self.in_flight.add(entry_id)
