@@ -390,23 +390,33 @@ class _Consumer:
             await self._pause(interval)
             if self.stopping.is_set():
                 return
-            response = await self.client.xautoclaim(
-                self.bus.stream,
-                self.group,
-                self.name,
-                min_idle_time=self.bus._claim_idle_ms,
-                start_id=cursor,
-                count=self.bus._batch,
-            )
+            # What this consumer holds is touched (JUSTID: no delivery counted) in the same
+            # MULTI as the claim, so that the claim never finds one of them idle, however long
+            # the process was held up since keep_claimed last ran.
+            async with self.client.pipeline(transaction=True) as pipe:
+                held = list(self.in_flight)
+                if held:
+                    pipe.xclaim(
+                        self.bus.stream,
+                        self.group,
+                        self.name,
+                        min_idle_time=0,
+                        message_ids=held,  # type: ignore[arg-type]
+                        justid=True,
+                    )
+                pipe.xautoclaim(
+                    self.bus.stream,
+                    self.group,
+                    self.name,
+                    min_idle_time=self.bus._claim_idle_ms,
+                    start_id=cursor,
+                    count=self.bus._batch,
+                )
+                response = (await pipe.execute())[-1]
             cursor = _text(response[0])
             for entry_id, raw in response[1]:
                 entry_id = _text(entry_id)
-                if entry_id in self.in_flight:
-                    # One we hold looked idle (keep_claimed was held up longer than claim_idle):
-                    # this claim counted a delivery that never failed; take it back.
-                    await self._uncount(entry_id)
-                    continue
-                if raw is None:
+                if entry_id in self.in_flight or raw is None:
                     continue
                 self.stats.claimed += 1
                 self.in_flight.add(entry_id)
