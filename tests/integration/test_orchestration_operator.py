@@ -149,3 +149,43 @@ async def test_a_parked_saga_compensated_by_an_operator_ends_failed_with_every_e
         == 0
     )
     shop.check([oid])
+
+
+async def test_150_sagas_of_an_unknown_workflow_are_parked_and_hold_up_no_recovery(
+    api: httpx.AsyncClient, shop: Shop, deployment: Deployment, sql: sa.Engine
+) -> None:
+    # Before, they sorted first among the claimable sagas and were skipped without a word, so
+    # with more of them than one claim batch (100) nothing else was ever recovered.
+    book, customer = shop.book("10.00", 5), shop.customer("100.00")
+    deployment.pause("shipping")
+    try:
+        oid = await start(api, order(customer, (book, 1)))
+
+        async def paid() -> bool:
+            return await saga_status(api, oid) == "PAYMENT_COMPLETED"
+
+        await until(paid, timeout=20)
+        deployment.kill("orchestrator")
+        with sql.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO saga_instances (saga_id, order_id, workflow_name, status, input, "
+                    "version, next_seq, needs_operator, cancel_requested, compensation_attempts, "
+                    "created_at, updated_at) VALUES (:s, :o, 'retired_workflow', 'STARTED', '{}', "
+                    "1, 0, 0, 0, 0, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6))"
+                ),
+                [{"s": f"gone-{n}", "o": f"gone-{n}"} for n in range(150)],
+            )
+    finally:
+        deployment.resume("shipping")
+    deployment.restart("orchestrator")
+    assert (await finished(api, oid))["status"] == "COMPLETED"
+
+    def parked() -> int:
+        return shop.count(
+            "SELECT COUNT(*) FROM saga_instances WHERE workflow_name = 'retired_workflow' "
+            "AND status = 'PARKED' AND failure_reason LIKE 'UnknownWorkflow%'"
+        )
+
+    await until(lambda: parked() == 150, timeout=60)
+    shop.check([oid])
