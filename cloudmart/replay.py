@@ -13,12 +13,11 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from pathlib import Path
 
-import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from engine.adapters import SqlHistoryStore
-from engine.adapters.sql_tables import saga_instances
 from engine.history import Event
+from engine.listing import SagaFilter
 from engine.replay import Replayed, read_history_file, replay
 from engine.workflow import Workflow
 
@@ -36,22 +35,11 @@ async def from_database(
     limit: int = 1000,
 ) -> AsyncIterator[History]:
     """The histories of the newest ``limit`` sagas that pass the filters."""
-    si = saga_instances
-    query = sa.select(si.c.saga_id, si.c.order_id).order_by(
-        si.c.created_at.desc(), si.c.saga_id.desc()
-    )
-    if statuses:
-        query = query.where(si.c.status.in_(list(statuses)))
-    if workflow is not None:
-        query = query.where(si.c.workflow_name == workflow)
-    if since is not None:
-        query = query.where(si.c.created_at >= since)
-    async with engine.connect() as conn:
-        rows = (await conn.execute(query.limit(limit))).all()
     store = SqlHistoryStore(engine)
-    for row in rows:
-        _, events = await store.load(row.saga_id)
-        yield row.order_id, events
+    where = SagaFilter(statuses=tuple(statuses), workflow=workflow, created_after=since)
+    for record in await store.list(where, limit=limit):
+        _, events = await store.load(record.saga_id)
+        yield record.workflow_id, events
 
 
 async def from_files(paths: Sequence[Path]) -> AsyncIterator[History]:

@@ -178,7 +178,7 @@ def test_show_and_history_print_the_steps_and_the_events(api: httpx.Client, url:
 
 
 def test_an_exported_history_replays_offline_as_matching(
-    api: httpx.Client, url: str, tmp_path: Path
+    api: httpx.Client, url: str, tmp_path: Path, deployment: Deployment
 ) -> None:
     order_id = start(api)
     finished(api, order_id)
@@ -189,6 +189,11 @@ def test_an_exported_history_replays_offline_as_matching(
     replayed = CliRunner().invoke(app, ["replay", str(target)])
     assert replayed.exit_code == 0, replayed.output
     assert f"{order_id}  place_order  matching" in replayed.output
+    from_database = CliRunner(env={"CLOUDMART_DATABASE_URL": deployment.database_url}).invoke(
+        app, ["replay", "--status", "COMPLETED", "--workflow", "place_order", "--limit", "500"]
+    )
+    assert from_database.exit_code == 0, from_database.output
+    assert f"{order_id}  place_order  matching" in from_database.output
 
 
 def test_cancel_is_accepted_while_the_saga_runs_and_refused_once_it_finished(
