@@ -396,14 +396,7 @@ class _Consumer:
             async with self.client.pipeline(transaction=True) as pipe:
                 held = list(self.in_flight)
                 if held:
-                    pipe.xclaim(
-                        self.bus.stream,
-                        self.group,
-                        self.name,
-                        min_idle_time=0,
-                        message_ids=held,  # type: ignore[arg-type]
-                        justid=True,
-                    )
+                    self._touch(pipe, held)
                 pipe.xautoclaim(
                     self.bus.stream,
                     self.group,
@@ -443,16 +436,21 @@ class _Consumer:
             await self._pause(interval)
             held = list(self.in_flight)
             if held and not self.stopping.is_set():
-                await self.client.xclaim(
-                    self.bus.stream,
-                    self.group,
-                    self.name,
-                    min_idle_time=0,
-                    message_ids=held,  # type: ignore[arg-type]
-                    justid=True,
-                )
+                await self._touch(self.client, held)
 
         await self._resilient("keep_claimed", step)
+
+    def _touch(self, redis: Any, held: list[str]) -> Any:
+        """Reset the idle time of the entries ``held`` by this consumer, counting no delivery
+        (XCLAIM ``JUSTID``), on ``redis``: a client (await the result) or a pipeline (queued)."""
+        return redis.xclaim(
+            self.bus.stream,
+            self.group,
+            self.name,
+            min_idle_time=0,
+            message_ids=held,
+            justid=True,
+        )
 
     async def _uncount(self, entry_id: str) -> None:
         """Take back the delivery the next consumer's claim will count: this consumer stops
