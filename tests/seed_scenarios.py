@@ -11,7 +11,8 @@ history; the choreography's events).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -83,11 +84,12 @@ async def attempted_past_its_deadline(
     await until(attempted, timeout=timeout)
 
 
-async def held_past_the_pivot(
+@contextlib.asynccontextmanager
+async def paid_with_shipping_held(
     api: httpx.AsyncClient, shop: Shop, deployment: Deployment
-) -> tuple[str, int, int]:
-    """A saga whose shipping is arranged while the order service is stopped, so that
-    completing the order waits. Returns (order id, book, customer); order stays paused."""
+) -> AsyncIterator[tuple[str, int, int]]:
+    """A saga paid for while the shipping service is stopped, so that arranging shipping waits;
+    shipping goes on when the block ends. Yields (order id, book, customer)."""
     book, customer = shop.book("10.00", 5), shop.customer("100.00")
     deployment.pause("shipping")
     try:
@@ -97,15 +99,25 @@ async def held_past_the_pivot(
             return await saga_status(api, oid) == "PAYMENT_COMPLETED"
 
         await until(paid, timeout=20)
-        deployment.pause("order")
+        yield oid, book, customer
     finally:
         deployment.resume("shipping")
+
+
+async def held_past_the_pivot(
+    api: httpx.AsyncClient, shop: Shop, deployment: Deployment
+) -> tuple[str, int, int]:
+    """A saga whose shipping is arranged while the order service is stopped, so that
+    completing the order waits. Returns (order id, book, customer); order stays paused."""
+    async with paid_with_shipping_held(api, shop, deployment) as held:
+        deployment.pause("order")
+    oid = held[0]
 
     async def shipped() -> bool:
         return await saga_status(api, oid) == "SHIPPING_ARRANGED"
 
     await until(shipped, timeout=20)
-    return oid, book, customer
+    return held
 
 
 async def saga_finished(api: httpx.AsyncClient, order_id: str, timeout: float = 30) -> Body:

@@ -15,12 +15,12 @@ from processes import Deployment, deployed
 from seed_scenarios import (
     attempted_past_its_deadline,
     held_past_the_pivot,
+    paid_with_shipping_held,
     saga_history,
     saga_status,
 )
 from seed_scenarios import saga_finished as finished
-from seed_scenarios import saga_start as start
-from shop import Shop, order
+from shop import Shop
 
 pytestmark = [pytest.mark.mysql, pytest.mark.rabbitmq, pytest.mark.slow]
 
@@ -80,19 +80,9 @@ async def parked_saga(
     killed while shipping waits, the recorded step is renamed (as a deploy of other code would
     see it), and the restarted orchestrator parks the saga. Returns (order id, book,
     customer)."""
-    book, customer = shop.book("10.00", 5), shop.customer("100.00")
-    deployment.pause("shipping")
-    try:
-        oid = await start(api, order(customer, (book, 1)))
-
-        async def paid() -> bool:
-            return await saga_status(api, oid) == "PAYMENT_COMPLETED"
-
-        await until(paid, timeout=20)
+    async with paid_with_shipping_held(api, shop, deployment) as (oid, book, customer):
         deployment.kill("orchestrator")
         rename_step(sql, oid, "shipping.arrange_shipping", "shipping.arrange_courier")
-    finally:
-        deployment.resume("shipping")
     deployment.restart("orchestrator")
 
     async def parked() -> bool:
@@ -156,15 +146,7 @@ async def test_150_sagas_of_an_unknown_workflow_are_parked_and_hold_up_no_recove
 ) -> None:
     # Before, they sorted first among the claimable sagas and were skipped without a word, so
     # with more of them than one claim batch (100) nothing else was ever recovered.
-    book, customer = shop.book("10.00", 5), shop.customer("100.00")
-    deployment.pause("shipping")
-    try:
-        oid = await start(api, order(customer, (book, 1)))
-
-        async def paid() -> bool:
-            return await saga_status(api, oid) == "PAYMENT_COMPLETED"
-
-        await until(paid, timeout=20)
+    async with paid_with_shipping_held(api, shop, deployment) as (oid, _book, _customer):
         deployment.kill("orchestrator")
         with sql.begin() as conn:
             conn.execute(
@@ -176,8 +158,6 @@ async def test_150_sagas_of_an_unknown_workflow_are_parked_and_hold_up_no_recove
                 ),
                 [{"s": f"gone-{n}", "o": f"gone-{n}"} for n in range(150)],
             )
-    finally:
-        deployment.resume("shipping")
     deployment.restart("orchestrator")
     assert (await finished(api, oid))["status"] == "COMPLETED"
 
