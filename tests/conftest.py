@@ -118,6 +118,27 @@ async def mysql_db(mysql_url: str) -> AsyncIterator[Database]:
     await database.dispose()
 
 
+def with_schema(url: str) -> str:
+    """``url`` once every table of the schema exists in its database."""
+    from activities.db import create_engine
+    from cloudmart.schema import create_schema
+
+    async def create() -> None:
+        engine = create_engine(url)
+        try:
+            await create_schema(engine)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(create())
+    return url
+
+
+def fresh_database(name: str) -> str:
+    """A new test database ``name`` with the schema; its async URL."""
+    return with_schema(mysql_database_url(name))
+
+
 # For the modules that run processes of their own (a module-scoped fixture ``deployment``): a
 # plain engine on its database, the shop on it, and a client of the pattern's entry service
 # (the orchestrator, or the order service in the choreography).

@@ -216,16 +216,8 @@ def deployed(
     """Every process of ``pattern``, started and healthy, on a fresh database ``database``
     (schema created) and a broker namespace of their own (RabbitMQ for the orchestration, Redis
     for the choreography), cleaned before (what a crashed run left) and after."""
-    from conftest import TEST_RABBITMQ_URL, TEST_REDIS_URL, mysql_database_url
+    from conftest import TEST_RABBITMQ_URL, TEST_REDIS_URL, fresh_database
     from rabbitmq_support import delete_topology
-
-    from activities.db import create_engine
-    from cloudmart.schema import create_schema
-
-    async def create(url: str) -> None:
-        engine = create_engine(url)
-        await create_schema(engine)
-        await engine.dispose()
 
     services = SERVICES_OF[pattern]
     namespace = namespace or f"test-{uuid.uuid4().hex[:8]}"
@@ -236,8 +228,7 @@ def deployed(
         else:
             delete_redis_namespace(TEST_REDIS_URL, namespace)
 
-    url = mysql_database_url(database)
-    asyncio.run(create(url))
+    url = fresh_database(database)
     clean()
     deployment = Deployment(
         database_url=url,

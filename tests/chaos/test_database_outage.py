@@ -28,7 +28,13 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-from conftest import TEST_DATABASE_URL, TEST_RABBITMQ_URL, TEST_REDIS_URL, mysql_database_url, until
+from conftest import (
+    TEST_DATABASE_URL,
+    TEST_RABBITMQ_URL,
+    TEST_REDIS_URL,
+    fresh_database,
+    until,
+)
 from faults.load import Load
 from faults.proxy import FaultProxy
 from faults.scenario import (
@@ -42,8 +48,6 @@ from processes import Deployment, delete_redis_namespace
 from rabbitmq_support import delete_topology
 from shop import sync_engine
 
-from activities.db import create_engine
-from cloudmart.schema import create_schema
 from services._kit.roster import DOMAIN_SERVICES
 
 pytestmark = [
@@ -89,18 +93,6 @@ def choreography_proxy() -> Iterator[FaultProxy]:
 def orchestration_proxy() -> Iterator[FaultProxy]:
     with database_proxy("orchestration") as proxy:
         yield proxy
-
-
-def fresh_database(name: str) -> str:
-    url = mysql_database_url(name)
-
-    async def create() -> None:
-        engine = create_engine(url)
-        await create_schema(engine)
-        await engine.dispose()
-
-    asyncio.run(create())
-    return url
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ import httpx
 import pymysql
 import pytest
 import sqlalchemy as sa
-from conftest import until
+from conftest import until, with_schema
 from faults.load import Answers, Load
 from faults.scenario import (
     all_healthy,
@@ -37,8 +37,6 @@ from faults.servers import OwnMariaDB, OwnRabbitMQ, OwnRedis
 from processes import Deployment
 from shop import US, sync_engine
 
-from activities.db import create_engine
-from cloudmart.schema import create_schema
 from services._kit.roster import DOMAIN_SERVICES, SERVICE_NAMES
 
 pytestmark = [
@@ -93,15 +91,7 @@ def fresh_database(server: OwnMariaDB, name: str) -> str:
             cursor.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
     finally:
         connection.close()
-    url = server.database_url(name)
-
-    async def create() -> None:
-        engine = create_engine(url)
-        await create_schema(engine)
-        await engine.dispose()
-
-    asyncio.run(create())
-    return url
+    return with_schema(server.database_url(name))
 
 
 def deploy(

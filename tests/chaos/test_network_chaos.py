@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 import sqlalchemy as sa
-from conftest import TEST_RABBITMQ_URL, mysql_database_url, until
+from conftest import TEST_RABBITMQ_URL, fresh_database, until
 from faults.load import Load
 from faults.proxy import FaultProxy
 from faults.scenario import (
@@ -33,8 +33,6 @@ from processes import Deployment
 from rabbitmq_support import delete_topology
 from shop import sync_engine
 
-from activities.db import create_engine
-from cloudmart.schema import create_schema
 from services._kit.roster import SERVICE_NAMES
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.mysql, pytest.mark.rabbitmq]
@@ -58,14 +56,7 @@ def proxy() -> Iterator[FaultProxy]:
 
 @pytest.fixture(scope="module")
 def deployment(proxy: FaultProxy, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    url = mysql_database_url("cloudmart_test_infra_network")
-
-    async def create() -> None:
-        engine = create_engine(url)
-        await create_schema(engine)
-        await engine.dispose()
-
-    asyncio.run(create())
+    url = fresh_database("cloudmart_test_infra_network")
     rabbitmq_url = proxy.through(TEST_RABBITMQ_URL)
     deployed = Deployment(
         database_url=url,

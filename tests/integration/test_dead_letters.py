@@ -22,14 +22,12 @@ from typing import Any
 import aio_pika
 import httpx
 import pytest
-from conftest import TEST_RABBITMQ_URL, TEST_REDIS_URL, mysql_database_url, until
+from conftest import TEST_RABBITMQ_URL, TEST_REDIS_URL, fresh_database, until
 from processes import Deployment, delete_redis_namespace
 from rabbitmq_support import delete_topology
 from shop import Shop, order, sync_engine
 
-from activities.db import create_engine
 from choreography_pattern.redis_bus import RedisEventBus, dead_letter_key
-from cloudmart.schema import create_schema
 from engine.adapters import amqp_names as names
 
 pytestmark = [pytest.mark.mysql, pytest.mark.slow]
@@ -40,18 +38,6 @@ LIMITS = {
     "CLOUDMART_EVENT_MAX_DELIVERIES": "2",
     "CLOUDMART_EVENT_CLAIM_IDLE": "0.5",
 }
-
-
-def fresh_database(name: str) -> str:
-    url = mysql_database_url(name)
-
-    async def create() -> None:
-        engine = create_engine(url)
-        await create_schema(engine)
-        await engine.dispose()
-
-    asyncio.run(create())
-    return url
 
 
 def cli(deployment: Deployment, *args: str) -> subprocess.CompletedProcess[str]:
