@@ -27,7 +27,6 @@ from typing import Any
 
 import httpx
 import pytest
-import sqlalchemy as sa
 from conftest import (
     TEST_DATABASE_URL,
     TEST_RABBITMQ_URL,
@@ -77,9 +76,8 @@ LIMITS = {
 
 def database_proxy(pattern: str) -> FaultProxy:
     """A proxy in front of the test database server, for ``pattern``'s services alone."""
-    server = sa.engine.make_url(TEST_DATABASE_URL)
-    return FaultProxy(
-        server.host or "127.0.0.1", server.port or 3306, listen_port=PROXY_PORTS[pattern]
+    return FaultProxy.in_front_of(
+        TEST_DATABASE_URL, listen_port=PROXY_PORTS[pattern], default_port=3306
     )
 
 

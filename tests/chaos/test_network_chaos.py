@@ -14,7 +14,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -47,9 +46,8 @@ PROXY_PORT = 28600
 
 @pytest.fixture(scope="module")
 def proxy() -> Iterator[FaultProxy]:
-    broker = urlsplit(TEST_RABBITMQ_URL)
-    with FaultProxy(
-        broker.hostname or "127.0.0.1", broker.port or 5672, listen_port=PROXY_PORT
+    with FaultProxy.in_front_of(
+        TEST_RABBITMQ_URL, listen_port=PROXY_PORT, default_port=5672
     ) as running:
         yield running
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from decimal import Decimal
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -26,9 +25,8 @@ PROXY_PORT = 18790
 
 @pytest.fixture(scope="module")
 def proxy() -> Iterator[FaultProxy]:
-    broker = urlsplit(TEST_RABBITMQ_URL)
-    with FaultProxy(
-        broker.hostname or "127.0.0.1", broker.port or 5672, listen_port=PROXY_PORT
+    with FaultProxy.in_front_of(
+        TEST_RABBITMQ_URL, listen_port=PROXY_PORT, default_port=5672
     ) as running:
         yield running
 

@@ -140,6 +140,14 @@ class FaultProxy:
     ) -> None:
         self.stop()
 
+    @classmethod
+    def in_front_of(cls, url: str, *, listen_port: int, default_port: int) -> FaultProxy:
+        """A proxy (not started) to the server ``url`` names (``scheme://[login@]host[:port]``,
+        ``default_port`` when it names none)."""
+        parts = urlsplit(url)
+        host, port = parts.hostname or "127.0.0.1", parts.port or default_port
+        return cls(host, port, listen_port=listen_port)
+
     def through(self, url: str) -> str:
         """``url`` (``scheme://[login@]host:port/...``) with this proxy in place of its host and
         port, so that a client configured with it connects through the proxy."""
