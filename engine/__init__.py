@@ -57,7 +57,12 @@ Modules
                            leases and the background loop
 :mod:`engine.listing`      listing and counting sagas: ``SagaFilter``, keyset pages, cursors
 :mod:`engine.views`        what it answers: ``SagaHandle``, ``SagaStatus``, ``StepStatus``
-``engine._runtime``        the replay of one saga under one lease (private)
+``engine._runtime``        the replay of one saga under one lease (private), working through:
+``engine._state``          what the run read of the saga's row and history; buffered appends
+``engine._attempts``       a step's attempts at the live edge: send, classify, retry, record
+``engine._compensation``   the compensation stack, rebuilt from history and run in reverse
+``engine._operator``       an operator's requests: retry now, resume, compensate, cancel
+``engine._determinism``    input digests and the divergence of code from history
 :mod:`engine.history`      the events and the ``saga_instances`` projection
 :mod:`engine.ports`        ``HistoryStore``, ``Transport``, ``Clock`` (protocols only)
 :mod:`engine.adapters`     SQL and in-memory stores, RabbitMQ and in-memory transports
