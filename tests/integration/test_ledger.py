@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -44,29 +42,6 @@ from contracts.commands import (
     Restock,
     TopUp,
 )
-
-
-@pytest.fixture(params=["sqlite", pytest.param("mysql", marks=pytest.mark.mysql)])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}"
-    return mysql_database_url("cloudmart_test_ledger_check")
-
-
-@pytest.fixture
-async def db(url: str) -> AsyncIterator[Database]:
-    database = Database.from_url(url)
-    await create_schema(database.engine)
-    await clean(database)  # customers 1-2 and books 1-3, inserted directly
-    yield database
-    await database.dispose()
-
-
-@pytest.fixture
-def sync(url: str) -> Iterator[sa.Engine]:
-    engine = sa.create_engine(url.replace("+aiosqlite", "").replace("+aiomysql", "+pymysql"))
-    yield engine
-    engine.dispose()
 
 
 def run(sync: sa.Engine) -> CheckReport:
@@ -213,9 +188,11 @@ async def test_restock_and_top_up_move_the_rows_and_their_entries_once(
 
 
 async def test_cli_check_without_a_baseline_exits_1_naming_the_customer(
-    db: Database, sync: sa.Engine, url: str, monkeypatch: pytest.MonkeyPatch
+    db: Database, sync: sa.Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("CLOUDMART_DATABASE_URL", url)
+    monkeypatch.setenv(
+        "CLOUDMART_DATABASE_URL", db.engine.url.render_as_string(hide_password=False)
+    )
     monkeypatch.setenv("CLOUDMART_ENV", "test")
     runner = CliRunner()
     clean_run = await asyncio.to_thread(runner.invoke, app, ["check", "--grace", "0"])
