@@ -126,6 +126,16 @@ def _error_line(response: httpx.Response) -> str:
     return line
 
 
+def _read(command: str, url: str, path: str, *, as_json: bool) -> Any:
+    """What ``GET path`` answers, or ``None`` once it is printed as it came (``--json``)."""
+    with _api(command, url) as api:
+        answer = api.call("GET", path)
+    if as_json:
+        typer.echo(json.dumps(answer, indent=2))
+        return None
+    return answer
+
+
 def _path(order_id: str, *rest: str) -> str:
     return "/".join(["/saga", quote(order_id, safe=""), *rest])
 
@@ -202,10 +212,8 @@ def list_sagas(
 @saga_app.command("stats")
 def stats(as_json: AsJson = False, url: Url = DEFAULT_URL) -> None:
     """How many sagas have each status, and how many need an operator."""
-    with _api("stats", url) as api:
-        counts = api.call("GET", "/saga/stats")
-    if as_json:
-        typer.echo(json.dumps(counts, indent=2))
+    counts = _read("stats", url, "/saga/stats", as_json=as_json)
+    if counts is None:
         return
     rows = [[name, str(n)] for name, n in sorted(counts["by_status"].items())]
     rows.append(["needs an operator", str(counts["needs_operator"])])
@@ -215,10 +223,8 @@ def stats(as_json: AsJson = False, url: Url = DEFAULT_URL) -> None:
 @saga_app.command("show")
 def show(order_id: OrderId, as_json: AsJson = False, url: Url = DEFAULT_URL) -> None:
     """The saga's status, why it failed, and each step's state, attempts, times and error."""
-    with _api("show", url) as api:
-        saga = api.call("GET", _path(order_id, "status"))
-    if as_json:
-        typer.echo(json.dumps(saga, indent=2))
+    saga = _read("show", url, _path(order_id, "status"), as_json=as_json)
+    if saga is None:
         return
     flags = [
         flag
@@ -245,10 +251,8 @@ def show(order_id: OrderId, as_json: AsJson = False, url: Url = DEFAULT_URL) -> 
 @saga_app.command("history")
 def history(order_id: OrderId, as_json: AsJson = False, url: Url = DEFAULT_URL) -> None:
     """Every event of the saga's history, in order."""
-    with _api("history", url) as api:
-        events = api.call("GET", _path(order_id, "history"))
-    if as_json:
-        typer.echo(json.dumps(events, indent=2))
+    events = _read("history", url, _path(order_id, "history"), as_json=as_json)
+    if events is None:
         return
     typer.echo(_table(_EVENT_COLUMNS, events))
 
