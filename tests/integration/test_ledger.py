@@ -15,6 +15,7 @@ import pytest
 import sqlalchemy as sa
 from conftest import mysql_database_url
 from domain_data import JP, clean, order
+from round_trips import count_round_trips
 from typer.testing import CliRunner
 
 from activities import (
@@ -254,28 +255,6 @@ def test_cli_top_up_refused_by_the_service_exits_1_with_its_answer() -> None:
     )
     assert result.exit_code == 1
     assert "CustomerNotFound" in result.output
-
-
-def count_round_trips(engine: Any) -> list[str]:
-    """Each command the pool's connections send from now on (as tests/integration/
-    test_prepared.py counts them)."""
-    sent: list[str] = []
-
-    @sa.event.listens_for(engine.sync_engine, "checkout")
-    def on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
-        driver = dbapi_connection.driver_connection
-        if getattr(driver, "_counted", False):
-            return
-        execute = driver._execute_command
-
-        async def counted(command: int, sql: Any) -> Any:
-            sent.append(sql if isinstance(sql, str) else repr(sql))
-            return await execute(command, sql)
-
-        driver._execute_command = counted
-        driver._counted = True
-
-    return sent
 
 
 # Round trips per operation on MariaDB, measured on main before the ledger: the same for every
