@@ -63,6 +63,7 @@ Modules
 ``engine._compensation``   the compensation stack, rebuilt from history and run in reverse
 ``engine._operator``       an operator's requests: retry now, resume, compensate, cancel
 ``engine._determinism``    input digests and the divergence of code from history
+``engine._body_check``     what ``@workflow`` refuses in a body's source (clock, randomness, I/O)
 :mod:`engine.history`      the events and the ``saga_instances`` projection
 :mod:`engine.ports`        ``HistoryStore``, ``Transport``, ``Clock`` (protocols only)
 :mod:`engine.adapters`     SQL and in-memory stores, RabbitMQ and in-memory transports
