@@ -25,6 +25,7 @@ from activities.payments import (
     get_payment,
     process_payment,
     refund_payment,
+    screen_order,
     top_up,
 )
 from activities.shipping import arrange_shipping, cancel_shipping, get_shipment
@@ -52,5 +53,6 @@ __all__ = [
     "request_id_for",
     "reserve_stock",
     "restock",
+    "screen_order",
     "top_up",
 ]

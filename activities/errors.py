@@ -7,6 +7,7 @@
     ├── BusinessRefusal          a rule said no; retrying cannot help
     │   ├── StockUnavailable (409)
     │   ├── PaymentFailed (402)
+    │   ├── FraudSuspected (402)   the screening before payment refused the order
     │   └── ShippingFailed (422)
     ├── InvalidCommand (422)     a message whose payload is not the operation's input
     ├── IdempotencyKeyReused (422) an Idempotency-Key sent again with another order
@@ -77,6 +78,10 @@ class PaymentFailed(BusinessRefusal):
     http_status = 402
 
 
+class FraudSuspected(BusinessRefusal):
+    http_status = 402
+
+
 class ShippingFailed(BusinessRefusal):
     http_status = 422
 
@@ -112,6 +117,7 @@ _BY_CODE: dict[str, type[DomainError]] = {
         OrderNotFound,
         StockUnavailable,
         PaymentFailed,
+        FraudSuspected,
         ShippingFailed,
         AlreadyCompensated,
         InvalidCommand,
