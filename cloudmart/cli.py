@@ -158,24 +158,28 @@ def replay(
     limit: int = typer.Option(1000, min=1, help="At most this many sagas, newest first."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
-    """Replay histories against the workflows deployed now, sending and writing nothing.
+    """Replay histories against the workflows deployed now (those of the module
+    CLOUDMART_WORKFLOWS names, as the orchestrator), sending and writing nothing.
 
     Prints one line per saga (matching, or diverged: at which position, what history holds,
     what the code asked for) and exits 1 when any diverged, so it can gate a deploy.
     """
     from cloudmart import replay as replayer
-    from orchestration_pattern.orchestrator import WORKFLOWS
+    from orchestration_pattern.orchestrator import workflows_of
+
+    settings = get_settings()
+    deployed = workflows_of(settings.workflows)
 
     async def from_database(engine: AsyncEngine) -> list[Any]:
         histories = replayer.from_database(
             engine, statuses=status, workflow=workflow, since=since, limit=limit
         )
-        return await replayer.replay_all(WORKFLOWS, histories)
+        return await replayer.replay_all(deployed, histories)
 
     async def run() -> list[Any]:
         if files:
-            return await replayer.replay_all(WORKFLOWS, replayer.from_files(files))
-        return await _with_engine(get_settings(), from_database)
+            return await replayer.replay_all(deployed, replayer.from_files(files))
+        return await _with_engine(settings, from_database)
 
     results = asyncio.run(run())
     if as_json:

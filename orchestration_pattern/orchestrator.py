@@ -8,6 +8,7 @@ the same business operations directly.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Collection, Sequence
 from typing import Any, cast
 
@@ -29,12 +30,30 @@ from engine.history import CANCEL, COMPENSATE, RESUME, RETRY, Event, SagaRecord
 from engine.listing import SagaCounts, SagaFilter, SagaPage
 from engine.observer import SagaObserver
 from engine.ports import HistoryStore, Transport
-from engine.workflow import Workflow
+from engine.workflow import Workflow, workflow_name
 from workflows.order_saga import place_order, place_order_declarative
 
 # The workflows an orchestrator runs: what it recovers, and what `cloudmart replay` checks
-# histories against.
+# histories against. An orchestrator registers the ``WORKFLOWS`` of the module its settings
+# name (:func:`workflows_of`), this one unless told otherwise.
 WORKFLOWS: tuple[Workflow, ...] = (place_order, place_order_declarative)
+
+
+def workflows_of(module: str) -> tuple[Workflow, ...]:
+    """The ``WORKFLOWS`` tuple of ``module`` (a dotted name), the way a Temporal worker is
+    given its workflows: what one orchestrator runs, recovers and starts by name. ValueError
+    when the module cannot be imported or holds no such tuple."""
+    try:
+        loaded = importlib.import_module(module)
+    except ImportError as exc:
+        raise ValueError(f"cannot import the workflows module {module!r}: {exc}") from exc
+    found = getattr(loaded, "WORKFLOWS", None)
+    if not isinstance(found, tuple) or not found or not all(callable(wf) for wf in found):
+        raise ValueError(f"module {module!r} has no WORKFLOWS tuple of workflows")
+    for wf in found:
+        workflow_name(wf)  # each must be a @workflow
+    return found
+
 
 # Called around every history write when given: ``(point, event_types)`` with the points
 # ``freeze_before_history`` and ``crash_after_history`` (the process's failure points).
@@ -60,31 +79,36 @@ class SagaFinished(SagaActionRefused):
 
 
 class Orchestrator:
-    """Starts, cancels and reports order sagas."""
+    """Starts, cancels and reports order sagas, with the ``workflows`` its engine runs."""
 
-    def __init__(self, engine: Engine, db: Database) -> None:
+    def __init__(
+        self, engine: Engine, db: Database, *, workflows: Sequence[Workflow] = WORKFLOWS
+    ) -> None:
         self.engine = engine
         self.db = db
+        self._workflows = {workflow_name(wf): wf for wf in workflows}
 
     async def start(
         self,
         order: PlaceOrder,
         *,
         idempotency_key: str | None = None,
-        workflow: Workflow = place_order,
+        workflow: str = "place_order",
     ) -> SagaHandle:
         """Start the order saga; with a key, the same key and body give the same saga.
 
         Unknown customers and books are refused here (404), before any saga exists.
-        ``workflow`` is the typed :func:`~workflows.order_saga.place_order` unless the caller
-        asks for the seed's declarative definition of the same saga.
+        ``workflow`` names the workflow: the typed ``place_order`` unless the caller asks for
+        the seed's declarative definition of the same saga (``place_order_declarative``); the
+        code of that name this orchestrator was given runs it.
         """
+        wf = self._workflows[workflow]
         await check_order(self.db, order)
         order_id = order_id_for(idempotency_key)
         structlog.contextvars.bind_contextvars(order_id=order_id)  # the correlation id
         command = CreateOrder(order_id=order_id, **order.model_dump())
         try:
-            return await self.engine.start(workflow, command, workflow_id=order_id)
+            return await self.engine.start(wf, command, workflow_id=order_id)
         except WorkflowAlreadyStarted as exc:
             raise IdempotencyKeyReused(
                 "this Idempotency-Key was used with a different order", order_id=order_id
@@ -182,8 +206,10 @@ def build_engine(
     compensation_retry: RetryPolicy,
     observer: SagaObserver | None = None,
     history_hook: HistoryHook | None = None,
+    workflows: Sequence[Workflow] = WORKFLOWS,
 ) -> Engine:
-    """The engine of one orchestrator process (the settings' values, passed as they are).
+    """The engine of one orchestrator process (the settings' values, passed as they are),
+    running ``workflows`` (see :func:`workflows_of`).
 
     ``observer`` receives its saga and step events (the process's metrics); ``history_hook``,
     when given, sees every history write (see :data:`HistoryHook`).
@@ -200,6 +226,6 @@ def build_engine(
         saga_deadline=saga_deadline,
         step_retry=step_retry,
         compensation_retry=compensation_retry,
-        workflows=WORKFLOWS,
+        workflows=workflows,
         observer=observer,
     )

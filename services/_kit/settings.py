@@ -89,6 +89,14 @@ class Settings(BaseSettings):
         description="Longest wait between a compensation's retries (it is "
         "retried for as long as it takes).",
     )
+    workflows: str = Field(
+        default="orchestration_pattern.orchestrator",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$",
+        description="Orchestration: the module whose WORKFLOWS tuple the orchestrator "
+        "registers (runs, recovers and starts by name) and `cloudmart replay` replays "
+        "histories against; another module runs other code, e.g. an older version of a "
+        "workflow.",
+    )
     max_body_bytes: int = Field(default=1_000_000, ge=1024)
     served_countries: Annotated[tuple[str, ...], NoDecode] = ("JP",)
 

@@ -19,7 +19,12 @@ from engine.adapters.rabbitmq import RabbitMQTransport
 from engine.observer import SagaObserver
 from engine.ports import Transport
 from orchestration_pattern.metrics import PrometheusSagaObserver, sagas_needing_operator
-from orchestration_pattern.orchestrator import Orchestrator, build_engine, in_process_transport
+from orchestration_pattern.orchestrator import (
+    Orchestrator,
+    build_engine,
+    in_process_transport,
+    workflows_of,
+)
 from services._kit import Settings, create_app, failpoints, get_settings
 from services._kit.app import LATENCY_BUCKETS
 from services.orchestrator.api import router
@@ -28,8 +33,9 @@ from services.orchestrator.api import router
 def engine_for(
     settings: Settings, db: Database, transport: Transport, *, observer: SagaObserver | None = None
 ) -> Engine:
-    """The engine of an orchestrator process configured by ``settings`` (the failure point of
-    the test profile included, when one is armed)."""
+    """The engine of an orchestrator process configured by ``settings``: the workflows of the
+    module ``settings.workflows`` names, and the failure point of the test profile, when one is
+    armed."""
     return build_engine(
         db,
         transport,
@@ -41,6 +47,7 @@ def engine_for(
         compensation_retry=settings.compensation_retry,
         observer=observer,
         history_hook=failpoints.history_hook(),
+        workflows=workflows_of(settings.workflows),
     )
 
 
@@ -71,7 +78,9 @@ def build_app(settings: Settings | None = None, *, database: Database | None = N
                 return await sagas_needing_operator(engine.store)
 
             app.state.telemetry.add_probe("sagas", operator_flags)
-            app.state.orchestrator = Orchestrator(engine, db)
+            app.state.orchestrator = Orchestrator(
+                engine, db, workflows=workflows_of(settings.workflows)
+            )
             await engine.recover()
             await stack.enter_async_context(engine)  # background loop: leases, claims
             yield
