@@ -8,7 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
-from record_corpus import CORPUS, SCENARIOS, place_order_changed
+from record_corpus import CORPUS, SCENARIOS, V2, place_order_changed
 from test_engine_history_compat import RECORDED, events_of
 from typer.testing import CliRunner
 
@@ -69,3 +69,17 @@ def test_cloudmart_replay_gates_a_deploy_on_history_files(tmp_path: Path) -> Non
     (result,) = json.loads(diverged.output)
     assert not result["matching"]
     assert "amount: history '1.00', code" in result["divergence"]
+
+
+def test_cloudmart_replay_against_the_order_sagas_v1_refuses_to_roll_back_under_v2_sagas() -> None:
+    # CLOUDMART_WORKFLOWS names the code replayed against, as it names what an orchestrator
+    # runs: a rollback to v1 would strand the screened sagas, and the gate says so.
+    runner = CliRunner()
+    v1 = {"CLOUDMART_WORKFLOWS": "order_saga_v1"}
+    older = [str(f) for f in FILES if f.stem not in V2]
+    assert runner.invoke(app, ["replay", *older], env=v1).exit_code == 0
+    screened = [str(CORPUS / f"{name}.json") for name in V2]
+    refused = runner.invoke(app, ["replay", *screened], env=v1)
+    assert refused.exit_code == 1, refused.output
+    assert refused.output.count("history holds MarkerRecorded patch:fraud-check") == len(V2)
+    assert f"{len(V2)} replayed, 0 matching, {len(V2)} diverged" in refused.output

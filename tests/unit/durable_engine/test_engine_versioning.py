@@ -4,6 +4,7 @@ retirement, and the offline replayer that tells a deploy which histories the new
 from __future__ import annotations
 
 import importlib.util
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -223,3 +224,85 @@ def test_the_deployed_workflows_pass_the_determinism_check() -> None:
 
     for wf in (*DEPLOYED, shop_v2, shop_v3):
         assert wf.__workflow_name__  # type: ignore[attr-defined]
+
+
+# The order saga's v2: a fraud screening before payment, for large orders only ---------------
+
+LARGE = "12000.00"  # at or above the review amount: v2 screens it
+
+
+def test_the_review_amount_is_above_what_the_small_orders_of_the_tests_come_to() -> None:
+    from workflows.order_saga import REVIEW_AMOUNT
+
+    assert Decimal("12.50") < REVIEW_AMOUNT <= Decimal(LARGE)
+
+
+def kinds(events: list[Any]) -> list[tuple[str, str | None]]:
+    return [(e.type, e.step) for e in events if e.type in (ET.STEP_SCHEDULED, ET.MARKER)]
+
+
+async def v1_saga_crashed_after(commits: int, *, total: str = LARGE) -> Any:
+    """A v1 order saga of ``total``, its orchestrator gone after ``commits`` history writes."""
+    import order_saga_v1
+
+    r = rig(crash=CrashAfter(commits), total=total)
+    await r.engine.start(order_saga_v1.place_order, order(), workflow_id="o-1")
+    await run_until_idle(r.engine, recover=False)
+    r.clock.advance(60)
+    return r
+
+
+async def test_a_v1_order_saga_paid_for_finishes_as_v1_on_v2_code() -> None:
+    r = await v1_saga_crashed_after(4)  # v1 scheduled the payment (reserve done)
+    v2 = r.new_engine("v2", workflows=DEPLOYED)
+    await run_until_idle(v2)
+    assert (await v2.status("o-1")).status == "COMPLETED"
+    history = await v2.history("o-1")
+    assert ("StepScheduled", "payment.screen_order") not in kinds(history)
+    assert not [e for e in history if e.type == ET.MARKER]
+    assert r.services.calls["payment.screen_order"] == 0
+
+
+async def test_a_v1_order_saga_short_of_the_patch_point_and_a_new_one_are_screened() -> None:
+    r = await v1_saga_crashed_after(2)  # v1 scheduled only create_order
+    v2 = r.new_engine("v2", workflows=DEPLOYED)
+    await v2.start(place_order, order("o-2"), workflow_id="o-2")
+    await run_until_idle(v2)
+    for workflow_id in ("o-1", "o-2"):
+        assert (await v2.status(workflow_id)).status == "COMPLETED"
+        assert kinds(await v2.history(workflow_id)) == [
+            ("StepScheduled", "order.create_order"),
+            ("StepScheduled", "inventory.reserve_stock"),
+            ("MarkerRecorded", "patch:fraud-check"),
+            ("StepScheduled", "payment.screen_order"),
+            ("StepScheduled", "payment.process_payment"),
+            ("StepScheduled", "shipping.arrange_shipping"),
+            ("StepScheduled", "order.complete_order"),
+        ]
+    assert r.services.calls["payment.screen_order"] == 2
+
+
+async def test_an_ordinary_order_on_v2_records_what_v1_did_and_replays_on_v1() -> None:
+    import order_saga_v1
+
+    r = rig()  # 12.50: below the review amount
+    await r.engine.start(place_order, order(), workflow_id="o-1")
+    await run_until_idle(r.engine)
+    history = await r.engine.history("o-1")
+    assert not [e for e in history if e.type == ET.MARKER]
+    assert r.services.calls["payment.screen_order"] == 0
+    assert (await replay(list(order_saga_v1.WORKFLOWS), history, workflow_id="o-1")).matching
+
+
+async def test_a_screening_refused_compensates_the_saga_as_a_refused_payment_does() -> None:
+    r = rig(total=LARGE)
+    r.services.refuse.add("payment.screen_order")
+    await r.engine.start(place_order, order(), workflow_id="o-1")
+    await run_until_idle(r.engine)
+    status = await r.engine.status("o-1")
+    assert status.status == "FAILED"
+    assert (status.failure_reason or "").startswith("payment.screen_order failed")
+    undone = [e.step for e in await r.engine.history("o-1") if e.type == ET.COMPENSATION_COMPLETED]
+    assert undone == ["inventory.release_stock", "order.cancel_order"]
+    assert r.services.calls["payment.process_payment"] == 0
+    assert r.services.effective("o-1") == []
