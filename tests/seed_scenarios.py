@@ -86,11 +86,17 @@ async def attempted_past_its_deadline(
 
 @contextlib.asynccontextmanager
 async def paid_with_shipping_held(
-    api: httpx.AsyncClient, shop: Shop, deployment: Deployment
+    api: httpx.AsyncClient,
+    shop: Shop,
+    deployment: Deployment,
+    *,
+    price: str = "10.00",
+    balance: str = "100.00",
 ) -> AsyncIterator[tuple[str, int, int]]:
     """A saga paid for while the shipping service is stopped, so that arranging shipping waits;
-    shipping goes on when the block ends. Yields (order id, book, customer)."""
-    book, customer = shop.book("10.00", 5), shop.customer("100.00")
+    shipping goes on when the block ends. One copy of a new book at ``price`` (5 in stock) for
+    a new customer holding ``balance``. Yields (order id, book, customer)."""
+    book, customer = shop.book(price, 5), shop.customer(balance)
     deployment.pause("shipping")
     try:
         oid = await saga_start(api, order(customer, (book, 1)))
