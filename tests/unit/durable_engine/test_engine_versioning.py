@@ -11,6 +11,16 @@ from typing import Any
 import pytest
 from engine_unit_kit import CrashAfter, order, rig
 
+from contracts import catalogue as ops
+from contracts.commands import (
+    ArrangeShipping,
+    CreateOrder,
+    OrderPlaced,
+    OrderRef,
+    ProcessPayment,
+    ReserveStock,
+    ScreenOrder,
+)
 from engine import WorkflowContext, workflow
 from engine.adapters.memory_transport import Fault
 from engine.errors import WorkflowDefinitionError
@@ -18,6 +28,7 @@ from engine.history import EventType
 from engine.replay import history_file, read_history_file, replay
 from engine.testing import run_until_idle
 from workflows import place_order, place_order_declarative
+from workflows.order_saga import REVIEW_AMOUNT
 
 ET = EventType
 DEPLOYED = [place_order, place_order_declarative]
@@ -232,8 +243,6 @@ LARGE = "12000.00"  # at or above the review amount: v2 screens it
 
 
 def test_the_review_amount_is_above_what_the_small_orders_of_the_tests_come_to() -> None:
-    from workflows.order_saga import REVIEW_AMOUNT
-
     assert Decimal("12.50") < REVIEW_AMOUNT <= Decimal(LARGE)
 
 
@@ -306,3 +315,53 @@ async def test_a_screening_refused_compensates_the_saga_as_a_refused_payment_doe
     assert undone == ["inventory.release_stock", "order.cancel_order"]
     assert r.services.calls["payment.process_payment"] == 0
     assert r.services.effective("o-1") == []
+
+
+@workflow(name="place_order")
+async def place_order_retired(ctx: WorkflowContext, order: CreateOrder) -> OrderPlaced:
+    """The order saga once the patch is retired (the README's next deploy after v2)."""
+    created = await ctx.step(ops.CREATE_ORDER, order)
+    await ctx.step(ops.RESERVE_STOCK, ReserveStock(order_id=order.order_id, items=order.items))
+    if created.total_amount >= REVIEW_AMOUNT:
+        ctx.deprecate_patch("fraud-check")
+        await ctx.step(
+            ops.SCREEN_ORDER,
+            ScreenOrder(
+                order_id=order.order_id,
+                customer_id=order.customer_id,
+                amount=created.total_amount,
+            ),
+        )
+    payment = await ctx.step(
+        ops.PROCESS_PAYMENT,
+        ProcessPayment(
+            order_id=order.order_id, customer_id=order.customer_id, amount=created.total_amount
+        ),
+    )
+    shipment = await ctx.step(
+        ops.ARRANGE_SHIPPING,
+        ArrangeShipping(order_id=order.order_id, address=order.shipping_address),
+        pivot=True,
+    )
+    await ctx.step(ops.COMPLETE_ORDER, OrderRef(order_id=order.order_id))
+    return OrderPlaced(
+        order_id=order.order_id,
+        total_amount=created.total_amount,
+        payment=payment,
+        shipment=shipment,
+    )
+
+
+async def test_retiring_the_fraud_patch_is_refused_while_a_paid_v1_saga_is_in_flight() -> None:
+    r = await v1_saga_crashed_after(4)  # v1 paid for it, unscreened
+    v1_history = await r.engine.history("o-1")
+    blocked = await replay([place_order_retired], v1_history, workflow_id="o-1")
+    assert not blocked.matching
+    assert "payment.screen_order" in (blocked.divergence or "")
+    assert "history holds StepScheduled payment.process_payment" in (blocked.divergence or "")
+
+    v2 = rig(total=LARGE)  # a saga screened by v2 still replays once the patch is retired
+    await v2.engine.start(place_order, order("o-2"), workflow_id="o-2")
+    await run_until_idle(v2.engine)
+    screened = await v2.engine.history("o-2")
+    assert (await replay([place_order_retired], screened, workflow_id="o-2")).matching
