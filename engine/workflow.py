@@ -38,10 +38,12 @@ from engine.errors import WorkflowDefinitionError
 
 __all__ = [
     "Activity",
+    "NondeterministicCall",
     "RetryPolicy",
     "StepCall",
     "Workflow",
     "WorkflowContext",
+    "nondeterministic_calls",
     "workflow",
     "workflow_input_model",
     "workflow_name",
@@ -196,24 +198,48 @@ def _forbidden(name: str) -> str | None:
     return None
 
 
-def _check_determinism(func: Callable[..., Any]) -> None:
-    """Refuse a workflow body that calls what replay cannot repeat (see :func:`workflow`)."""
+@dataclasses.dataclass(frozen=True)
+class NondeterministicCall:
+    """A call replay cannot repeat, found in a function's source: ``function`` calls
+    ``call()`` at ``filename:line``; ``use`` is what to call instead."""
+
+    function: str
+    call: str
+    filename: str
+    line: int
+    use: str
+
+
+def nondeterministic_calls(func: Callable[..., Any]) -> list[NondeterministicCall]:
+    """Every call in ``func``'s source (nested functions included) that a workflow must not
+    make, in source order; none when there is no source to read (built at run time)."""
     try:
         source = textwrap.dedent(inspect.getsource(func))
         filename = inspect.getsourcefile(func) or "<workflow>"
-    except (OSError, TypeError):  # no source to read (built at run time): replay still checks
-        return
+    except (OSError, TypeError):  # no source to read: replay still checks
+        return []
     first = func.__code__.co_firstlineno
+    found = []
     for node in ast.walk(ast.parse(source)):
         if not isinstance(node, ast.Call):
             continue
         name = _dotted(node.func)
         use = None if name is None else _forbidden(name)
-        if use is not None:
-            raise WorkflowDefinitionError(
-                f"workflow {func.__qualname__} calls {name}() at {filename}:"
-                f"{first + node.lineno - 1}; a workflow must be deterministic: use {use}"
-            )
+        if name is not None and use is not None:
+            line = first + node.lineno - 1
+            found.append(NondeterministicCall(func.__qualname__, name, filename, line, use))
+    return sorted(found, key=lambda call: call.line)
+
+
+def _check_determinism(func: Callable[..., Any]) -> None:
+    """Refuse a workflow body that calls what replay cannot repeat (see :func:`workflow`)."""
+    found = nondeterministic_calls(func)
+    if found:
+        first = found[0]
+        raise WorkflowDefinitionError(
+            f"workflow {first.function} calls {first.call}() at {first.filename}:"
+            f"{first.line}; a workflow must be deterministic: use {first.use}"
+        )
 
 
 def _input_model(func: Callable[..., Any], param: str) -> type[BaseModel] | None:

@@ -365,3 +365,23 @@ async def test_retiring_the_fraud_patch_is_refused_while_a_paid_v1_saga_is_in_fl
     await run_until_idle(v2.engine)
     screened = await v2.engine.history("o-2")
     assert (await replay([place_order_retired], screened, workflow_id="o-2")).matching
+
+
+def test_every_call_replay_cannot_repeat_is_found_with_its_line_in_source_order() -> None:
+    import time
+    import uuid
+
+    from engine.workflow import nondeterministic_calls
+
+    async def helper(ctx: Any, data: Any) -> None:
+        data["id"] = str(uuid.uuid4())
+        data["at"] = time.time()
+
+    first = helper.__code__.co_firstlineno
+    found = nondeterministic_calls(helper)
+    assert [(c.call, c.line - first, c.use) for c in found] == [
+        ("uuid.uuid4", 1, "ctx.uuid()"),
+        ("time.time", 2, "ctx.now()"),
+    ]
+    assert {c.filename for c in found} == {__file__}
+    assert nondeterministic_calls(place_order) == []
