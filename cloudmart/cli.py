@@ -157,18 +157,34 @@ def replay(
     ),
     limit: int = typer.Option(1000, min=1, help="At most this many sagas, newest first."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+    lint: bool = typer.Option(
+        False,
+        "--lint",
+        help="Instead of replaying, read the workflows' modules for calls replay cannot "
+        "repeat (clock, randomness, uuid4, sleep, I/O) and print each with its file:line.",
+    ),
 ) -> None:
     """Replay histories against the workflows deployed now (those of the module
     CLOUDMART_WORKFLOWS names, as the orchestrator), sending and writing nothing.
 
     Prints one line per saga (matching, or diverged: at which position, what history holds,
-    what the code asked for) and exits 1 when any diverged, so it can gate a deploy.
+    what the code asked for) and exits 1 when any diverged, so it can gate a deploy. With
+    ``--lint``, exits 1 when a workflow's module calls what replay cannot repeat.
     """
     from cloudmart import replay as replayer
+    from engine.errors import WorkflowDefinitionError
     from orchestration_pattern.orchestrator import workflows_of
 
     settings = get_settings()
-    deployed = workflows_of(settings.workflows)
+    try:
+        deployed = workflows_of(settings.workflows)
+    except (ValueError, WorkflowDefinitionError) as exc:  # refused as the orchestrator would
+        typer.echo(f"CLOUDMART_WORKFLOWS={settings.workflows}: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    if lint:
+        found = replayer.lint(deployed)
+        typer.echo(replayer.render_lint(found))
+        raise typer.Exit(1 if found else 0)
 
     async def from_database(engine: AsyncEngine) -> list[Any]:
         histories = replayer.from_database(
