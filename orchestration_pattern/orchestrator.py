@@ -42,7 +42,8 @@ WORKFLOWS: tuple[Workflow, ...] = (place_order, place_order_declarative)
 def workflows_of(module: str) -> tuple[Workflow, ...]:
     """The ``WORKFLOWS`` tuple of ``module`` (a dotted name), the way a Temporal worker is
     given its workflows: what one orchestrator runs, recovers and starts by name. ValueError
-    when the module cannot be imported or holds no such tuple."""
+    when the module cannot be imported or holds no such tuple; WorkflowDefinitionError when
+    an entry is not a ``@workflow`` (or ``@workflow`` refused one as the module loaded)."""
     try:
         loaded = importlib.import_module(module)
     except ImportError as exc:
@@ -87,6 +88,8 @@ class Orchestrator:
         self.engine = engine
         self.db = db
         self._workflows = {workflow_name(wf): wf for wf in workflows}
+        if "place_order" not in self._workflows:  # what POST /saga/start runs
+            raise ValueError(f"no place_order among the workflows {sorted(self._workflows)}")
 
     async def start(
         self,

@@ -107,3 +107,11 @@ def test_a_workflows_module_must_exist_and_hold_a_workflows_tuple() -> None:
         workflows_of("json")
     with pytest.raises(ValueError):
         Settings(_env_file=None, workflows="not a module; rm -rf")  # type: ignore[call-arg]
+
+
+def test_an_orchestrator_needs_the_order_saga_among_its_workflows() -> None:
+    from orchestration_pattern.orchestrator import Orchestrator
+    from workflows.restock import restock
+
+    with pytest.raises(ValueError, match=r"no place_order among the workflows \['restock'\]"):
+        Orchestrator(None, None, workflows=[restock])  # type: ignore[arg-type]
