@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import json
 import os
 import socket
@@ -18,7 +19,7 @@ from pydantic import BaseModel
 
 from engine._runtime import RunConfig, canonical_json
 from engine.clock import SystemClock
-from engine.errors import SagaNotFound, WorkflowAlreadyStarted
+from engine.errors import SagaNotFound, SagaQueueFull, WorkflowAlreadyStarted
 from engine.history import (
     CANCEL,
     COMPENSATE,
@@ -51,6 +52,8 @@ _log = structlog.get_logger("engine")
 
 
 DEFAULT_STEP_RETRY = RetryPolicy()
+# Seconds the count of waiting sagas is trusted while the engine is full.
+_WAITING_FRESH_FOR = timedelta(seconds=1)
 DEFAULT_COMPENSATION_RETRY = RetryPolicy(initial_interval=0.5, max_interval=30.0, max_attempts=None)
 
 
@@ -65,6 +68,12 @@ class Engine:
     saga and step outcome (:mod:`engine.observer`; metrics hang on it). The last
     ``finished_cache`` sagas this engine finished are kept, so ``wait`` and ``status`` answer
     them without reading the store.
+
+    Admission control: at most ``max_running`` sagas (None: no bound) are driven at once; a
+    saga started beyond that is written all the same (durable, idempotent) and waits its turn
+    in the store, where any engine with room claims it (:mod:`engine.worker`). A start is
+    refused with :class:`~engine.errors.SagaQueueFull` only when ``max_queued`` sagas already
+    wait (the count is read from the store at most once a second while the engine is full).
     """
 
     def __init__(
@@ -85,6 +94,8 @@ class Engine:
         claim_batch: int = 100,
         observer: SagaObserver | None = None,
         finished_cache: int = 2048,
+        max_running: int | None = None,
+        max_queued: int | None = None,
     ) -> None:
         self.store = store
         self.transport = transport
@@ -97,6 +108,9 @@ class Engine:
         self.poll_interval = poll_interval or max(0.05, lease_seconds / 3)
         self.counters = EngineCounters()
         self.observer: SagaObserver = observer or NullObserver()
+        self.max_queued = max_queued
+        # How many sagas wait in the store, as last read (when, count).
+        self._waiting: tuple[datetime, int] | None = None
         self.worker = Worker(
             store,
             transport,
@@ -114,6 +128,7 @@ class Engine:
             observer=self.observer,
             counters=self.counters,
             finished_cache=finished_cache,
+            max_running=max_running,
         )
         for wf in workflows:
             self.register(wf)
@@ -146,6 +161,9 @@ class Engine:
             else json.loads(json.dumps(input))
         )
         workflow_id = workflow_id or str(uuid.uuid4())
+        admitted = self.worker.room != 0
+        if not admitted:
+            await self._make_way(workflow_id)
         now = self.clock.now()
         saga_id = str(uuid.uuid4())
         deadline = (
@@ -167,13 +185,15 @@ class Engine:
             workflow_name=name,
             status=STARTED,
             input=data,
-            owner=self.owner_id,
+            # Admitted: ours under a first lease. Else nobody's, its lease out at once, so it
+            # waits in the store and is claimed in the order it came.
+            owner=self.owner_id if admitted else None,
             version=1,
-            lease_expires_at=now + timedelta(seconds=self.lease_seconds),
+            lease_expires_at=now + timedelta(seconds=self.lease_seconds) if admitted else now,
             created_at=now,
             updated_at=now,
         )
-        with self.worker.starting(saga_id):
+        with self.worker.starting(saga_id) if admitted else contextlib.nullcontext():
             stored, created = await self.store.create(record, [started])
         if not created:
             if stored.workflow_name != name or canonical_json(stored.input) != canonical_json(data):
@@ -184,8 +204,25 @@ class Engine:
             return SagaHandle(stored.saga_id, workflow_id, stored.status, created=False)
         self.counters.sagas_started += 1
         self.observer.saga_started(name)
-        self.worker.spawn(wf, stored, [started], 1)
+        if admitted:
+            self.worker.spawn(wf, stored, [started], 1)
+        else:
+            if self._waiting is not None:
+                self._waiting = (self._waiting[0], self._waiting[1] + 1)
+            self.worker.queued()
         return SagaHandle(saga_id, workflow_id, STARTED, created=True)
+
+    async def _make_way(self, workflow_id: str) -> None:
+        """This engine is full: a new saga will wait in the store, unless ``max_queued`` wait
+        there already (``SagaQueueFull``; a start of a saga that exists is answered as usual)."""
+        if self.max_queued is None:
+            return
+        now = self.clock.now()
+        if self._waiting is None or now - self._waiting[0] >= _WAITING_FRESH_FOR:
+            self._waiting = (now, await self.store.count_waiting(now=now))
+        waiting = self._waiting[1]
+        if waiting >= self.max_queued and await self.store.get(workflow_id) is None:
+            raise SagaQueueFull(waiting, retry_after=max(1.0, self.poll_interval))
 
     async def cancel(self, workflow_id: str) -> SagaStatus:
         """Ask the saga to stop at its next step boundary and compensate what took effect.
@@ -256,10 +293,16 @@ class Engine:
             if left <= 0:
                 break
             task = self.worker.task_of(saga_id=record.saga_id)
+            if task is None:  # waiting for a slot here, or driven elsewhere
+                await self.worker.until_driven(
+                    record.saga_id, timeout=min(left, self.poll_interval)
+                )
+                task = self.worker.task_of(saga_id=record.saga_id)
             if task is not None:
-                await asyncio.wait([task], timeout=left)
-            else:
-                await asyncio.sleep(min(left, self.poll_interval))
+                await asyncio.wait([task], timeout=max(0.0, deadline - loop.time()))
+                known = self.worker.finished(workflow_id)
+                if known is not None:
+                    return saga_status(*known)
             record, events = await self.store.load(record.saga_id)
         if events is None:
             record, events = await self.store.load(record.saga_id)

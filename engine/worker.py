@@ -7,6 +7,12 @@ up nobody — renews the leases of the sagas it drives and gives up those it los
 operator's requests to the runs they are for (the background loop), and keeps the last sagas
 it finished so that the client half (:class:`~engine.api.Engine`) answers ``status`` and
 ``wait`` for them without a read.
+
+Admission control: with ``max_running`` a worker drives at most that many sagas at once. A
+saga started beyond it is written to the store with no owner and waits there (not in this
+event loop) until a worker has room: when one of this worker's runs ends it fills the free
+slots from the store, oldest first, and the background loop does the same for sagas queued
+by other processes, so several orchestrators share one queue through the leases they take.
 """
 
 from __future__ import annotations
@@ -39,7 +45,8 @@ class Worker:
 
     ``config`` carries the owner id and the runs' policies; a lease lasts ``lease_seconds``
     and the background loop wakes every ``poll_interval`` seconds to renew leases and claim
-    up to ``claim_batch`` sagas; the last ``finished_cache`` finished sagas are kept.
+    up to ``claim_batch`` sagas; the last ``finished_cache`` finished sagas are kept. At most
+    ``max_running`` sagas (None: no bound) are driven at once.
     """
 
     def __init__(
@@ -55,6 +62,7 @@ class Worker:
         observer: SagaObserver,
         counters: EngineCounters,
         finished_cache: int,
+        max_running: int | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -65,6 +73,7 @@ class Worker:
         self.observer = observer
         self.counters = counters
         self.finished_cache = finished_cache
+        self.max_running = max_running
         self._workflows: dict[str, Workflow] = {}
         self._runs: dict[str, tuple[_Run, asyncio.Task[None]]] = {}
         # Sagas whose row start() is writing: committed before their run is spawned, they are
@@ -77,6 +86,15 @@ class Worker:
             collections.OrderedDict()
         )
         self._supervisor: asyncio.Task[None] | None = None
+        # Admission control: whether sagas may be waiting in the store for a slot (then a run
+        # that ends makes this worker look), the task filling free slots, and whether it
+        # should look once more when it is done.
+        self._maybe_waiting = False
+        self._filling: asyncio.Task[None] | None = None
+        self._fill_again = False
+        self._stopping = False
+        # saga_id -> resolved when this worker starts driving it (for Engine.wait)
+        self._driven: dict[str, asyncio.Future[None]] = {}
         # What every run of this worker works through: the same for all, built once.
         self._deps = RunDeps(store, transport, clock, observer, counters, self._remember)
 
@@ -116,11 +134,7 @@ class Worker:
         the others. Returns how many were claimed."""
         now = self.clock.now()
         known = list(self._workflows)
-        claimed = 0
-        for row in await self.store.list_claimable(
-            owner=self.config.owner, now=now, limit=self.claim_batch, workflows=known
-        ):
-            claimed += await self.claim(row)
+        claimed = await self._fill_from_store()
         for row in await self.store.list_claimable(
             owner=self.config.owner, now=now, limit=self.claim_batch, workflows=known, known=False
         ):
@@ -132,29 +146,94 @@ class Worker:
         False when it runs here already or someone else holds it."""
         if row.saga_id in self._runs or row.saga_id in self._starting:
             return False
-        now = self.clock.now()
-        version = await self.store.acquire(
-            row.saga_id,
-            owner=self.config.owner,
-            expected_version=row.version,
-            now=now,
-            until=now + timedelta(seconds=self.lease_seconds),
-        )
-        if version is None:
-            return False
-        record, events = await self.store.load(row.saga_id)
-        wf = self._workflows.get(row.workflow_name)
-        if wf is None:
-            run = _Run(self.config, self._deps, None, record, events, version)
-            self._track(run, run.park_unknown())
+        with self.starting(row.saga_id):  # a slot taken while the claim is in flight
+            now = self.clock.now()
+            version = await self.store.acquire(
+                row.saga_id,
+                owner=self.config.owner,
+                expected_version=row.version,
+                now=now,
+                until=now + timedelta(seconds=self.lease_seconds),
+            )
+            if version is None:
+                return False
+            record, events = await self.store.load(row.saga_id)
+            wf = self._workflows.get(row.workflow_name)
+            if wf is None:
+                run = _Run(self.config, self._deps, None, record, events, version)
+                self._track(run, run.park_unknown())
+                return True
+            self.counters.sagas_recovered += 1
+            self.observer.saga_resumed(row.workflow_name)
+            _log.info(
+                "saga.recovered", saga_id=row.saga_id, workflow_id=row.workflow_id, version=version
+            )
+            self.spawn(wf, record, events, version)
             return True
-        self.counters.sagas_recovered += 1
-        self.observer.saga_resumed(row.workflow_name)
-        _log.info(
-            "saga.recovered", saga_id=row.saga_id, workflow_id=row.workflow_id, version=version
+
+    # -- admission control -------------------------------------------------------------------
+
+    @property
+    def room(self) -> int | None:
+        """How many more sagas this worker may drive now (None: no bound)."""
+        if self.max_running is None:
+            return None
+        return max(0, self.max_running - len(self._runs) - len(self._starting))
+
+    def queued(self) -> None:
+        """A saga was just written to wait in the store: fill the free slots, if any."""
+        self._maybe_waiting = True
+        self._fill_soon()
+
+    async def until_driven(self, saga_id: str, *, timeout: float) -> None:
+        """Return once this worker drives ``saga_id``, or after ``timeout`` seconds."""
+        if saga_id in self._runs:
+            return
+        driven = self._driven.get(saga_id)
+        if driven is None:
+            driven = self._driven[saga_id] = asyncio.get_running_loop().create_future()
+        await asyncio.wait([driven], timeout=timeout)
+        if not driven.done() and self._driven.get(saga_id) is driven:
+            del self._driven[saga_id]  # driven elsewhere, perhaps: the caller reads the store
+
+    def _fill_soon(self) -> None:
+        if self._filling is not None and not self._filling.done():
+            self._fill_again = True  # it looks once more before it ends
+            return
+        self._filling = asyncio.get_running_loop().create_task(
+            self._fill(), name=f"engine-admission:{self.config.owner}"
         )
-        self.spawn(wf, record, events, version)
-        return True
+
+    async def _fill(self) -> None:
+        again = True
+        while again:
+            self._fill_again = False
+            try:
+                await self._fill_from_store()
+            except StoreUnavailable as exc:  # the background loop's next round tries again
+                _log.debug("engine.admission_deferred", error=str(exc))
+                return
+            again = self._fill_again and self._maybe_waiting
+
+    async def _fill_from_store(self) -> int:
+        """Claim waiting sagas of known workflows, oldest first, as many as there is room for;
+        returns how many were claimed."""
+        room = self.room
+        ask = self.claim_batch if room is None else min(room, self.claim_batch)
+        if ask == 0:
+            self._maybe_waiting = True  # no room to look: a run that ends will
+            return 0
+        rows = await self.store.list_claimable(
+            owner=self.config.owner,
+            now=self.clock.now(),
+            limit=ask,
+            workflows=list(self._workflows),
+        )
+        self._maybe_waiting = room is not None and len(rows) == ask
+        claimed = 0
+        for row in rows:
+            claimed += await self.claim(row)
+        return claimed
 
     async def act(self, record: SagaRecord) -> None:
         """An operator's action was just written on ``record``'s row: hand it to the run that
@@ -177,6 +256,9 @@ class Worker:
         self._runs[record.saga_id] = (run, task)
         self._local[record.workflow_id] = record.saga_id
         task.add_done_callback(functools.partial(self._forget, record.saga_id))
+        driven = self._driven.pop(record.saga_id, None)
+        if driven is not None and not driven.done():
+            driven.set_result(None)
 
     def _forget(self, saga_id: str, task: asyncio.Task[None]) -> None:
         entry = self._runs.get(saga_id)
@@ -186,6 +268,8 @@ class Worker:
                 del self._local[entry[0].record.workflow_id]
         if not task.cancelled() and task.exception() is not None:
             _log.error("saga.crashed", saga_id=saga_id, error=repr(task.exception()))
+        if self._maybe_waiting and not self._stopping:
+            self._fill_soon()  # a slot is free: the oldest waiting saga takes it
 
     def _remember(self, record: SagaRecord, events: builtins.list[Event]) -> None:
         """Keep a saga this worker just finished (COMPLETED or FAILED: final states), so that
@@ -212,11 +296,23 @@ class Worker:
 
     async def stop(self) -> None:
         """Stop the background loop and every run; release their leases."""
+        self._stopping = True
+        try:
+            await self._stop()
+        finally:
+            self._stopping = False
+
+    async def _stop(self) -> None:
         if self._supervisor is not None:
             self._supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._supervisor
             self._supervisor = None
+        if self._filling is not None:
+            self._filling.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._filling
+            self._filling = None
         runs = list(self._runs.values())
         for _, task in runs:
             task.cancel()

@@ -8,6 +8,7 @@ the same business operations directly.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Collection, Sequence
 from typing import Any, cast
 
@@ -23,6 +24,7 @@ from engine.errors import (
     ActionRefused,
     SagaAlreadyFinished,
     SagaNotFound,
+    SagaQueueFull,
     WorkflowAlreadyStarted,
 )
 from engine.history import CANCEL, COMPENSATE, RESUME, RETRY, Event, SagaRecord
@@ -53,6 +55,17 @@ class SagaActionRefused(DomainError):
     saga is past its pivot."""
 
     http_status = 409
+
+
+class SagaBacklogFull(DomainError):
+    """Too many sagas already wait for a slot (``CLOUDMART_MAX_QUEUED_SAGAS``); nothing was
+    written. Sent again after ``Retry-After`` seconds, the same start is accepted."""
+
+    http_status = 503
+
+    def __init__(self, message: str, *, retry_after: int, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.retry_after = retry_after
 
 
 class SagaFinished(SagaActionRefused):
@@ -88,6 +101,10 @@ class Orchestrator:
         except WorkflowAlreadyStarted as exc:
             raise IdempotencyKeyReused(
                 "this Idempotency-Key was used with a different order", order_id=order_id
+            ) from exc
+        except SagaQueueFull as exc:
+            raise SagaBacklogFull(
+                str(exc), retry_after=math.ceil(exc.retry_after), waiting=exc.waiting
             ) from exc
 
     async def status(self, order_id: str, *, wait: float = 0) -> SagaStatus:
@@ -180,13 +197,16 @@ def build_engine(
     saga_deadline: float | None,
     step_retry: RetryPolicy,
     compensation_retry: RetryPolicy,
+    max_running: int | None = None,
+    max_queued: int | None = None,
     observer: SagaObserver | None = None,
     history_hook: HistoryHook | None = None,
 ) -> Engine:
     """The engine of one orchestrator process (the settings' values, passed as they are).
 
     ``observer`` receives its saga and step events (the process's metrics); ``history_hook``,
-    when given, sees every history write (see :data:`HistoryHook`).
+    when given, sees every history write (see :data:`HistoryHook`). ``max_running`` and
+    ``max_queued`` bound the sagas it drives at once and those that wait for a slot.
     """
     store: HistoryStore = SqlHistoryStore(db.engine)
     if history_hook is not None:
@@ -202,4 +222,6 @@ def build_engine(
         compensation_retry=compensation_retry,
         workflows=WORKFLOWS,
         observer=observer,
+        max_running=max_running,
+        max_queued=max_queued,
     )

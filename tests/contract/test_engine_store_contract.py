@@ -661,3 +661,32 @@ async def test_following_pages_yields_every_matching_saga_once_in_order(
             created_at=T0 + timedelta(minutes=1 + page_number),
         )
     assert seen == expected
+
+
+async def test_waiting_sagas_are_the_claimable_ones_nobody_holds_oldest_first(
+    store: HistoryStore,
+) -> None:
+    # saga-1 is leased to "a" and saga-2 finished; saga-3's lease ran out; saga-4 and saga-5
+    # were written with no owner, their lease out at once (how a start waits for a slot), at
+    # the same instant: the one created first comes first.
+    await started(store, 1)
+    await started(store, 2)
+    await store.append(
+        "saga-2",
+        [ev(1)],
+        expected_seq=1,
+        version=1,
+        owner="a",
+        projection=Projection(status="COMPLETED", finished=True),
+    )
+    stale = dataclasses.replace(record(3), lease_expires_at=T0 - LEASE)
+    assert (await store.create(stale, [ev(0, "WorkflowStarted")]))[1]
+    for n in (5, 4):
+        queued = dataclasses.replace(record(n), owner=None, lease_expires_at=T0)
+        assert (await store.create(queued, [ev(0, "WorkflowStarted")]))[1]
+    now = T0 + timedelta(seconds=1)
+    assert await store.count_waiting(now=now) == 3
+    waiting = await store.list_claimable(owner="z", now=now, limit=10)
+    assert [r.saga_id for r in waiting] == ["saga-3", "saga-4", "saga-5"]
+    # once its lease runs out, saga-1 waits too
+    assert await store.count_waiting(now=T0 + 2 * LEASE) == 4
