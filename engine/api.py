@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import contextlib
 import json
 import os
 import socket
@@ -52,8 +51,6 @@ _log = structlog.get_logger("engine")
 
 
 DEFAULT_STEP_RETRY = RetryPolicy()
-# Seconds the count of waiting sagas is trusted while the engine is full.
-_WAITING_FRESH_FOR = timedelta(seconds=1)
 DEFAULT_COMPENSATION_RETRY = RetryPolicy(initial_interval=0.5, max_interval=30.0, max_attempts=None)
 
 
@@ -71,9 +68,8 @@ class Engine:
 
     Admission control: at most ``max_running`` sagas (None: no bound) are driven at once; a
     saga started beyond that is written all the same (durable, idempotent) and waits its turn
-    in the store, where any engine with room claims it (:mod:`engine.worker`). A start is
-    refused with :class:`~engine.errors.SagaQueueFull` only when ``max_queued`` sagas already
-    wait (the count is read from the store at most once a second while the engine is full).
+    (:mod:`engine.worker`). A start is refused with :class:`~engine.errors.SagaQueueFull`,
+    nothing written, only when ``max_queued`` sagas started here already wait.
     """
 
     def __init__(
@@ -109,8 +105,6 @@ class Engine:
         self.counters = EngineCounters()
         self.observer: SagaObserver = observer or NullObserver()
         self.max_queued = max_queued
-        # How many sagas wait in the store, as last read (when, count).
-        self._waiting: tuple[datetime, int] | None = None
         self.worker = Worker(
             store,
             transport,
@@ -161,9 +155,11 @@ class Engine:
             else json.loads(json.dumps(input))
         )
         workflow_id = workflow_id or str(uuid.uuid4())
-        admitted = self.worker.room != 0
-        if not admitted:
-            await self._make_way(workflow_id)
+        admitted = self.worker.room != 0 and not self.worker.waiting  # first come, first run
+        if not admitted and self.max_queued is not None:
+            waiting = self.worker.waiting
+            if waiting >= self.max_queued and await self.store.get(workflow_id) is None:
+                raise SagaQueueFull(waiting, retry_after=max(1.0, self.poll_interval))
         now = self.clock.now()
         saga_id = str(uuid.uuid4())
         deadline = (
@@ -185,15 +181,13 @@ class Engine:
             workflow_name=name,
             status=STARTED,
             input=data,
-            # Admitted: ours under a first lease. Else nobody's, its lease out at once, so it
-            # waits in the store and is claimed in the order it came.
-            owner=self.owner_id if admitted else None,
+            owner=self.owner_id,
             version=1,
-            lease_expires_at=now + timedelta(seconds=self.lease_seconds) if admitted else now,
+            lease_expires_at=now + timedelta(seconds=self.lease_seconds),
             created_at=now,
             updated_at=now,
         )
-        with self.worker.starting(saga_id) if admitted else contextlib.nullcontext():
+        with self.worker.starting(saga_id):
             stored, created = await self.store.create(record, [started])
         if not created:
             if stored.workflow_name != name or canonical_json(stored.input) != canonical_json(data):
@@ -207,22 +201,8 @@ class Engine:
         if admitted:
             self.worker.spawn(wf, stored, [started], 1)
         else:
-            if self._waiting is not None:
-                self._waiting = (self._waiting[0], self._waiting[1] + 1)
-            self.worker.queued()
+            self.worker.queue(wf, stored, [started])
         return SagaHandle(saga_id, workflow_id, STARTED, created=True)
-
-    async def _make_way(self, workflow_id: str) -> None:
-        """This engine is full: a new saga will wait in the store, unless ``max_queued`` wait
-        there already (``SagaQueueFull``; a start of a saga that exists is answered as usual)."""
-        if self.max_queued is None:
-            return
-        now = self.clock.now()
-        if self._waiting is None or now - self._waiting[0] >= _WAITING_FRESH_FOR:
-            self._waiting = (now, await self.store.count_waiting(now=now))
-        waiting = self._waiting[1]
-        if waiting >= self.max_queued and await self.store.get(workflow_id) is None:
-            raise SagaQueueFull(waiting, retry_after=max(1.0, self.poll_interval))
 
     async def cancel(self, workflow_id: str) -> SagaStatus:
         """Ask the saga to stop at its next step boundary and compensate what took effect.
@@ -348,6 +328,11 @@ class Engine:
     def running(self) -> int:
         """Sagas this engine is driving right now."""
         return self.worker.running
+
+    @property
+    def waiting(self) -> int:
+        """Sagas started here that wait for a slot (``max_running``)."""
+        return self.worker.waiting
 
     def drive_tasks(self) -> builtins.list[asyncio.Task[None]]:
         """The tasks of the sagas this engine is driving (for the test driver)."""

@@ -163,7 +163,7 @@ class WorkflowAlreadyStarted(SagaError):
 
 
 class SagaQueueFull(SagaError):
-    """A start refused because ``waiting`` sagas already wait for a worker (the engine's
+    """A start refused because ``waiting`` sagas already wait for a slot in this engine (its
     ``max_queued``); nothing was written. Try again after ``retry_after`` seconds."""
 
     def __init__(self, waiting: int, *, retry_after: float) -> None:

@@ -114,12 +114,6 @@ class HistoryStore(Protocol):
         past the pivot that keeps failing)."""
         ...
 
-    async def count_waiting(self, *, now: datetime) -> int:
-        """How many sagas wait for a worker: claimable (see :meth:`list_claimable`) and
-        neither owned nor under a lease that runs past ``now`` — the queue of admission
-        control, and the sagas of a process that died."""
-        ...
-
     async def list_claimable(
         self,
         *,
@@ -132,7 +126,7 @@ class HistoryStore(Protocol):
         """Sagas to drive (unfinished, or parked with an operator's action waiting) with no
         owner, an expired lease, or owned by ``owner``; only those of ``workflows`` (or, with
         ``known=False``, only those of other workflows) when it is given. The one whose lease
-        ran out first comes first (a saga waiting for a slot: the one started first)."""
+        ran out first comes first (of two at the same instant, the one started first)."""
         ...
 
     async def acquire(

@@ -9,10 +9,12 @@ it finished so that the client half (:class:`~engine.api.Engine`) answers ``stat
 ``wait`` for them without a read.
 
 Admission control: with ``max_running`` a worker drives at most that many sagas at once. A
-saga started beyond it is written to the store with no owner and waits there (not in this
-event loop) until a worker has room: when one of this worker's runs ends it fills the free
-slots from the store, oldest first, and the background loop does the same for sagas queued
-by other processes, so several orchestrators share one queue through the leases they take.
+saga started beyond it is written as usual (ours, under its first lease: durable) and waits in
+a queue of records, not of tasks, until a run ends; then the oldest waiting one is driven
+with nothing more to write. Its lease is not renewed while it waits, so one that waited
+longer than a lease becomes claimable by any worker with room (the same leases recovery
+takes); taking it then costs this worker one write, and a worker that lost it to another
+skips it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import asyncio
 import builtins
 import collections
 import contextlib
+import dataclasses
 import functools
 from collections.abc import Coroutine, Iterator
 from datetime import datetime, timedelta
@@ -86,10 +89,11 @@ class Worker:
             collections.OrderedDict()
         )
         self._supervisor: asyncio.Task[None] | None = None
-        # Admission control: whether sagas may be waiting in the store for a slot (then a run
-        # that ends makes this worker look), the task filling free slots, and whether it
-        # should look once more when it is done.
-        self._maybe_waiting = False
+        # Admission control: the sagas started here that wait for a slot, oldest first; the
+        # task driving them as slots free up, and whether it should look once more.
+        self._queued: collections.OrderedDict[
+            str, tuple[Workflow, SagaRecord, builtins.list[Event]]
+        ] = collections.OrderedDict()
         self._filling: asyncio.Task[None] | None = None
         self._fill_again = False
         self._stopping = False
@@ -134,7 +138,14 @@ class Worker:
         the others. Returns how many were claimed."""
         now = self.clock.now()
         known = list(self._workflows)
-        claimed = await self._fill_from_store()
+        claimed = await self._fill_slots()
+        room = self.room
+        limit = self.claim_batch if room is None else min(room, self.claim_batch)
+        if limit:
+            for row in await self.store.list_claimable(
+                owner=self.config.owner, now=now, limit=limit, workflows=known
+            ):
+                claimed += await self.claim(row)
         for row in await self.store.list_claimable(
             owner=self.config.owner, now=now, limit=self.claim_batch, workflows=known, known=False
         ):
@@ -143,8 +154,12 @@ class Worker:
 
     async def claim(self, row: SagaRecord) -> bool:
         """Take ``row``'s lease and drive it (or park it, if its workflow is unknown here).
-        False when it runs here already or someone else holds it."""
-        if row.saga_id in self._runs or row.saga_id in self._starting:
+        False when it runs here already, waits here for a slot, or someone else holds it."""
+        if (
+            row.saga_id in self._runs
+            or row.saga_id in self._starting
+            or row.saga_id in self._queued
+        ):
             return False
         with self.starting(row.saga_id):  # a slot taken while the claim is in flight
             now = self.clock.now()
@@ -180,9 +195,15 @@ class Worker:
             return None
         return max(0, self.max_running - len(self._runs) - len(self._starting))
 
-    def queued(self) -> None:
-        """A saga was just written to wait in the store: fill the free slots, if any."""
-        self._maybe_waiting = True
+    @property
+    def waiting(self) -> int:
+        """Sagas started here that wait for a slot."""
+        return len(self._queued)
+
+    def queue(self, wf: Workflow, record: SagaRecord, events: builtins.list[Event]) -> None:
+        """``record`` was just written, ours under its first lease, with no room to drive it:
+        it waits its turn here (driven as soon as a slot is free)."""
+        self._queued[record.saga_id] = (wf, record, events)
         self._fill_soon()
 
     async def until_driven(self, saga_id: str, *, timeout: float) -> None:
@@ -209,38 +230,63 @@ class Worker:
         while again:
             self._fill_again = False
             try:
-                await self._fill_from_store()
+                await self._fill_slots()
             except StoreUnavailable as exc:  # the background loop's next round tries again
                 _log.debug("engine.admission_deferred", error=str(exc))
                 return
-            again = self._fill_again and self._maybe_waiting
+            again = self._fill_again
 
-    async def _fill_from_store(self) -> int:
-        """Claim waiting sagas of known workflows, oldest first, as many as there is room for;
-        returns how many were claimed."""
-        room = self.room
-        ask = self.claim_batch if room is None else min(room, self.claim_batch)
-        if ask == 0:
-            self._maybe_waiting = True  # no room to look: a run that ends will
-            return 0
-        rows = await self.store.list_claimable(
-            owner=self.config.owner,
-            now=self.clock.now(),
-            limit=ask,
-            workflows=list(self._workflows),
-        )
-        self._maybe_waiting = room is not None and len(rows) == ask
-        claimed = 0
-        for row in rows:
-            claimed += await self.claim(row)
-        return claimed
+    async def _fill_slots(self) -> int:
+        """Drive the sagas waiting here, oldest first, while there is room; returns how many
+        it took."""
+        taken = 0
+        while self._queued and self.room != 0:
+            saga_id, entry = self._queued.popitem(last=False)
+            try:
+                taken += await self._take(*entry)
+            except BaseException:
+                self._queued[saga_id] = entry  # still its turn next
+                self._queued.move_to_end(saga_id, last=False)
+                raise
+        return taken
+
+    async def _take(self, wf: Workflow, record: SagaRecord, events: builtins.list[Event]) -> bool:
+        """Drive a saga that waited here: at once while most of its first lease is left, else
+        after taking the lease again (False when another worker took it meanwhile)."""
+        if record.saga_id in self._runs or record.saga_id in self._starting:
+            return False
+        now = self.clock.now()
+        left = (record.lease_expires_at or now) - now
+        if left > timedelta(seconds=self.lease_seconds / 2):
+            self.spawn(wf, record, events, record.version)
+            return True
+        with self.starting(record.saga_id):
+            until = now + timedelta(seconds=self.lease_seconds)
+            version = await self.store.acquire(
+                record.saga_id,
+                owner=self.config.owner,
+                expected_version=record.version,
+                now=now,
+                until=until,
+            )
+            if version is None:
+                return False
+            owned = dataclasses.replace(
+                record, owner=self.config.owner, version=version, lease_expires_at=until
+            )
+            self.spawn(wf, owned, events, version)
+            return True
 
     async def act(self, record: SagaRecord) -> None:
         """An operator's action was just written on ``record``'s row: hand it to the run that
         drives the saga here, or claim the parked saga it wakes."""
         entry = self._runs.get(record.saga_id)
+        waiting = self._queued.pop(record.saga_id, None)
         if entry is not None and record.operator_request is not None:
             entry[0].poke(record.operator_request)
+        elif waiting is not None:  # an operator's action does not wait for a slot
+            wf, _, events = waiting
+            await self._take(wf, dataclasses.replace(record, lease_expires_at=None), events)
         elif entry is None and record.claimable:
             await self.claim(record)
 
@@ -268,7 +314,7 @@ class Worker:
                 del self._local[entry[0].record.workflow_id]
         if not task.cancelled() and task.exception() is not None:
             _log.error("saga.crashed", saga_id=saga_id, error=repr(task.exception()))
-        if self._maybe_waiting and not self._stopping:
+        if self._queued and not self._stopping:
             self._fill_soon()  # a slot is free: the oldest waiting saga takes it
 
     def _remember(self, record: SagaRecord, events: builtins.list[Event]) -> None:

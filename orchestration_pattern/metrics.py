@@ -15,22 +15,21 @@ metric                                                             source
 ``cloudmart_compensations_total{step,outcome}``                    each compensation attempt
 ``cloudmart_operator_alerts_total{workflow}``                      a saga flagged for an operator
 ``cloudmart_sagas_running``                                        sagas this process drives
+``cloudmart_sagas_waiting``                                        started here, waiting for a slot
 ``cloudmart_sagas_needing_operator``                               read from the database on scrape
-``cloudmart_sagas_waiting``                                        read from the database on scrape
 =================================================================  ===========================
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from engine.ports import HistoryStore
 
-__all__ = ["PrometheusSagaObserver", "saga_store_gauges"]
+__all__ = ["PrometheusSagaObserver", "sagas_needing_operator"]
 
 
 class PrometheusSagaObserver:
@@ -88,10 +87,17 @@ class PrometheusSagaObserver:
         self.running = Gauge(
             "cloudmart_sagas_running", "Sagas this process is driving now.", registry=registry
         )
+        self.waiting = Gauge(
+            "cloudmart_sagas_waiting",
+            "Sagas started here that wait for a slot (CLOUDMART_MAX_RUNNING_SAGAS).",
+            registry=registry,
+        )
 
-    def track_running(self, running: Callable[[], int]) -> None:
-        """Read ``cloudmart_sagas_running`` from ``running()`` at each scrape."""
+    def track_running(self, running: Callable[[], int], waiting: Callable[[], int]) -> None:
+        """Read ``cloudmart_sagas_running`` from ``running()`` and ``cloudmart_sagas_waiting``
+        from ``waiting()`` at each scrape."""
         self.running.set_function(lambda: float(running()))
+        self.waiting.set_function(lambda: float(waiting()))
 
     def saga_started(self, workflow: str) -> None:
         self.started.labels(workflow=workflow).inc()
@@ -113,20 +119,14 @@ class PrometheusSagaObserver:
         self.operator_alerts.labels(workflow=workflow).inc()
 
 
-async def saga_store_gauges(store: HistoryStore, *, now: datetime) -> list[Metric]:
-    """Facts of the history store (every orchestrator on the database reports the same):
-    ``cloudmart_sagas_needing_operator``, the sagas flagged for an operator, and
-    ``cloudmart_sagas_waiting``, those no orchestrator drives yet (started beyond
-    ``CLOUDMART_MAX_RUNNING_SAGAS``, or left by a process that died)."""
-    flagged = GaugeMetricFamily(
+async def sagas_needing_operator(store: HistoryStore) -> list[Metric]:
+    """``cloudmart_sagas_needing_operator``: sagas flagged in the history store (every
+    orchestrator on the database reports the same number; it is a fact of the database)."""
+    count = await store.count_needing_operator()
+    family = GaugeMetricFamily(
         "cloudmart_sagas_needing_operator",
         "Sagas flagged for an operator (parked, or a compensation or a step past the pivot "
         "keeps failing).",
     )
-    flagged.add_metric([], float(await store.count_needing_operator()))
-    waiting = GaugeMetricFamily(
-        "cloudmart_sagas_waiting",
-        "Sagas waiting for an orchestrator to drive them.",
-    )
-    waiting.add_metric([], float(await store.count_waiting(now=now)))
-    return [flagged, waiting]
+    family.add_metric([], float(count))
+    return [family]

@@ -145,9 +145,6 @@ class InMemoryHistoryStore:
     async def count_needing_operator(self) -> int:
         return sum(r.needs_operator for r in self._rows.values())
 
-    async def count_waiting(self, *, now: datetime) -> int:
-        return sum(_waiting(r, now) for r in self._rows.values())
-
     async def list_claimable(
         self,
         *,
@@ -241,12 +238,11 @@ def _matches(row: SagaRecord, where: SagaFilter) -> bool:
 
 
 def _claimable(row: SagaRecord, owner: str, now: datetime) -> bool:
-    return _waiting(row, now) or (row.claimable and row.owner == owner)
-
-
-def _waiting(row: SagaRecord, now: datetime) -> bool:
     return row.claimable and (
-        row.owner is None or row.lease_expires_at is None or row.lease_expires_at < now
+        row.owner is None
+        or row.owner == owner
+        or row.lease_expires_at is None
+        or row.lease_expires_at < now
     )
 
 

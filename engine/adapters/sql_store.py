@@ -383,11 +383,6 @@ class SqlHistoryStore:
         rows = await self._select(query)
         return int(rows[0][0])
 
-    async def count_waiting(self, *, now: datetime) -> int:
-        query = sa.select(sa.func.count()).select_from(_si).where(*_waiting(now))
-        rows = await self._select(query)
-        return int(rows[0][0])
-
     async def list_claimable(
         self,
         *,
@@ -537,27 +532,18 @@ class SqlHistoryStore:
 
 def _claimable(owner: str, now: datetime) -> list[sa.ColumnElement[bool]]:
     """Unfinished (or parked with an operator's action waiting), and not leased by another."""
-    return [_wanting_a_driver(), sa.or_(_si.c.owner == owner, *_lease_free(now))]
-
-
-def _waiting(now: datetime) -> list[sa.ColumnElement[bool]]:
-    """Claimable and nobody's: no owner, or a lease that ran out before ``now``."""
-    return [_wanting_a_driver(), sa.or_(*_lease_free(now))]
-
-
-def _wanting_a_driver() -> sa.ColumnElement[bool]:
-    return sa.or_(
-        _si.c.status.not_in(sorted(TERMINAL_STATUSES)),
-        sa.and_(_si.c.status == PARKED, _si.c.operator_request_id.is_not(None)),
-    )
-
-
-def _lease_free(now: datetime) -> tuple[sa.ColumnElement[bool], ...]:
-    return (
-        _si.c.owner.is_(None),
-        _si.c.lease_expires_at.is_(None),
-        _si.c.lease_expires_at < now,
-    )
+    return [
+        sa.or_(
+            _si.c.status.not_in(sorted(TERMINAL_STATUSES)),
+            sa.and_(_si.c.status == PARKED, _si.c.operator_request_id.is_not(None)),
+        ),
+        sa.or_(
+            _si.c.owner.is_(None),
+            _si.c.owner == owner,
+            _si.c.lease_expires_at.is_(None),
+            _si.c.lease_expires_at < now,
+        ),
+    ]
 
 
 _LOCK_RETRIES = 8

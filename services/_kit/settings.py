@@ -60,14 +60,14 @@ class Settings(BaseSettings):
         default=64,
         ge=1,
         description="Orchestration: sagas one orchestrator drives at once; a start beyond it "
-        "is committed and waits its turn in the database, where any orchestrator with room "
-        "takes it.",
+        "is committed and waits its turn (any orchestrator with room takes one that waited "
+        "longer than a lease).",
     )
     max_queued_sagas: int = Field(
         default=10_000,
         ge=0,
-        description="Orchestration: sagas that may wait for a slot; past it a start is "
-        "refused with 503 and Retry-After, nothing written.",
+        description="Orchestration: sagas that may wait for a slot in one orchestrator; past "
+        "it a start is refused with 503 and Retry-After, nothing written.",
     )
     compensation_alert_attempts: int = Field(
         default=10,

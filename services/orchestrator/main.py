@@ -18,7 +18,7 @@ from engine import Engine
 from engine.adapters.rabbitmq import RabbitMQTransport
 from engine.observer import SagaObserver
 from engine.ports import Transport
-from orchestration_pattern.metrics import PrometheusSagaObserver, saga_store_gauges
+from orchestration_pattern.metrics import PrometheusSagaObserver, sagas_needing_operator
 from orchestration_pattern.orchestrator import Orchestrator, build_engine, in_process_transport
 from services._kit import Settings, create_app, failpoints, get_settings
 from services._kit.app import LATENCY_BUCKETS
@@ -67,12 +67,12 @@ def build_app(settings: Settings | None = None, *, database: Database | None = N
                 app.state.health_checks["rabbitmq"] = broker_up
             observer = PrometheusSagaObserver(app.state.metrics, buckets=LATENCY_BUCKETS)
             engine = engine_for(settings, db, transport, observer=observer)
-            observer.track_running(lambda: engine.running)
+            observer.track_running(lambda: engine.running, lambda: engine.waiting)
 
-            async def store_gauges() -> list[Metric]:
-                return await saga_store_gauges(engine.store, now=engine.clock.now())
+            async def operator_flags() -> list[Metric]:
+                return await sagas_needing_operator(engine.store)
 
-            app.state.telemetry.add_probe("sagas", store_gauges)
+            app.state.telemetry.add_probe("sagas", operator_flags)
             app.state.orchestrator = Orchestrator(engine, db)
             await engine.recover()
             await stack.enter_async_context(engine)  # background loop: leases, claims

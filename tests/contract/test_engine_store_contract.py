@@ -663,12 +663,11 @@ async def test_following_pages_yields_every_matching_saga_once_in_order(
     assert seen == expected
 
 
-async def test_waiting_sagas_are_the_claimable_ones_nobody_holds_oldest_first(
+async def test_claimable_sagas_come_in_the_order_their_lease_ran_out_then_were_started(
     store: HistoryStore,
 ) -> None:
-    # saga-1 is leased to "a" and saga-2 finished; saga-3's lease ran out; saga-4 and saga-5
-    # were written with no owner, their lease out at once (how a start waits for a slot), at
-    # the same instant: the one created first comes first.
+    # saga-1 is leased to "a" and saga-2 finished; saga-3's lease ran out first; saga-4 and
+    # saga-5 ran out at one instant (saga-5 written first, saga-4 started first).
     await started(store, 1)
     await started(store, 2)
     await store.append(
@@ -679,14 +678,9 @@ async def test_waiting_sagas_are_the_claimable_ones_nobody_holds_oldest_first(
         owner="a",
         projection=Projection(status="COMPLETED", finished=True),
     )
-    stale = dataclasses.replace(record(3), lease_expires_at=T0 - LEASE)
-    assert (await store.create(stale, [ev(0, "WorkflowStarted")]))[1]
-    for n in (5, 4):
-        queued = dataclasses.replace(record(n), owner=None, lease_expires_at=T0)
-        assert (await store.create(queued, [ev(0, "WorkflowStarted")]))[1]
+    for n, lease in ((3, T0 - LEASE), (5, T0), (4, T0)):
+        stale = dataclasses.replace(record(n), lease_expires_at=lease)
+        assert (await store.create(stale, [ev(0, "WorkflowStarted")]))[1]
     now = T0 + timedelta(seconds=1)
-    assert await store.count_waiting(now=now) == 3
     waiting = await store.list_claimable(owner="z", now=now, limit=10)
     assert [r.saga_id for r in waiting] == ["saga-3", "saga-4", "saga-5"]
-    # once its lease runs out, saga-1 waits too
-    assert await store.count_waiting(now=T0 + 2 * LEASE) == 4

@@ -1,6 +1,6 @@
 """Admission control on real processes (MariaDB, RabbitMQ): an orchestrator drives at most
-``CLOUDMART_MAX_RUNNING_SAGAS`` sagas; later starts are committed and wait in the database,
-and only past ``CLOUDMART_MAX_QUEUED_SAGAS`` waiting is a start refused with 503."""
+``CLOUDMART_MAX_RUNNING_SAGAS`` sagas; later starts are committed and wait their turn, and
+only past ``CLOUDMART_MAX_QUEUED_SAGAS`` waiting is a start refused with 503."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 from conftest import until
 from processes import Deployment, deployed
+from prometheus_client.parser import text_string_to_metric_families
 from seed_scenarios import paid_with_shipping_held, saga_finished, saga_start, saga_status
 from shop import Shop, order
 
@@ -30,17 +31,12 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         yield deployment
 
 
-def waiting_rows(sql: sa.Engine) -> list[tuple[str, str, str | None]]:
-    """Unfinished sagas no orchestrator holds, oldest first."""
-    with sql.connect() as conn:
-        rows = conn.execute(
-            sa.text(
-                "SELECT order_id, status, owner FROM saga_instances "
-                "WHERE owner IS NULL AND status NOT IN ('COMPLETED', 'FAILED') "
-                "ORDER BY created_at"
-            )
-        )
-        return [(r.order_id, r.status, r.owner) for r in rows]
+async def waiting(api: httpx.AsyncClient, deployment: Deployment) -> float:
+    response = await api.get(f"{deployment.url('orchestrator')}/metrics")
+    for family in text_string_to_metric_families(response.text):
+        if family.name == "cloudmart_sagas_waiting":
+            return float(family.samples[0].value)
+    raise AssertionError("no cloudmart_sagas_waiting gauge")
 
 
 async def test_starts_beyond_the_running_bound_wait_in_the_database_and_all_complete(
@@ -55,8 +51,18 @@ async def test_starts_beyond_the_running_bound_wait_in_the_database_and_all_comp
 
         await until(both_paid, timeout=20)
         later = [await saga_start(api, order(customer, (book, 1))) for _ in range(3)]
-        assert waiting_rows(sql) == [(oid, "STARTED", None) for oid in later]
+        assert await waiting(api, deployment) == 3
         assert [await saga_status(api, oid) for oid in later] == ["STARTED"] * 3
+        with sql.connect() as conn:
+            steps = conn.execute(
+                sa.text(
+                    "SELECT COUNT(*) FROM saga_step_logs l JOIN saga_instances i "
+                    "ON i.saga_id = l.saga_id WHERE i.order_id IN :ids "
+                    "AND l.event_type = 'StepScheduled'"
+                ).bindparams(sa.bindparam("ids", expanding=True)),
+                {"ids": later},
+            ).scalar_one()
+        assert steps == 0  # written, durable, and not yet driven
 
         refused = await api.post(
             "/saga/start",
@@ -74,7 +80,7 @@ async def test_starts_beyond_the_running_bound_wait_in_the_database_and_all_comp
     # Shipping is back: the two running sagas finish and the waiting ones take their slots.
     oids = [first, second, *later]
     assert [(await saga_finished(api, oid))["status"] for oid in oids] == ["COMPLETED"] * 5
-    assert waiting_rows(sql) == []
+    assert await waiting(api, deployment) == 0
     restocked = shop.book("10.00", 1)  # the first book's five copies are sold
     again = await api.post(
         "/saga/start",

@@ -1,10 +1,12 @@
 """Admission control on the in-memory store with a fake clock: at most ``max_running`` sagas
-driven at once, the rest waiting in the store (oldest first, for any engine with room), and
-a start refused only once ``max_queued`` sagas wait."""
+driven at once, the rest written and waiting their turn (oldest first; claimable by any
+engine with room once they waited longer than a lease), and a start refused only once
+``max_queued`` sagas wait."""
 
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 import pytest
 from conftest import until
@@ -32,10 +34,9 @@ async def test_at_most_max_running_sagas_are_driven_and_the_rest_wait_in_the_sto
         for n in range(1, 6)
     ]
     assert all(h.created and h.status == "STARTED" for h in handles)
-    assert r.engine.running == 2
-    assert await r.store.count_waiting(now=r.clock.now()) == 3
+    assert (r.engine.running, r.engine.waiting) == (2, 3)
     waiting = [await r.store.get(f"o-{n}") for n in (3, 4, 5)]
-    assert [(w.status, w.owner) for w in waiting if w is not None] == [("STARTED", None)] * 3
+    assert [(w.status, w.version) for w in waiting if w is not None] == [("STARTED", 1)] * 3
 
     await run_until_idle(r.engine)
 
@@ -67,11 +68,17 @@ async def test_a_start_beyond_max_queued_is_refused_and_writes_nothing() -> None
     assert later.created  # room again: admitted
 
 
-async def test_sagas_waiting_for_one_engine_are_claimed_by_another_with_room() -> None:
-    r = rig(max_running=1, owner_id="unit-a")
+async def test_sagas_waiting_longer_than_a_lease_are_claimed_by_another_engine_with_room() -> None:
+    r = rig(max_running=1, owner_id="unit-a", lease_seconds=30.0)
     for n in (1, 2, 3):
         await r.engine.start(place_order, order(f"o-{n}"), workflow_id=f"o-{n}")
     other = r.new_engine("unit-b", max_running=5, workflows=[place_order])
+    assert await other.recover() == 0  # their first lease is still unit-a's
+    r.clock.advance(31.0)
+    driving = await r.store.get("o-1")  # unit-a renews the lease of what it drives
+    assert driving is not None
+    until = r.clock.now() + timedelta(seconds=30)
+    assert await r.store.renew(owner="unit-a", saga_ids=[driving.saga_id], until=until)
     assert await other.recover() == 2
 
     await asyncio.gather(run_until_idle(r.engine), run_until_idle(other))
@@ -93,3 +100,16 @@ async def test_wait_on_a_waiting_saga_returns_once_it_is_done_not_after_its_poll
     await run_until_idle(r.engine)
     await until(waiter.done, timeout=10)
     assert waiter.result().status == "COMPLETED"
+
+
+async def test_a_cancel_of_a_waiting_saga_is_honoured_without_waiting_for_a_slot() -> None:
+    r = rig(max_running=1)
+    await r.engine.start(place_order, order("o-1"), workflow_id="o-1")
+    await r.engine.start(place_order, order("o-2"), workflow_id="o-2")
+    await r.engine.cancel("o-2")
+    assert (r.engine.running, r.engine.waiting) == (2, 0)  # driven at once, beside o-1
+    await run_until_idle(r.engine)
+    cancelled = await r.engine.status("o-2")
+    assert (cancelled.status, cancelled.failure_reason) == ("FAILED", "cancelled")
+    assert r.services.for_saga("o-2") == []  # nothing was sent for it
+    assert (await r.engine.status("o-1")).status == "COMPLETED"
