@@ -31,6 +31,9 @@ class DomainError(Exception):
 
     http_status: ClassVar[int] = 409
     non_retryable: ClassVar[bool] = True
+    #: Seconds to wait before sending the same request again (an HTTP layer answers it as
+    #: ``Retry-After``), for the few errors that pass with time.
+    retry_after: int | None = None
 
     def __init__(self, message: str, **details: Any) -> None:
         super().__init__(message)

@@ -9,6 +9,7 @@ the same business operations directly.
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Callable, Collection, Sequence
 from typing import Any, cast
 
@@ -24,6 +25,7 @@ from engine.errors import (
     ActionRefused,
     SagaAlreadyFinished,
     SagaNotFound,
+    SagaQueueFull,
     WorkflowAlreadyStarted,
 )
 from engine.history import CANCEL, COMPENSATE, RESUME, RETRY, Event, SagaRecord
@@ -75,6 +77,17 @@ class SagaActionRefused(DomainError):
     http_status = 409
 
 
+class SagaBacklogFull(DomainError):
+    """Too many sagas already wait for a slot (``CLOUDMART_MAX_QUEUED_SAGAS``); nothing was
+    written. Sent again after ``Retry-After`` seconds, the same start is accepted."""
+
+    http_status = 503
+
+    def __init__(self, message: str, *, retry_after: int, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.retry_after = retry_after
+
+
 class SagaFinished(SagaActionRefused):
     """The saga is already COMPLETED or FAILED; no action applies to it."""
 
@@ -115,6 +128,10 @@ class Orchestrator:
         except WorkflowAlreadyStarted as exc:
             raise IdempotencyKeyReused(
                 "this Idempotency-Key was used with a different order", order_id=order_id
+            ) from exc
+        except SagaQueueFull as exc:
+            raise SagaBacklogFull(
+                str(exc), retry_after=math.ceil(exc.retry_after), waiting=exc.waiting
             ) from exc
 
     async def status(self, order_id: str, *, wait: float = 0) -> SagaStatus:
@@ -207,6 +224,8 @@ def build_engine(
     saga_deadline: float | None,
     step_retry: RetryPolicy,
     compensation_retry: RetryPolicy,
+    max_running: int | None = None,
+    max_queued: int | None = None,
     observer: SagaObserver | None = None,
     history_hook: HistoryHook | None = None,
     workflows: Sequence[Workflow] = WORKFLOWS,
@@ -215,7 +234,8 @@ def build_engine(
     running ``workflows`` (see :func:`workflows_of`).
 
     ``observer`` receives its saga and step events (the process's metrics); ``history_hook``,
-    when given, sees every history write (see :data:`HistoryHook`).
+    when given, sees every history write (see :data:`HistoryHook`). ``max_running`` and
+    ``max_queued`` bound the sagas it drives at once and those that wait for a slot.
     """
     store: HistoryStore = SqlHistoryStore(db.engine)
     if history_hook is not None:
@@ -231,4 +251,6 @@ def build_engine(
         compensation_retry=compensation_retry,
         workflows=workflows,
         observer=observer,
+        max_running=max_running,
+        max_queued=max_queued,
     )

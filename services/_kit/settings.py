@@ -56,6 +56,19 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(
         default=15.0, gt=0, description="How long an orchestrator owns a saga between renewals."
     )
+    max_running_sagas: int = Field(
+        default=64,
+        ge=1,
+        description="Orchestration: sagas one orchestrator drives at once; a start beyond it "
+        "is committed and waits its turn (any orchestrator with room takes one that waited "
+        "longer than a lease).",
+    )
+    max_queued_sagas: int = Field(
+        default=10_000,
+        ge=0,
+        description="Orchestration: sagas that may wait for a slot in one orchestrator; past "
+        "it a start is refused with 503 and Retry-After, nothing written.",
+    )
     compensation_alert_attempts: int = Field(
         default=10,
         ge=1,

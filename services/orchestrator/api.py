@@ -16,6 +16,7 @@ from engine.listing import SagaFilter
 from orchestration_pattern.orchestrator import (
     Orchestrator,
     SagaActionRefused,
+    SagaBacklogFull,
     SagaFinished,
     SagaUnknown,
 )
@@ -146,7 +147,7 @@ class SagaStats(BaseModel):
     response_model=SagaStarted,
     responses={
         200: {"model": SagaStarted, "description": "Same Idempotency-Key and body: that saga"},
-        **error_responses(CustomerNotFound, BookNotFound, IdempotencyKeyReused),
+        **error_responses(CustomerNotFound, BookNotFound, IdempotencyKeyReused, SagaBacklogFull),
     },
     summary="Start an order saga; returns at once with the order id (202 + Location)",
 )

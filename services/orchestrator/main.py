@@ -45,6 +45,8 @@ def engine_for(
         saga_deadline=settings.saga_deadline,
         step_retry=settings.step_retry,
         compensation_retry=settings.compensation_retry,
+        max_running=settings.max_running_sagas,
+        max_queued=settings.max_queued_sagas,
         observer=observer,
         history_hook=failpoints.history_hook(),
         workflows=workflows_of(settings.workflows),
@@ -72,7 +74,7 @@ def build_app(settings: Settings | None = None, *, database: Database | None = N
                 app.state.health_checks["rabbitmq"] = broker_up
             observer = PrometheusSagaObserver(app.state.metrics, buckets=LATENCY_BUCKETS)
             engine = engine_for(settings, db, transport, observer=observer)
-            observer.track_running(lambda: engine.running)
+            observer.track_running(lambda: engine.running, lambda: engine.waiting)
 
             async def operator_flags() -> list[Metric]:
                 return await sagas_needing_operator(engine.store)
