@@ -264,6 +264,12 @@ def bench(
         ),
     ),
     out: str | None = typer.Option(None, help="Write the results as JSON to this file."),
+    colocated: bool = typer.Option(
+        False,
+        "--colocated",
+        help="The deployment runs every service in one process, messaging in-process "
+        "(`cloudmart up --colocated`; with --start, the bench starts it so).",
+    ),
 ) -> None:
     """Drive sagas through a deployment's REST API; report throughput, latency and invariants.
 
@@ -288,7 +294,9 @@ def bench(
     # entry's, in the layout --base-port describes).
     beside = bench_module.ports_beside(url, entry) if url and base_port is None else ports
     services = roster.services_of(pattern)
-    watch = bench_module.watched(target, pattern.value, services, beside, settings)
+    watch = bench_module.watched(
+        target, pattern.value, services, beside, settings, colocated=colocated
+    )
 
     def go() -> bench_module.BenchResult:
         return run(
@@ -307,6 +315,7 @@ def bench(
                     "db_max_overflow": settings.db_max_overflow,
                     "namespace": settings.namespace,
                     "started_deployment": start,
+                    "colocated": colocated,
                 },
                 progress=sys.stderr,
                 watch=watch,
@@ -320,11 +329,14 @@ def bench(
         asyncio.run(_db_init(settings, seed=False, reset=False))
         log_path = f"bench-{pattern.value}.log"
         typer.echo(
-            f"starting {pattern.value} on {sorted(ports[name] for name in services)}; "
+            f"starting {pattern.value}{' co-located' if colocated else ''} on "
+            f"{sorted(ports[name] for name in services)}; "
             f"logs: {log_path}",
             err=True,
         )
-        with bench_module.deployment(services, pattern.value, ports, log_path=log_path):
+        with bench_module.deployment(
+            services, pattern.value, ports, log_path=log_path, colocated=colocated
+        ):
             result = go()
     else:
         result = go()
@@ -467,18 +479,32 @@ def serve(
 @app.command()
 def up(
     pattern: Pattern = typer.Option(Pattern.orchestration, help="Saga style."),
+    colocated: bool = typer.Option(
+        False,
+        "--colocated",
+        help="Every service in this one process on CLOUDMART_DATABASE_URL, messaging "
+        "in-process (no RabbitMQ or Redis).",
+    ),
+    base_port: int | None = typer.Option(
+        None, help="Services on BASE+1..BASE+5 (order..orchestrator) instead of 8001-8005."
+    ),
 ) -> None:
-    """Run every service of the pattern until Ctrl-C (one process when embedded)."""
-    settings = get_settings(pattern=pattern.value)
+    """Run every service of the pattern until Ctrl-C: a process each, or one process when
+    embedded (no database configured) or co-located."""
+    settings = get_settings(pattern=pattern.value, **({"colocated": True} if colocated else {}))
     from cloudmart import runner
 
+    services, ports = roster.services_of(pattern), roster.ports_from(base_port)
     if settings.embedded:
         typer.echo(
             f"embedded {pattern.value}: SQLite at {settings.sqlite_path}, in-process messaging"
         )
-        runner.run(runner.run_embedded(settings, roster.services_of(pattern)))
+        runner.run(runner.run_in_one_process(settings, services, ports))
+    elif settings.colocated:
+        typer.echo(f"co-located {pattern.value}: one process, in-process messaging")
+        runner.run(runner.run_in_one_process(settings, services, ports))
     else:
-        raise typer.Exit(runner.supervise(roster.services_of(pattern), pattern.value))
+        raise typer.Exit(runner.supervise(services, pattern.value, ports))
 
 
 @events_app.command("tail")

@@ -55,7 +55,7 @@ def event_consumer(service: str) -> Lifespan:
     @asynccontextmanager
     async def run(app: FastAPI) -> AsyncIterator[None]:
         settings: Settings = app.state.settings
-        if not consumes_events(settings) or (settings.embedded and service != "order"):
+        if not consumes_events(settings) or (settings.in_process and service != "order"):
             yield
             return
         from choreography_pattern.bus import EventBus, InMemoryEventBus
@@ -64,7 +64,7 @@ def event_consumer(service: str) -> Lifespan:
         db: Database = app.state.db
         async with AsyncExitStack() as stack:
             bus: EventBus
-            if settings.embedded:
+            if settings.in_process:
                 bus = InMemoryEventBus(
                     max_deliveries=settings.event_max_deliveries, outages=app.state.outages
                 )

@@ -140,6 +140,11 @@ class Settings(BaseSettings):
     outbox_poll_interval: float = Field(
         default=0.5, gt=0, description="Choreography: seconds between outbox relay polls."
     )
+    colocated: bool = Field(
+        default=False,
+        description="Every service of the pattern in one process on the configured database, "
+        "messaging in-process (what `cloudmart up --colocated` runs).",
+    )
     failpoint: str | None = Field(
         default=None,
         description="Test profile only: a failure point to arm, e.g. 'crash_before_ack:<service>' "
@@ -188,6 +193,12 @@ class Settings(BaseSettings):
     def embedded(self) -> bool:
         """True when no database server is configured: SQLite and in-process messaging."""
         return self.database_url is None
+
+    @property
+    def in_process(self) -> bool:
+        """Messaging inside this one process (embedded or co-located): commands are direct
+        calls of the business operations and events an in-memory bus, no broker."""
+        return self.embedded or self.colocated
 
     @property
     def effective_database_url(self) -> str:

@@ -2,7 +2,7 @@
 
 Run it with ``cloudmart serve orchestrator``. At start-up it resumes every unfinished saga
 from its history (and keeps claiming sagas whose owner died); commands go to the services
-over RabbitMQ, or, embedded, straight to the business operations in this process.
+over RabbitMQ, or, embedded or co-located, straight to the business operations in this process.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def build_app(settings: Settings | None = None, *, database: Database | None = N
         db: Database = app.state.db
         async with AsyncExitStack() as stack:
             transport: Transport
-            if settings.embedded or not settings.rabbitmq_url:
+            if settings.in_process or not settings.rabbitmq_url:
                 transport = in_process_transport(db, served_countries=settings.served_countries)
             else:
                 rabbit = RabbitMQTransport(settings.rabbitmq_url, namespace=settings.namespace)
