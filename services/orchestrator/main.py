@@ -22,6 +22,8 @@ from orchestration_pattern.metrics import PrometheusSagaObserver, sagas_needing_
 from orchestration_pattern.orchestrator import Orchestrator, build_engine, in_process_transport
 from services._kit import Settings, create_app, failpoints, get_settings
 from services._kit.app import LATENCY_BUCKETS
+from services._kit.console import static_router
+from services.orchestrator import console
 from services.orchestrator.api import router
 
 
@@ -80,6 +82,8 @@ def build_app(settings: Settings | None = None, *, database: Database | None = N
         "orchestrator",
         settings,
         router,
+        console.router,
+        static_router,
         database=database,
         lifespan=run_engine,
         description="Starts, follows and cancels order sagas run on the durable workflow engine.",
