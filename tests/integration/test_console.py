@@ -9,7 +9,10 @@ test photographs the overview and a compensated saga for the README.
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -265,3 +268,23 @@ async def test_the_overview_and_a_compensated_saga_are_photographed_for_the_read
     for picture in (overview, saga):
         assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     shop.check(oids)
+
+
+def test_the_console_bench_fills_the_database_and_times_every_kind_of_page(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    out = tmp_path / "console.json"
+    url = deployment.url("orchestrator")
+    done = subprocess.run(
+        [sys.executable, "-m", "cloudmart", "bench", "console", "--url", url,
+         "--sagas", "600", "--requests", "20", "--out", str(out)],
+        env=deployment.env(), cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    timings = json.loads(out.read_text())
+    pages = {t["page"] for t in timings}
+    assert {"overview", "list", "saga page (copy)", "saga page (original)"} <= pages
+    assert "list, after 500 sagas" in pages
+    assert all(0 < t["p50_ms"] <= t["p95_ms"] <= t["max_ms"] for t in timings)
+    assert "| overview | 20 |" in done.stdout
