@@ -83,6 +83,22 @@ async def test_the_overview_leads_to_a_saga_failed_at_payment_compensated_releas
     shop.check([oid])
 
 
+async def test_the_saga_list_shows_a_new_saga_without_being_reloaded(
+    api: httpx.AsyncClient, shop: Shop, deployment: Deployment
+) -> None:
+    book, customer = shop.book("10.00", 5), shop.customer("100.00")
+    async with browser_page(deployment.url("orchestrator")) as page:
+        await page.goto("/ui/sagas")
+        await expect(page).to_have_title(re.compile("^Sagas"))
+        loaded = await page.evaluate("performance.timeOrigin")
+        oid = await saga_start(api, order(customer, (book, 1)))
+        row = page.locator("#saga-rows tr", has=page.get_by_role("link", name=oid))
+        await expect(row).to_contain_text("COMPLETED")
+        assert await page.evaluate("performance.timeOrigin") == loaded  # the same document
+    await finished(api, oid)
+    shop.check([oid])
+
+
 async def test_a_parked_saga_resumed_from_its_page_with_a_reason_completes(
     api: httpx.AsyncClient, shop: Shop, deployment: Deployment, sql: sa.Engine
 ) -> None:
@@ -237,6 +253,7 @@ async def test_in_prod_the_console_asks_for_the_key_once_and_no_page_or_url_hold
             await page.reload()
             await expect(page.locator("#key-message")).to_contain_text("refused")
             assert await page.evaluate("sessionStorage.getItem('cloudmart.apiKey')") is None
+        assert key not in deployment.log("orchestrator-2", tail=None)
     finally:
         deployment.kill("orchestrator-2")
 
