@@ -235,6 +235,20 @@ async def test_in_prod_the_console_asks_for_the_key_once_and_no_page_or_url_hold
             await type_into(page, page.get_by_label("API key"), key)
             await press(page, page.get_by_role("button", name="Use this key"))
             await expect(page).to_have_title(re.compile("^Sagas"))
+            # A form sent with the key (GET: the filter; POST: a bulk action, confirmed).
+            await type_into(page, page.get_by_label("Order id starts with"), oid)
+            await press(page, page.get_by_role("button", name="Filter"))
+            await expect(page).to_have_url(re.compile(f"order_id={oid}"))
+            await expect(page.locator("#saga-rows tr")).to_have_count(1)
+            await press(page, page.get_by_role("checkbox", name=f"Select saga {oid}"), "Space")
+            await press(page, page.get_by_role("button", name="Retry selected"))
+            await expect(page.get_by_role("heading", level=1)).to_have_text("Retry 1 saga?")
+            await type_into(page, page.get_by_label("Reason"), "try it")
+            await press(page, page.get_by_role("button", name="Retry 1 saga"))
+            await expect(page.get_by_role("heading", level=1)).to_have_text(
+                "Retry: 0 of 1 accepted"
+            )
+            await expect(page.get_by_role("table")).to_contain_text("refused")
             await press(page, page.get_by_role("link", name=oid))
             await expect(page.get_by_role("heading", level=1)).to_have_text(f"Saga {oid}")
             await expect(page.locator("#saga-status")).to_have_text("COMPLETED")
@@ -247,7 +261,7 @@ async def test_in_prod_the_console_asks_for_the_key_once_and_no_page_or_url_hold
             assert all(key not in u for u, _ in sent)
             assert pages[0][1] is None  # the first navigation: the key prompt
             assert {auth for _, auth in pages[1:]} == {f"Bearer {key}"}
-            assert len(pages) >= 4
+            assert len(pages) >= 7
 
             await page.evaluate("sessionStorage.setItem('cloudmart.apiKey', 'wrong')")
             await page.reload()
