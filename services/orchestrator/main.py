@@ -1,4 +1,5 @@
-"""The orchestrator's process: the order saga on the durable engine, behind ``/saga``.
+"""The orchestrator's process: the order saga on the durable engine, behind ``/saga``, and
+the operator console at ``/ui`` (:mod:`services.orchestrator.console`).
 
 Run it with ``cloudmart serve orchestrator``. At start-up it resumes every unfinished saga
 from its history (and keeps claiming sagas whose owner died); commands go to the services
