@@ -61,6 +61,9 @@ async def test_the_overview_leads_to_a_saga_failed_at_payment_compensated_releas
         await page.goto("/ui")
         await expect(page).to_have_title(re.compile("^Overview"))
         await accessible(page)
+        dead = page.get_by_role("region", name="Dead letters").locator("tbody tr")
+        await expect(dead).to_have_count(4)  # one queue per service, as dead-letters list reads
+        await expect(dead.first).to_contain_text(f"{deployment.namespace}.order.dead")
         failures = page.get_by_role("region", name="Recent failures")
         await press(page, failures.get_by_role("link", name="payment.process_payment"))
         await expect(page).to_have_url(
