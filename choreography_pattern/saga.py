@@ -3,7 +3,8 @@
 :func:`start_order` is ``POST /orders`` in the choreography: ``create_order`` whose ``emit``
 writes ``OrderCreated`` to the outbox in the same transaction as the order row. From there the
 services carry the saga on by themselves. :func:`order_events` is the log of events the order
-service saw for an order (``GET /orders/{id}``).
+service saw for an order (``GET /orders/{id}``); :func:`recent_orders` lists the newest orders
+(the order service's console).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Sequence
+from decimal import Decimal
 from typing import Any, Protocol
 
 import sqlalchemy as sa
@@ -28,6 +30,7 @@ from activities.orders import (
     request_cancel,
 )
 from activities.tables import order_events as order_events_table
+from activities.tables import orders as orders_table
 from choreography_pattern.events import CONTEXT_FIELDS, event_for
 from choreography_pattern.outbox import outbox_rows
 from contracts.commands import CreateOrder, OrderRef, OrderView, PlaceOrder, UtcTimestamp
@@ -171,3 +174,34 @@ def _seen(rows: Sequence[tuple[Any, ...]]) -> list[SeenEvent]:
         )
         for event_id, event_type, producer, sequence, occurred_at, received_at in rows
     ]
+
+
+class OrderSummary(BaseModel):
+    """One line of the choreography's order list: the order row without its items."""
+
+    order_id: str
+    customer_id: int
+    status: str
+    total_amount: Decimal
+    created_at: UtcTimestamp
+    updated_at: UtcTimestamp
+
+
+async def recent_orders(
+    db: Database, *, status: str | None = None, limit: int = 50
+) -> list[OrderSummary]:
+    """The newest ``limit`` orders (with ``status`` only, when given), newest first."""
+    query = sa.select(
+        orders_table.c.order_id,
+        orders_table.c.customer_id,
+        orders_table.c.status,
+        orders_table.c.total_amount,
+        orders_table.c.created_at,
+        orders_table.c.updated_at,
+    )
+    if status is not None:
+        query = query.where(orders_table.c.status == status)
+    query = query.order_by(orders_table.c.created_at.desc(), orders_table.c.order_id.desc())
+    async with db.engine.connect() as conn:
+        rows = (await conn.execute(query.limit(limit))).mappings().all()
+    return [OrderSummary.model_validate(dict(row)) for row in rows]

@@ -11,7 +11,7 @@
     cloudmart dead-letters list|redrive    what the dead-letter queues and streams hold
     cloudmart replay [--status S] [FILE]   replay histories against today's workflow code
     cloudmart saga list|show|history|...   sagas through the orchestrator's REST API
-    cloudmart bench [--rate R] [--mix M]   sagas through the REST API; floor; report
+    cloudmart bench [--rate R] [--mix M]   sagas through the REST API; floor; report; console
     cloudmart stock restock BOOK QTY       add stock (POST /inventory/{book_id}/restock)
     cloudmart money top-up CUSTOMER AMOUNT add money (POST /payments/top-up)
 """
@@ -344,6 +344,64 @@ def bench(
     if out:
         with open(out, "w") as handle:
             handle.write(bench_module.to_json(result))
+
+
+@bench_app.command("console")
+def bench_console(
+    sagas: int = typer.Option(10_000, min=12, help="Sagas the database holds when timing."),
+    requests: int = typer.Option(200, min=20, help="Requests per page."),
+    url: str | None = typer.Option(None, help="The orchestrator (default: 8005)."),
+    start: bool = typer.Option(
+        False, "--start", help="Start the orchestration's processes first and stop them after."
+    ),
+    base_port: int | None = typer.Option(
+        None, help="Services on BASE+1..BASE+5 (order..orchestrator) instead of 8001-8005."
+    ),
+    out: str | None = typer.Option(None, help="Write the timings as JSON to this file."),
+) -> None:
+    """Time the operator console's pages (p50, p95) with SAGAS sagas in the database.
+
+    Runs a few real sagas through the orchestrator, copies their rows in bulk until the
+    database holds SAGAS, then fetches each page REQUESTS times. Needs CLOUDMART_DATABASE_URL
+    (the deployment's database) and, with --start, CLOUDMART_RABBITMQ_URL.
+    """
+    import contextlib
+    import dataclasses
+
+    import httpx
+
+    from cloudmart.bench import console_pages
+    from cloudmart.bench.catalogue import seed_catalogue
+    from cloudmart.bench.deployment import deployment
+
+    settings = get_settings(pattern=Pattern.orchestration.value)
+    if settings.embedded:
+        typer.echo("cloudmart bench console needs CLOUDMART_DATABASE_URL", err=True)
+        raise typer.Exit(2)
+    ports = roster.ports_from(base_port)
+    target = url or f"http://127.0.0.1:{ports['orchestrator']}"
+    database_url = settings.effective_database_url
+
+    async def go() -> list[console_pages.PageTiming]:
+        await seed_catalogue(database_url)
+        async with httpx.AsyncClient(base_url=target, timeout=30) as client:
+            templates = await console_pages.run_templates(client)
+            added = await console_pages.fill(database_url, templates, sagas)
+            typer.echo(f"{added} sagas copied from {len(templates)} run", err=True)
+            return await console_pages.measure(client, templates, requests=requests)
+
+    with contextlib.ExitStack() as stack:
+        if start:
+            asyncio.run(_db_init(settings, seed=False, reset=False))
+            services = roster.services_of(Pattern.orchestration)
+            stack.enter_context(
+                deployment(services, "orchestration", ports, log_path="bench-console.log")
+            )
+        timings = asyncio.run(go())
+    typer.echo(console_pages.render(timings, sagas))
+    if out:
+        with open(out, "w") as handle:
+            json.dump([dataclasses.asdict(t) for t in timings], handle, indent=2)
 
 
 _FLOOR_NEEDS = "needs CLOUDMART_DATABASE_URL, CLOUDMART_RABBITMQ_URL and CLOUDMART_REDIS_URL"

@@ -19,6 +19,7 @@ from decimal import Decimal
 from typing import Any, ClassVar
 
 import httpx
+import sqlalchemy as sa
 from choreography_support import finished as order_finished
 from choreography_support import run_all as orders_run_all
 from choreography_support import start as order_start
@@ -124,6 +125,37 @@ async def held_past_the_pivot(
 
     await until(shipped, timeout=20)
     return held
+
+
+async def parked_saga(
+    api: httpx.AsyncClient, shop: Shop, deployment: Deployment, sql: sa.Engine
+) -> tuple[str, int, int]:
+    """A saga parked because its history no longer matches the workflow: the orchestrator is
+    killed while shipping waits, the recorded step is renamed (as a deploy of other code would
+    see it), and the restarted orchestrator parks the saga. Returns (order id, book,
+    customer)."""
+    async with paid_with_shipping_held(api, shop, deployment) as (oid, book, customer):
+        deployment.kill("orchestrator")
+        rename_step(sql, oid, "shipping.arrange_shipping", "shipping.arrange_courier")
+    deployment.restart("orchestrator")
+
+    async def parked() -> bool:
+        return await saga_status(api, oid) == "PARKED"
+
+    await until(parked, timeout=30)
+    return oid, book, customer
+
+
+def rename_step(sql: sa.Engine, oid: str, old: str, new: str) -> None:
+    with sql.begin() as conn:
+        renamed = conn.execute(
+            sa.text(
+                "UPDATE saga_step_logs SET step_name = :new WHERE step_name = :old AND saga_id ="
+                " (SELECT saga_id FROM saga_instances WHERE order_id = :oid)"
+            ),
+            {"new": new, "old": old, "oid": oid},
+        ).rowcount
+    assert renamed >= 1
 
 
 async def saga_finished(api: httpx.AsyncClient, order_id: str, timeout: float = 30) -> Body:

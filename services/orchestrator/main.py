@@ -1,4 +1,5 @@
-"""The orchestrator's process: the order saga on the durable engine, behind ``/saga``.
+"""The orchestrator's process: the order saga on the durable engine, behind ``/saga``, and
+the operator console at ``/ui`` (:mod:`services.orchestrator.console`).
 
 Run it with ``cloudmart serve orchestrator``. At start-up it resumes every unfinished saga
 from its history (and keeps claiming sagas whose owner died); commands go to the services
@@ -27,6 +28,8 @@ from orchestration_pattern.orchestrator import (
 )
 from services._kit import Settings, create_app, failpoints, get_settings
 from services._kit.app import LATENCY_BUCKETS
+from services._kit.console import static_router
+from services.orchestrator import console
 from services.orchestrator.api import router
 
 
@@ -91,6 +94,8 @@ def build_app(settings: Settings | None = None, *, database: Database | None = N
         "orchestrator",
         settings,
         router,
+        console.router,
+        static_router,
         database=database,
         lifespan=run_engine,
         description="Starts, follows and cancels order sagas run on the durable workflow engine.",
