@@ -9,6 +9,8 @@
     │   ├── PaymentFailed (402)
     │   ├── FraudSuspected (402)   the screening before payment refused the order
     │   └── ShippingFailed (422)
+    ├── SagaBacklogFull (503)    too many sagas already wait to run: a start refused, nothing
+    │                            written; ``retry_after`` says when to send it again
     ├── InvalidCommand (422)     a message whose payload is not the operation's input
     ├── IdempotencyKeyReused (422) an Idempotency-Key sent again with another order
     ├── AlreadyCompensated (409) the operation's compensation ran first (a tombstone)
@@ -83,6 +85,17 @@ class PaymentFailed(BusinessRefusal):
 
 class FraudSuspected(BusinessRefusal):
     http_status = 402
+
+
+class SagaBacklogFull(DomainError):
+    """Too many sagas already wait to run (``CLOUDMART_MAX_QUEUED_SAGAS``); nothing was
+    written. Sent again after ``retry_after`` seconds, the same start is accepted."""
+
+    http_status = 503
+
+    def __init__(self, message: str, *, retry_after: int, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.retry_after = retry_after
 
 
 class ShippingFailed(BusinessRefusal):

@@ -21,9 +21,11 @@ from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from activities.db import Database
-from activities.errors import IdempotencyKeyReused
+from activities.errors import IdempotencyKeyReused, OrderNotFound, SagaBacklogFull
 from activities.orders import (
+    count_pending,
     create_order,
+    get_order,
     order_from,
     order_id_for,
     order_read,
@@ -57,18 +59,62 @@ def _same_order(view: OrderView, order: PlaceOrder) -> bool:
     )
 
 
+class Intake:
+    """The choreography's bound on sagas in flight: while ``max_pending`` orders are PENDING, a
+    new order is refused with :class:`~activities.errors.SagaBacklogFull` (503, nothing
+    written) and a repeat of an accepted one is still answered. The count is read from the
+    database at most once every ``fresh_for`` seconds, plus the orders accepted here since.
+
+    The services work through what is pending at their own pace (the outbox and the stream
+    are the queue); this only keeps that queue from growing without end.
+    """
+
+    def __init__(self, max_pending: int, *, fresh_for: float = 1.0) -> None:
+        self.max_pending = max_pending
+        self.fresh_for = fresh_for
+        self._pending = 0
+        self._read_at: float | None = None
+
+    async def admit(self, db: Database, order_id: str) -> None:
+        """Return when ``order_id`` may be written (or exists); raise SagaBacklogFull if not."""
+        now = asyncio.get_running_loop().time()
+        if self._read_at is None or now - self._read_at >= self.fresh_for:
+            self._pending, self._read_at = await count_pending(db), now
+        if self._pending < self.max_pending:
+            return
+        try:
+            await get_order(db, order_id)  # a repeat of a keyed start is answered as before
+        except OrderNotFound:
+            raise SagaBacklogFull(
+                f"{self._pending} orders are in flight; try again shortly",
+                retry_after=max(1, round(self.fresh_for)),
+                pending=self._pending,
+            ) from None
+
+    def accepted(self) -> None:
+        """A new order was written: one more pending until the next count."""
+        self._pending += 1
+
+
 async def start_order(
-    db: Database, order: PlaceOrder, *, idempotency_key: str | None = None
+    db: Database,
+    order: PlaceOrder,
+    *,
+    idempotency_key: str | None = None,
+    intake: Intake | None = None,
 ) -> tuple[OrderView, bool]:
     """Create the order and its ``OrderCreated`` event; the order and whether it is new.
 
     Unknown customers and books are refused (404) before anything is written:
     ``create_order`` looks them up inside its transaction and writes nothing, outbox included,
     when one is missing. With an Idempotency-Key, a repeat with the same body returns the same
-    order (not new); another body is refused with :class:`IdempotencyKeyReused`.
+    order (not new); another body is refused with :class:`IdempotencyKeyReused`. ``intake``,
+    when given, refuses a new order while too many are in flight (:class:`Intake`).
     """
     command = CreateOrder(order_id=order_id_for(idempotency_key), **order.model_dump())
     structlog.contextvars.bind_contextvars(order_id=command.order_id)  # the correlation id
+    if intake is not None:
+        await intake.admit(db, command.order_id)
     created = False
 
     async def emit(conn: AsyncConnection, operation: str, outcome: dict[str, Any]) -> None:
@@ -77,6 +123,8 @@ async def start_order(
         await run_together(conn, _caused(command.order_id, operation, outcome), commit=True)
 
     view = await create_order(db, command, emit=emit)
+    if created and intake is not None:
+        intake.accepted()
     if not created and not _same_order(view, order):
         raise IdempotencyKeyReused(
             "this Idempotency-Key was used with a different order", order_id=view.order_id

@@ -16,7 +16,7 @@ from typing import Any, cast
 import structlog
 
 from activities import Database, check_order, order_id_for
-from activities.errors import DomainError, IdempotencyKeyReused
+from activities.errors import DomainError, IdempotencyKeyReused, SagaBacklogFull
 from activities.registry import OPERATIONS, invoke
 from contracts.commands import CreateOrder, PlaceOrder
 from engine import Engine, RetryPolicy, SagaHandle, SagaStatus
@@ -75,17 +75,6 @@ class SagaActionRefused(DomainError):
     saga is past its pivot."""
 
     http_status = 409
-
-
-class SagaBacklogFull(DomainError):
-    """Too many sagas already wait for a slot (``CLOUDMART_MAX_QUEUED_SAGAS``); nothing was
-    written. Sent again after ``Retry-After`` seconds, the same start is accepted."""
-
-    http_status = 503
-
-    def __init__(self, message: str, *, retry_after: int, **details: Any) -> None:
-        super().__init__(message, **details)
-        self.retry_after = retry_after
 
 
 class SagaFinished(SagaActionRefused):

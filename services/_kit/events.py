@@ -60,6 +60,7 @@ def event_consumer(service: str) -> Lifespan:
             return
         from choreography_pattern.bus import EventBus, InMemoryEventBus
         from choreography_pattern.runtime import Choreography
+        from choreography_pattern.saga import Intake
 
         db: Database = app.state.db
         async with AsyncExitStack() as stack:
@@ -106,6 +107,8 @@ def event_consumer(service: str) -> Lifespan:
             )
             await stack.enter_async_context(choreography)
             app.state.choreography = choreography
+            if service == "order":  # where orders come in
+                app.state.intake = Intake(settings.max_queued_sagas)
             app.state.metrics.register(choreography)
             app.state.telemetry.add_probe("choreography", choreography.probe)
             stack.callback(app.state.telemetry.remove_probe, "choreography")

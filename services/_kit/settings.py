@@ -66,8 +66,9 @@ class Settings(BaseSettings):
     max_queued_sagas: int = Field(
         default=10_000,
         ge=0,
-        description="Orchestration: sagas that may wait for a slot in one orchestrator; past "
-        "it a start is refused with 503 and Retry-After, nothing written.",
+        description="Sagas that may wait: in one orchestrator, those started beyond "
+        "max_running_sagas; in the choreography, the PENDING orders. Past it a start is "
+        "refused with 503 and Retry-After, nothing written.",
     )
     compensation_alert_attempts: int = Field(
         default=10,

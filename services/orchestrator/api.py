@@ -8,7 +8,12 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 from pydantic import BaseModel, Field
 
-from activities.errors import BookNotFound, CustomerNotFound, IdempotencyKeyReused
+from activities.errors import (
+    BookNotFound,
+    CustomerNotFound,
+    IdempotencyKeyReused,
+    SagaBacklogFull,
+)
 from contracts.commands import Line, PlaceOrder, UtcTimestamp
 from engine import SagaStatus
 from engine.history import CANCEL, COMPENSATE, RESUME, RETRY
@@ -16,7 +21,6 @@ from engine.listing import SagaFilter
 from orchestration_pattern.orchestrator import (
     Orchestrator,
     SagaActionRefused,
-    SagaBacklogFull,
     SagaFinished,
     SagaUnknown,
 )
