@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from activities._inbox import Emit, request_id_for
 from activities.db import Database, create_engine
-from activities.inventory import get_stock, release_stock, reserve_stock, restock
+from activities.inventory import (
+    Reservation,
+    get_reservations,
+    get_stock,
+    release_stock,
+    reserve_stock,
+    restock,
+)
 from activities.orders import (
     cancel_order,
     check_order,
@@ -25,6 +32,7 @@ from activities.payments import (
     get_payment,
     process_payment,
     refund_payment,
+    screen_order,
     top_up,
 )
 from activities.shipping import arrange_shipping, cancel_shipping, get_shipment
@@ -32,6 +40,7 @@ from activities.shipping import arrange_shipping, cancel_shipping, get_shipment
 __all__ = [
     "Database",
     "Emit",
+    "Reservation",
     "arrange_shipping",
     "cancel_order",
     "cancel_payment",
@@ -42,6 +51,7 @@ __all__ = [
     "create_order",
     "get_order",
     "get_payment",
+    "get_reservations",
     "get_shipment",
     "get_stock",
     "order_id_for",
@@ -52,5 +62,6 @@ __all__ = [
     "request_id_for",
     "reserve_stock",
     "restock",
+    "screen_order",
     "top_up",
 ]

@@ -7,7 +7,10 @@
     ├── BusinessRefusal          a rule said no; retrying cannot help
     │   ├── StockUnavailable (409)
     │   ├── PaymentFailed (402)
+    │   ├── FraudSuspected (402)   the screening before payment refused the order
     │   └── ShippingFailed (422)
+    ├── SagaBacklogFull (503)    too many sagas already wait to run: a start refused, nothing
+    │                            written; ``retry_after`` says when to send it again
     ├── InvalidCommand (422)     a message whose payload is not the operation's input
     ├── IdempotencyKeyReused (422) an Idempotency-Key sent again with another order
     ├── AlreadyCompensated (409) the operation's compensation ran first (a tombstone)
@@ -30,6 +33,9 @@ class DomainError(Exception):
 
     http_status: ClassVar[int] = 409
     non_retryable: ClassVar[bool] = True
+    #: Seconds to wait before sending the same request again (an HTTP layer answers it as
+    #: ``Retry-After``), for the few errors that pass with time.
+    retry_after: int | None = None
 
     def __init__(self, message: str, **details: Any) -> None:
         super().__init__(message)
@@ -77,6 +83,21 @@ class PaymentFailed(BusinessRefusal):
     http_status = 402
 
 
+class FraudSuspected(BusinessRefusal):
+    http_status = 402
+
+
+class SagaBacklogFull(DomainError):
+    """Too many sagas already wait to run (``CLOUDMART_MAX_QUEUED_SAGAS``); nothing was
+    written. Sent again after ``retry_after`` seconds, the same start is accepted."""
+
+    http_status = 503
+
+    def __init__(self, message: str, *, retry_after: int, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.retry_after = retry_after
+
+
 class ShippingFailed(BusinessRefusal):
     http_status = 422
 
@@ -112,6 +133,7 @@ _BY_CODE: dict[str, type[DomainError]] = {
         OrderNotFound,
         StockUnavailable,
         PaymentFailed,
+        FraudSuspected,
         ShippingFailed,
         AlreadyCompensated,
         InvalidCommand,

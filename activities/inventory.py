@@ -7,6 +7,7 @@ in exactly one of ``available``, ``reserved`` or shipped (a CONSUMED reservation
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -357,3 +358,26 @@ async def get_stock(db: Database, book_id: int) -> StockView:
     if row is None:
         raise BookNotFound(f"book {book_id} does not exist", book_id=book_id)
     return StockView.model_validate(row._asdict())
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Reservation:
+    """What one order holds of one book: ``RESERVED``, ``CONSUMED`` (shipped) or released."""
+
+    book_id: int
+    quantity: int
+    status: str
+
+
+async def get_reservations(db: Database, order_id: str) -> list[Reservation]:
+    """The order's stock reservations, by book; empty when it holds none."""
+    query = (
+        sa.select(
+            stock_reservations.c.book_id, stock_reservations.c.quantity, stock_reservations.c.status
+        )
+        .where(stock_reservations.c.order_id == order_id)
+        .order_by(stock_reservations.c.book_id)
+    )
+    async with db.engine.connect() as conn:
+        rows = (await conn.execute(query)).all()
+    return [Reservation(book_id=b, quantity=q, status=s) for b, q, s in rows]

@@ -288,6 +288,14 @@ def _order_view(order_id: str, rows: Sequence[tuple[Any, ...]]) -> OrderView:
     )
 
 
+async def count_pending(db: Database) -> int:
+    """How many orders are PENDING (a choreographed saga in flight, or an orchestrated order
+    not yet completed or cancelled); ``ix_orders_status_created`` keeps it an index range."""
+    async with db.engine.connect() as conn:
+        query = sa.select(sa.func.count()).select_from(orders).where(orders.c.status == "PENDING")
+        return int(await conn.scalar(query) or 0)
+
+
 async def get_order(db: Database, order_id: str) -> OrderView:
     """The order as stored; OrderNotFound for an unknown id."""
     async with db.engine.connect() as conn:

@@ -7,6 +7,7 @@ status moves COMPLETED → CANCELLED/REFUNDED at most once, and only that move c
 
 from __future__ import annotations
 
+from datetime import timedelta
 from decimal import Decimal
 
 import sqlalchemy as sa
@@ -18,6 +19,7 @@ from activities.db import Database
 from activities.errors import (
     CustomerNotFound,
     DomainError,
+    FraudSuspected,
     IdempotencyKeyReused,
     InvalidCommand,
     NotFound,
@@ -28,8 +30,10 @@ from activities.tables import customers, payments
 from contracts.commands import (
     Compensation,
     OrderRef,
+    OrderScreened,
     PaymentView,
     ProcessPayment,
+    ScreenOrder,
     ToppedUp,
     TopUp,
 )
@@ -117,6 +121,47 @@ async def process_payment(
         )
 
     return await run_once(db, cmd.order_id, "process_payment", PaymentView, effect, emit)
+
+
+# What one customer may pay in any 24 hours: a screened order that would take them past it is
+# refused as suspected fraud.
+DAILY_LIMIT = Decimal("30000.00")
+SCREENING_WINDOW = timedelta(hours=24)
+
+
+async def screen_order(db: Database, cmd: ScreenOrder) -> OrderScreened:
+    """Screen an order before its payment: FraudSuspected when the customer's payments taken
+    (COMPLETED) in the last 24 hours, other orders', plus this ``amount`` pass
+    :data:`DAILY_LIMIT`. Read-only: it takes, holds and records nothing, so a repeat is judged
+    afresh and there is nothing to compensate.
+    """
+    async with db.engine.connect() as conn:
+        paid = await conn.scalar(
+            sa.select(sa.func.coalesce(sa.func.sum(payments.c.amount), 0)).where(
+                payments.c.customer_id == cmd.customer_id,
+                payments.c.status == "COMPLETED",
+                payments.c.created_at >= now() - SCREENING_WINDOW,
+                payments.c.order_id != cmd.order_id,
+            )
+        )
+    paid_recently = Decimal(str(paid))
+    if paid_recently + cmd.amount > DAILY_LIMIT:
+        raise FraudSuspected(
+            f"customer {cmd.customer_id} paid {paid_recently} in the last 24 hours; "
+            f"{cmd.amount} more passes the daily limit of {DAILY_LIMIT}",
+            order_id=cmd.order_id,
+            customer_id=cmd.customer_id,
+            amount=str(cmd.amount),
+            paid_recently=str(paid_recently),
+            daily_limit=str(DAILY_LIMIT),
+        )
+    return OrderScreened(
+        order_id=cmd.order_id,
+        customer_id=cmd.customer_id,
+        amount=cmd.amount,
+        paid_recently=paid_recently,
+        daily_limit=DAILY_LIMIT,
+    )
 
 
 async def _credit_back(

@@ -30,6 +30,7 @@ class Bound:
     spec: ops.Operation[Any, Any]
     run: Callable[..., Awaitable[BaseModel]]
     configured: bool = False  # takes served_countries
+    read_only: bool = False  # changes nothing, so it has no outcome to emit
 
 
 _RUNS: dict[str, Callable[..., Awaitable[BaseModel]]] = {
@@ -38,6 +39,7 @@ _RUNS: dict[str, Callable[..., Awaitable[BaseModel]]] = {
     ops.COMPLETE_ORDER.name: orders.complete_order,
     ops.RESERVE_STOCK.name: inventory.reserve_stock,
     ops.RELEASE_STOCK.name: inventory.release_stock,
+    ops.SCREEN_ORDER.name: payments.screen_order,
     ops.PROCESS_PAYMENT.name: payments.process_payment,
     ops.CANCEL_PAYMENT.name: payments.cancel_payment,
     ops.REFUND_PAYMENT.name: payments.refund_payment,
@@ -45,7 +47,12 @@ _RUNS: dict[str, Callable[..., Awaitable[BaseModel]]] = {
     ops.CANCEL_SHIPPING.name: shipping.cancel_shipping,
 }
 OPERATIONS: dict[str, Bound] = {
-    spec.name: Bound(spec, _RUNS[spec.name], configured=spec is ops.ARRANGE_SHIPPING)
+    spec.name: Bound(
+        spec,
+        _RUNS[spec.name],
+        configured=spec is ops.ARRANGE_SHIPPING,
+        read_only=spec is ops.SCREEN_ORDER,
+    )
     for spec in CATALOGUE
 }
 
@@ -87,7 +94,9 @@ async def invoke(
             operation=name,
             errors=[{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()],
         ) from exc
-    if operation.configured:
+    if operation.read_only:
+        result = await operation.run(db, command)
+    elif operation.configured:
         result = await operation.run(db, command, served_countries=served_countries, emit=emit)
     else:
         result = await operation.run(db, command, emit=emit)

@@ -56,6 +56,12 @@ def bench(
         ),
     ),
     out: str | None = typer.Option(None, help="Write the results as JSON to this file."),
+    colocated: bool = typer.Option(
+        False,
+        "--colocated",
+        help="The deployment runs every service in one process, messaging in-process "
+        "(`cloudmart up --colocated`; with --start, the bench starts it so).",
+    ),
 ) -> None:
     """Drive sagas through a deployment's REST API; report throughput, latency and invariants.
 
@@ -80,7 +86,9 @@ def bench(
     # entry's, in the layout --base-port describes).
     beside = bench_module.ports_beside(url, entry) if url and base_port is None else ports
     services = roster.services_of(pattern)
-    watch = bench_module.watched(target, pattern.value, services, beside, settings)
+    watch = bench_module.watched(
+        target, pattern.value, services, beside, settings, colocated=colocated
+    )
 
     def go() -> bench_module.BenchResult:
         return run(
@@ -99,6 +107,7 @@ def bench(
                     "db_max_overflow": settings.db_max_overflow,
                     "namespace": settings.namespace,
                     "started_deployment": start,
+                    "colocated": colocated,
                 },
                 progress=sys.stderr,
                 watch=watch,
@@ -112,11 +121,14 @@ def bench(
         asyncio.run(prepare_database(settings, seed=False, reset=False))
         log_path = f"bench-{pattern.value}.log"
         typer.echo(
-            f"starting {pattern.value} on {sorted(ports[name] for name in services)}; "
+            f"starting {pattern.value}{' co-located' if colocated else ''} on "
+            f"{sorted(ports[name] for name in services)}; "
             f"logs: {log_path}",
             err=True,
         )
-        with bench_module.deployment(services, pattern.value, ports, log_path=log_path):
+        with bench_module.deployment(
+            services, pattern.value, ports, log_path=log_path, colocated=colocated
+        ):
             result = go()
     else:
         result = go()
@@ -124,6 +136,64 @@ def bench(
     if out:
         with open(out, "w") as handle:
             handle.write(bench_module.to_json(result))
+
+
+@bench_app.command("console")
+def bench_console(
+    sagas: int = typer.Option(10_000, min=12, help="Sagas the database holds when timing."),
+    requests: int = typer.Option(200, min=20, help="Requests per page."),
+    url: str | None = typer.Option(None, help="The orchestrator (default: 8005)."),
+    start: bool = typer.Option(
+        False, "--start", help="Start the orchestration's processes first and stop them after."
+    ),
+    base_port: int | None = typer.Option(
+        None, help="Services on BASE+1..BASE+5 (order..orchestrator) instead of 8001-8005."
+    ),
+    out: str | None = typer.Option(None, help="Write the timings as JSON to this file."),
+) -> None:
+    """Time the operator console's pages (p50, p95) with SAGAS sagas in the database.
+
+    Runs a few real sagas through the orchestrator, copies their rows in bulk until the
+    database holds SAGAS, then fetches each page REQUESTS times. Needs CLOUDMART_DATABASE_URL
+    (the deployment's database) and, with --start, CLOUDMART_RABBITMQ_URL.
+    """
+    import contextlib
+    import dataclasses
+
+    import httpx
+
+    from cloudmart.bench import console_pages
+    from cloudmart.bench.catalogue import seed_catalogue
+    from cloudmart.bench.deployment import deployment
+
+    settings = get_settings(pattern=Pattern.orchestration.value)
+    if settings.embedded:
+        typer.echo("cloudmart bench console needs CLOUDMART_DATABASE_URL", err=True)
+        raise typer.Exit(2)
+    ports = roster.ports_from(base_port)
+    target = url or f"http://127.0.0.1:{ports['orchestrator']}"
+    database_url = settings.effective_database_url
+
+    async def go() -> list[console_pages.PageTiming]:
+        await seed_catalogue(database_url)
+        async with httpx.AsyncClient(base_url=target, timeout=30) as client:
+            templates = await console_pages.run_templates(client)
+            added = await console_pages.fill(database_url, templates, sagas)
+            typer.echo(f"{added} sagas copied from {len(templates)} run", err=True)
+            return await console_pages.measure(client, templates, requests=requests)
+
+    with contextlib.ExitStack() as stack:
+        if start:
+            asyncio.run(prepare_database(settings, seed=False, reset=False))
+            services = roster.services_of(Pattern.orchestration)
+            stack.enter_context(
+                deployment(services, "orchestration", ports, log_path="bench-console.log")
+            )
+        timings = asyncio.run(go())
+    typer.echo(console_pages.render(timings, sagas))
+    if out:
+        with open(out, "w") as handle:
+            json.dump([dataclasses.asdict(t) for t in timings], handle, indent=2)
 
 
 _FLOOR_NEEDS = "needs CLOUDMART_DATABASE_URL, CLOUDMART_RABBITMQ_URL and CLOUDMART_REDIS_URL"

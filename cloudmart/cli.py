@@ -11,7 +11,7 @@
     cloudmart dead-letters list|redrive    what the dead-letter queues and streams hold
     cloudmart replay [--status S] [FILE]   replay histories against today's workflow code
     cloudmart saga list|show|history|...   sagas through the orchestrator's REST API
-    cloudmart bench [--rate R] [--mix M]   sagas through the REST API; floor; report
+    cloudmart bench [--rate R] [--mix M]   sagas through the REST API; floor; report; console
     cloudmart stock restock BOOK QTY       add stock (POST /inventory/{book_id}/restock)
     cloudmart money top-up CUSTOMER AMOUNT add money (POST /payments/top-up)
 
@@ -121,25 +121,45 @@ def replay(
     ),
     limit: int = typer.Option(1000, min=1, help="At most this many sagas, newest first."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+    lint: bool = typer.Option(
+        False,
+        "--lint",
+        help="Instead of replaying, read the workflows' modules for calls replay cannot "
+        "repeat (clock, randomness, uuid4, sleep, I/O) and print each with its file:line.",
+    ),
 ) -> None:
-    """Replay histories against the workflows deployed now, sending and writing nothing.
+    """Replay histories against the workflows deployed now (those of the module
+    CLOUDMART_WORKFLOWS names, as the orchestrator), sending and writing nothing.
 
     Prints one line per saga (matching, or diverged: at which position, what history holds,
-    what the code asked for) and exits 1 when any diverged, so it can gate a deploy.
+    what the code asked for) and exits 1 when any diverged, so it can gate a deploy. With
+    ``--lint``, exits 1 when a workflow's module calls what replay cannot repeat.
     """
     from cloudmart import replay as replayer
-    from orchestration_pattern.orchestrator import WORKFLOWS
+    from engine.errors import WorkflowDefinitionError
+    from orchestration_pattern.orchestrator import workflows_of
+
+    settings = get_settings()
+    try:
+        deployed = workflows_of(settings.workflows)
+    except (ValueError, WorkflowDefinitionError) as exc:  # refused as the orchestrator would
+        typer.echo(f"CLOUDMART_WORKFLOWS={settings.workflows}: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    if lint:
+        found = replayer.lint(deployed)
+        typer.echo(replayer.render_lint(found))
+        raise typer.Exit(1 if found else 0)
 
     async def from_database(engine: AsyncEngine) -> list[Any]:
         histories = replayer.from_database(
             engine, statuses=status, workflow=workflow, since=since, limit=limit
         )
-        return await replayer.replay_all(WORKFLOWS, histories)
+        return await replayer.replay_all(deployed, histories)
 
     async def run() -> list[Any]:
         if files:
-            return await replayer.replay_all(WORKFLOWS, replayer.from_files(files))
-        return await _with_engine(get_settings(), from_database)
+            return await replayer.replay_all(deployed, replayer.from_files(files))
+        return await _with_engine(settings, from_database)
 
     results = asyncio.run(run())
     if as_json:
@@ -208,18 +228,32 @@ def serve(
 @app.command()
 def up(
     pattern: Pattern = typer.Option(Pattern.orchestration, help="Saga style."),
+    colocated: bool = typer.Option(
+        False,
+        "--colocated",
+        help="Every service in this one process on CLOUDMART_DATABASE_URL, messaging "
+        "in-process (no RabbitMQ or Redis).",
+    ),
+    base_port: int | None = typer.Option(
+        None, help="Services on BASE+1..BASE+5 (order..orchestrator) instead of 8001-8005."
+    ),
 ) -> None:
-    """Run every service of the pattern until Ctrl-C (one process when embedded)."""
-    settings = get_settings(pattern=pattern.value)
+    """Run every service of the pattern until Ctrl-C: a process each, or one process when
+    embedded (no database configured) or co-located."""
+    settings = get_settings(pattern=pattern.value, **({"colocated": True} if colocated else {}))
     from cloudmart import runner
 
+    services, ports = roster.services_of(pattern), roster.ports_from(base_port)
     if settings.embedded:
         typer.echo(
             f"embedded {pattern.value}: SQLite at {settings.sqlite_path}, in-process messaging"
         )
-        runner.run(runner.run_embedded(settings, roster.services_of(pattern)))
+        runner.run(runner.run_in_one_process(settings, services, ports))
+    elif settings.colocated:
+        typer.echo(f"co-located {pattern.value}: one process, in-process messaging")
+        runner.run(runner.run_in_one_process(settings, services, ports))
     else:
-        raise typer.Exit(runner.supervise(roster.services_of(pattern), pattern.value))
+        raise typer.Exit(runner.supervise(services, pattern.value, ports))
 
 
 @events_app.command("tail")

@@ -1,5 +1,6 @@
-"""Running services: one per process (``serve``), all in one process (embedded), or a
-supervisor that starts one process per service and stops them all on Ctrl-C (``up``)."""
+"""Running services: one per process (``serve``), all in one process (embedded, or co-located
+on a database server), or a supervisor that starts one process per service and stops them all
+on Ctrl-C (``up``)."""
 
 from __future__ import annotations
 
@@ -58,14 +59,20 @@ async def serve_one(settings: Settings, service: str, port: int) -> None:
     await _server(settings, service, port).serve()
 
 
-async def run_embedded(settings: Settings, services: list[str]) -> None:
-    """Every service in this process, on its own port, sharing one SQLite database."""
+async def run_in_one_process(
+    settings: Settings, services: list[str], ports: dict[str, int] | None = None
+) -> None:
+    """Every service in this process, each on its own port (``ports``, else its standard one),
+    sharing one database and messaging in-process: embedded (a SQLite file, demo data seeded)
+    or co-located (the configured database, whose tables are made if missing)."""
     from cloudmart.schema import create_schema, seed_demo
 
+    ports = ports or SERVICE_PORTS
     database = Database.from_url(settings.effective_database_url)
     await create_schema(database.engine)
-    await seed_demo(database.engine)
-    servers = [_server(settings, name, SERVICE_PORTS[name], database) for name in services]
+    if settings.embedded:
+        await seed_demo(database.engine)
+    servers = [_server(settings, name, ports[name], database) for name in services]
     loop = asyncio.get_running_loop()
 
     def stop() -> None:
@@ -78,7 +85,7 @@ async def run_embedded(settings: Settings, services: list[str]) -> None:
         # One handler for all servers (above), not one per server fighting over the signal.
         server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
     for name in services:
-        print(f"{name:>12}  http://{settings.host}:{SERVICE_PORTS[name]}/docs", flush=True)
+        print(f"{name:>12}  http://{settings.host}:{ports[name]}/docs", flush=True)
     try:
         await asyncio.gather(*(server.serve() for server in servers))
     finally:
@@ -120,6 +127,31 @@ def start_services(
     return procs
 
 
+def start_colocated(
+    pattern: str, ports: dict[str, int], *, output: IO[bytes]
+) -> subprocess.Popen[bytes]:
+    """Start ``cloudmart up --colocated``: every service of ``pattern`` in one process, on
+    ``ports`` (a ``--base-port`` layout), its log to ``output``."""
+    from services._kit.roster import spec_of
+
+    base = ports["order"] - spec_of("order").offset
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cloudmart",
+            "up",
+            "--pattern",
+            pattern,
+            "--colocated",
+            "--base-port",
+            str(base),
+        ],
+        stdout=output,
+        stderr=subprocess.STDOUT,
+    )
+
+
 def stop_services(procs: dict[str, subprocess.Popen[bytes]]) -> None:
     """SIGTERM every process still running, SIGKILL those not gone within 10 s."""
     for proc in procs.values():
@@ -133,12 +165,13 @@ def stop_services(procs: dict[str, subprocess.Popen[bytes]]) -> None:
             proc.wait(timeout=5)
 
 
-def supervise(services: list[str], pattern: str) -> int:
-    """Start ``cloudmart serve NAME`` for each service, prefix their logs, stop all on Ctrl-C.
+def supervise(services: list[str], pattern: str, ports: dict[str, int] | None = None) -> int:
+    """Start ``cloudmart serve NAME`` for each service (on ``ports`` when given), prefix their
+    logs, stop all on Ctrl-C.
 
     Returns the exit code: 0 after Ctrl-C, else the code of the first process that died.
     """
-    procs = start_services(services, pattern)
+    procs = start_services(services, pattern, ports=ports)
     try:
         while True:
             for name, proc in procs.items():

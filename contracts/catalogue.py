@@ -24,10 +24,12 @@ from contracts.commands import (
     Compensation,
     CreateOrder,
     OrderRef,
+    OrderScreened,
     OrderView,
     PaymentView,
     ProcessPayment,
     ReserveStock,
+    ScreenOrder,
     ShipmentView,
     StockReservation,
 )
@@ -44,6 +46,7 @@ __all__ = [
     "REFUND_PAYMENT",
     "RELEASE_STOCK",
     "RESERVE_STOCK",
+    "SCREEN_ORDER",
     "Operation",
 ]
 
@@ -94,6 +97,8 @@ PROCESS_PAYMENT = Operation(
     CANCEL_PAYMENT,
     milestone="PAYMENT_COMPLETED",
 )
+# Read-only: it changes nothing, so there is nothing to compensate.
+SCREEN_ORDER = Operation("payment.screen_order", ScreenOrder, OrderScreened)
 ARRANGE_SHIPPING = Operation(
     "shipping.arrange_shipping",
     ArrangeShipping,
@@ -109,6 +114,7 @@ CATALOGUE: tuple[Operation[Any, Any], ...] = (
     COMPLETE_ORDER,
     RESERVE_STOCK,
     RELEASE_STOCK,
+    SCREEN_ORDER,
     PROCESS_PAYMENT,
     CANCEL_PAYMENT,
     REFUND_PAYMENT,

@@ -177,6 +177,14 @@ class ArrangeShipping(Model):
     address: Address
 
 
+class ScreenOrder(Model):
+    """An order to screen for fraud before its payment is taken: its customer and amount."""
+
+    order_id: OrderId
+    customer_id: Id
+    amount: Money
+
+
 MAX_RESTOCK = 10_000
 MAX_TOP_UP = Decimal("1000000.00")
 RequestId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
@@ -264,6 +272,17 @@ class PaymentView(Model):
     customer_id: int
     amount: Decimal
     status: Literal["COMPLETED", "FAILED", "CANCELLED", "REFUNDED"]
+
+
+class OrderScreened(Model):
+    """A screening that let the order through: what the customer paid in the 24 hours before
+    it (``paid_recently``) plus its ``amount`` stays within ``daily_limit``."""
+
+    order_id: str
+    customer_id: int
+    amount: Decimal
+    paid_recently: Decimal
+    daily_limit: Decimal
 
 
 class ShipmentView(Model):

@@ -15,6 +15,7 @@ from contracts import catalogue as ops
 from contracts.commands import (
     Address,
     OrderItem,
+    OrderScreened,
     OrderView,
     PaymentView,
     ShipmentView,
@@ -41,7 +42,8 @@ _ITEMS = [OrderItem(book_id=1, quantity=2)]
 
 
 def order_replies(total: str = "12.50") -> dict[str, Reply]:
-    """A reply for each forward step of the order saga, by target; ``total`` is the order's."""
+    """A reply for each forward step of the order saga, by target (the fraud screening of a
+    large order's included); ``total`` is the order's."""
     amount = Decimal(total)
 
     def order(status: Literal["PENDING", "COMPLETED"]) -> Reply:
@@ -62,6 +64,16 @@ def order_replies(total: str = "12.50") -> dict[str, Reply]:
         return StockReservation(
             order_id=payload.get("order_id", "unknown"), items=_ITEMS
         ).model_dump(mode="json")
+
+    def screening(payload: dict[str, Any]) -> dict[str, Any]:
+        view = OrderScreened(
+            order_id=payload.get("order_id", "unknown"),
+            customer_id=1,
+            amount=amount,
+            paid_recently=Decimal(0),
+            daily_limit=Decimal("30000.00"),
+        )
+        return view.model_dump(mode="json")
 
     def payment(payload: dict[str, Any]) -> dict[str, Any]:
         view = PaymentView(
@@ -84,6 +96,7 @@ def order_replies(total: str = "12.50") -> dict[str, Reply]:
     return {
         ops.CREATE_ORDER.name: order("PENDING"),
         ops.RESERVE_STOCK.name: stock,
+        ops.SCREEN_ORDER.name: screening,
         ops.PROCESS_PAYMENT.name: payment,
         ops.ARRANGE_SHIPPING.name: shipment,
         ops.COMPLETE_ORDER.name: order("COMPLETED"),

@@ -1,11 +1,14 @@
-"""The check ``@workflow`` makes of a workflow body's source: no call that replay cannot repeat
-(the clock, randomness, ``uuid4``, ``asyncio.sleep``, I/O), each refused with its line and what
-to call instead (private). The cheap half of a sandbox: what it cannot see, replay catches.
+"""What a workflow body may not call, read from its source (private): the clock, randomness,
+``uuid4``, ``asyncio.sleep``, I/O — each found with its line and what to call instead.
+``@workflow`` refuses the first (:func:`check_body`); ``cloudmart replay --lint`` lists them
+all (:func:`nondeterministic_calls`, which :mod:`engine.workflow` exports). The cheap half of a
+sandbox: what it cannot see, replay catches.
 """
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import inspect
 import textwrap
 from collections.abc import Callable
@@ -13,7 +16,7 @@ from typing import Any
 
 from engine.errors import WorkflowDefinitionError
 
-__all__ = ["check_body"]
+__all__ = ["NondeterministicCall", "check_body", "nondeterministic_calls"]
 
 # Calls a workflow body must not make, by dotted name (``module.*``: anything of the module),
 # and what to use instead.
@@ -70,22 +73,46 @@ def _forbidden(name: str) -> str | None:
     return None
 
 
-def check_body(func: Callable[..., Any]) -> None:
-    """Refuse a workflow body that calls what replay cannot repeat (see
-    :func:`engine.workflow.workflow`)."""
+@dataclasses.dataclass(frozen=True)
+class NondeterministicCall:
+    """A call replay cannot repeat, found in a function's source: ``function`` calls
+    ``call()`` at ``filename:line``; ``use`` is what to call instead."""
+
+    function: str
+    call: str
+    filename: str
+    line: int
+    use: str
+
+
+def nondeterministic_calls(func: Callable[..., Any]) -> list[NondeterministicCall]:
+    """Every call in ``func``'s source (nested functions included) that a workflow must not
+    make, in source order; none when there is no source to read (built at run time)."""
     try:
         source = textwrap.dedent(inspect.getsource(func))
         filename = inspect.getsourcefile(func) or "<workflow>"
-    except (OSError, TypeError):  # no source to read (built at run time): replay still checks
-        return
+    except (OSError, TypeError):  # no source to read: replay still checks
+        return []
     first = func.__code__.co_firstlineno
+    found = []
     for node in ast.walk(ast.parse(source)):
         if not isinstance(node, ast.Call):
             continue
         name = _dotted(node.func)
         use = None if name is None else _forbidden(name)
-        if use is not None:
-            raise WorkflowDefinitionError(
-                f"workflow {func.__qualname__} calls {name}() at {filename}:"
-                f"{first + node.lineno - 1}; a workflow must be deterministic: use {use}"
-            )
+        if name is not None and use is not None:
+            line = first + node.lineno - 1
+            found.append(NondeterministicCall(func.__qualname__, name, filename, line, use))
+    return sorted(found, key=lambda call: call.line)
+
+
+def check_body(func: Callable[..., Any]) -> None:
+    """Refuse a workflow body that calls what replay cannot repeat, naming the first (see
+    :func:`engine.workflow.workflow`)."""
+    found = nondeterministic_calls(func)
+    if found:
+        first = found[0]
+        raise WorkflowDefinitionError(
+            f"workflow {first.function} calls {first.call}() at {first.filename}:"
+            f"{first.line}; a workflow must be deterministic: use {first.use}"
+        )

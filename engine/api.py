@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from engine._determinism import canonical_json
 from engine._runtime import RunConfig
 from engine.clock import SystemClock
-from engine.errors import SagaNotFound, WorkflowAlreadyStarted
+from engine.errors import SagaNotFound, SagaQueueFull, WorkflowAlreadyStarted
 from engine.history import (
     CANCEL,
     COMPENSATE,
@@ -66,6 +66,11 @@ class Engine:
     saga and step outcome (:mod:`engine.observer`; metrics hang on it). The last
     ``finished_cache`` sagas this engine finished are kept, so ``wait`` and ``status`` answer
     them without reading the store.
+
+    Admission control: at most ``max_running`` sagas (None: no bound) are driven at once; a
+    saga started beyond that is written all the same (durable, idempotent) and waits its turn
+    (:mod:`engine.worker`). A start is refused with :class:`~engine.errors.SagaQueueFull`,
+    nothing written, only when ``max_queued`` sagas started here already wait.
     """
 
     def __init__(
@@ -86,6 +91,8 @@ class Engine:
         claim_batch: int = 100,
         observer: SagaObserver | None = None,
         finished_cache: int = 2048,
+        max_running: int | None = None,
+        max_queued: int | None = None,
     ) -> None:
         self.store = store
         self.transport = transport
@@ -98,6 +105,7 @@ class Engine:
         self.poll_interval = poll_interval or max(0.05, lease_seconds / 3)
         self.counters = EngineCounters()
         self.observer: SagaObserver = observer or NullObserver()
+        self.max_queued = max_queued
         self.worker = Worker(
             store,
             transport,
@@ -115,6 +123,7 @@ class Engine:
             observer=self.observer,
             counters=self.counters,
             finished_cache=finished_cache,
+            max_running=max_running,
         )
         for wf in workflows:
             self.register(wf)
@@ -147,6 +156,11 @@ class Engine:
             else json.loads(json.dumps(input))
         )
         workflow_id = workflow_id or str(uuid.uuid4())
+        admitted = self.worker.room != 0 and not self.worker.waiting  # first come, first run
+        if not admitted and self.max_queued is not None:
+            waiting = self.worker.waiting
+            if waiting >= self.max_queued and await self.store.get(workflow_id) is None:
+                raise SagaQueueFull(waiting, retry_after=max(1.0, self.poll_interval))
         now = self.clock.now()
         saga_id = str(uuid.uuid4())
         deadline = (
@@ -185,7 +199,10 @@ class Engine:
             return SagaHandle(stored.saga_id, workflow_id, stored.status, created=False)
         self.counters.sagas_started += 1
         self.observer.saga_started(name)
-        self.worker.spawn(wf, stored, [started], 1)
+        if admitted:
+            self.worker.spawn(wf, stored, [started], 1)
+        else:
+            self.worker.queue(wf, stored, [started])
         return SagaHandle(saga_id, workflow_id, STARTED, created=True)
 
     async def cancel(self, workflow_id: str) -> SagaStatus:
@@ -257,10 +274,16 @@ class Engine:
             if left <= 0:
                 break
             task = self.worker.task_of(saga_id=record.saga_id)
+            if task is None:  # waiting for a slot here, or driven elsewhere
+                await self.worker.until_driven(
+                    record.saga_id, timeout=min(left, self.poll_interval)
+                )
+                task = self.worker.task_of(saga_id=record.saga_id)
             if task is not None:
-                await asyncio.wait([task], timeout=left)
-            else:
-                await asyncio.sleep(min(left, self.poll_interval))
+                await asyncio.wait([task], timeout=max(0.0, deadline - loop.time()))
+                known = self.worker.finished(workflow_id)
+                if known is not None:
+                    return saga_status(*known)
             record, events = await self.store.load(record.saga_id)
         if events is None:
             record, events = await self.store.load(record.saga_id)
@@ -306,6 +329,11 @@ class Engine:
     def running(self) -> int:
         """Sagas this engine is driving right now."""
         return self.worker.running
+
+    @property
+    def waiting(self) -> int:
+        """Sagas started here that wait for a slot (``max_running``)."""
+        return self.worker.waiting
 
     def drive_tasks(self) -> builtins.list[asyncio.Task[None]]:
         """The tasks of the sagas this engine is driving (for the test driver)."""

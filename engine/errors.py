@@ -15,6 +15,7 @@
     ├── ConcurrencyConflict           duplicate seq / stale fencing version: someone else owns it
     ├── CancelRequested               the store refused an append because a cancel is pending
     ├── WorkflowAlreadyStarted        same workflow_id, different input (or different workflow)
+    ├── SagaQueueFull                 a start refused: too many sagas already wait their turn
     ├── SagaNotFound                  no saga with that workflow_id
     ├── ActionRefused                 an operator action that does not apply to the saga now
     │   └── SagaAlreadyFinished       cancel of a COMPLETED/FAILED saga
@@ -37,6 +38,7 @@ __all__ = [
     "SagaAlreadyFinished",
     "SagaError",
     "SagaNotFound",
+    "SagaQueueFull",
     "StepFailed",
     "StepTimeout",
     "StoreUnavailable",
@@ -158,6 +160,16 @@ class CancelRequested(SagaError):
 
 class WorkflowAlreadyStarted(SagaError):
     """The workflow_id is taken by a saga with another input or workflow."""
+
+
+class SagaQueueFull(SagaError):
+    """A start refused because ``waiting`` sagas already wait for a slot in this engine (its
+    ``max_queued``); nothing was written. Try again after ``retry_after`` seconds."""
+
+    def __init__(self, waiting: int, *, retry_after: float) -> None:
+        super().__init__(f"{waiting} sagas are waiting to run; try again shortly")
+        self.waiting = waiting
+        self.retry_after = retry_after
 
 
 class SagaNotFound(SagaError):

@@ -125,7 +125,8 @@ class HistoryStore(Protocol):
     ) -> builtins.list[SagaRecord]:
         """Sagas to drive (unfinished, or parked with an operator's action waiting) with no
         owner, an expired lease, or owned by ``owner``; only those of ``workflows`` (or, with
-        ``known=False``, only those of other workflows) when it is given."""
+        ``known=False``, only those of other workflows) when it is given. The one whose lease
+        ran out first comes first (of two at the same instant, the one started first)."""
         ...
 
     async def acquire(

@@ -7,6 +7,14 @@ up nobody — renews the leases of the sagas it drives and gives up those it los
 operator's requests to the runs they are for (the background loop), and keeps the last sagas
 it finished so that the client half (:class:`~engine.api.Engine`) answers ``status`` and
 ``wait`` for them without a read.
+
+Admission control: with ``max_running`` a worker drives at most that many sagas at once. A
+saga started beyond it is written as usual (ours, under its first lease: durable) and waits in
+a queue of records, not of tasks, until a run ends; then the oldest waiting one is driven
+with nothing more to write. Its lease is not renewed while it waits, so one that waited
+longer than a lease becomes claimable by any worker with room (the same leases recovery
+takes); taking it then costs this worker one write, and a worker that lost it to another
+skips it.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import asyncio
 import builtins
 import collections
 import contextlib
+import dataclasses
 import functools
 from collections.abc import Coroutine, Iterator
 from datetime import datetime, timedelta
@@ -39,7 +48,8 @@ class Worker:
 
     ``config`` carries the owner id and the runs' policies; a lease lasts ``lease_seconds``
     and the background loop wakes every ``poll_interval`` seconds to renew leases and claim
-    up to ``claim_batch`` sagas; the last ``finished_cache`` finished sagas are kept.
+    up to ``claim_batch`` sagas; the last ``finished_cache`` finished sagas are kept. At most
+    ``max_running`` sagas (None: no bound) are driven at once.
     """
 
     def __init__(
@@ -55,6 +65,7 @@ class Worker:
         observer: SagaObserver,
         counters: EngineCounters,
         finished_cache: int,
+        max_running: int | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -65,6 +76,7 @@ class Worker:
         self.observer = observer
         self.counters = counters
         self.finished_cache = finished_cache
+        self.max_running = max_running
         self._workflows: dict[str, Workflow] = {}
         self._runs: dict[str, tuple[_Run, asyncio.Task[None]]] = {}
         # Sagas whose row start() is writing: committed before their run is spawned, they are
@@ -77,6 +89,16 @@ class Worker:
             collections.OrderedDict()
         )
         self._supervisor: asyncio.Task[None] | None = None
+        # Admission control: the sagas started here that wait for a slot, oldest first; the
+        # task driving them as slots free up, and whether it should look once more.
+        self._queued: collections.OrderedDict[
+            str, tuple[Workflow, SagaRecord, builtins.list[Event]]
+        ] = collections.OrderedDict()
+        self._filling: asyncio.Task[None] | None = None
+        self._fill_again = False
+        self._stopping = False
+        # saga_id -> resolved when this worker starts driving it (for Engine.wait)
+        self._driven: dict[str, asyncio.Future[None]] = {}
         # What every run of this worker works through: the same for all, built once.
         self._deps = RunDeps(store, transport, clock, observer, counters, self._remember)
 
@@ -116,11 +138,14 @@ class Worker:
         the others. Returns how many were claimed."""
         now = self.clock.now()
         known = list(self._workflows)
-        claimed = 0
-        for row in await self.store.list_claimable(
-            owner=self.config.owner, now=now, limit=self.claim_batch, workflows=known
-        ):
-            claimed += await self.claim(row)
+        claimed = await self._fill_slots()
+        room = self.room
+        limit = self.claim_batch if room is None else min(room, self.claim_batch)
+        if limit:
+            for row in await self.store.list_claimable(
+                owner=self.config.owner, now=now, limit=limit, workflows=known
+            ):
+                claimed += await self.claim(row)
         for row in await self.store.list_claimable(
             owner=self.config.owner, now=now, limit=self.claim_batch, workflows=known, known=False
         ):
@@ -129,39 +154,139 @@ class Worker:
 
     async def claim(self, row: SagaRecord) -> bool:
         """Take ``row``'s lease and drive it (or park it, if its workflow is unknown here).
-        False when it runs here already or someone else holds it."""
-        if row.saga_id in self._runs or row.saga_id in self._starting:
+        False when it runs here already, waits here for a slot, or someone else holds it."""
+        if (
+            row.saga_id in self._runs
+            or row.saga_id in self._starting
+            or row.saga_id in self._queued
+        ):
+            return False
+        with self.starting(row.saga_id):  # a slot taken while the claim is in flight
+            now = self.clock.now()
+            version = await self.store.acquire(
+                row.saga_id,
+                owner=self.config.owner,
+                expected_version=row.version,
+                now=now,
+                until=now + timedelta(seconds=self.lease_seconds),
+            )
+            if version is None:
+                return False
+            record, events = await self.store.load(row.saga_id)
+            wf = self._workflows.get(row.workflow_name)
+            if wf is None:
+                run = _Run(self.config, self._deps, None, record, events, version)
+                self._track(run, run.park_unknown())
+                return True
+            self.counters.sagas_recovered += 1
+            self.observer.saga_resumed(row.workflow_name)
+            _log.info(
+                "saga.recovered", saga_id=row.saga_id, workflow_id=row.workflow_id, version=version
+            )
+            self.spawn(wf, record, events, version)
+            return True
+
+    # -- admission control -------------------------------------------------------------------
+
+    @property
+    def room(self) -> int | None:
+        """How many more sagas this worker may drive now (None: no bound)."""
+        if self.max_running is None:
+            return None
+        return max(0, self.max_running - len(self._runs) - len(self._starting))
+
+    @property
+    def waiting(self) -> int:
+        """Sagas started here that wait for a slot."""
+        return len(self._queued)
+
+    def queue(self, wf: Workflow, record: SagaRecord, events: builtins.list[Event]) -> None:
+        """``record`` was just written, ours under its first lease, with no room to drive it:
+        it waits its turn here (driven as soon as a slot is free)."""
+        self._queued[record.saga_id] = (wf, record, events)
+        self._fill_soon()
+
+    async def until_driven(self, saga_id: str, *, timeout: float) -> None:
+        """Return once this worker drives ``saga_id``, or after ``timeout`` seconds."""
+        if saga_id in self._runs:
+            return
+        driven = self._driven.get(saga_id)
+        if driven is None:
+            driven = self._driven[saga_id] = asyncio.get_running_loop().create_future()
+        await asyncio.wait([driven], timeout=timeout)
+        if not driven.done() and self._driven.get(saga_id) is driven:
+            del self._driven[saga_id]  # driven elsewhere, perhaps: the caller reads the store
+
+    def _fill_soon(self) -> None:
+        if self._filling is not None and not self._filling.done():
+            self._fill_again = True  # it looks once more before it ends
+            return
+        self._filling = asyncio.get_running_loop().create_task(
+            self._fill(), name=f"engine-admission:{self.config.owner}"
+        )
+
+    async def _fill(self) -> None:
+        again = True
+        while again:
+            self._fill_again = False
+            try:
+                await self._fill_slots()
+            except StoreUnavailable as exc:  # the background loop's next round tries again
+                _log.debug("engine.admission_deferred", error=str(exc))
+                return
+            again = self._fill_again
+
+    async def _fill_slots(self) -> int:
+        """Drive the sagas waiting here, oldest first, while there is room; returns how many
+        it took."""
+        taken = 0
+        while self._queued and self.room != 0:
+            saga_id, entry = self._queued.popitem(last=False)
+            try:
+                taken += await self._take(*entry)
+            except BaseException:
+                self._queued[saga_id] = entry  # still its turn next
+                self._queued.move_to_end(saga_id, last=False)
+                raise
+        return taken
+
+    async def _take(self, wf: Workflow, record: SagaRecord, events: builtins.list[Event]) -> bool:
+        """Drive a saga that waited here: at once while most of its first lease is left, else
+        after taking the lease again (False when another worker took it meanwhile)."""
+        if record.saga_id in self._runs or record.saga_id in self._starting:
             return False
         now = self.clock.now()
-        version = await self.store.acquire(
-            row.saga_id,
-            owner=self.config.owner,
-            expected_version=row.version,
-            now=now,
-            until=now + timedelta(seconds=self.lease_seconds),
-        )
-        if version is None:
-            return False
-        record, events = await self.store.load(row.saga_id)
-        wf = self._workflows.get(row.workflow_name)
-        if wf is None:
-            run = _Run(self.config, self._deps, None, record, events, version)
-            self._track(run, run.park_unknown())
+        left = (record.lease_expires_at or now) - now
+        if left > timedelta(seconds=self.lease_seconds / 2):
+            self.spawn(wf, record, events, record.version)
             return True
-        self.counters.sagas_recovered += 1
-        self.observer.saga_resumed(row.workflow_name)
-        _log.info(
-            "saga.recovered", saga_id=row.saga_id, workflow_id=row.workflow_id, version=version
-        )
-        self.spawn(wf, record, events, version)
-        return True
+        with self.starting(record.saga_id):
+            until = now + timedelta(seconds=self.lease_seconds)
+            version = await self.store.acquire(
+                record.saga_id,
+                owner=self.config.owner,
+                expected_version=record.version,
+                now=now,
+                until=until,
+            )
+            if version is None:
+                return False
+            owned = dataclasses.replace(
+                record, owner=self.config.owner, version=version, lease_expires_at=until
+            )
+            self.spawn(wf, owned, events, version)
+            return True
 
     async def act(self, record: SagaRecord) -> None:
         """An operator's action was just written on ``record``'s row: hand it to the run that
         drives the saga here, or claim the parked saga it wakes."""
         entry = self._runs.get(record.saga_id)
+        waiting = self._queued.pop(record.saga_id, None)
         if entry is not None and record.operator_request is not None:
             entry[0].poke(record.operator_request)
+        elif waiting is not None:  # an operator's action does not wait for a slot
+            wf, _, events = waiting
+            await self._take(wf, dataclasses.replace(record, lease_expires_at=None), events)
         elif entry is None and record.claimable:
             await self.claim(record)
 
@@ -177,6 +302,9 @@ class Worker:
         self._runs[record.saga_id] = (run, task)
         self._local[record.workflow_id] = record.saga_id
         task.add_done_callback(functools.partial(self._forget, record.saga_id))
+        driven = self._driven.pop(record.saga_id, None)
+        if driven is not None and not driven.done():
+            driven.set_result(None)
 
     def _forget(self, saga_id: str, task: asyncio.Task[None]) -> None:
         entry = self._runs.get(saga_id)
@@ -186,6 +314,8 @@ class Worker:
                 del self._local[entry[0].record.workflow_id]
         if not task.cancelled() and task.exception() is not None:
             _log.error("saga.crashed", saga_id=saga_id, error=repr(task.exception()))
+        if self._queued and not self._stopping:
+            self._fill_soon()  # a slot is free: the oldest waiting saga takes it
 
     def _remember(self, record: SagaRecord, events: builtins.list[Event]) -> None:
         """Keep a saga this worker just finished (COMPLETED or FAILED: final states), so that
@@ -212,11 +342,23 @@ class Worker:
 
     async def stop(self) -> None:
         """Stop the background loop and every run; release their leases."""
+        self._stopping = True
+        try:
+            await self._stop()
+        finally:
+            self._stopping = False
+
+    async def _stop(self) -> None:
         if self._supervisor is not None:
             self._supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._supervisor
             self._supervisor = None
+        if self._filling is not None:
+            self._filling.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._filling
+            self._filling = None
         runs = list(self._runs.values())
         for _, task in runs:
             task.cancel()

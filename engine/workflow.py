@@ -32,15 +32,17 @@ from typing import Any, Protocol, TypeVar, overload
 
 from pydantic import BaseModel
 
-from engine._body_check import check_body
+from engine._body_check import NondeterministicCall, check_body, nondeterministic_calls
 from engine.errors import WorkflowDefinitionError
 
 __all__ = [
     "Activity",
+    "NondeterministicCall",
     "RetryPolicy",
     "StepCall",
     "Workflow",
     "WorkflowContext",
+    "nondeterministic_calls",
     "workflow",
     "workflow_input_model",
     "workflow_name",

@@ -15,6 +15,7 @@ metric                                                             source
 ``cloudmart_compensations_total{step,outcome}``                    each compensation attempt
 ``cloudmart_operator_alerts_total{workflow}``                      a saga flagged for an operator
 ``cloudmart_sagas_running``                                        sagas this process drives
+``cloudmart_sagas_waiting``                                        started here, waiting for a slot
 ``cloudmart_sagas_needing_operator``                               read from the database on scrape
 =================================================================  ===========================
 """
@@ -86,10 +87,17 @@ class PrometheusSagaObserver:
         self.running = Gauge(
             "cloudmart_sagas_running", "Sagas this process is driving now.", registry=registry
         )
+        self.waiting = Gauge(
+            "cloudmart_sagas_waiting",
+            "Sagas started here that wait for a slot (CLOUDMART_MAX_RUNNING_SAGAS).",
+            registry=registry,
+        )
 
-    def track_running(self, running: Callable[[], int]) -> None:
-        """Read ``cloudmart_sagas_running`` from ``running()`` at each scrape."""
+    def track_running(self, running: Callable[[], int], waiting: Callable[[], int]) -> None:
+        """Read ``cloudmart_sagas_running`` from ``running()`` and ``cloudmart_sagas_waiting``
+        from ``waiting()`` at each scrape."""
         self.running.set_function(lambda: float(running()))
+        self.waiting.set_function(lambda: float(waiting()))
 
     def saga_started(self, workflow: str) -> None:
         self.started.labels(workflow=workflow).inc()

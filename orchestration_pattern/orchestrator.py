@@ -8,13 +8,15 @@ the same business operations directly.
 
 from __future__ import annotations
 
+import importlib
+import math
 from collections.abc import Callable, Collection, Sequence
 from typing import Any, cast
 
 import structlog
 
 from activities import Database, check_order, order_id_for
-from activities.errors import DomainError, IdempotencyKeyReused
+from activities.errors import DomainError, IdempotencyKeyReused, SagaBacklogFull
 from activities.registry import OPERATIONS, invoke
 from contracts.commands import CreateOrder, PlaceOrder
 from engine import Engine, RetryPolicy, SagaHandle, SagaStatus
@@ -23,18 +25,38 @@ from engine.errors import (
     ActionRefused,
     SagaAlreadyFinished,
     SagaNotFound,
+    SagaQueueFull,
     WorkflowAlreadyStarted,
 )
 from engine.history import CANCEL, COMPENSATE, RESUME, RETRY, Event, SagaRecord
 from engine.listing import SagaCounts, SagaFilter, SagaPage
 from engine.observer import SagaObserver
 from engine.ports import HistoryStore, Transport
-from engine.workflow import Workflow
+from engine.workflow import Workflow, workflow_name
 from workflows.order_saga import place_order, place_order_declarative
 
 # The workflows an orchestrator runs: what it recovers, and what `cloudmart replay` checks
-# histories against.
+# histories against. An orchestrator registers the ``WORKFLOWS`` of the module its settings
+# name (:func:`workflows_of`), this one unless told otherwise.
 WORKFLOWS: tuple[Workflow, ...] = (place_order, place_order_declarative)
+
+
+def workflows_of(module: str) -> tuple[Workflow, ...]:
+    """The ``WORKFLOWS`` tuple of ``module`` (a dotted name), the way a Temporal worker is
+    given its workflows: what one orchestrator runs, recovers and starts by name. ValueError
+    when the module cannot be imported or holds no such tuple; WorkflowDefinitionError when
+    an entry is not a ``@workflow`` (or ``@workflow`` refused one as the module loaded)."""
+    try:
+        loaded = importlib.import_module(module)
+    except ImportError as exc:
+        raise ValueError(f"cannot import the workflows module {module!r}: {exc}") from exc
+    found = getattr(loaded, "WORKFLOWS", None)
+    if not isinstance(found, tuple) or not found or not all(callable(wf) for wf in found):
+        raise ValueError(f"module {module!r} has no WORKFLOWS tuple of workflows")
+    for wf in found:
+        workflow_name(wf)  # each must be a @workflow
+    return found
+
 
 # Called around every history write when given: ``(point, event_types)`` with the points
 # ``freeze_before_history`` and ``crash_after_history`` (the process's failure points).
@@ -60,34 +82,45 @@ class SagaFinished(SagaActionRefused):
 
 
 class Orchestrator:
-    """Starts, cancels and reports order sagas."""
+    """Starts, cancels and reports order sagas, with the ``workflows`` its engine runs."""
 
-    def __init__(self, engine: Engine, db: Database) -> None:
+    def __init__(
+        self, engine: Engine, db: Database, *, workflows: Sequence[Workflow] = WORKFLOWS
+    ) -> None:
         self.engine = engine
         self.db = db
+        self._workflows = {workflow_name(wf): wf for wf in workflows}
+        if "place_order" not in self._workflows:  # what POST /saga/start runs
+            raise ValueError(f"no place_order among the workflows {sorted(self._workflows)}")
 
     async def start(
         self,
         order: PlaceOrder,
         *,
         idempotency_key: str | None = None,
-        workflow: Workflow = place_order,
+        workflow: str = "place_order",
     ) -> SagaHandle:
         """Start the order saga; with a key, the same key and body give the same saga.
 
         Unknown customers and books are refused here (404), before any saga exists.
-        ``workflow`` is the typed :func:`~workflows.order_saga.place_order` unless the caller
-        asks for the seed's declarative definition of the same saga.
+        ``workflow`` names the workflow: the typed ``place_order`` unless the caller asks for
+        the seed's declarative definition of the same saga (``place_order_declarative``); the
+        code of that name this orchestrator was given runs it.
         """
+        wf = self._workflows[workflow]
         await check_order(self.db, order)
         order_id = order_id_for(idempotency_key)
         structlog.contextvars.bind_contextvars(order_id=order_id)  # the correlation id
         command = CreateOrder(order_id=order_id, **order.model_dump())
         try:
-            return await self.engine.start(workflow, command, workflow_id=order_id)
+            return await self.engine.start(wf, command, workflow_id=order_id)
         except WorkflowAlreadyStarted as exc:
             raise IdempotencyKeyReused(
                 "this Idempotency-Key was used with a different order", order_id=order_id
+            ) from exc
+        except SagaQueueFull as exc:
+            raise SagaBacklogFull(
+                str(exc), retry_after=math.ceil(exc.retry_after), waiting=exc.waiting
             ) from exc
 
     async def status(self, order_id: str, *, wait: float = 0) -> SagaStatus:
@@ -180,13 +213,18 @@ def build_engine(
     saga_deadline: float | None,
     step_retry: RetryPolicy,
     compensation_retry: RetryPolicy,
+    max_running: int | None = None,
+    max_queued: int | None = None,
     observer: SagaObserver | None = None,
     history_hook: HistoryHook | None = None,
+    workflows: Sequence[Workflow] = WORKFLOWS,
 ) -> Engine:
-    """The engine of one orchestrator process (the settings' values, passed as they are).
+    """The engine of one orchestrator process (the settings' values, passed as they are),
+    running ``workflows`` (see :func:`workflows_of`).
 
     ``observer`` receives its saga and step events (the process's metrics); ``history_hook``,
-    when given, sees every history write (see :data:`HistoryHook`).
+    when given, sees every history write (see :data:`HistoryHook`). ``max_running`` and
+    ``max_queued`` bound the sagas it drives at once and those that wait for a slot.
     """
     store: HistoryStore = SqlHistoryStore(db.engine)
     if history_hook is not None:
@@ -200,6 +238,8 @@ def build_engine(
         saga_deadline=saga_deadline,
         step_retry=step_retry,
         compensation_retry=compensation_retry,
-        workflows=WORKFLOWS,
+        workflows=workflows,
         observer=observer,
+        max_running=max_running,
+        max_queued=max_queued,
     )

@@ -11,6 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh test
 bash scripts/ensure-services.sh
+bash scripts/ensure-browser.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 mapfile -t packages < <(bash scripts/packages.sh)

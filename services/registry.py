@@ -16,8 +16,12 @@ from fastapi import FastAPI
 
 from activities.db import Database
 from services._kit import Settings, create_app
+from services._kit.console import static_router
 from services._kit.events import service_lifespan
-from services._kit.roster import spec_of
+from services._kit.roster import CHOREOGRAPHY, spec_of
+
+# The consoles of the domain services, by service and pattern (the orchestrator's is its own).
+CONSOLES = {("order", CHOREOGRAPHY): "services.order.console"}
 
 
 def build_service_app(
@@ -34,6 +38,7 @@ def build_service_app(
         )
         return built
     api = importlib.import_module(f"services.{name}.api")
-    return create_app(
-        name, settings, api.router, database=database, lifespan=service_lifespan(name)
-    )
+    routers = [api.router]
+    if (name, settings.pattern) in CONSOLES:
+        routers += [importlib.import_module(CONSOLES[name, settings.pattern]).router, static_router]
+    return create_app(name, settings, *routers, database=database, lifespan=service_lifespan(name))

@@ -22,14 +22,21 @@ TERMINAL = ("COMPLETED", "CANCELLED")
 
 @contextmanager
 def choreography_deployment(
-    database: str, directory: Path, *, base_port: int = 18000, **env: str
+    database: str,
+    directory: Path,
+    *,
+    base_port: int = 18000,
+    namespace: str | None = None,
+    **env: str,
 ) -> Iterator[Deployment]:
-    """The four services in the choreography, on a fresh database and Redis namespace."""
+    """The four services in the choreography, on a fresh database and Redis namespace (a new
+    one unless ``namespace`` is given)."""
     with deployed(
         "choreography",
         database,
         directory,
         base_port=base_port,
+        namespace=namespace,
         **{"CLOUDMART_EVENT_CLAIM_IDLE": "1", **env},
     ) as deployment:
         yield deployment

@@ -19,6 +19,7 @@ from decimal import Decimal
 from typing import Any, ClassVar
 
 import httpx
+import sqlalchemy as sa
 from choreography_support import finished as order_finished
 from choreography_support import run_all as orders_run_all
 from choreography_support import start as order_start
@@ -86,11 +87,17 @@ async def attempted_past_its_deadline(
 
 @contextlib.asynccontextmanager
 async def paid_with_shipping_held(
-    api: httpx.AsyncClient, shop: Shop, deployment: Deployment
+    api: httpx.AsyncClient,
+    shop: Shop,
+    deployment: Deployment,
+    *,
+    price: str = "10.00",
+    balance: str = "100.00",
 ) -> AsyncIterator[tuple[str, int, int]]:
     """A saga paid for while the shipping service is stopped, so that arranging shipping waits;
-    shipping goes on when the block ends. Yields (order id, book, customer)."""
-    book, customer = shop.book("10.00", 5), shop.customer("100.00")
+    shipping goes on when the block ends. One copy of a new book at ``price`` (5 in stock) for
+    a new customer holding ``balance``. Yields (order id, book, customer)."""
+    book, customer = shop.book(price, 5), shop.customer(balance)
     deployment.pause("shipping")
     try:
         oid = await saga_start(api, order(customer, (book, 1)))
@@ -118,6 +125,37 @@ async def held_past_the_pivot(
 
     await until(shipped, timeout=20)
     return held
+
+
+async def parked_saga(
+    api: httpx.AsyncClient, shop: Shop, deployment: Deployment, sql: sa.Engine
+) -> tuple[str, int, int]:
+    """A saga parked because its history no longer matches the workflow: the orchestrator is
+    killed while shipping waits, the recorded step is renamed (as a deploy of other code would
+    see it), and the restarted orchestrator parks the saga. Returns (order id, book,
+    customer)."""
+    async with paid_with_shipping_held(api, shop, deployment) as (oid, book, customer):
+        deployment.kill("orchestrator")
+        rename_step(sql, oid, "shipping.arrange_shipping", "shipping.arrange_courier")
+    deployment.restart("orchestrator")
+
+    async def parked() -> bool:
+        return await saga_status(api, oid) == "PARKED"
+
+    await until(parked, timeout=30)
+    return oid, book, customer
+
+
+def rename_step(sql: sa.Engine, oid: str, old: str, new: str) -> None:
+    with sql.begin() as conn:
+        renamed = conn.execute(
+            sa.text(
+                "UPDATE saga_step_logs SET step_name = :new WHERE step_name = :old AND saga_id ="
+                " (SELECT saga_id FROM saga_instances WHERE order_id = :oid)"
+            ),
+            {"new": new, "old": old, "oid": oid},
+        ).rowcount
+    assert renamed >= 1
 
 
 async def saga_finished(api: httpx.AsyncClient, order_id: str, timeout: float = 30) -> Body:

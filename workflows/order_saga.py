@@ -1,15 +1,20 @@
-"""The order saga: create order → reserve stock → take payment → arrange shipping → complete.
+"""The order saga: create order → reserve stock → (screen for fraud) → take payment → arrange
+shipping → complete.
 
 Each forward step registers its compensation before it is sent; arranging shipping is the
 pivot (from there on the saga only goes forward); the status projection moves
 STARTED → ORDER_CREATED → STOCK_RESERVED → PAYMENT_COMPLETED → SHIPPING_ARRANGED → COMPLETED
 through the steps' milestones (the engine writes COMPLETED / COMPENSATION_STARTED / FAILED).
+An order of :data:`REVIEW_AMOUNT` or more is screened for fraud by the payment service before
+it is paid: a change made while sagas of the previous code were in flight, behind the patch
+``"fraud-check"`` (see :func:`place_order`).
 The seed's declarative ``ORDER_WORKFLOW`` dict runs on the same engine through
 :func:`workflow_from_definition`.
 """
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 from contracts import catalogue as ops
@@ -21,12 +26,14 @@ from contracts.commands import (
     OrderRef,
     ProcessPayment,
     ReserveStock,
+    ScreenOrder,
 )
 from engine import RetryPolicy, WorkflowContext, workflow
 
 __all__ = [
     "MILESTONES",
     "ORDER_WORKFLOW",
+    "REVIEW_AMOUNT",
     "place_order",
     "place_order_declarative",
     "workflow_from_definition",
@@ -35,10 +42,22 @@ __all__ = [
 # The saga status each step reaches, from the catalogue (for the declarative definition).
 MILESTONES = {op.name: op.milestone for op in CATALOGUE if op.milestone is not None}
 
+# An order whose total reaches this is screened for fraud before its payment. A constant of
+# the workflow, not a setting: a saga must take the same branch at every replay, whatever the
+# process replaying it was configured with. Changing it is a change of the workflow.
+REVIEW_AMOUNT = Decimal("10000.00")
+
 
 @workflow(name="place_order")
 async def place_order(ctx: WorkflowContext, order: CreateOrder) -> OrderPlaced:
     """Create the order, reserve its stock, take the payment, arrange shipping, complete it.
+
+    An order of :data:`REVIEW_AMOUNT` or more is first screened (``payment.screen_order``,
+    read-only); a refusal (``FraudSuspected``) compensates the saga as a refused payment does.
+    The screening came after sagas were in flight: the amount is judged first, then the patch
+    ``"fraud-check"`` is asked for, so only a screened saga records its marker and an ordinary
+    order's history stays what it was; a saga recorded before the change (its history holds
+    the payment where the marker would go) goes on without a screening.
 
     Each step's compensation (cancel the order, release the stock, cancel the payment, cancel
     the shipment) is registered before its command leaves. Arranging shipping is the pivot:
@@ -49,6 +68,15 @@ async def place_order(ctx: WorkflowContext, order: CreateOrder) -> OrderPlaced:
     """
     created = await ctx.step(ops.CREATE_ORDER, order)
     await ctx.step(ops.RESERVE_STOCK, ReserveStock(order_id=order.order_id, items=order.items))
+    if created.total_amount >= REVIEW_AMOUNT and ctx.patched("fraud-check"):
+        await ctx.step(
+            ops.SCREEN_ORDER,
+            ScreenOrder(
+                order_id=order.order_id,
+                customer_id=order.customer_id,
+                amount=created.total_amount,
+            ),
+        )
     payment = await ctx.step(
         ops.PROCESS_PAYMENT,
         ProcessPayment(

@@ -18,24 +18,30 @@ def deployment(
     ports: dict[str, int],
     *,
     log_path: str,
+    colocated: bool = False,
     health_timeout: float = 60.0,
 ) -> Iterator[None]:
     """Every service of ``pattern`` as ``cloudmart serve`` processes (as ``cloudmart up`` starts
-    them), healthy on ``ports``, stopped on exit; their logs in ``log_path``.
+    them), or all in one ``cloudmart up --colocated`` process, healthy on ``ports``, stopped
+    on exit; their logs in ``log_path``.
 
     The database named by the environment must already have its tables (``cloudmart db init``).
     """
-    from cloudmart.runner import start_services, stop_services
+    from cloudmart.runner import start_colocated, start_services, stop_services
 
     with open(log_path, "ab") as log:
-        procs = start_services(services, pattern, ports=ports, output=log)
+        if colocated:
+            one = start_colocated(pattern, ports, output=log)
+            procs = {name: one for name in services}
+        else:
+            procs = start_services(services, pattern, ports=ports, output=log)
         try:
             deadline = time.monotonic() + health_timeout
             for name in services:
                 _wait_healthy(name, procs[name], ports[name], deadline, log_path)
             yield
         finally:
-            stop_services(procs)
+            stop_services({str(proc.pid): proc for proc in procs.values()})
 
 
 def _wait_healthy(

@@ -81,14 +81,25 @@ def to_json(result: BenchResult) -> str:
 
 
 def watched(
-    url: str, pattern: str, services: Sequence[str], ports: Mapping[str, int], settings: Any
+    url: str,
+    pattern: str,
+    services: Sequence[str],
+    ports: Mapping[str, int],
+    settings: Any,
+    *,
+    colocated: bool = False,
 ) -> dict[str, int | None]:
     """``{name: port}`` of what to measure the CPU of: the ``services`` on ``ports`` when ``url``
-    is on this machine, and the servers the pattern uses (its database, and RabbitMQ or Redis)
-    when their URLs (in ``settings``) are."""
+    is on this machine (``colocated``: their one process, as ``cloudmart``), and the servers the
+    pattern uses (its database, and RabbitMQ or Redis, unless co-located) when their URLs (in
+    ``settings``) are."""
     here = costs.local_port(url, 80) is not None
-    watch: dict[str, int | None] = {name: ports[name] for name in services} if here else {}
+    watch: dict[str, int | None] = {}
+    if here:
+        watch = {"cloudmart": ports[services[0]]} if colocated else {n: ports[n] for n in services}
     watch["mariadb"] = costs.local_port(settings.effective_database_url, 3306)
+    if colocated:
+        return watch
     if pattern == "orchestration":
         watch["rabbitmq"] = costs.local_port(settings.rabbitmq_url, 5672)
     else:

@@ -160,7 +160,7 @@ class InMemoryHistoryStore:
             if _claimable(r, owner, now)
             and (workflows is None or (r.workflow_name in workflows) == known)
         ]
-        rows.sort(key=lambda r: r.lease_expires_at or datetime.min)
+        rows.sort(key=lambda r: (r.lease_expires_at or datetime.min, r.created_at or datetime.min))
         return rows[:limit]
 
     async def acquire(

@@ -222,7 +222,7 @@ class SqlHistoryStore:
             query = query.where(
                 _si.c.workflow_name.in_(names) if known else _si.c.workflow_name.not_in(names)
             )
-        query = query.order_by(_si.c.lease_expires_at).limit(limit)
+        query = query.order_by(_si.c.lease_expires_at, _si.c.created_at).limit(limit)
         return [record_of(r) for r in await self._select(query)]
 
     async def acquire(

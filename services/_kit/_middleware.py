@@ -3,8 +3,9 @@
 1. :class:`RequestContext`  request id (``X-Request-ID``) bound in structlog contextvars,
    latency histogram per route template, an access log line, and the last line of defence:
    an unexpected exception becomes a JSON 503 (database outage) or 500, never a traceback.
-2. :class:`ApiKeyGuard`     prod only: every request but those of :data:`OPEN_PATHS` needs
-   ``Authorization: Bearer <key>`` (reads return orders, addresses and histories).
+2. :class:`ApiKeyGuard`     prod only: every request but those of :data:`OPEN_PATHS` (and the
+   console's stylesheet and script) needs ``Authorization: Bearer <key>`` (reads return
+   orders, addresses and histories); a console page asked for without it is the key prompt.
 3. :class:`MethodCheck`     405 with ``Allow`` for a method the request's path does not declare.
 4. :class:`BodyLimit`       413 for a body over the limit, by ``Content-Length`` and by
    counting the bytes of a chunked body, before the application reads any of it.
@@ -19,6 +20,7 @@ from collections.abc import Iterable, Sequence
 import structlog
 from prometheus_client import Histogram
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -37,6 +39,9 @@ log = structlog.get_logger("services.http")
 OPEN_PATHS = frozenset(
     {"/health", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 )
+# The operator console (services._kit.console): its files hold no data; its pages do.
+CONSOLE_PREFIX = "/ui"
+CONSOLE_FILES_PREFIX = "/ui/static/"
 UNMATCHED_ROUTE = "<unmatched>"
 
 
@@ -107,28 +112,46 @@ class RequestContext:
 class ApiKeyGuard:
     """Refuse every request outside :data:`OPEN_PATHS` without the right bearer token
     (compared in constant time): mutations, and reads of orders, payments, shipments and
-    saga histories, which carry customers' names and addresses."""
+    saga histories, which carry customers' names and addresses.
 
-    def __init__(self, app: ASGIApp, *, api_key: str) -> None:
+    A console page (under :data:`CONSOLE_PREFIX`) asked for without the token is answered 401
+    with ``key_page``, which holds no data: its script asks for the key and asks again with it.
+    """
+
+    def __init__(self, app: ASGIApp, *, api_key: str, key_page: bytes = b"") -> None:
         self.app = app
         self._expected = api_key.encode()
+        self._key_page = key_page
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
             scope["type"] == "http"
-            and scope["path"] not in OPEN_PATHS
+            and not self._open(scope["path"])
             and not self._authorised(scope)
         ):
-            response = error_json(
-                401,
-                "unauthorized",
-                "this endpoint needs 'Authorization: Bearer <CLOUDMART_API_KEY>'",
-                {},
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+            response: Response
+            if self._key_page and _is_console(scope["path"]):
+                response = Response(
+                    self._key_page,
+                    status_code=401,
+                    media_type="text/html; charset=utf-8",
+                    headers={"WWW-Authenticate": "Bearer", "Cache-Control": "no-store"},
+                )
+            else:
+                response = error_json(
+                    401,
+                    "unauthorized",
+                    "this endpoint needs 'Authorization: Bearer <CLOUDMART_API_KEY>'",
+                    {},
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+    @staticmethod
+    def _open(path: str) -> bool:
+        return path in OPEN_PATHS or path.startswith(CONSOLE_FILES_PREFIX)
 
     def _authorised(self, scope: Scope) -> bool:
         value = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
@@ -136,6 +159,10 @@ class ApiKeyGuard:
         # Compare bytes: compare_digest refuses non-ASCII str, and a header may hold anything.
         valid_scheme = scheme.lower() == b"bearer"
         return secrets.compare_digest(token.strip(), self._expected) and valid_scheme
+
+
+def _is_console(path: str) -> bool:
+    return path == CONSOLE_PREFIX or path.startswith(CONSOLE_PREFIX + "/")
 
 
 class MethodCheck:

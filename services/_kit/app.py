@@ -33,7 +33,7 @@ from starlette.routing import BaseRoute, Route
 
 from activities.db import Database
 from activities.faults import Outages
-from services._kit import failpoints
+from services._kit import console, failpoints
 from services._kit._middleware import ApiKeyGuard, BodyLimit, MethodCheck, RequestContext
 from services._kit._openapi import document_kit_responses, integral_bounds
 from services._kit.errors import install_error_handlers
@@ -179,7 +179,14 @@ def create_app(
 
     middleware = [Middleware(RequestContext, service=service, latency=latency, outages=outages)]
     if settings.env == "prod":
-        middleware.append(Middleware(ApiKeyGuard, api_key=api_key))
+        # A service with a console answers its pages' key prompt (see services._kit.console).
+        serves_console = any(
+            getattr(route, "path", "").startswith(console.UI_PREFIX)
+            for router in routers
+            for route in router.routes
+        )
+        key_page = console.key_page() if serves_console else b""
+        middleware.append(Middleware(ApiKeyGuard, api_key=api_key, key_page=key_page))
     routes: list[BaseRoute] = []  # every route, in the router's order; filled below
     middleware.append(Middleware(MethodCheck, routes=routes))
     middleware.append(Middleware(BodyLimit, max_bytes=settings.max_body_bytes))

@@ -2,8 +2,8 @@
 the REST routes call.
 
 In the orchestration pattern on real infrastructure, each service process consumes its
-RabbitMQ command queue beside its HTTP API; embedded, the orchestrator calls the operations in
-process and no consumer runs.
+RabbitMQ command queue beside its HTTP API; embedded or co-located (every service in one
+process), the orchestrator calls the operations in process and no consumer runs.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def consumes_commands(settings: Settings) -> bool:
     """Whether a service process should consume RabbitMQ commands under these settings."""
     return (
         settings.pattern == "orchestration"
-        and not settings.embedded
+        and not settings.in_process
         and bool(settings.rabbitmq_url)
     )
 

@@ -140,7 +140,8 @@ def _validation_errors(errors: Iterable[Any]) -> list[dict[str, Any]]:
 
 async def _on_domain_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DomainError)
-    return error_json(exc.http_status, exc.code, exc.message, dict(exc.details))
+    headers = None if exc.retry_after is None else {"Retry-After": str(exc.retry_after)}
+    return error_json(exc.http_status, exc.code, exc.message, dict(exc.details), headers)
 
 
 async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:

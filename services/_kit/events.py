@@ -43,16 +43,17 @@ def event_consumer(service: str) -> Lifespan:
     @asynccontextmanager
     async def run(app: FastAPI) -> AsyncIterator[None]:
         settings: Settings = app.state.settings
-        if not consumes_events(settings) or (settings.embedded and service != "order"):
+        if not consumes_events(settings) or (settings.in_process and service != "order"):
             yield
             return
         from choreography_pattern.bus import EventBus, InMemoryEventBus
         from choreography_pattern.runtime import Choreography
+        from choreography_pattern.saga import Intake
 
         db: Database = app.state.db
         async with AsyncExitStack() as stack:
             bus: EventBus
-            if settings.embedded:
+            if settings.in_process:
                 bus = InMemoryEventBus(
                     max_deliveries=settings.event_max_deliveries, outages=app.state.outages
                 )
@@ -96,6 +97,8 @@ def event_consumer(service: str) -> Lifespan:
             )
             await stack.enter_async_context(choreography)
             app.state.choreography = choreography
+            if service == "order":  # where orders come in
+                app.state.intake = Intake(settings.max_queued_sagas)
             app.state.metrics.register(choreography)
             app.state.telemetry.add_probe("choreography", choreography.probe)
             stack.callback(app.state.telemetry.remove_probe, "choreography")

@@ -56,6 +56,20 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(
         default=15.0, gt=0, description="How long an orchestrator owns a saga between renewals."
     )
+    max_running_sagas: int = Field(
+        default=64,
+        ge=1,
+        description="Orchestration: sagas one orchestrator drives at once; a start beyond it "
+        "is committed and waits its turn (any orchestrator with room takes one that waited "
+        "longer than a lease).",
+    )
+    max_queued_sagas: int = Field(
+        default=10_000,
+        ge=0,
+        description="Sagas that may wait: in one orchestrator, those started beyond "
+        "max_running_sagas; in the choreography, the PENDING orders. Past it a start is "
+        "refused with 503 and Retry-After, nothing written.",
+    )
     compensation_alert_attempts: int = Field(
         default=10,
         ge=1,
@@ -89,6 +103,14 @@ class Settings(BaseSettings):
         description="Longest wait between a compensation's retries (it is "
         "retried for as long as it takes).",
     )
+    workflows: str = Field(
+        default="orchestration_pattern.orchestrator",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$",
+        description="Orchestration: the module whose WORKFLOWS tuple the orchestrator "
+        "registers (runs, recovers and starts by name) and `cloudmart replay` replays "
+        "histories against; another module runs other code, e.g. an older version of a "
+        "workflow.",
+    )
     max_body_bytes: int = Field(default=1_000_000, ge=1024)
     served_countries: Annotated[tuple[str, ...], NoDecode] = ("JP",)
 
@@ -118,6 +140,11 @@ class Settings(BaseSettings):
     )
     outbox_poll_interval: float = Field(
         default=0.5, gt=0, description="Choreography: seconds between outbox relay polls."
+    )
+    colocated: bool = Field(
+        default=False,
+        description="Every service of the pattern in one process on the configured database, "
+        "messaging in-process (what `cloudmart up --colocated` runs).",
     )
     failpoint: str | None = Field(
         default=None,
@@ -167,6 +194,12 @@ class Settings(BaseSettings):
     def embedded(self) -> bool:
         """True when no database server is configured: SQLite and in-process messaging."""
         return self.database_url is None
+
+    @property
+    def in_process(self) -> bool:
+        """Messaging inside this one process (embedded or co-located): commands are direct
+        calls of the business operations and events an in-memory bus, no broker."""
+        return self.embedded or self.colocated
 
     @property
     def effective_database_url(self) -> str:

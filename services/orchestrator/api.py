@@ -8,7 +8,12 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 from pydantic import BaseModel, Field
 
-from activities.errors import BookNotFound, CustomerNotFound, IdempotencyKeyReused
+from activities.errors import (
+    BookNotFound,
+    CustomerNotFound,
+    IdempotencyKeyReused,
+    SagaBacklogFull,
+)
 from contracts.commands import Line, PlaceOrder, UtcTimestamp
 from engine import SagaStatus
 from engine.history import CANCEL, COMPENSATE, RESUME, RETRY
@@ -146,7 +151,7 @@ class SagaStats(BaseModel):
     response_model=SagaStarted,
     responses={
         200: {"model": SagaStarted, "description": "Same Idempotency-Key and body: that saga"},
-        **error_responses(CustomerNotFound, BookNotFound, IdempotencyKeyReused),
+        **error_responses(CustomerNotFound, BookNotFound, IdempotencyKeyReused, SagaBacklogFull),
     },
     summary="Start an order saga; returns at once with the order id (202 + Location)",
 )

@@ -17,6 +17,8 @@ from pydantic import PlainValidator, WithJsonSchema
 from engine.listing import CURSOR_PATTERN
 
 __all__ = [
+    "NAME_PATTERN",
+    "ORDER_ID_PREFIX_PATTERN",
     "CreatedAfterQuery",
     "CreatedBeforeQuery",
     "CursorQuery",
@@ -29,6 +31,9 @@ __all__ = [
 ]
 
 MAX_LIMIT = 500
+# A step or workflow name, and an order id prefix, as the filters take them.
+NAME_PATTERN = r"^[A-Za-z0-9_.:-]{1,100}$"
+ORDER_ID_PREFIX_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 
 _RFC3339 = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:\d{2})"
@@ -95,7 +100,7 @@ NeedsOperatorQuery = Annotated[
 FailedStepQuery = Annotated[
     str | None,
     Query(
-        pattern=r"^[A-Za-z0-9_.:-]{1,100}$",
+        pattern=NAME_PATTERN,
         description=(
             "Only sagas that compensated because this step failed (`service.method`), e.g. "
             "`shipping.arrange_shipping`."
@@ -106,7 +111,7 @@ FailedStepQuery = Annotated[
 WorkflowQuery = Annotated[
     str | None,
     Query(
-        pattern=r"^[A-Za-z0-9_.:-]{1,100}$",
+        pattern=NAME_PATTERN,
         description="Only sagas of this workflow, e.g. `place_order`.",
         examples=["place_order"],
     ),
@@ -114,7 +119,7 @@ WorkflowQuery = Annotated[
 OrderIdPrefixQuery = Annotated[
     str | None,
     Query(
-        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        pattern=ORDER_ID_PREFIX_PATTERN,
         description=(
             "Only sagas whose order id (the saga's workflow id) starts with this, "
             "case-sensitively; a whole order id lists that one saga."

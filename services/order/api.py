@@ -22,6 +22,7 @@ from activities.errors import (
     IdempotencyKeyReused,
     InvalidOrderState,
     OrderNotFound,
+    SagaBacklogFull,
 )
 from choreography_pattern.saga import (
     SeenEvent,
@@ -65,7 +66,13 @@ def new_order_id() -> str:
     responses={
         202: {"model": OrderAccepted, "description": "Choreography: the saga has started."},
         200: {"model": OrderAccepted, "description": "Choreography: a repeat of a keyed start."},
-        **error_responses(CustomerNotFound, BookNotFound, AlreadyCompensated, IdempotencyKeyReused),
+        **error_responses(
+            CustomerNotFound,
+            BookNotFound,
+            AlreadyCompensated,
+            IdempotencyKeyReused,
+            SagaBacklogFull,
+        ),
     },
     summary="Place an order: orchestration creates it (201), choreography starts its saga (202)",
 )
@@ -77,7 +84,12 @@ async def place_order(
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> JSONResponse:
     if settings.pattern == "choreography":
-        order, created = await start_order(db, body, idempotency_key=idempotency_key)
+        order, created = await start_order(
+            db,
+            body,
+            idempotency_key=idempotency_key,
+            intake=getattr(request.app.state, "intake", None),
+        )
         choreography = getattr(request.app.state, "choreography", None)
         if choreography is not None:
             choreography.notify()

@@ -23,11 +23,13 @@ from activities import (
     refund_payment,
     release_stock,
     reserve_stock,
+    screen_order,
 )
 from activities.errors import (
     AlreadyCompensated,
     BookNotFound,
     CustomerNotFound,
+    FraudSuspected,
     InvalidOrderState,
     NotFound,
     OrderNotFound,
@@ -44,6 +46,7 @@ from contracts.commands import (
     OrderRef,
     ProcessPayment,
     ReserveStock,
+    ScreenOrder,
 )
 
 US = Address(name="Emma", line1="1 Main St", city="Springfield", postal_code="12345", country="US")
@@ -255,6 +258,63 @@ async def test_process_payment_unknown_customer_or_order(db) -> None:  # type: i
         await get_payment(db, "o1")
 
 
+# screen_order ------------------------------------------------------------------------------
+
+
+async def test_screen_order_lets_through_what_stays_within_the_daily_limit(db) -> None:  # type: ignore[no-untyped-def]
+    from activities.payments import DAILY_LIMIT
+
+    await create_order(db, order("o1", (2, 2)))
+    await process_payment(
+        db, ProcessPayment(order_id="o1", customer_id=1, amount=Decimal("5001.00"))
+    )
+    await create_order(db, order("o2", (1, 1)))
+    room = DAILY_LIMIT - Decimal("5001.00")
+    screened = await screen_order(db, ScreenOrder(order_id="o2", customer_id=1, amount=room))
+    assert (screened.paid_recently, screened.daily_limit) == (Decimal("5001.00"), DAILY_LIMIT)
+    assert await balance(db, 1) == Decimal("4999.00")  # read-only: nothing moved
+    assert await count(db, payments, "o2") == 0
+    assert await count(db, inbox, "o2") == 1  # only create_order's
+
+
+async def test_screen_order_refuses_what_passes_the_daily_limit_and_repeats_the_refusal(db) -> None:  # type: ignore[no-untyped-def]
+    from activities.payments import DAILY_LIMIT
+
+    await create_order(db, order("o1", (2, 2)))
+    await process_payment(
+        db, ProcessPayment(order_id="o1", customer_id=1, amount=Decimal("5001.00"))
+    )
+    await create_order(db, order("o2", (1, 1)))
+    cmd = ScreenOrder(order_id="o2", customer_id=1, amount=DAILY_LIMIT - Decimal("5000.99"))
+    for _ in range(2):
+        with pytest.raises(FraudSuspected) as refused:
+            await screen_order(db, cmd)
+        assert refused.value.details["paid_recently"] == "5001.00"
+    assert "daily limit" in refused.value.message
+    assert await count(db, payments, "o2") == 0
+
+
+async def test_screen_order_counts_only_payments_taken_in_the_last_24_hours(db) -> None:  # type: ignore[no-untyped-def]
+    from datetime import timedelta
+
+    from activities._inbox import now
+    from activities.payments import DAILY_LIMIT
+
+    for oid in ("old", "refunded", "o1"):
+        await create_order(db, order(oid, (1, 1)))
+    for oid in ("old", "refunded"):
+        await process_payment(db, ProcessPayment(order_id=oid, customer_id=1, amount=Decimal(1000)))
+    await refund_payment(db, ref("refunded"))
+    async with db.engine.begin() as conn:
+        await conn.execute(
+            payments.update()
+            .where(payments.c.order_id == "old")
+            .values(created_at=now() - timedelta(hours=25))
+        )
+    screened = await screen_order(db, ScreenOrder(order_id="o1", customer_id=1, amount=DAILY_LIMIT))
+    assert screened.paid_recently == Decimal(0)
+
+
 @pytest.mark.parametrize(
     ("compensate", "status"), [(cancel_payment, "CANCELLED"), (refund_payment, "REFUNDED")]
 )
@@ -379,6 +439,12 @@ async def test_invoke_runs_a_whole_order_by_name(db) -> None:  # type: ignore[no
     await invoke(
         db, "inventory.reserve_stock", {"order_id": "o1", "items": [{"book_id": 1, "quantity": 2}]}
     )
+    screened = await invoke(
+        db,
+        "payment.screen_order",
+        {"order_id": "o1", "customer_id": 1, "amount": created["total_amount"]},
+    )
+    assert screened["paid_recently"] == "0.00"
     await invoke(
         db,
         "payment.process_payment",
@@ -393,8 +459,13 @@ async def test_invoke_runs_a_whole_order_by_name(db) -> None:  # type: ignore[no
     done = await invoke(db, "order.complete_order", {"order_id": "o1"})
     assert shipped["status"] == "ARRANGED" and done["status"] == "COMPLETED"
     assert await stock(db, 1) == (8, 0)
-    assert set(operations_of("payment")) == {"process_payment", "cancel_payment", "refund_payment"}
-    assert len(OPERATIONS) == 10
+    assert set(operations_of("payment")) == {
+        "screen_order",
+        "process_payment",
+        "cancel_payment",
+        "refund_payment",
+    }
+    assert len(OPERATIONS) == 11
 
 
 async def test_invoke_refuses_unknown_operations_and_bad_payloads(db) -> None:  # type: ignore[no-untyped-def]

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TEST_RABBITMQ_URL, TEST_REDIS_URL, mysql_database_url
+from conftest import TEST_RABBITMQ_URL, TEST_REDIS_URL, fresh_database, mysql_database_url
 from processes import Deployment
 
 from cloudmart import bench
@@ -43,10 +43,10 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         system.stop_all()
 
 
-def _cloudmart(system: Deployment, *args: str) -> subprocess.CompletedProcess[str]:
+def _cloudmart(system: Deployment, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(
         [sys.executable, "-m", "cloudmart", *args],
-        env=system.env(),
+        env={**system.env(), **env},
         cwd=system.directory,
         capture_output=True,
         text=True,
@@ -105,6 +105,28 @@ def test_bench_with_a_mix_reports_failures_fully_compensated(
     assert result["timestamp"]
     assert "30/30 sagas" in done.stderr  # the progress line
     assert "invariants: ok" in done.stdout and "100.00% of FAILED sagas" in done.stdout
+
+
+@pytest.mark.parametrize("pattern", ["orchestration", "choreography"])
+def test_a_colocated_deployment_runs_the_same_sagas_in_one_process(
+    pattern: str, deployment: Deployment, tmp_path: Path
+) -> None:
+    out = tmp_path / "colocated.json"
+    done = _cloudmart(
+        deployment,
+        "bench", "--start", "--colocated", "--pattern", pattern, "--base-port", "31100",
+        "--sagas", "20", "--concurrency", "4", "--mix", "stock=0.2,payment=0.2",
+        "--out", str(out),
+        CLOUDMART_DATABASE_URL=fresh_database(f"cloudmart_test_colocated_{pattern}"),
+    )  # fmt: skip
+    result: dict[str, Any] = json.loads(out.read_text())
+    assert (result["completed"], result["failed"], result["errors"]) == (12, 8, 0)
+    assert result["unexpected"] == 0 and result["check"]["ok"] is True
+    assert result["rollback_success"] == 1.0
+    # One process served the five ports; no broker carried a message.
+    assert set(result["cpu"]["processes"]) == {"cloudmart", "mariadb", "bench"}
+    assert result["settings"]["colocated"] is True
+    assert "co-located" in done.stderr
 
 
 def test_open_loop_starts_at_the_rate_asked(deployment: Deployment, tmp_path: Path) -> None:

@@ -124,6 +124,8 @@ async def test_the_orchestrator_counts_sagas_by_outcome_and_failed_step(
         assert value(samples, "cloudmart_compensations_total", step=comp, outcome="completed") == 1
     assert value(samples, "cloudmart_sagas_needing_operator") == 0
     assert ("cloudmart_sagas_needing_operator", ()) in samples  # read from the database
+    assert ("cloudmart_sagas_waiting", ()) in samples
+    assert value(samples, "cloudmart_sagas_waiting") == 0  # no more than it may drive at once
     # HTTP latency per route template, never per order id
     routes = {dict(labels).get("route") for name, labels in samples if "http_request" in name}
     assert "/saga/{order_id}/status" in routes

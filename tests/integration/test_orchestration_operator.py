@@ -16,8 +16,9 @@ from seed_scenarios import (
     attempted_past_its_deadline,
     held_past_the_pivot,
     paid_with_shipping_held,
+    parked_saga,
+    rename_step,
     saga_history,
-    saga_status,
 )
 from seed_scenarios import saga_finished as finished
 from shop import Shop
@@ -71,37 +72,6 @@ async def test_the_order_service_down_across_the_deadline_after_the_pivot_comple
     assert saga["status"] == "COMPLETED", saga
     assert shop.balance_of(customer) == Decimal("90.00")
     shop.check([oid])
-
-
-async def parked_saga(
-    api: httpx.AsyncClient, shop: Shop, deployment: Deployment, sql: sa.Engine
-) -> tuple[str, int, int]:
-    """A saga parked because its history no longer matches the workflow: the orchestrator is
-    killed while shipping waits, the recorded step is renamed (as a deploy of other code would
-    see it), and the restarted orchestrator parks the saga. Returns (order id, book,
-    customer)."""
-    async with paid_with_shipping_held(api, shop, deployment) as (oid, book, customer):
-        deployment.kill("orchestrator")
-        rename_step(sql, oid, "shipping.arrange_shipping", "shipping.arrange_courier")
-    deployment.restart("orchestrator")
-
-    async def parked() -> bool:
-        return await saga_status(api, oid) == "PARKED"
-
-    await until(parked, timeout=30)
-    return oid, book, customer
-
-
-def rename_step(sql: sa.Engine, oid: str, old: str, new: str) -> None:
-    with sql.begin() as conn:
-        renamed = conn.execute(
-            sa.text(
-                "UPDATE saga_step_logs SET step_name = :new WHERE step_name = :old AND saga_id ="
-                " (SELECT saga_id FROM saga_instances WHERE order_id = :oid)"
-            ),
-            {"new": new, "old": old, "oid": oid},
-        ).rowcount
-    assert renamed >= 1
 
 
 async def test_a_parked_saga_resumed_once_its_history_matches_again_completes(

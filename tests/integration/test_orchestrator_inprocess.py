@@ -20,7 +20,6 @@ from engine.adapters import InMemoryTransport, SqlHistoryStore
 from orchestration_pattern.orchestrator import Orchestrator
 from services.orchestrator.api import SagaView
 from services.orchestrator.main import build_app
-from workflows import place_order_declarative
 
 JP = {
     "name": "Hanako",
@@ -155,7 +154,7 @@ async def test_the_seeds_declarative_workflow_runs_the_saga_through_the_orchestr
     orchestrator: Orchestrator = app.state.orchestrator  # the api fixture runs the app
     handle = await orchestrator.start(
         PlaceOrder.model_validate(order((1, 2), country=country)),
-        workflow=place_order_declarative,
+        workflow="place_order_declarative",
     )
     saga = await final(api, handle.workflow_id)
     assert saga["status"] == outcome

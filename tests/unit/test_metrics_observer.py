@@ -45,7 +45,7 @@ class Rig:
             observer=self.observer,
             **engine_kwargs,
         )
-        self.observer.track_running(lambda: self.engine.running)
+        self.observer.track_running(lambda: self.engine.running, lambda: self.engine.waiting)
 
     def value(self, name: str, **labels: str) -> float:
         return self.registry.get_sample_value(name, labels) or 0.0

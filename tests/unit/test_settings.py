@@ -73,3 +73,45 @@ async def test_the_orchestrators_engine_retries_as_the_settings_say(
         assert engine.worker.config.compensation_retry == settings.compensation_retry
     finally:
         await db.dispose()
+
+
+async def test_the_orchestrator_registers_the_workflows_of_the_module_the_settings_name(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import order_saga_v1
+
+    from activities.db import Database
+    from engine.adapters import InMemoryTransport
+    from orchestration_pattern.orchestrator import WORKFLOWS, workflows_of
+    from services.orchestrator.main import engine_for
+
+    assert workflows_of(Settings(_env_file=None).workflows) == WORKFLOWS  # type: ignore[call-arg]
+    monkeypatch.setenv("CLOUDMART_WORKFLOWS", "order_saga_v1")
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    db = Database.from_url(f"sqlite+aiosqlite:///{tmp_path / 'engine.db'}")
+    engine = engine_for(settings, db, InMemoryTransport({}))
+    try:
+        registered = engine.worker._workflows  # what recovery and claims look up by name
+        assert registered["place_order"] is order_saga_v1.place_order
+        assert set(registered) == {"place_order", "place_order_declarative"}
+    finally:
+        await db.dispose()
+
+
+def test_a_workflows_module_must_exist_and_hold_a_workflows_tuple() -> None:
+    from orchestration_pattern.orchestrator import workflows_of
+
+    with pytest.raises(ValueError, match="cannot import the workflows module 'no_such_module'"):
+        workflows_of("no_such_module")
+    with pytest.raises(ValueError, match="module 'json' has no WORKFLOWS tuple"):
+        workflows_of("json")
+    with pytest.raises(ValueError):
+        Settings(_env_file=None, workflows="not a module; rm -rf")  # type: ignore[call-arg]
+
+
+def test_an_orchestrator_needs_the_order_saga_among_its_workflows() -> None:
+    from orchestration_pattern.orchestrator import Orchestrator
+    from workflows.restock import restock
+
+    with pytest.raises(ValueError, match=r"no place_order among the workflows \['restock'\]"):
+        Orchestrator(None, None, workflows=[restock])  # type: ignore[arg-type]

@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+from contracts import catalogue as ops
 from contracts.examples import ADDRESS, ORDER_STEPS, order_replies
 from engine import Engine
 from engine.adapters import InMemoryHistoryStore, InMemoryTransport
@@ -15,6 +16,8 @@ from engine.history import Event
 from engine.testing import FakeServices
 
 FORWARD = list(ORDER_STEPS)
+# The services a rig answers for: the order saga's, and the screening of a large order.
+SERVED = {**ORDER_STEPS, ops.SCREEN_ORDER.name: None}
 
 
 def order(order_id: str = "o-1", **changes: Any) -> dict[str, Any]:
@@ -67,10 +70,12 @@ def rig(
     *,
     steps: dict[str, str | None] | None = None,
     crash: CrashAfter | None = None,
+    total: str = "12.50",
     **engine_kwargs: Any,
 ) -> Rig:
+    """An engine on the memory store and fake services whose orders come to ``total``."""
     clock = FakeClock()
-    services = FakeServices(dict(steps or ORDER_STEPS), reply=dict(order_replies("12.50")))
+    services = FakeServices(dict(steps or SERVED), reply=dict(order_replies(total)))
     projections: list[tuple[str, str, bool]] = []
     store = InMemoryHistoryStore()
 

@@ -1,9 +1,11 @@
 """Record the corpus of order-saga histories that CI replays against today's code.
 
-``python tests/unit/durable_engine/record_corpus.py`` (from the project's root) writes one
-history file per scenario into ``corpus/``, run on the in-memory engine with the fake
-services. Re-record only on purpose: the files are what sagas in flight look like to the
-next deploy, and ``test_engine_corpus.py`` fails when today's code can no longer replay one.
+``python tests/unit/durable_engine/record_corpus.py [SCENARIO ...]`` (from the project's root)
+writes one history file per scenario (all of them, or those named) into ``corpus/``, run on the
+in-memory engine with the fake services. Re-record only on purpose: the files are what sagas in
+flight look like to the next deploy, and ``test_engine_corpus.py`` fails when today's code can
+no longer replay one. Record a new scenario by naming it, so the others stay as they were
+recorded (the order saga's v1 recorded all but the ``V2`` ones).
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[2]))  # tests/, as pytest has it
 
 from engine_unit_kit import CrashAfter, order, rig
 
@@ -43,13 +46,21 @@ async def place_order_changed(ctx: WorkflowContext, order: CreateOrder) -> Order
     raise AssertionError("never reached: the history diverges at position 1")
 
 
+# Recorded by the order saga's v2: an order large enough to be screened for fraud.
+V2 = ("screened", "fraud_refused")
+
+
 async def scenario(name: str) -> dict[str, Any]:
-    r = rig(crash=CrashAfter(3) if name in ("crash_recovered", "parked_then_resumed") else None)
+    r = rig(
+        crash=CrashAfter(3) if name in ("crash_recovered", "parked_then_resumed") else None,
+        total="12000.00" if name in V2 else "12.50",
+    )
     definition = place_order_declarative if name == "declarative" else place_order
     refused = {
         "stock_refused": "inventory.reserve_stock",
         "payment_refused": "payment.process_payment",
         "shipping_refused": "shipping.arrange_shipping",
+        "fraud_refused": "payment.screen_order",
     }
     if name in refused:
         r.services.refuse.add(refused[name])
@@ -90,16 +101,23 @@ SCENARIOS = (
     "retried",
     "crash_recovered",
     "parked_then_resumed",
+    *V2,
 )
 
 
-async def main(record: Callable[[str], Awaitable[dict[str, Any]]] = scenario) -> None:
+async def main(
+    record: Callable[[str], Awaitable[dict[str, Any]]] = scenario,
+    names: Sequence[str] = SCENARIOS,
+) -> None:
+    unknown = set(names) - set(SCENARIOS)
+    if unknown:
+        raise SystemExit(f"no scenario named {', '.join(sorted(unknown))}")
     CORPUS.mkdir(exist_ok=True)
-    for name in SCENARIOS:
+    for name in names:
         data = await record(name)
         (CORPUS / f"{name}.json").write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
         print(f"{name}: {len(data['events'])} events")
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    asyncio.run(main(names=sys.argv[1:] or SCENARIOS))
