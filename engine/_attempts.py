@@ -128,6 +128,7 @@ async def send(
             attempt += 1
             continue
         observer.step_attempted(target, "completed", time.perf_counter() - began)
+        requests.take_retry()  # a retry asked for while this attempt was in flight
         run.emit(
             ET.STEP_COMPLETED,
             position=position,

@@ -150,6 +150,7 @@ async def compensate(
                 continue
             observer.compensation_attempted(comp.target, "completed")
             break
+        requests.take_retry()  # a retry asked for while this attempt was in flight
         run.emit(
             ET.COMPENSATION_COMPLETED,
             position=comp.position,

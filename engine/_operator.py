@@ -56,7 +56,8 @@ class OperatorRequests:
         state.log.info("saga.operator_action", action=request["action"], reason=request["reason"])
 
     def take_retry(self) -> None:
-        """Record the retry an operator asked for, if one waits, before the attempt it causes."""
+        """Record the retry an operator asked for, if one waits: before the attempt it causes,
+        or beside the outcome of the attempt that was in flight when it came."""
         request, self.request = self.request, None
         if request is not None and request["id"] not in self.handled:
             self.record(request)

@@ -118,20 +118,19 @@ class _Run(RunState):
         self._check_deadline()
         if comp is not None:
             self.stack.append(comp)
+        payload: dict[str, Any] = {
+            "key": key,
+            # What was sent, and its digest: replay compares the code's input with it.
+            "input": call.payload,
+            "digest": input_digest(call.payload),
+            "compensation": None
+            if comp is None
+            else {"target": comp.target, "payload": comp.payload, "key": comp.key},
+        }
+        if call.pivot:
+            payload["pivot"] = True  # so that a reader of the history sees it from the start
         scheduled = self.emit(
-            ET.STEP_SCHEDULED,
-            position=position,
-            step=target,
-            attempt=1,
-            payload={
-                "key": key,
-                # What was sent, and its digest: replay compares the code's input with it.
-                "input": call.payload,
-                "digest": input_digest(call.payload),
-                "compensation": None
-                if comp is None
-                else {"target": comp.target, "payload": comp.payload, "key": comp.key},
-            },
+            ET.STEP_SCHEDULED, position=position, step=target, attempt=1, payload=payload
         )
         self.projection.current_step = target
         try:
