@@ -1,14 +1,16 @@
-"""Shared pieces of the REST tests: apps driven in-process, database snapshots, error checks."""
+"""Shared pieces of the REST tests: a service's fixtures, apps driven in-process, database
+snapshots, error checks."""
 
 from __future__ import annotations
 
 import json
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
+import pytest
 import sqlalchemy as sa
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
@@ -117,6 +119,43 @@ async def prepared_database(url: str) -> AsyncIterator[Database]:
         yield database
     finally:
         await database.dispose()
+
+
+def rest_fixtures(
+    service: str,
+    *,
+    seed: Callable[[Database], Awaitable[None]] | None = None,
+    database: str | None = None,
+) -> tuple[Any, Any, Any]:
+    """The ``url``, ``db`` and ``client`` fixtures of a module testing ``service``'s REST API:
+
+    ``url``: its MariaDB database (``cloudmart_test_rest_<service>`` unless ``database``),
+    ``db``: that database with the schema, emptied, the catalogue loaded and ``seed`` run,
+    for each test; ``client``: the service's app in-process on it. A module takes them with
+    ``url, db, client = rest_fixtures("payment", seed=...)``.
+    """
+
+    @pytest.fixture(scope="module")
+    def url() -> str:
+        from conftest import mysql_database_url
+
+        return mysql_database_url(database or f"cloudmart_test_rest_{service}")
+
+    @pytest.fixture
+    async def db(url: str) -> AsyncIterator[Database]:
+        async with prepared_database(url) as prepared:
+            if seed is not None:
+                await seed(prepared)
+            yield prepared
+
+    @pytest.fixture
+    async def client(url: str, db: Database) -> AsyncIterator[httpx.AsyncClient]:
+        from services.registry import build_service_app
+
+        async with running(build_service_app(service, settings_for(url))) as client:
+            yield client
+
+    return url, db, client
 
 
 _MISSING: Any = object()

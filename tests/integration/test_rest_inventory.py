@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
-from conftest import mysql_database_url
 from domain_data import ledger_violations, order, stock
 from rest_support import (
     GENERIC_HOSTILE,
@@ -15,15 +13,12 @@ from rest_support import (
     assert_error,
     is_client_error,
     json_request,
-    prepared_database,
-    running,
-    settings_for,
+    rest_fixtures,
     snapshot,
     variant,
 )
 
 from activities import Database, create_order
-from services.registry import build_service_app
 
 pytestmark = pytest.mark.mysql
 
@@ -33,22 +28,11 @@ RESERVE: dict[str, Any] = {
 }
 
 
-@pytest.fixture(scope="module")
-def url() -> str:
-    return mysql_database_url("cloudmart_test_rest_inventory")
+async def _seed(database: Database) -> None:
+    await create_order(database, order("o-1", (1, 3), (2, 2)))
 
 
-@pytest.fixture
-async def db(url: str) -> AsyncIterator[Database]:
-    async with prepared_database(url) as database:
-        await create_order(database, order("o-1", (1, 3), (2, 2)))
-        yield database
-
-
-@pytest.fixture
-async def client(url: str, db: Database) -> AsyncIterator[httpx.AsyncClient]:
-    async with running(build_service_app("inventory", settings_for(url))) as client:
-        yield client
+url, db, client = rest_fixtures("inventory", seed=_seed)
 
 
 async def test_reserve_moves_every_item_from_available_to_reserved(

@@ -3,20 +3,18 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog
-from conftest import mysql_database_url
 from domain_data import clean, order
 from fastapi import FastAPI
 from rest_support import (
     VALID_ADDRESS,
     assert_error,
     closed_port_url,
-    prepared_database,
+    rest_fixtures,
     running,
     settings_for,
 )
@@ -56,16 +54,11 @@ MUTATIONS = {
 API_KEY = "s3cret-key-for-tests"
 
 
-@pytest.fixture(scope="module")
-def url() -> str:
-    return mysql_database_url("cloudmart_test_rest_kit")
+async def _seed(database: Database) -> None:
+    await create_order(database, order("o-1", (1, 1)))
 
 
-@pytest.fixture
-async def db(url: str) -> AsyncIterator[Database]:
-    async with prepared_database(url) as database:
-        await create_order(database, order("o-1", (1, 1)))
-        yield database
+url, db, _client = rest_fixtures("order", seed=_seed, database="cloudmart_test_rest_kit")
 
 
 def test_the_registry_builds_every_domain_service(url: str) -> None:

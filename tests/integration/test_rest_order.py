@@ -10,16 +10,13 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-from conftest import mysql_database_url
 from rest_support import (
     GENERIC_HOSTILE,
     VALID_ADDRESS,
     assert_error,
     is_client_error,
     json_request,
-    prepared_database,
-    running,
-    settings_for,
+    rest_fixtures,
     snapshot,
     variant,
 )
@@ -27,7 +24,6 @@ from rest_support import (
 from activities import Database, complete_order
 from activities.tables import orders
 from contracts.commands import OrderRef
-from services.registry import build_service_app
 
 pytestmark = pytest.mark.mysql
 
@@ -38,21 +34,7 @@ VALID: dict[str, Any] = {
 }
 
 
-@pytest.fixture(scope="module")
-def url() -> str:
-    return mysql_database_url("cloudmart_test_rest_order")
-
-
-@pytest.fixture
-async def db(url: str) -> AsyncIterator[Database]:
-    async with prepared_database(url) as database:
-        yield database
-
-
-@pytest.fixture
-async def client(url: str, db: Database) -> AsyncIterator[httpx.AsyncClient]:
-    async with running(build_service_app("order", settings_for(url))) as client:
-        yield client
+url, db, client = rest_fixtures("order")
 
 
 async def place(client: httpx.AsyncClient, body: dict[str, Any] = VALID) -> dict[str, Any]:

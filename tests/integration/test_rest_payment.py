@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
 import httpx
 import pytest
-from conftest import mysql_database_url
 from domain_data import balance, ledger_violations, order
 from rest_support import (
     GENERIC_HOSTILE,
@@ -16,38 +14,24 @@ from rest_support import (
     assert_error,
     is_client_error,
     json_request,
-    prepared_database,
-    running,
-    settings_for,
+    rest_fixtures,
     snapshot,
     variant,
 )
 
 from activities import Database, create_order
-from services.registry import build_service_app
 
 pytestmark = pytest.mark.mysql
 
 PAY: dict[str, Any] = {"order_id": "o-1", "customer_id": 1, "amount": "2010.00"}
 
 
-@pytest.fixture(scope="module")
-def url() -> str:
-    return mysql_database_url("cloudmart_test_rest_payment")
+async def _seed(database: Database) -> None:
+    await create_order(database, order("o-1", (1, 2), (3, 1)))
+    await create_order(database, order("o-2", (1, 1), customer_id=2))
 
 
-@pytest.fixture
-async def db(url: str) -> AsyncIterator[Database]:
-    async with prepared_database(url) as database:
-        await create_order(database, order("o-1", (1, 2), (3, 1)))
-        await create_order(database, order("o-2", (1, 1), customer_id=2))
-        yield database
-
-
-@pytest.fixture
-async def client(url: str, db: Database) -> AsyncIterator[httpx.AsyncClient]:
-    async with running(build_service_app("payment", settings_for(url))) as client:
-        yield client
+url, db, client = rest_fixtures("payment", seed=_seed)
 
 
 async def test_process_debits_the_balance_and_records_a_completed_payment(

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 import sqlalchemy as sa
-from conftest import mysql_database_url
 from domain_data import order, stock
 from rest_support import (
     GENERIC_HOSTILE,
@@ -18,7 +16,7 @@ from rest_support import (
     assert_error,
     is_client_error,
     json_request,
-    prepared_database,
+    rest_fixtures,
     running,
     settings_for,
     snapshot,
@@ -35,25 +33,14 @@ pytestmark = pytest.mark.mysql
 ARRANGE: dict[str, Any] = {"order_id": "o-1", "address": VALID_ADDRESS}
 
 
-@pytest.fixture(scope="module")
-def url() -> str:
-    return mysql_database_url("cloudmart_test_rest_shipping")
+async def _seed(database: Database) -> None:
+    await create_order(database, order("o-1", (1, 2)))
+    await reserve_stock(
+        database, ReserveStock(order_id="o-1", items=[OrderItem(book_id=1, quantity=2)])
+    )
 
 
-@pytest.fixture
-async def db(url: str) -> AsyncIterator[Database]:
-    async with prepared_database(url) as database:
-        await create_order(database, order("o-1", (1, 2)))
-        await reserve_stock(
-            database, ReserveStock(order_id="o-1", items=[OrderItem(book_id=1, quantity=2)])
-        )
-        yield database
-
-
-@pytest.fixture
-async def client(url: str, db: Database) -> AsyncIterator[httpx.AsyncClient]:
-    async with running(build_service_app("shipping", settings_for(url))) as client:
-        yield client
+url, db, client = rest_fixtures("shipping", seed=_seed)
 
 
 async def test_arrange_to_a_served_country_consumes_the_reserved_units(
