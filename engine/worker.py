@@ -234,6 +234,9 @@ class Worker:
             except StoreUnavailable as exc:  # the background loop's next round tries again
                 _log.debug("engine.admission_deferred", error=str(exc))
                 return
+            except Exception:  # a bug: say it; the saga waits on, the next run's end retries
+                _log.exception("engine.admission_failed", owner=self.config.owner)
+                return
             again = self._fill_again
 
     async def _fill_slots(self) -> int:
