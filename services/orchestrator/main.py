@@ -67,7 +67,11 @@ def build_app(settings: Settings | None = None, *, database: Database | None = N
             if settings.in_process or not settings.rabbitmq_url:
                 transport = in_process_transport(db, served_countries=settings.served_countries)
             else:
-                rabbit = RabbitMQTransport(settings.rabbitmq_url, namespace=settings.namespace)
+                rabbit = RabbitMQTransport(
+                    settings.rabbitmq_url,
+                    namespace=settings.namespace,
+                    max_batch=settings.command_batch_max,
+                )
                 await stack.enter_async_context(rabbit)
                 transport = rabbit
 
