@@ -710,3 +710,60 @@ async def test_a_batch_redelivered_after_its_consumer_died_runs_each_command_onc
     assert (second.stats.batches, second.stats.failures, second.stats.retried) == (1, 6, 6)
     assert second.stats.processed == 6
     assert await message_count(URL, names.dead_letter_queue(namespace, SERVICE)) == 0
+
+
+async def test_a_malformed_command_in_a_batch_is_dead_lettered_alone_and_the_others_answered(
+    namespace: str,
+) -> None:
+    seen: list[int] = []
+
+    async def handler(
+        method: str, payload: dict[str, Any], headers: dict[str, str]
+    ) -> dict[str, Any]:
+        seen.append(payload["n"])
+        return {"n": payload["n"]}
+
+    commands = [
+        {"correlation_id": "c0", "headers": {"method": "echo", "idempotency_key": "k0"},
+         "payload": {"n": 0}},
+        {"correlation_id": "c1", "headers": {"idempotency_key": "k1"}, "payload": {"n": 1}},
+        {"correlation_id": "c2", "headers": {"method": "echo", "idempotency_key": "k2"},
+         "payload": {"n": 2}},
+    ]  # fmt: skip
+    async with server(namespace, handler) as srv:
+        connection = await aio_pika.connect(URL)
+        async with connection:
+            channel = await connection.channel()
+            replies = await channel.declare_queue(exclusive=True)
+            exchange = await channel.get_exchange(names.commands_exchange(namespace))
+            await exchange.publish(
+                aio_pika.Message(
+                    json.dumps({"commands": commands}).encode(),
+                    headers={names.BATCH_HEADER: len(commands)},
+                    reply_to=replies.name,
+                ),
+                routing_key=SERVICE,
+            )
+            dead = names.dead_letter_queue(namespace, SERVICE)
+            await until(lambda: message_count(URL, dead))
+            answered: dict[str, Any] = {}
+            async with asyncio.timeout(10), replies.iterator() as incoming:
+                async for reply in incoming:
+                    await reply.ack()
+                    body = json.loads(reply.body)
+                    for one in body.get(
+                        "replies", [{**body, "correlation_id": reply.correlation_id}]
+                    ):
+                        answered[one["correlation_id"]] = one["ok"]
+                    if len(answered) == 2:
+                        break
+
+    assert answered == {"c0": {"n": 0}, "c2": {"n": 2}}
+    assert sorted(seen) == [0, 2]
+    assert (srv.stats.batches, srv.stats.malformed, srv.stats.dead_lettered) == (1, 1, 1)
+    dead_message = await _get_one(dead)
+    assert names.BATCH_HEADER not in dead_message.headers
+    assert dead_message.headers[names.IDEMPOTENCY_KEY_HEADER] == "k1"
+    assert dead_message.headers[ERROR_HEADER] == "malformed command"
+    assert json.loads(dead_message.body) == {"n": 1}
+    assert await message_count(URL, names.command_queue(namespace, SERVICE)) == 0
