@@ -767,3 +767,33 @@ async def test_a_malformed_command_in_a_batch_is_dead_lettered_alone_and_the_oth
     assert dead_message.headers[ERROR_HEADER] == "malformed command"
     assert json.loads(dead_message.body) == {"n": 1}
     assert await message_count(URL, names.command_queue(namespace, SERVICE)) == 0
+
+
+async def test_in_a_batch_each_request_keeps_its_timeout_and_no_reply_waits_for_a_slow_one(
+    namespace: str, transport: RabbitMQTransport
+) -> None:
+    release = asyncio.Event()
+
+    async def handler(
+        method: str, payload: dict[str, Any], headers: dict[str, str]
+    ) -> dict[str, Any]:
+        if method == "slow":
+            await release.wait()
+        return {"n": payload["n"]}
+
+    async with server(namespace, handler) as srv:
+        slow = asyncio.create_task(
+            transport.request(SERVICE, "slow", {"n": 0}, timeout=2, idempotency_key="slow")
+        )
+        fast = _batched_requests(transport, ["echo"] * 4)
+        replies = await asyncio.gather(*fast)
+        assert not slow.done()  # the fast replies did not wait for the slow command
+        with pytest.raises(StepTimeout):
+            await slow
+        release.set()
+        await until(lambda: transport.stats.unmatched_replies == 1)  # its late reply, dropped
+        await until(lambda: srv.stats.processed == 5)
+
+    assert replies == [{"n": n} for n in range(4)]
+    assert (transport.stats.messages_sent, srv.stats.batches) == (1, 1)
+    assert transport.stats.timeouts == 1
