@@ -32,6 +32,17 @@ OrderId = sa.String(64)
 LongText = sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
 
 
+def _serial_key() -> sa.Column[int]:
+    """A table's own autoincrement ``id``: 64-bit, but INTEGER on SQLite, where only an INTEGER
+    PRIMARY KEY is the rowid that autoincrements."""
+    return sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    )
+
+
 def _in(column: str, values: tuple[str, ...]) -> str:
     return f"{column} IN ({', '.join(repr(v) for v in values)})"
 
@@ -158,12 +169,7 @@ inbox = sa.Table(
 outbox = sa.Table(
     "outbox",
     metadata,
-    sa.Column(
-        "id",
-        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
-        primary_key=True,
-        autoincrement=True,
-    ),
+    _serial_key(),
     sa.Column("event_id", sa.String(36), nullable=False, unique=True),
     sa.Column("order_id", OrderId, nullable=False),
     sa.Column("sequence", sa.Integer, nullable=False),
@@ -197,12 +203,7 @@ processed_events = sa.Table(
 order_events = sa.Table(
     "order_events",
     metadata,
-    sa.Column(
-        "id",
-        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
-        primary_key=True,
-        autoincrement=True,
-    ),
+    _serial_key(),
     sa.Column("event_id", sa.String(36), nullable=False, unique=True),
     sa.Column("order_id", OrderId, nullable=False),
     sa.Column("event_type", sa.String(64), nullable=False),
@@ -242,12 +243,7 @@ OPENING = "opening"
 ledger_entries = sa.Table(
     "ledger_entries",
     metadata,
-    sa.Column(
-        "id",
-        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
-        primary_key=True,
-        autoincrement=True,
-    ),
+    _serial_key(),
     sa.Column("account", sa.String(16), nullable=False),
     sa.Column("account_id", sa.Integer, nullable=False),
     sa.Column("bucket", sa.String(16), nullable=False),

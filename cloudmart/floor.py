@@ -6,7 +6,7 @@ Three primitives, with the clients and settings the system itself uses:
     A command and its reply through :class:`~engine.adapters.rabbitmq.RabbitMQTransport`
     (transient message, publisher confirms, reply queue) to a
     :class:`~services._kit.command_server.RabbitMQCommandServer` whose handler echoes the payload,
-    served by a separate process (``python -m cloudmart.floor``), as the services are.
+    served by a separate process (``python -m cloudmart.floor_primitives``), as the services are.
 ``mariadb_commit``
     ``INSERT`` of one small row and ``COMMIT`` as the hot paths write: a transaction of the
     engine :func:`activities.db.create_engine` builds (aiomysql, READ COMMITTED) whose statement
@@ -33,27 +33,27 @@ What one saga needs, counted from the code (:data:`SAGA_COSTS`), gives two bound
   many sagas under load, are left out), times their CPU cost: the machine's cores can do no
   more sagas a second than ``cores × 1000 / that sum``, even if the code between the
   primitives cost nothing.
+
+The primitives themselves, ready to run, and the echo server are
+:mod:`cloudmart.floor_primitives`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import os
-import statistics
-import sys
-import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-import sqlalchemy as sa
-
-from cloudmart.bench import database_version, machine, percentiles
-from cloudmart.costs import Meter, find, local_port, per_unit
-from prepared_sql import Prepared
+from cloudmart.bench import database_version, machine
+from cloudmart.floor_primitives import (
+    Primitive,
+    mariadb_commit,
+    one_at_a_time,
+    rabbitmq_round_trip,
+    redis_stream_hop,
+    under_load,
+)
 
 PRIMITIVES = ("rabbitmq_round_trip", "mariadb_commit", "redis_stream_hop")
 
@@ -123,172 +123,6 @@ def saga_floors(primitives: dict[str, dict[str, Any]], cores: int = 1) -> dict[s
     return floors
 
 
-@dataclass
-class Primitive:
-    """One primitive ready to run: ``operation(i)`` does it once; ``processes`` (``{name:
-    pid}``) are the processes that do its work on this machine, the measuring one included."""
-
-    operation: Callable[[int], Awaitable[None]]
-    processes: dict[str, int]
-
-
-async def _sample(
-    operation: Callable[[int], Awaitable[None]], samples: int, warmup: int
-) -> dict[str, float]:
-    for i in range(warmup):
-        await operation(i)
-    took: list[float] = []
-    for i in range(samples):
-        began = time.perf_counter()
-        await operation(warmup + i)
-        took.append((time.perf_counter() - began) * 1000)
-    figures = percentiles(took)
-    figures["stdev"] = round(statistics.pstdev(took), 3)
-    return figures
-
-
-async def _load(primitive: Primitive, operations: int, concurrency: int) -> dict[str, Any]:
-    """``operations`` runs of the primitive, ``concurrency`` at a time, numbered from 10**9 (past
-    the sampled ones): how many a second, and the CPU each cost the watched processes."""
-    numbers = iter(range(10**9, 10**9 + operations))
-    meter = Meter(primitive.processes)
-
-    async def worker() -> None:
-        for i in numbers:
-            await primitive.operation(i)
-
-    meter.start()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    used = meter.stop()
-    cost = per_unit(used, operations)
-    return {
-        "concurrency": concurrency,
-        "operations": operations,
-        "per_second": round(operations / used["seconds"], 1),
-        "cpu_ms": cost["ms"],
-        "cpu_ms_total": cost["total_ms"],
-        "busy": cost["busy"],
-    }
-
-
-@contextlib.asynccontextmanager
-async def mariadb_commit(database_url: str, pool_size: int) -> AsyncIterator[Primitive]:
-    """INSERT + COMMIT of one small row (module docstring)."""
-    from activities.db import create_engine
-    from cloudmart.schema import ensure_database
-
-    await ensure_database(database_url)
-    engine = create_engine(database_url, pool_size=pool_size, max_overflow=0)
-    table = sa.Table(
-        "bench_floor",
-        sa.MetaData(),
-        sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=True),
-        sa.Column("note", sa.String(64), nullable=False),
-    )
-    try:
-        async with engine.begin() as conn:
-            await conn.run_sync(table.create, checkfirst=True)
-
-        insert = Prepared(table.insert())
-
-        async def commit(i: int) -> None:
-            async with engine.begin() as conn:
-                await insert.run(conn, {"note": f"floor {i}"}, commit=True)
-
-        yield Primitive(commit, _watched({"mariadb": local_port(database_url, 3306)}))
-    finally:
-        async with engine.begin() as conn:
-            await conn.run_sync(table.drop, checkfirst=True)
-        await engine.dispose()
-
-
-@contextlib.asynccontextmanager
-async def rabbitmq_round_trip(rabbitmq_url: str) -> AsyncIterator[Primitive]:
-    """A command round trip to an echo server in another process."""
-    from engine.adapters.rabbitmq import RabbitMQTransport
-
-    namespace = f"floor-{uuid.uuid4().hex[:10]}"
-    server = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "cloudmart.floor", rabbitmq_url, namespace,
-        stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        assert server.stdout is not None
-        async with asyncio.timeout(30):
-            ready = await server.stdout.readline()
-        if ready.strip() != b"ready":
-            raise RuntimeError("the floor's echo server did not start")
-        async with RabbitMQTransport(rabbitmq_url, namespace=namespace) as transport:
-
-            async def round_trip(i: int) -> None:
-                await transport.request(
-                    _ECHO, "echo", {"i": i}, timeout=10, idempotency_key=f"floor-{i}"
-                )
-
-            processes = _watched({"rabbitmq": local_port(rabbitmq_url, 5672)})
-            yield Primitive(round_trip, {**processes, "server": server.pid})
-    finally:
-        if server.returncode is None:
-            server.terminate()
-        await server.wait()
-        await _delete_topology(rabbitmq_url, namespace)
-
-
-@contextlib.asynccontextmanager
-async def redis_stream_hop(redis_url: str) -> AsyncIterator[Primitive]:
-    """From XADD by one client to XACK by a consumer group's reader."""
-    import redis.asyncio as aioredis
-
-    stream = f"floor-{uuid.uuid4().hex[:10]}:events"
-    producer = aioredis.Redis.from_url(redis_url)
-    reader = aioredis.Redis.from_url(redis_url)
-    await producer.xgroup_create(stream, "floor", id="$", mkstream=True)
-    arrived: asyncio.Queue[bytes | Exception] = asyncio.Queue()
-
-    stop = asyncio.Event()
-
-    async def consume() -> None:
-        try:
-            while not stop.is_set():
-                batches: Any = await reader.xreadgroup(
-                    "floor", "c1", {stream: ">"}, count=16, block=100
-                )
-                for _, entries in batches or []:
-                    for entry_id, _fields in entries:
-                        await reader.xack(stream, "floor", entry_id)
-                        arrived.put_nowait(entry_id)
-        except Exception as exc:  # handed to the waiting hop, which raises it
-            arrived.put_nowait(exc)
-
-    consumer = asyncio.create_task(consume())
-    try:
-
-        async def hop(i: int) -> None:
-            await producer.xadd(stream, {"i": str(i)})
-            # Bounded: a Redis restart (the group gone) must fail the measurement, not hang it.
-            async with asyncio.timeout(10):
-                got = await arrived.get()
-            if isinstance(got, Exception):
-                raise got
-
-        yield Primitive(hop, _watched({"redis": local_port(redis_url, 6379)}))
-    finally:
-        # Stopped, not cancelled: a read cancelled while blocked in redis-py can leave the
-        # task unable to finish.
-        stop.set()
-        await asyncio.wait([consumer], timeout=5)
-        if not consumer.done():
-            consumer.cancel()
-        await producer.delete(stream)
-        await producer.aclose()
-        await reader.aclose()
-
-
-def _watched(servers: dict[str, int | None]) -> dict[str, int]:
-    """This process, and each server found listening on its port on this machine."""
-    return {"client": os.getpid(), **find(servers)}
-
-
 async def measure(
     *,
     database_url: str,
@@ -315,9 +149,9 @@ async def measure(
             progress.write(f"measuring {name} ({samples} samples, {load} at {concurrency})...\n")
             progress.flush()
         async with make() as primitive:
-            measured[name] = await _sample(primitive.operation, samples, warmup)
+            measured[name] = await one_at_a_time(primitive.operation, samples, warmup)
             if load:
-                measured[name]["load"] = await _load(primitive, load, concurrency)
+                measured[name]["load"] = await under_load(primitive, load, concurrency)
     from activities.db import create_engine
     from cloudmart.bench.where import versions as part_versions
 
@@ -362,52 +196,3 @@ def report(floor: dict[str, Any]) -> str:
                 f"at most {ceiling['per_second']} sagas/s on {floor['machine']['cores']} cores"
             )
     return "\n".join(lines)
-
-
-# -- the echo server (a process of its own) --------------------------------------------------
-
-_ECHO = "floor"
-
-
-async def _delete_topology(url: str, namespace: str) -> None:
-    import aio_pika
-
-    from engine.adapters import amqp_names as names
-
-    connection = await aio_pika.connect(url)
-    async with connection:
-        channel = await connection.channel()
-        await channel.queue_delete(names.command_queue(namespace, _ECHO))
-        await channel.queue_delete(names.dead_letter_queue(namespace, _ECHO))
-        await channel.exchange_delete(names.commands_exchange(namespace))
-        await channel.exchange_delete(names.dead_letter_exchange(namespace))
-
-
-async def _echo(method: str, payload: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
-    return payload
-
-
-async def _serve_echo(url: str, namespace: str) -> None:
-    import signal
-
-    from services._kit.command_server import RabbitMQCommandServer
-
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    async with RabbitMQCommandServer(url, namespace=namespace, service=_ECHO, handler=_echo):
-        print("ready", flush=True)
-        await stop.wait()
-
-
-if __name__ == "__main__":
-    import logging
-
-    import structlog
-
-    from cloudmart.runner import run
-
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-    )
-    run(_serve_echo(sys.argv[1], sys.argv[2]))

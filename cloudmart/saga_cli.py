@@ -21,7 +21,7 @@ apply to the saga's status, a bad filter), and 2 when the orchestrator could not
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -126,6 +126,16 @@ def _error_line(response: httpx.Response) -> str:
     return line
 
 
+def _read(command: str, url: str, path: str, *, as_json: bool) -> Any:
+    """What ``GET path`` answers, or ``None`` once it is printed as it came (``--json``)."""
+    with _api(command, url) as api:
+        answer = api.call("GET", path)
+    if as_json:
+        typer.echo(json.dumps(answer, indent=2))
+        return None
+    return answer
+
+
 def _path(order_id: str, *rest: str) -> str:
     return "/".join(["/saga", quote(order_id, safe=""), *rest])
 
@@ -194,7 +204,7 @@ def list_sagas(
     if as_json:
         typer.echo(json.dumps({"sagas": sagas, "next_cursor": next_cursor}, indent=2))
         return
-    typer.echo(_table(sagas))
+    typer.echo(_table(_SAGA_COLUMNS, sagas) if sagas else "no sagas")
     if next_cursor is not None:
         typer.echo(f"more: --cursor {next_cursor}  (or --all)", err=True)
 
@@ -202,10 +212,8 @@ def list_sagas(
 @saga_app.command("stats")
 def stats(as_json: AsJson = False, url: Url = DEFAULT_URL) -> None:
     """How many sagas have each status, and how many need an operator."""
-    with _api("stats", url) as api:
-        counts = api.call("GET", "/saga/stats")
-    if as_json:
-        typer.echo(json.dumps(counts, indent=2))
+    counts = _read("stats", url, "/saga/stats", as_json=as_json)
+    if counts is None:
         return
     rows = [[name, str(n)] for name, n in sorted(counts["by_status"].items())]
     rows.append(["needs an operator", str(counts["needs_operator"])])
@@ -215,10 +223,8 @@ def stats(as_json: AsJson = False, url: Url = DEFAULT_URL) -> None:
 @saga_app.command("show")
 def show(order_id: OrderId, as_json: AsJson = False, url: Url = DEFAULT_URL) -> None:
     """The saga's status, why it failed, and each step's state, attempts, times and error."""
-    with _api("show", url) as api:
-        saga = api.call("GET", _path(order_id, "status"))
-    if as_json:
-        typer.echo(json.dumps(saga, indent=2))
+    saga = _read("show", url, _path(order_id, "status"), as_json=as_json)
+    if saga is None:
         return
     flags = [
         flag
@@ -236,43 +242,19 @@ def show(order_id: OrderId, as_json: AsJson = False, url: Url = DEFAULT_URL) -> 
     typer.echo(
         f"created  {_time(saga.get('created_at'))}   updated {_time(saga.get('updated_at'))}"
     )
-    steps = [
-        [
-            step["name"],
-            step["state"],
-            str(step["attempts"]),
-            _time(step.get("finished_at")),
-            step.get("compensation") or "",
-            _error(step.get("last_error")),
-        ]
-        for step in saga.get("steps", [])
-    ]
+    steps = saga.get("steps", [])
     if steps:
         typer.echo("")
-        header = ["STEP", "STATE", "ATTEMPTS", "FINISHED", "COMPENSATION", "LAST ERROR"]
-        typer.echo(_columns(header, steps))
+        typer.echo(_table(_STEP_COLUMNS, steps))
 
 
 @saga_app.command("history")
 def history(order_id: OrderId, as_json: AsJson = False, url: Url = DEFAULT_URL) -> None:
     """Every event of the saga's history, in order."""
-    with _api("history", url) as api:
-        events = api.call("GET", _path(order_id, "history"))
-    if as_json:
-        typer.echo(json.dumps(events, indent=2))
+    events = _read("history", url, _path(order_id, "history"), as_json=as_json)
+    if events is None:
         return
-    rows = [
-        [
-            str(event["seq"]),
-            _time(event.get("created_at")),
-            event["type"],
-            event.get("step") or "",
-            str(event["attempt"]),
-            json.dumps(event.get("payload") or {}, ensure_ascii=False, separators=(",", ":")),
-        ]
-        for event in events
-    ]
-    typer.echo(_columns(["SEQ", "TIME", "EVENT", "STEP", "ATTEMPT", "PAYLOAD"], rows))
+    typer.echo(_table(_EVENT_COLUMNS, events))
 
 
 @saga_app.command("export")
@@ -332,20 +314,43 @@ def cancel(order_id: OrderId, url: Url = DEFAULT_URL) -> None:
 _REASON_WIDTH = 60
 
 
-def _table(sagas: list[dict[str, Any]]) -> str:
-    if not sagas:
-        return "no sagas"
-    rows = [
-        [
-            saga["order_id"],
-            saga["status"],
-            "yes" if saga["needs_operator"] else "",
-            _time(saga.get("created_at")),
-            _shorten(saga.get("failure_reason") or ""),
-        ]
-        for saga in sagas
-    ]
-    return _columns(["ORDER ID", "STATUS", "OPERATOR", "CREATED (UTC)", "REASON"], rows)
+# A table's columns: each its header and how a cell is read from one item of the API's answer.
+_Columns = Sequence[tuple[str, Callable[[dict[str, Any]], str]]]
+
+_SAGA_COLUMNS: _Columns = (
+    ("ORDER ID", lambda saga: saga["order_id"]),
+    ("STATUS", lambda saga: saga["status"]),
+    ("OPERATOR", lambda saga: "yes" if saga["needs_operator"] else ""),
+    ("CREATED (UTC)", lambda saga: _time(saga.get("created_at"))),
+    ("REASON", lambda saga: _shorten(saga.get("failure_reason") or "")),
+)
+_STEP_COLUMNS: _Columns = (
+    ("STEP", lambda step: step["name"]),
+    ("STATE", lambda step: step["state"]),
+    ("ATTEMPTS", lambda step: str(step["attempts"])),
+    ("FINISHED", lambda step: _time(step.get("finished_at"))),
+    ("COMPENSATION", lambda step: step.get("compensation") or ""),
+    ("LAST ERROR", lambda step: _error(step.get("last_error"))),
+)
+_EVENT_COLUMNS: _Columns = (
+    ("SEQ", lambda event: str(event["seq"])),
+    ("TIME", lambda event: _time(event.get("created_at"))),
+    ("EVENT", lambda event: event["type"]),
+    ("STEP", lambda event: event.get("step") or ""),
+    ("ATTEMPT", lambda event: str(event["attempt"])),
+    (
+        "PAYLOAD",
+        lambda event: json.dumps(
+            event.get("payload") or {}, ensure_ascii=False, separators=(",", ":")
+        ),
+    ),
+)
+
+
+def _table(columns: _Columns, items: list[dict[str, Any]]) -> str:
+    """``items`` (sagas, steps, events) as a table of ``columns``."""
+    rows = [[cell(item) for _, cell in columns] for item in items]
+    return _columns([header for header, _ in columns], rows)
 
 
 def _columns(header: list[str], rows: list[list[str]]) -> str:

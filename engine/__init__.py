@@ -53,11 +53,20 @@ Modules
 =========================  ====================================================================
 :mod:`engine.workflow`     what workflow authors use: ``workflow``, ``WorkflowContext``,
                            ``RetryPolicy``, ``Activity`` (no I/O)
-:mod:`engine.api`          :class:`Engine`: start, cancel, status, wait, history, list; recovery,
-                           leases and the background loop
+:mod:`engine.api`          :class:`Engine`, the client half: start, cancel, status, wait,
+                           history, list; it drives sagas through its worker
+:mod:`engine.worker`       the worker half: recovery, leases and their renewal, the background
+                           loop, admission control (``max_running``)
+:mod:`engine.replay`       a recorded history replayed offline against today's workflow code
 :mod:`engine.listing`      listing and counting sagas: ``SagaFilter``, keyset pages, cursors
 :mod:`engine.views`        what it answers: ``SagaHandle``, ``SagaStatus``, ``StepStatus``
-``engine._runtime``        the replay of one saga under one lease (private)
+``engine._runtime``        the replay of one saga under one lease (private), working through:
+``engine._state``          what the run read of the saga's row and history; buffered appends
+``engine._attempts``       a step's attempts at the live edge: send, classify, retry, record
+``engine._compensation``   the compensation stack, rebuilt from history and run in reverse
+``engine._operator``       an operator's requests: retry now, resume, compensate, cancel
+``engine._determinism``    input digests and the divergence of code from history
+``engine._body_check``     the calls a body's source may not make (clock, randomness, I/O)
 :mod:`engine.history`      the events and the ``saga_instances`` projection
 :mod:`engine.ports`        ``HistoryStore``, ``Transport``, ``Clock`` (protocols only)
 :mod:`engine.adapters`     SQL and in-memory stores, RabbitMQ and in-memory transports

@@ -16,7 +16,8 @@ from typing import Any
 import structlog
 from pydantic import BaseModel
 
-from engine._runtime import RunConfig, canonical_json
+from engine._determinism import canonical_json
+from engine._runtime import RunConfig
 from engine.clock import SystemClock
 from engine.errors import SagaNotFound, SagaQueueFull, WorkflowAlreadyStarted
 from engine.history import (

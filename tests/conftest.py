@@ -95,7 +95,7 @@ def mysql_url() -> str:
     return mysql_database_url("cloudmart_test_activities")
 
 
-@pytest.fixture(params=["mariadb", "sqlite"])
+@pytest.fixture(params=[pytest.param("mariadb", marks=pytest.mark.mysql), "sqlite"])
 async def db(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Database]:
@@ -108,6 +108,19 @@ async def db(
     await _prepared(database)
     yield database
     await database.dispose()
+
+
+@pytest.fixture
+def sync(db: Database) -> Iterator[sa.Engine]:
+    """A blocking engine on ``db``'s database, for what reads it with plain SQL (``cloudmart
+    check``) or breaks a row the way a bug would."""
+    url = db.engine.url
+    backend = url.get_backend_name()
+    engine = sa.create_engine(
+        url.set(drivername="mysql+pymysql" if backend == "mysql" else backend)
+    )
+    yield engine
+    engine.dispose()
 
 
 @pytest.fixture
@@ -171,9 +184,18 @@ async def api(deployment: Deployment) -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def _prepared(database: Database) -> None:
+    """Every table of the schema there and empty, then the catalogue (``domain_data.clean``):
+    the MariaDB database is one per module, and ``cloudmart check`` reads the sagas' rows too."""
     from domain_data import clean
 
     from cloudmart.schema import create_schema
+    from engine.adapters import sql_tables
 
     await create_schema(database.engine)
+
+    async def empty_history(conn: sa.ext.asyncio.AsyncConnection) -> None:
+        for table in reversed(sql_tables.metadata.sorted_tables):
+            await conn.execute(table.delete())
+
+    await database.transaction(empty_history)
     await clean(database)

@@ -8,23 +8,28 @@ says whether the end is usable. The flag drops as soon as the connection is lost
 only after the robust channels restored their queues and consumers: aio-pika runs the
 reconnect callbacks last, after the channels.
 
+:class:`LinkEnd` is what both ends are to their users: started by ``await start()`` or
+``async with``, closed by ``close()``, usable while ``connected``.
+
 Messages are compact JSON objects (:func:`encode`); header values are read back as text
 (:func:`text`). :data:`BROKER_ERRORS` is what a dropped connection or channel raises.
 """
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 import aio_pika
 import structlog
 from aio_pika.abc import AbstractRobustConnection
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 
-__all__ = ["BROKER_ERRORS", "RobustLink", "encode", "text"]
+__all__ = ["BROKER_ERRORS", "LinkEnd", "RobustLink", "encode", "text"]
 
 logger = structlog.get_logger(__name__)
 
@@ -125,3 +130,36 @@ class RobustLink:
         self._log.info(f"{self._event}.reconnected")
         if self._on_restored is not None:
             self._on_restored()
+
+
+class LinkEnd(abc.ABC):
+    """One end of the link over its :class:`RobustLink` (``_link``): ``async with`` starts and
+    closes it."""
+
+    _link: RobustLink
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Open the link and declare what this end needs."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Stop this end and drop the link."""
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def connected(self) -> bool:
+        """True while connected to the broker and everything this end declared (its queue,
+        its consumer) restored: requests are sent, commands consumed, a health check passes."""
+        return self._link.up

@@ -55,7 +55,6 @@ import asyncio
 import dataclasses
 import json
 import uuid
-from types import TracebackType
 from typing import Any
 
 import aio_pika
@@ -64,7 +63,7 @@ from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, AbstractRobu
 from aio_pika.exceptions import DeliveryError, PublishError
 
 from engine.adapters import amqp_names as names
-from engine.adapters.amqp_link import BROKER_ERRORS, RobustLink, encode
+from engine.adapters.amqp_link import BROKER_ERRORS, LinkEnd, RobustLink, encode
 from engine.errors import RemoteError, StepTimeout, TransportError
 
 __all__ = ["RabbitMQTransport", "TransportStats"]
@@ -100,7 +99,7 @@ class _Command:
     reply: asyncio.Future[dict[str, Any]]
 
 
-class RabbitMQTransport:
+class RabbitMQTransport(LinkEnd):
     """The engine's :class:`~engine.ports.Transport` over RabbitMQ request/reply.
 
     ``prefetch`` bounds the replies the broker pushes before they are acked;
@@ -145,18 +144,6 @@ class RabbitMQTransport:
             on_restored=self._on_reconnected,
         )
 
-    async def __aenter__(self) -> RabbitMQTransport:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
     async def start(self) -> None:
         await self._link.open(self._declare)
         logger.info("transport.started", reply_queue=self.reply_queue)
@@ -182,11 +169,6 @@ class RabbitMQTransport:
             sender.cancel()
         await asyncio.gather(*senders, return_exceptions=True)
         await self._link.close()
-
-    @property
-    def connected(self) -> bool:
-        """True while the connection to the broker is up and the reply queue consumed."""
-        return self._link.up
 
     async def request(
         self,

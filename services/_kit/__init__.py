@@ -5,7 +5,9 @@ builds its app with ``create_app(name, settings, router, lifespan=service_lifesp
 and the service's name, port and patterns come from :mod:`services._kit.roster`.
 
 Routes get the database with ``db: DatabaseDep`` (or ``Depends(db_of)``), raise the
-activities' ``DomainError``\\ s, and declare them with ``responses=error_responses(...)``.
+activities' ``DomainError``\\ s, and declare them with ``responses=error_responses(...)``; a
+route that brings stock or money in once per ``Idempotency-Key`` spreads
+``**ledger_operation(...)`` into its decorator instead.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from services._kit.app import (
 )
 from services._kit.errors import ErrorBody, error_responses
 from services._kit.logging import configure_logging
-from services._kit.params import BookIdPath, IdempotencyKeyHeader, OrderIdPath
+from services._kit.params import BookIdPath, IdempotencyKeyHeader, OrderIdPath, ledger_operation
 from services._kit.roster import SERVICE_PORTS
 from services._kit.settings import Settings, get_settings
 
@@ -39,5 +41,6 @@ __all__ = [
     "db_of",
     "error_responses",
     "get_settings",
+    "ledger_operation",
     "settings_of",
 ]

@@ -61,7 +61,6 @@ import dataclasses
 import json
 import uuid
 from datetime import UTC, datetime
-from types import TracebackType
 from typing import Any
 
 import aio_pika
@@ -76,7 +75,7 @@ from aio_pika.abc import (
 
 from activities.faults import RABBITMQ, Outages
 from engine.adapters import amqp_names as names
-from engine.adapters.amqp_link import BROKER_ERRORS, RobustLink, encode, text
+from engine.adapters.amqp_link import BROKER_ERRORS, LinkEnd, RobustLink, encode, text
 from engine.errors import TransportError
 from services._kit.metrics import CommandHandler
 
@@ -128,7 +127,7 @@ class CommandServerStats:
     batches: int = 0
 
 
-class RabbitMQCommandServer:
+class RabbitMQCommandServer(LinkEnd):
     """Serve one service's commands from RabbitMQ (see the module docstring).
 
     ``handler(method, payload, headers)`` returns the reply payload; ``headers`` holds the
@@ -180,18 +179,6 @@ class RabbitMQCommandServer:
             log_context={"service": service, "queue": self.queue_name},
             on_restored=self._on_reconnected,
         )
-
-    async def __aenter__(self) -> RabbitMQCommandServer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def start(self) -> None:
         await self._link.open(self._declare)
@@ -252,11 +239,6 @@ class RabbitMQCommandServer:
         await self._link.close()
         await asyncio.gather(*inflight, return_exceptions=True)
         logger.info("command_server.closed", service=self.service)
-
-    @property
-    def connected(self) -> bool:
-        """True while connected to the broker and consuming (a health check reads it)."""
-        return self._link.up
 
     async def queue_depths(self) -> dict[str, int]:
         """Messages waiting in the command queue and in the dead-letter queue, by queue name.

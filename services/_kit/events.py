@@ -15,9 +15,8 @@ with an error that is neither an answer nor a fault.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
 
 import structlog
 from fastapi import FastAPI
@@ -36,17 +35,6 @@ CHOREOGRAPHED_SERVICES = tuple(services_of(CHOREOGRAPHY))
 def consumes_events(settings: Settings) -> bool:
     """Whether a service process takes part in the choreography under these settings."""
     return settings.pattern == "choreography"
-
-
-def _failpoint(point: str, service: str) -> Callable[[Any], None] | None:
-    """A hook for ``point`` in ``service``'s consumer or relay, only when it is armed."""
-    if not failpoints.armed(point, service=service):
-        return None
-
-    def crash(_: Any) -> None:
-        failpoints.hit(point, service=service)
-
-    return crash
 
 
 def event_consumer(service: str) -> Lifespan:
@@ -97,11 +85,13 @@ def event_consumer(service: str) -> Lifespan:
                 before_ack={
                     s: hook
                     for s in services
-                    if (hook := _failpoint("crash_before_ack", s)) is not None
+                    if (hook := failpoints.event_hook("crash_before_ack", s)) is not None
                 },
-                before_publish=_failpoint("crash_before_publish", service),
+                before_publish=failpoints.event_hook("crash_before_publish", service),
                 before_handle={
-                    s: hook for s in services if (hook := _failpoint("poison", s)) is not None
+                    s: hook
+                    for s in services
+                    if (hook := failpoints.event_hook("poison", s)) is not None
                 },
                 outages=app.state.outages,
             )

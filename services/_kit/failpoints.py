@@ -47,15 +47,27 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
 from services._kit.roster import SERVICE_NAMES
 
-__all__ = ["Failpoint", "FailpointError", "FailpointPoison", "arm", "armed", "hit", "parse"]
+__all__ = [
+    "Failpoint",
+    "FailpointError",
+    "FailpointPoison",
+    "arm",
+    "armed",
+    "event_hook",
+    "history_hook",
+    "hit",
+    "parse",
+]
 
 log = structlog.get_logger("services.failpoints")
+
+_Hook = TypeVar("_Hook", bound=Callable[..., None])
 
 # point -> the name of the ``where`` value its target is compared with
 _TARGETS = {
@@ -190,13 +202,23 @@ def armed(point: str, **where: Any) -> bool:
 def history_hook() -> Callable[[str, list[str]], None] | None:
     """The orchestrator's history hook (:data:`orchestration_pattern.orchestrator.HistoryHook`)
     when a history failure point is armed; ``None`` otherwise, so no write pays for a detour."""
-    if not (armed("crash_after_history") or armed("freeze_before_history")):
-        return None
+    return _if_armed(_hit_history, ("crash_after_history", "freeze_before_history"))
 
-    def hook(point: str, event_types: list[str]) -> None:
-        hit(point, events=event_types)
 
-    return hook
+def event_hook(point: str, service: str) -> Callable[[Any], None] | None:
+    """A hook for ``point`` in ``service``'s event consumer or outbox relay (called with the
+    event or batch it stands before) when the point is armed there; ``None`` otherwise."""
+    return _if_armed(lambda _: hit(point, service=service), (point,), service=service)
+
+
+def _if_armed(hook: _Hook, points: tuple[str, ...], **where: Any) -> _Hook | None:
+    """``hook`` when one of ``points`` is armed at ``where``: the code handed ``None`` instead
+    pays nothing for a failure point that cannot fire."""
+    return hook if any(armed(point, **where) for point in points) else None
+
+
+def _hit_history(point: str, event_types: list[str]) -> None:
+    hit(point, events=event_types)
 
 
 def hit(point: str, **where: Any) -> None:

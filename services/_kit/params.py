@@ -1,12 +1,15 @@
-"""Path parameters and headers shared by the services, validated before any query is built."""
+"""Path parameters and headers shared by the services, validated before any query is built,
+and what a route that takes an ``Idempotency-Key`` to bring stock or money in declares."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Header, Path
 
+from activities.errors import DomainError, IdempotencyKeyReused, InvalidCommand
 from contracts.commands import INT32_MAX
+from services._kit.errors import error_responses
 
 OrderIdPath = Annotated[
     str,
@@ -33,3 +36,17 @@ IdempotencyKeyHeader = Annotated[
         ),
     ),
 ]
+
+
+def ledger_operation(brings: str, not_found: type[DomainError]) -> dict[str, Any]:
+    """What a route that brings ``brings`` in (a restock: stock; a top-up: money) declares: the
+    errors it answers with and what its ``Idempotency-Key`` does. Spread into the route's
+    decorator: ``@router.post(..., **ledger_operation("stock", BookNotFound))``."""
+    return {
+        "responses": error_responses(not_found, IdempotencyKeyReused, InvalidCommand),
+        "description": (
+            f"The operation that brings {brings} in: recorded in the ledger, so `cloudmart check` "
+            "accepts it. With an `Idempotency-Key`, a retry with the same body takes effect once "
+            "and answers as the first did; the same key with another body is a 422."
+        ),
+    }

@@ -8,8 +8,6 @@ from activities import get_stock, release_stock, request_id_for, reserve_stock, 
 from activities.errors import (
     AlreadyCompensated,
     BookNotFound,
-    IdempotencyKeyReused,
-    InvalidCommand,
     OrderNotFound,
     ReservationShipped,
     StockUnavailable,
@@ -24,7 +22,13 @@ from contracts.commands import (
     StockReservation,
     StockView,
 )
-from services._kit import BookIdPath, DatabaseDep, IdempotencyKeyHeader, error_responses
+from services._kit import (
+    BookIdPath,
+    DatabaseDep,
+    IdempotencyKeyHeader,
+    error_responses,
+    ledger_operation,
+)
 
 router = APIRouter(prefix="/inventory", tags=["inventory"])
 
@@ -52,13 +56,8 @@ async def release(body: OrderRef, db: DatabaseDep) -> Compensation:
 @router.post(
     "/{book_id}/restock",
     response_model=Restocked,
-    responses=error_responses(BookNotFound, IdempotencyKeyReused, InvalidCommand),
     summary="Add units to a book's available stock (once per Idempotency-Key)",
-    description=(
-        "The operation that brings stock in: recorded in the ledger, so `cloudmart check` "
-        "accepts it. With an `Idempotency-Key`, a retry with the same body takes effect once "
-        "and answers as the first did; the same key with another body is a 422."
-    ),
+    **ledger_operation("stock", BookNotFound),
 )
 async def restock_book(
     book_id: BookIdPath,

@@ -330,8 +330,9 @@ def lanes(history: Sequence[Event]) -> Lanes:
 
     A compensation sits in its step's column; the compensation lane lists them in the order
     the compensation runs them (the reverse of their steps), those not begun yet as PENDING.
-    The pivot is the last step with a compensation that a step without one followed: the
-    history does not record which call was the pivot, so it is marked once it is passed.
+    The pivot is the step whose ``StepScheduled`` says so; in a history recorded before
+    that was written, the last step with a compensation that a step without one followed
+    (marked once it is passed).
     """
     groups: dict[int, list[Event]] = {}
     for event in history:
@@ -380,11 +381,11 @@ def lanes(history: Sequence[Event]) -> Lanes:
                 kit.error_line(c_error),
                 undoes=first.step or "",
             )
+    marked = [i for i, (_, g) in enumerate(steps) if g[0].payload.get("pivot")]
     has_undo = [bool((g[0].payload.get("compensation") or {}).get("target")) for _, g in steps]
-    for i in range(len(forward) - 1):
-        if has_undo[i] and not has_undo[i + 1]:
-            forward[i] = dataclasses.replace(forward[i], pivot=True)
-            break
+    inferred = [i for i in range(len(forward) - 1) if has_undo[i] and not has_undo[i + 1]]
+    for i in (marked or inferred)[:1]:
+        forward[i] = dataclasses.replace(forward[i], pivot=True)
     started = [e for e in history if e.type == ET.COMPENSATION_STARTED]
     planned = [int(p) for p in started[-1].payload.get("steps", [])] if started else []
     order = list(dict.fromkeys([*(p for _, p in sorted(begun)), *planned]))

@@ -15,8 +15,6 @@ from activities import (
 from activities.errors import (
     AlreadyCompensated,
     CustomerNotFound,
-    IdempotencyKeyReused,
-    InvalidCommand,
     NotFound,
     OrderNotFound,
     PaymentFailed,
@@ -30,7 +28,13 @@ from contracts.commands import (
     TopUp,
     TopUpBody,
 )
-from services._kit import DatabaseDep, IdempotencyKeyHeader, OrderIdPath, error_responses
+from services._kit import (
+    DatabaseDep,
+    IdempotencyKeyHeader,
+    OrderIdPath,
+    error_responses,
+    ledger_operation,
+)
 
 router = APIRouter(prefix="/payments", tags=["payments"])
 
@@ -66,13 +70,8 @@ async def refund(body: OrderRef, db: DatabaseDep) -> Compensation:
 @router.post(
     "/top-up",
     response_model=ToppedUp,
-    responses=error_responses(CustomerNotFound, IdempotencyKeyReused, InvalidCommand),
     summary="Add money to a customer's balance (once per Idempotency-Key)",
-    description=(
-        "The operation that brings money in: recorded in the ledger, so `cloudmart check` "
-        "accepts it. With an `Idempotency-Key`, a retry with the same body takes effect once "
-        "and answers as the first did; the same key with another body is a 422."
-    ),
+    **ledger_operation("money", CustomerNotFound),
 )
 async def top_up_balance(
     body: TopUpBody, db: DatabaseDep, idempotency_key: IdempotencyKeyHeader = None

@@ -87,14 +87,19 @@ async def started(store: HistoryStore, n: int = 1, owner: str = "a") -> SagaReco
     return stored
 
 
+async def appended(store: HistoryStore, *events: Event, projection: Projection) -> None:
+    """Owner ``a`` appends ``events`` to the saga :func:`started` made (from seq 1, version 1)."""
+    await store.append(
+        "saga-1", list(events), expected_seq=1, version=1, owner="a", projection=projection
+    )
+
+
 async def test_create_then_load_round_trips_the_row_and_events(store: HistoryStore) -> None:
     await started(store)
-    await store.append(
-        "saga-1",
-        [ev(1, x=1), ev(2, "StepCompleted", result={"a": "¥"})],
-        expected_seq=1,
-        version=1,
-        owner="a",
+    await appended(
+        store,
+        ev(1, x=1),
+        ev(2, "StepCompleted", result={"a": "¥"}),
         projection=Projection(status="ORDER_CREATED", current_step="svc.op"),
     )
     row, events = await store.load("saga-1")
@@ -172,9 +177,7 @@ async def test_a_taken_over_saga_refuses_the_old_owner(store: HistoryStore) -> N
     )
     assert version == 2
     with pytest.raises(ConcurrencyConflict):
-        await store.append(
-            "saga-1", [ev(1)], expected_seq=1, version=1, owner="a", projection=Projection()
-        )
+        await appended(store, ev(1), projection=Projection())
     await store.append(
         "saga-1",
         [ev(1, owner="b", version=2)],
@@ -195,9 +198,7 @@ async def test_cancel_request_is_refused_by_honouring_appends_only(store: Histor
     assert cancelled.cancel_requested
     assert cancelled.operator_request is None  # a running saga's cancel needs only the flag
     with pytest.raises(CancelRequested):
-        await store.append(
-            "saga-1", [ev(1)], expected_seq=1, version=1, owner="a", projection=Projection()
-        )
+        await appended(store, ev(1), projection=Projection())
     await store.append(
         "saga-1",
         [ev(1, "CompensationStarted")],
@@ -212,12 +213,9 @@ async def test_cancel_request_is_refused_by_honouring_appends_only(store: Histor
 
 async def test_projection_columns_round_trip(store: HistoryStore) -> None:
     await started(store)
-    await store.append(
-        "saga-1",
-        [ev(1, "StepCompleted")],
-        expected_seq=1,
-        version=1,
-        owner="a",
+    await appended(
+        store,
+        ev(1, "StepCompleted"),
         projection=Projection(status="SHIPPING_ARRANGED", failed_step="svc.op", past_pivot=True),
     )
     row = (await store.load("saga-1"))[0]
@@ -228,12 +226,9 @@ async def test_past_the_pivot_cancel_and_compensate_are_refused_but_retry_is_not
     store: HistoryStore,
 ) -> None:
     await started(store)
-    await store.append(
-        "saga-1",
-        [ev(1, "StepCompleted")],
-        expected_seq=1,
-        version=1,
-        owner="a",
+    await appended(
+        store,
+        ev(1, "StepCompleted"),
         projection=Projection(status="SHIPPING_ARRANGED", past_pivot=True),
     )
     for action in ("cancel", "compensate", "resume"):
@@ -254,9 +249,7 @@ async def test_a_compensate_request_reaches_the_driver_with_the_refused_append(
     asked = await store.request_action("order-1", "compensate", reason="fraud", now=T0)
     assert asked.cancel_requested
     with pytest.raises(CancelRequested) as refused:
-        await store.append(
-            "saga-1", [ev(1)], expected_seq=1, version=1, owner="a", projection=Projection()
-        )
+        await appended(store, ev(1), projection=Projection())
     assert refused.value.request == asked.operator_request
 
 
@@ -264,12 +257,9 @@ async def test_a_parked_saga_is_claimable_only_while_an_operator_request_waits(
     store: HistoryStore,
 ) -> None:
     await started(store)
-    await store.append(
-        "saga-1",
-        [ev(1, "WorkflowParked")],
-        expected_seq=1,
-        version=1,
-        owner="a",
+    await appended(
+        store,
+        ev(1, "WorkflowParked"),
         projection=Projection(status="PARKED", needs_operator=True, finished=True),
     )
     later = T0 + LEASE * 2
@@ -326,12 +316,9 @@ async def test_finishing_releases_the_lease_and_the_saga_is_no_longer_claimable(
 ) -> None:
     await started(store)
     await started(store, 2)
-    await store.append(
-        "saga-1",
-        [ev(1, "WorkflowCompleted")],
-        expected_seq=1,
-        version=1,
-        owner="a",
+    await appended(
+        store,
+        ev(1, "WorkflowCompleted"),
         projection=Projection(status="COMPLETED", result={"ok": 1}, finished=True),
     )
     row = (await store.load("saga-1"))[0]

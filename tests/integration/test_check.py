@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import mysql_database_url
-from domain_data import JP, clean
+from domain_data import JP
 from typer.testing import CliRunner
 
 from activities import Database
@@ -30,32 +28,6 @@ from cloudmart.check import (
     snapshot_connection,
 )
 from cloudmart.cli import app
-from cloudmart.schema import create_schema
-
-
-@pytest.fixture(params=["sqlite", pytest.param("mysql", marks=pytest.mark.mysql)])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The same rules on the embedded SQLite file and on MariaDB (REPEATABLE READ snapshot)."""
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'check.db'}"
-    return mysql_database_url("cloudmart_test_check")
-
-
-@pytest.fixture
-async def db(url: str) -> AsyncIterator[Database]:
-    database = Database.from_url(url)
-    await create_schema(database.engine)
-    await clean(database)
-    yield database
-    await database.dispose()
-
-
-@pytest.fixture
-def sync(url: str) -> Iterator[sa.Engine]:
-    engine = sa.create_engine(url.replace("+aiosqlite", "").replace("+aiomysql", "+pymysql"))
-    yield engine
-    engine.dispose()
-
 
 ITEMS = [{"book_id": 1, "quantity": 2}, {"book_id": 3, "quantity": 1}]
 TOTAL = "2010.00"
@@ -332,9 +304,11 @@ async def test_the_check_can_be_limited_to_some_orders(db: Database, sync: sa.En
 
 
 async def test_cli_snapshot_then_check_exits_1_with_the_offending_ids(
-    db: Database, sync: sa.Engine, url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    db: Database, sync: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("CLOUDMART_DATABASE_URL", url)
+    monkeypatch.setenv(
+        "CLOUDMART_DATABASE_URL", db.engine.url.render_as_string(hide_password=False)
+    )
     monkeypatch.setenv("CLOUDMART_ENV", "test")
     runner = CliRunner()
     base = tmp_path / "baseline.json"

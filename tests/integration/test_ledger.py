@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,6 +15,7 @@ import pytest
 import sqlalchemy as sa
 from conftest import mysql_database_url
 from domain_data import JP, clean, order
+from round_trips import count_round_trips
 from typer.testing import CliRunner
 
 from activities import (
@@ -44,29 +43,6 @@ from contracts.commands import (
     Restock,
     TopUp,
 )
-
-
-@pytest.fixture(params=["sqlite", pytest.param("mysql", marks=pytest.mark.mysql)])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}"
-    return mysql_database_url("cloudmart_test_ledger_check")
-
-
-@pytest.fixture
-async def db(url: str) -> AsyncIterator[Database]:
-    database = Database.from_url(url)
-    await create_schema(database.engine)
-    await clean(database)  # customers 1-2 and books 1-3, inserted directly
-    yield database
-    await database.dispose()
-
-
-@pytest.fixture
-def sync(url: str) -> Iterator[sa.Engine]:
-    engine = sa.create_engine(url.replace("+aiosqlite", "").replace("+aiomysql", "+pymysql"))
-    yield engine
-    engine.dispose()
 
 
 def run(sync: sa.Engine) -> CheckReport:
@@ -213,9 +189,11 @@ async def test_restock_and_top_up_move_the_rows_and_their_entries_once(
 
 
 async def test_cli_check_without_a_baseline_exits_1_naming_the_customer(
-    db: Database, sync: sa.Engine, url: str, monkeypatch: pytest.MonkeyPatch
+    db: Database, sync: sa.Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("CLOUDMART_DATABASE_URL", url)
+    monkeypatch.setenv(
+        "CLOUDMART_DATABASE_URL", db.engine.url.render_as_string(hide_password=False)
+    )
     monkeypatch.setenv("CLOUDMART_ENV", "test")
     runner = CliRunner()
     clean_run = await asyncio.to_thread(runner.invoke, app, ["check", "--grace", "0"])
@@ -277,28 +255,6 @@ def test_cli_top_up_refused_by_the_service_exits_1_with_its_answer() -> None:
     )
     assert result.exit_code == 1
     assert "CustomerNotFound" in result.output
-
-
-def count_round_trips(engine: Any) -> list[str]:
-    """Each command the pool's connections send from now on (as tests/integration/
-    test_prepared.py counts them)."""
-    sent: list[str] = []
-
-    @sa.event.listens_for(engine.sync_engine, "checkout")
-    def on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
-        driver = dbapi_connection.driver_connection
-        if getattr(driver, "_counted", False):
-            return
-        execute = driver._execute_command
-
-        async def counted(command: int, sql: Any) -> Any:
-            sent.append(sql if isinstance(sql, str) else repr(sql))
-            return await execute(command, sql)
-
-        driver._execute_command = counted
-        driver._counted = True
-
-    return sent
 
 
 # Round trips per operation on MariaDB, measured on main before the ledger: the same for every

@@ -13,8 +13,8 @@ import httpx
 import pytest
 from choreography_support import SERVICES, finished, start
 from conftest import TEST_REDIS_URL, until
+from metrics_samples import Samples, scrape
 from processes import Deployment, deployed
-from prometheus_client.parser import text_string_to_metric_families
 from shop import US, Shop, order, sync_engine
 
 from choreography_pattern.redis_bus import RedisEventBus, dead_letter_key
@@ -22,7 +22,6 @@ from choreography_pattern.redis_bus import RedisEventBus, dead_letter_key
 pytestmark = [pytest.mark.mysql, pytest.mark.redis, pytest.mark.slow]
 
 NAMESPACE = "metrics-chor"
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 @pytest.fixture(scope="module")
@@ -69,16 +68,6 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
         yield http
 
 
-async def scrape(client: httpx.AsyncClient, deployment: Deployment, name: str) -> Samples:
-    response = await client.get(f"{deployment.url(name)}/metrics")
-    assert response.status_code == 200
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-    }
-
-
 def value(samples: Samples, name: str, **labels: str) -> float | None:
     return samples.get((name, tuple(sorted(labels.items()))))
 
@@ -89,7 +78,7 @@ async def test_each_service_reports_its_outbox_and_its_group_backlog(
     for service in SERVICES:
 
         async def drained(service: str = service) -> Samples | None:
-            samples = await scrape(client, deployment, service)
+            samples = await scrape(client, deployment.url(service))
             idle = (
                 value(samples, "cloudmart_outbox_unpublished") == 0
                 and value(samples, "cloudmart_consumer_pending", group=service) == 0
@@ -121,7 +110,7 @@ async def test_a_malformed_event_shows_in_every_groups_dead_letter_depth(
         dead = dead_letter_key(NAMESPACE, service)
 
         async def dead_lettered(service: str = service, dead: str = dead) -> bool:
-            samples = await scrape(client, deployment, service)
+            samples = await scrape(client, deployment.url(service))
             return value(samples, "cloudmart_dlq_depth", queue=dead) == 1
 
         await until(dead_lettered, timeout=15)

@@ -14,8 +14,8 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from conftest import TEST_RABBITMQ_URL, until
+from metrics_samples import Samples, scrape
 from processes import Deployment, deployed
-from prometheus_client.parser import text_string_to_metric_families
 from shop import US, Shop, order
 
 from engine.adapters import amqp_names
@@ -33,7 +33,6 @@ SAGA_EVENTS = {
     "saga.completed",
     "saga.failed",
 }
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 @pytest.fixture(scope="module")
@@ -53,16 +52,6 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
 async def client() -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(timeout=30) as http:
         yield http
-
-
-async def scrape(client: httpx.AsyncClient, deployment: Deployment, name: str) -> Samples:
-    response = await client.get(f"{deployment.url(name)}/metrics")
-    assert response.status_code == 200
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-    }
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:
@@ -116,7 +105,7 @@ async def test_the_orchestrator_counts_sagas_by_outcome_and_failed_step(
     deployment: Deployment, sagas: dict[str, str], client: httpx.AsyncClient
 ) -> None:
     async def settled() -> Samples | None:
-        samples = await scrape(client, deployment, "orchestrator")
+        samples = await scrape(client, deployment.url("orchestrator"))
         return samples if value(samples, "cloudmart_sagas_running") == 0 else None
 
     samples = await until(settled, timeout=30)
@@ -146,9 +135,9 @@ async def test_the_orchestrator_counts_sagas_by_outcome_and_failed_step(
 async def test_the_services_count_commands_by_method_and_outcome(
     deployment: Deployment, sagas: dict[str, str], client: httpx.AsyncClient
 ) -> None:
-    shipping = await scrape(client, deployment, "shipping")
-    inventory = await scrape(client, deployment, "inventory")
-    order_service = await scrape(client, deployment, "order")
+    shipping = await scrape(client, deployment.url("shipping"))
+    inventory = await scrape(client, deployment.url("inventory"))
+    order_service = await scrape(client, deployment.url("order"))
 
     commands = "cloudmart_commands_total"
     assert value(shipping, commands, method="arrange_shipping", outcome="ok") >= 2
@@ -167,7 +156,7 @@ async def test_a_repeated_command_is_counted_as_an_inbox_duplicate(
     deployment: Deployment, sagas: dict[str, str], client: httpx.AsyncClient, shop: Shop
 ) -> None:
     oid = sagas["ok-1"]
-    before = await scrape(client, deployment, "inventory")
+    before = await scrape(client, deployment.url("inventory"))
     items = shop.count("SELECT COUNT(*) FROM order_items WHERE order_id = :o", o=oid)
     assert items == 1
     with shop.sql.connect() as conn:
@@ -179,7 +168,7 @@ async def test_a_repeated_command_is_counted_as_an_inbox_duplicate(
         json={"order_id": oid, "items": [{"book_id": book.book_id, "quantity": book.quantity}]},
     )
     assert response.status_code in (200, 201), response.text
-    after = await scrape(client, deployment, "inventory")
+    after = await scrape(client, deployment.url("inventory"))
 
     name, labels = "cloudmart_inbox_duplicates_total", {"operation": "reserve_stock"}
     assert value(after, name, **labels) == value(before, name, **labels) + 1
@@ -196,7 +185,7 @@ async def test_a_poison_command_shows_in_the_dead_letter_depth(
         await exchange.publish(aio_pika.Message(b"not json at all"), routing_key="payment")
 
     async def dead_lettered() -> bool:
-        samples = await scrape(client, deployment, "payment")
+        samples = await scrape(client, deployment.url("payment"))
         return value(samples, "cloudmart_dlq_depth", queue=dead) == 1
 
     await until(dead_lettered, timeout=15)

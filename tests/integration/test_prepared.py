@@ -7,11 +7,11 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from conftest import mysql_database_url
+from round_trips import count_round_trips
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -133,27 +133,6 @@ async def test_statements_run_together_stop_at_the_first_error(db: AsyncEngine) 
             await run_together(conn, [(INSERT, row(2)), (INSERT, row(1)), (INSERT, row(3))])
     async with db.connect() as conn:  # rolled back whole; the pool is fine afterwards
         assert [r[0] for r in await BY_NAME.rows(conn, {"name": "a"})] == [1]
-
-
-def count_round_trips(engine: AsyncEngine) -> list[str]:
-    """Each command the pool's connections send from now on (a query, a ROLLBACK...)."""
-    sent: list[str] = []
-
-    @sa.event.listens_for(engine.sync_engine, "checkout")
-    def on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
-        driver = dbapi_connection.driver_connection
-        if getattr(driver, "_counted", False):
-            return
-        execute = driver._execute_command
-
-        async def counted(command: int, sql: Any) -> Any:
-            sent.append(sql if isinstance(sql, str) else repr(sql))
-            return await execute(command, sql)
-
-        driver._execute_command = counted
-        driver._counted = True
-
-    return sent
 
 
 async def test_statements_run_together_cost_one_round_trip(one_connection: AsyncEngine) -> None:

@@ -44,7 +44,8 @@ from activities import (
     top_up,
 )
 from activities.errors import DomainError
-from cloudmart.check import MONEY_TOTALS, STOCK_TOTALS, check_connection
+from cloudmart.check import check_connection
+from cloudmart.check.rules import MONEY_TOTALS, STOCK_TOTALS
 from cloudmart.schema import create_schema
 from contracts.commands import (
     ArrangeShipping,

@@ -4,6 +4,7 @@ ran, each in its step's column, and the pivot marked once it was passed."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -74,3 +75,18 @@ def test_every_recorded_history_draws_one_box_per_step_and_per_compensation_begu
     begun = [e.step for e in events if e.type == "CompensationScheduled"]
     assert [b.name for b in saga.forward] == list(dict.fromkeys(scheduled))
     assert [b.name for b in saga.compensations if b.state != "PENDING"] == begun
+
+
+def test_the_pivot_is_marked_from_its_scheduled_step_even_when_it_is_refused() -> None:
+    # A history written now says which step is the pivot; shipping_refused was recorded before.
+    _workflow_id, events = read_history_file(
+        json.loads((CORPUS / "shipping_refused.json").read_text())
+    )
+    assert not [b for b in lanes(events).forward if b.pivot]  # nothing passed it: no mark
+    marked = [
+        dataclasses.replace(e, payload={**e.payload, "pivot": True})
+        if e.type == "StepScheduled" and e.step == "shipping.arrange_shipping"
+        else e
+        for e in events
+    ]
+    assert [b.name for b in lanes(marked).forward if b.pivot] == ["shipping.arrange_shipping"]

@@ -169,14 +169,12 @@ def test_freeze_before_history_stops_the_process_at_the_nth_matching_write(
 def test_the_choreography_gets_a_crash_hook_only_where_its_point_is_armed(
     kills: list[int],
 ) -> None:
-    from services._kit.events import _failpoint
-
     failpoints.arm(None, env="test")
-    assert _failpoint("crash_before_ack", "payment") is None
+    assert failpoints.event_hook("crash_before_ack", "payment") is None
     failpoints.arm("crash_before_ack:payment", env="test")
-    assert _failpoint("crash_before_ack", "order") is None
-    assert _failpoint("crash_before_publish", "payment") is None
-    hook = _failpoint("crash_before_ack", "payment")
+    assert failpoints.event_hook("crash_before_ack", "order") is None
+    assert failpoints.event_hook("crash_before_publish", "payment") is None
+    hook = failpoints.event_hook("crash_before_ack", "payment")
     assert hook is not None
     hook(object())
     assert kills == [signal.SIGKILL]

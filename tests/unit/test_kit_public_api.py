@@ -28,6 +28,7 @@ def test_kit_exports_exactly_its_public_names() -> None:
         "db_of",
         "error_responses",
         "get_settings",
+        "ledger_operation",
         "settings_of",
     }
     assert all(hasattr(services._kit, name) for name in services._kit.__all__)

@@ -18,9 +18,9 @@ import structlog
 from asgi_lifespan import LifespanManager
 from domain_data import clean, order
 from fastapi import APIRouter, FastAPI
+from metrics_samples import scrape
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
-from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel
 
 import services._kit.logging as kit_logging
@@ -58,16 +58,6 @@ async def client_of(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         ) as client,
     ):
         yield client
-
-
-async def scrape(client: httpx.AsyncClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    response = await client.get("/metrics")
-    assert response.status_code == 200
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-    }
 
 
 async def test_a_failing_or_hanging_probe_reports_nothing_and_counts_a_scrape_error(

@@ -258,3 +258,38 @@ async def test_a_step_that_keeps_failing_logs_once_not_once_per_attempt() -> Non
     history = await r.engine.history("o-1")
     assert sum(e.type == ET.STEP_RETRYING for e in history) == 12  # every attempt is recorded
     assert (await r.engine.status("o-1")).status == "COMPLETED"
+
+
+@pytest.mark.parametrize("step", ["payment.process_payment", "order.complete_order"])
+async def test_a_retry_accepted_while_the_attempt_is_in_flight_is_recorded_when_it_succeeds(
+    step: str,
+) -> None:
+    # SPEC §8: every accepted action is in the history, even one that caused no extra attempt
+    # (and one that came during the saga's last step).
+    r = rig()
+    handler = r.transport._handlers[step]
+
+    async def retried_meanwhile(payload: dict[str, Any]) -> dict[str, Any]:
+        await r.engine.retry("o-1", reason="the operator was impatient")  # answered 202
+        return await handler(payload)
+
+    r.transport._handlers[step] = retried_meanwhile
+    await r.engine.start(place_order, order(), workflow_id="o-1")
+    await run_until_idle(r.engine)
+    history = await r.engine.history("o-1")
+    assert (await r.engine.status("o-1")).status == "COMPLETED"
+    assert actions(history) == [("retry", "the operator was impatient")]
+    kinds = [(e.type, e.step) for e in history if e.type != ET.STEP_SCHEDULED]
+    recorded = kinds.index((ET.OPERATOR_ACTION, None))
+    assert kinds[recorded + 1] == (ET.STEP_COMPLETED, step)  # with the attempt it met
+    assert r.services.calls[step] == 1  # no extra attempt
+    assert (await r.store.get("o-1")).operator_request is None  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("definition", [place_order, place_order_declarative])
+async def test_the_pivot_step_says_so_when_it_is_scheduled(definition: Any) -> None:
+    r = rig()
+    await r.engine.start(definition, order(), workflow_id="o-1")
+    await run_until_idle(r.engine)
+    scheduled = [e for e in await r.engine.history("o-1") if e.type == ET.STEP_SCHEDULED]
+    assert [e.step for e in scheduled if e.payload.get("pivot")] == ["shipping.arrange_shipping"]

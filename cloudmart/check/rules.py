@@ -1,257 +1,36 @@
-"""``cloudmart check``: SPEC §6's guarantees, checked over a live database.
-
-Every rule is one SQL query that returns the offending ids, so a report names exactly what broke
-and the check stays cheap on a large database. All queries run in one read-only transaction
-(REPEATABLE READ on MySQL/MariaDB: one consistent snapshot), so a check taken under load never
-sees half of an operation.
-
-Rules (``Violation.rule``):
-
-``stuck``
-    A saga not COMPLETED/FAILED, or (choreography: no saga row) an order still PENDING, created
-    more than ``grace_seconds`` ago. A saga PARKED for an operator is stuck too.
-``completed``
-    A COMPLETED saga/order whose effects are not all there: order COMPLETED, payment captured for
-    the order's total, shipment ARRANGED, every item's units consumed.
-``failed``
-    A FAILED saga (or CANCELLED order) with an effect left: payment captured, shipment live, stock
-    still reserved or consumed, order not cancelled.
-``twice``
-    A step completed, or a compensation completed, twice in one saga's history.
-``compensation-order``
-    Compensations not in reverse order of their steps.
-``owners``
-    Two owners wrote history under one lease version: two orchestrators drove one saga at once.
-``stock``
-    A book whose ``reserved`` is not the sum of its live reservations, negative stock, or (given a
-    baseline) ``available + reserved + shipped`` changed.
-``money``
-    A negative balance, or (given a baseline) ``balance + captured payments`` changed.
-``ledger``
-    A customer's ``balance``, or a book's ``available``, ``reserved`` or units shipped (its
-    CONSUMED reservations), that is not the sum of its ledger entries: the row changed outside
-    any operation (by hand in SQL, say). Every operation that moves money or stock records the
-    movement in ``ledger_entries`` in its own transaction, and a row inserted directly opens
-    its account with what it holds then, so this needs no baseline. One grouped query per
-    table; scoped to a baseline's books and customers when the check is scoped to some orders.
-
-Outcome rules (``completed``/``failed``) skip sagas that reached their end less than
-``grace_seconds`` ago: in the choreography an order can be CANCELLED while the compensations of
-other services are still on their way. Conservation needs the totals from before the load: take a
-:func:`snapshot` first (``cloudmart check --snapshot FILE``) and pass it as ``baseline``. The
-``ledger`` rule needs none: the ledger itself says what every row must hold.
-"""
+"""The rules of ``cloudmart check`` (listed in :mod:`cloudmart.check`): each one SQL query over
+the snapshot that returns the offending ids, and what it says of them."""
 
 from __future__ import annotations
 
-import json
-from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
+
+from cloudmart.check.report import Violation
 
 __all__ = [
-    "Baseline",
-    "CheckReport",
-    "Violation",
-    "check",
-    "check_connection",
-    "snapshot",
-    "snapshot_connection",
+    "MONEY_TOTALS",
+    "STOCK_TOTALS",
+    "Scope",
+    "changed",
+    "history",
+    "ledger",
+    "money",
+    "money_of",
+    "outcomes",
+    "stock",
+    "stuck",
 ]
 
 TERMINAL = ("COMPLETED", "FAILED")
 CENT = Decimal("0.01")
-SHOWN_PER_RULE = 50
 
 
-@dataclass(frozen=True)
-class Violation:
-    rule: str
-    subject: str
-    detail: str
-
-    def __str__(self) -> str:
-        return f"[{self.rule}] {self.subject}: {self.detail}"
-
-
-@dataclass
-class Baseline:
-    """Per book ``available + reserved + shipped``, per customer ``balance + captured``."""
-
-    stock: dict[int, int] = field(default_factory=dict)
-    money: dict[int, Decimal] = field(default_factory=dict)
-    taken_at: str = ""
-
-    def to_json(self) -> str:
-        return json.dumps(
-            {
-                "taken_at": self.taken_at,
-                "stock": {str(k): v for k, v in sorted(self.stock.items())},
-                "money": {str(k): str(v) for k, v in sorted(self.money.items())},
-            },
-            indent=2,
-        )
-
-    @classmethod
-    def from_json(cls, text: str) -> Baseline:
-        data = json.loads(text)
-        return cls(
-            stock={int(k): int(v) for k, v in data.get("stock", {}).items()},
-            money={int(k): Decimal(v) for k, v in data.get("money", {}).items()},
-            taken_at=str(data.get("taken_at", "")),
-        )
-
-
-@dataclass
-class CheckReport:
-    violations: list[Violation]
-    sagas: dict[str, int]
-    orders: dict[str, int]
-    checked_at: str
-    rules_run: list[str] = field(default_factory=list)
-    """The rules this check ran (``stock``, ``money`` and ``ledger`` only over the whole
-    database or with a baseline)."""
-
-    @property
-    def ok(self) -> bool:
-        return not self.violations
-
-    def by_rule(self) -> dict[str, int]:
-        return dict(Counter(v.rule for v in self.violations))
-
-    def render(self, limit: int = SHOWN_PER_RULE) -> str:
-        lines = [
-            f"sagas: {_counts(self.sagas)}",
-            f"orders: {_counts(self.orders)}",
-        ]
-        if self.ok:
-            lines.append("every invariant holds")
-            return "\n".join(lines)
-        lines.append(f"{len(self.violations)} violation(s): {_counts(self.by_rule())}")
-        shown: Counter[str] = Counter()
-        for violation in self.violations:
-            shown[violation.rule] += 1
-            if shown[violation.rule] <= limit:
-                lines.append(f"  {violation}")
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "checked_at": self.checked_at,
-            "sagas": self.sagas,
-            "orders": self.orders,
-            "violations_by_rule": self.by_rule(),
-            "violations": [asdict(v) for v in self.violations],
-        }
-
-
-def _counts(counts: dict[str, int]) -> str:
-    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
-
-
-async def snapshot(engine: AsyncEngine) -> Baseline:
-    """The conservation totals now, to compare a later :func:`check` against."""
-    async with engine.connect() as conn:
-        return await conn.run_sync(snapshot_connection)
-
-
-async def check(
-    engine: AsyncEngine,
-    *,
-    grace_seconds: float = 60.0,
-    baseline: Baseline | None = None,
-    order_ids: Sequence[str] | None = None,
-) -> CheckReport:
-    """Every rule over the database behind ``engine`` (see the module's docstring)."""
-    async with engine.connect() as conn:
-        return await conn.run_sync(
-            lambda sync: check_connection(
-                sync, grace_seconds=grace_seconds, baseline=baseline, order_ids=order_ids
-            )
-        )
-
-
-def snapshot_connection(conn: sa.Connection) -> Baseline:
-    with _snapshot_transaction(conn):
-        return _totals(conn)
-
-
-def _totals(conn: sa.Connection) -> Baseline:
-    return Baseline(
-        stock={int(r.book_id): int(r.total) for r in conn.execute(sa.text(STOCK_TOTALS))},
-        money={int(r.customer_id): _money_of(r.total) for r in conn.execute(sa.text(MONEY_TOTALS))},
-        taken_at=_now().isoformat(),
-    )
-
-
-def check_connection(
-    conn: sa.Connection,
-    *,
-    grace_seconds: float = 60.0,
-    baseline: Baseline | None = None,
-    order_ids: Sequence[str] | None = None,
-) -> CheckReport:
-    """:func:`check` on a synchronous connection (tests use it with a sync engine)."""
-    now = _now()
-    cutoff = now - timedelta(seconds=grace_seconds)
-    scope = _Scope(conn, order_ids)
-    found: list[Violation] = []
-    ran = ["stuck", "completed", "failed", "twice", "compensation-order", "owners"]
-    with _snapshot_transaction(conn):
-        sagas = scope.counts("saga_instances", "s")
-        orders = scope.counts("orders", "o")
-        found += _stuck(scope, cutoff)
-        found += _outcomes(scope, cutoff)
-        found += _history(scope)
-        if order_ids is None or baseline is not None:
-            ran += ["stock", "money", "ledger"]
-            found += _stock(conn)
-            found += _money(conn)
-            scoped = order_ids is not None and baseline is not None
-            found += _ledger(
-                conn,
-                books=set(baseline.stock) if scoped and baseline else None,
-                customers=set(baseline.money) if scoped and baseline else None,
-            )
-        if baseline is not None:
-            now_totals = _totals(conn)
-            found += _changed(
-                "stock", "book", "available+reserved+shipped", baseline.stock, now_totals.stock
-            )
-            found += _changed(
-                "money", "customer", "balance+captured", baseline.money, now_totals.money
-            )
-    return CheckReport(found, sagas, orders, now.isoformat(), ran)
-
-
-def _now() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
-
-
-@contextmanager
-def _snapshot_transaction(conn: sa.Connection) -> Iterator[None]:
-    """One consistent read of the whole database: REPEATABLE READ where the server has it
-    (InnoDB takes the snapshot at the first read), and nothing written."""
-    if conn.in_transaction():
-        conn.rollback()
-    if conn.dialect.name in ("mysql", "mariadb"):
-        conn.execution_options(isolation_level="REPEATABLE READ")
-    transaction = conn.begin()
-    try:
-        yield
-    finally:
-        transaction.rollback()
-
-
-class _Scope:
+class Scope:
     """Runs a rule's query, limited to ``order_ids`` when given."""
 
     def __init__(self, conn: sa.Connection, order_ids: Sequence[str] | None) -> None:
@@ -324,7 +103,7 @@ FROM customers c
 """
 
 
-def _money_of(value: object) -> Decimal:
+def money_of(value: object) -> Decimal:
     # SQLite hands computed money back as a float
     return Decimal(str(value)).quantize(CENT)
 
@@ -338,7 +117,7 @@ def _when(value: datetime | str) -> str:
     return _moment(value).isoformat(timespec="seconds")
 
 
-def _stuck(scope: _Scope, cutoff: datetime) -> list[Violation]:
+def stuck(scope: Scope, cutoff: datetime) -> list[Violation]:
     found = [
         Violation(
             "stuck",
@@ -374,7 +153,7 @@ def _stuck(scope: _Scope, cutoff: datetime) -> list[Violation]:
     return found
 
 
-def _outcomes(scope: _Scope, cutoff: datetime) -> list[Violation]:
+def outcomes(scope: Scope, cutoff: datetime) -> list[Violation]:
     ended = {
         r.order_id: r
         for r in scope.rows(OUTCOMES, "o")
@@ -408,9 +187,9 @@ def _completed(
         yield Violation("completed", subject, f"order is {r.order_status}")
     if r.payment_status != "COMPLETED":
         yield Violation("completed", subject, f"payment is {r.payment_status}")
-    elif _money_of(r.paid) != _money_of(r.total_amount):
+    elif money_of(r.paid) != money_of(r.total_amount):
         yield Violation(
-            "completed", subject, f"paid {_money_of(r.paid)} of {_money_of(r.total_amount)}"
+            "completed", subject, f"paid {money_of(r.paid)} of {money_of(r.total_amount)}"
         )
     if r.shipment_status != "ARRANGED":
         yield Violation("completed", subject, f"shipment is {r.shipment_status}")
@@ -425,7 +204,7 @@ def _failed(oid: str, r: sa.Row[Any], reservations: list[sa.Row[Any]]) -> Iterab
     if r.order_status not in ("CANCELLED", None):
         yield Violation("failed", subject, f"order is {r.order_status}")
     if r.payment_status == "COMPLETED":
-        yield Violation("failed", subject, f"payment of {_money_of(r.paid)} still captured")
+        yield Violation("failed", subject, f"payment of {money_of(r.paid)} still captured")
     if r.shipment_status == "ARRANGED":
         yield Violation("failed", subject, "shipment still arranged")
     live = sorted(f"{h.book_id}x{h.quantity} {h.status}" for h in reservations)
@@ -433,7 +212,7 @@ def _failed(oid: str, r: sa.Row[Any], reservations: list[sa.Row[Any]]) -> Iterab
         yield Violation("failed", subject, f"stock still held: {live}")
 
 
-def _history(scope: _Scope) -> list[Violation]:
+def history(scope: Scope) -> list[Violation]:
     found = [
         Violation("twice", f"saga {r.order_id}", f"{r.event_type} {r.n}x at step {r.position}")
         for r in scope.rows(
@@ -472,7 +251,7 @@ def _history(scope: _Scope) -> list[Violation]:
     return found
 
 
-def _stock(conn: sa.Connection) -> list[Violation]:
+def stock(conn: sa.Connection) -> list[Violation]:
     found = [
         Violation(
             "stock",
@@ -496,7 +275,7 @@ def _stock(conn: sa.Connection) -> list[Violation]:
     ]
 
 
-def _money(conn: sa.Connection) -> list[Violation]:
+def money(conn: sa.Connection) -> list[Violation]:
     return [
         Violation("money", f"customer {r.customer_id}", f"negative balance {r.balance}")
         for r in conn.execute(
@@ -551,7 +330,7 @@ HAVING SUM(CASE WHEN l.bucket = 'shipped' THEN 0 ELSE ABS(l.delta) END) > 0
 """
 
 
-def _ledger(
+def ledger(
     conn: sa.Connection, *, books: set[int] | None, customers: set[int] | None
 ) -> list[Violation]:
     """Rows that do not hold what their ledger entries add up to (``None``: every row)."""
@@ -564,16 +343,16 @@ def _ledger(
                 Violation(
                     "ledger",
                     f"customer {r.customer_id}",
-                    f"no row but the ledger says balance {_money_of(r.total)}",
+                    f"no row but the ledger says balance {money_of(r.total)}",
                 )
             )
             continue
-        said = "has no entries" if r.total is None else f"says {_money_of(r.total)}"
+        said = "has no entries" if r.total is None else f"says {money_of(r.total)}"
         found.append(
             Violation(
                 "ledger",
                 f"customer {r.customer_id}",
-                f"balance is {_money_of(r.balance)} but the ledger {said}",
+                f"balance is {money_of(r.balance)} but the ledger {said}",
             )
         )
     for r in conn.execute(sa.text(LEDGER_STOCK)):
@@ -608,7 +387,7 @@ def _ledger(
     return found
 
 
-def _changed(
+def changed(
     rule: str, noun: str, what: str, before: Mapping[int, Any], now: Mapping[int, Any]
 ) -> list[Violation]:
     """Conservation: every total of the baseline unchanged (rows added since are not judged)."""
