@@ -16,7 +16,9 @@ class BenchResult:
     requests that answer at once (starts and status reads); ``start_response_ms`` and
     ``status_read_ms``: each kind alone; ``long_poll_ms``: the waiting status requests;
     ``cpu``: :func:`cloudmart.costs.per_unit` per ended saga; ``database``: the database's
-    counters per ended saga (:data:`cloudmart.costs.DATABASE_COUNTERS`)."""
+    counters per ended saga (:data:`cloudmart.costs.DATABASE_COUNTERS`); ``messages``: the
+    orchestrator's RabbitMQ commands and replies per ended saga, and the messages that carried
+    them (``cloudmart_transport_messages``; absent when it exports none)."""
 
     pattern: str
     sagas: int
@@ -50,6 +52,7 @@ class BenchResult:
     long_poll_ms: dict[str, float] = field(default_factory=dict)
     cpu: dict[str, Any] | None = None
     database: dict[str, float] | None = None
+    messages: dict[str, float] | None = None
 
 
 def quantile(ordered: Sequence[float], q: float) -> float:

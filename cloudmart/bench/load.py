@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from activities.db import create_engine
@@ -164,6 +165,7 @@ async def run(
             baseline = await snapshot(engine)
         meter = costs.Meter({**costs.find(watch or {}), "bench": os.getpid()})
         counted = await costs.database_counters(engine) if engine is not None else None
+        sent = await _transport_messages(url, transport)
         meter.start()
         tally, wall = await _drive(
             url, pattern, kinds, concurrency, rate, tally=_Tally(), progress=progress,
@@ -172,6 +174,7 @@ async def run(
         used = meter.stop()
         ended = tally.count("COMPLETED") + tally.count("FAILED")
         cpu = costs.per_unit(used, ended)
+        messages = _per_saga(sent, await _transport_messages(url, transport), ended)
         database = None
         verdict: dict[str, Any] | None = None
         rollback: float | None = None
@@ -186,8 +189,35 @@ async def run(
     return _result(
         tally, kinds, wall, pattern=pattern, concurrency=concurrency, rate=rate, mix=mix,
         verdict=verdict, rollback=rollback, versions=versions, settings=settings, floor=floor,
-        cpu=cpu, database=database,
+        cpu=cpu, database=database, messages=messages,
     )  # fmt: skip
+
+
+async def _transport_messages(
+    url: str, transport: httpx.AsyncBaseTransport | None
+) -> dict[str, float] | None:
+    """The orchestrator's ``cloudmart_transport_messages`` by kind; None where it has none."""
+    try:
+        async with httpx.AsyncClient(base_url=url, transport=transport, timeout=5) as client:
+            response = await client.get("/metrics")
+    except httpx.HTTPError:
+        return None
+    if response.status_code != 200:
+        return None
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(response.text):
+        if family.name == "cloudmart_transport_messages":
+            for sample in family.samples:
+                found[sample.labels.get("kind", "")] = sample.value
+    return found or None
+
+
+def _per_saga(
+    before: dict[str, float] | None, after: dict[str, float] | None, ended: int
+) -> dict[str, float] | None:
+    if before is None or after is None or not ended:
+        return None
+    return {kind: round((after[kind] - before.get(kind, 0)) / ended, 2) for kind in after}
 
 
 async def _drive(
@@ -360,6 +390,7 @@ def _result(
     floor: Mapping[str, Any] | None,
     cpu: dict[str, Any] | None = None,
     database: dict[str, float] | None = None,
+    messages: dict[str, float] | None = None,
 ) -> BenchResult:
     completed, failed = tally.count("COMPLETED"), tally.count("FAILED")
     errors = len(kinds) - completed - failed
@@ -416,4 +447,5 @@ def _result(
         latency_vs_floor=multiple,
         cpu=cpu,
         database=database,
+        messages=messages,
     )

@@ -45,6 +45,11 @@ def report(result: BenchResult) -> str:
         busy = result.cpu["busy"]
         shown = f"; machine busy {busy:.0%}" if busy is not None else ""
         lines.append(f"  CPU ms per saga: {result.cpu['total_ms']:g} ({each}){shown}")
+    if result.messages:
+        lines.append(
+            "  RabbitMQ per saga: "
+            + ", ".join(f"{name} {n:g}" for name, n in result.messages.items())
+        )
     if result.database is not None:
         lines.append(
             "  database per saga: "

@@ -9,6 +9,7 @@ Two deployments (or two test runs) share one broker safely because nothing here 
 from __future__ import annotations
 
 __all__ = [
+    "BATCH_HEADER",
     "DELIVERIES_HEADER",
     "IDEMPOTENCY_KEY_HEADER",
     "METHOD_HEADER",
@@ -24,6 +25,9 @@ __all__ = [
 IDEMPOTENCY_KEY_HEADER = "idempotency_key"
 METHOD_HEADER = "method"
 DELIVERIES_HEADER = "x-cloudmart-deliveries"
+# On a message that carries several commands, or several replies: how many (see
+# engine.adapters.rabbitmq).
+BATCH_HEADER = "x-cloudmart-batch"
 
 
 def commands_exchange(namespace: str) -> str:

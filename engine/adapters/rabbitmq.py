@@ -33,6 +33,17 @@ connection lost while waiting                command may have run: the engine re
 A request made while the connection is down first waits, within its timeout, for the robust
 connection to come back; it fails with ``TransportError`` ("not sent") only if it does not.
 
+Batches, with no added wait (``max_batch`` > 1): per service, while a publish to it awaits its
+confirm, the next commands for it queue up, and leave together in ONE message when it returns
+(the shape of the history store's group commit). At one saga in flight every command leaves at
+once, alone, as the single-command message above. A batch message carries the header
+``x-cloudmart-batch`` (the count) and the body ``{"commands": [{"correlation_id", "headers",
+"payload"}, ...]}``, each command's ``headers`` holding its ``method``, ``idempotency_key`` and
+the caller's own, as a single message would. The answers come back one message per reply, or
+several in one ``{"replies": [{"correlation_id", "ok" | "error"}, ...]}`` message with the same
+header; either form is correlated here by id. Each request keeps its own timeout and its own
+outcome; a publish that fails fails every request it carried with ``TransportError``.
+
 The service side, which consumes these commands and answers them, is
 ``services._kit.command_server``; both ends keep their connection through
 :class:`~engine.adapters.amqp_link.RobustLink`.
@@ -71,28 +82,56 @@ class TransportStats:
     transport_errors: int = 0
     unmatched_replies: int = 0
     reconnects: int = 0
+    #: Command messages published (a batch is one) and reply messages received.
+    messages_sent: int = 0
+    reply_messages: int = 0
+
+
+@dataclasses.dataclass(eq=False)
+class _Command:
+    """One request waiting for its publish: what goes on the wire, and where its reply goes."""
+
+    correlation_id: str
+    method: str
+    idempotency_key: str
+    headers: dict[str, Any]
+    payload: dict[str, Any]
+    reply: asyncio.Future[dict[str, Any]]
 
 
 class RabbitMQTransport(LinkEnd):
     """The engine's :class:`~engine.ports.Transport` over RabbitMQ request/reply.
 
     ``prefetch`` bounds the replies the broker pushes before they are acked;
-    ``reconnect_interval`` is the pause between reconnect attempts. Start it with
-    ``await start()`` (or ``async with``); ``close()`` fails every pending request with
+    ``reconnect_interval`` is the pause between reconnect attempts; ``max_batch`` bounds the
+    commands one message carries (1: every command alone, as a single-command message). Start
+    it with ``await start()`` (or ``async with``); ``close()`` fails every pending request with
     ``TransportError``.
     """
 
     def __init__(
-        self, url: str, *, namespace: str, prefetch: int = 64, reconnect_interval: float = 1.0
+        self,
+        url: str,
+        *,
+        namespace: str,
+        prefetch: int = 64,
+        reconnect_interval: float = 1.0,
+        max_batch: int = 32,
     ) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
         self.namespace = namespace
         self._prefetch = prefetch
+        self.max_batch = max_batch
         self.instance = uuid.uuid4().hex[:12]
         self.reply_queue = names.reply_queue(namespace, self.instance)
         self.connection_name = f"{namespace}.client.{self.instance}"
         self.stats = TransportStats()
         self._exchange: AbstractExchange | None = None
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        # Per service: the commands waiting for the publish in flight, and the task publishing.
+        self._outbox: dict[str, list[_Command]] = {}
+        self._senders: dict[str, asyncio.Task[None]] = {}
         # Up once the robust channel re-declared and consumes the reply queue: requests wait
         # on it while the connection is down.
         self._link = RobustLink(
@@ -125,6 +164,10 @@ class RabbitMQTransport(LinkEnd):
     async def close(self) -> None:
         self._exchange = None
         self._fail_pending("transport closed")
+        senders = list(self._senders.values())
+        for sender in senders:
+            sender.cancel()
+        await asyncio.gather(*senders, return_exceptions=True)
         await self._link.close()
 
     async def request(
@@ -158,24 +201,23 @@ class RabbitMQTransport(LinkEnd):
         if not self.connected:
             self.stats.transport_errors += 1
             raise TransportError(f"RabbitMQ unreachable: {service}.{method} not sent")
-        message = aio_pika.Message(
-            encode(payload),
-            content_type="application/json",
-            delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,  # see the module docstring
-            correlation_id=correlation_id,
-            reply_to=self.reply_queue,
-            message_id=idempotency_key,
-            headers={
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        command = _Command(
+            correlation_id,
+            method,
+            idempotency_key,
+            {
                 **(headers or {}),
                 names.IDEMPOTENCY_KEY_HEADER: idempotency_key,
                 names.METHOD_HEADER: method,
             },
+            payload,
+            future,
         )
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[correlation_id] = future
         try:
             async with asyncio.timeout_at(deadline):
-                await self._publish(exchange, message, service, method)
+                self._enqueue(service, command)
                 return await future
         except TimeoutError:
             self.stats.timeouts += 1
@@ -193,33 +235,116 @@ class RabbitMQTransport(LinkEnd):
             if future.done() and not future.cancelled():
                 future.exception()  # retrieved: a failure set while publishing is not "lost"
 
+    def _enqueue(self, service: str, command: _Command) -> None:
+        """Queue ``command`` behind the publish to ``service`` in flight, or start one."""
+        self._outbox.setdefault(service, []).append(command)
+        if service not in self._senders:
+            self._senders[service] = asyncio.create_task(self._send(service))
+
+    async def _send(self, service: str) -> None:
+        """Publish what waits for ``service``, a batch per confirm, until nothing waits."""
+        try:
+            while queue := self._outbox.get(service):
+                # A request that timed out while it waited is not sent.
+                batch = [command for command in queue[: self.max_batch] if not command.reply.done()]
+                del queue[: self.max_batch]
+                if not queue:
+                    del self._outbox[service]
+                if not batch:
+                    continue
+                exchange = self._exchange
+                try:
+                    if exchange is None:
+                        raise TransportError("transport closed")
+                    await self._publish(exchange, self._message(batch), service, batch)
+                except TransportError as exc:
+                    for command in batch:
+                        if not command.reply.done():
+                            command.reply.set_exception(TransportError(str(exc)))
+        finally:
+            del self._senders[service]
+
+    def _message(self, batch: list[_Command]) -> aio_pika.Message:
+        if len(batch) == 1:
+            command = batch[0]
+            return aio_pika.Message(
+                encode(command.payload),
+                content_type="application/json",
+                delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,  # see the module docstring
+                correlation_id=command.correlation_id,
+                reply_to=self.reply_queue,
+                message_id=command.idempotency_key,
+                headers=command.headers,
+            )
+        return aio_pika.Message(
+            encode(
+                {
+                    "commands": [
+                        {
+                            "correlation_id": command.correlation_id,
+                            "headers": command.headers,
+                            "payload": command.payload,
+                        }
+                        for command in batch
+                    ]
+                }
+            ),
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
+            correlation_id=uuid.uuid4().hex,
+            reply_to=self.reply_queue,
+            headers={names.BATCH_HEADER: len(batch)},
+        )
+
     async def _publish(
-        self, exchange: AbstractExchange, message: aio_pika.Message, service: str, method: str
+        self,
+        exchange: AbstractExchange,
+        message: aio_pika.Message,
+        service: str,
+        batch: list[_Command],
     ) -> None:
+        what = (
+            f"{service}.{batch[0].method}"
+            if len(batch) == 1
+            else f"a batch of {len(batch)} commands to {service}"
+        )
         try:
             await exchange.publish(message, routing_key=service, mandatory=True)
         except PublishError as exc:
             raise TransportError(f"no queue for service {service!r}: message returned") from exc
         except DeliveryError as exc:
-            raise TransportError(f"broker refused {service}.{method} (nack)") from exc
+            raise TransportError(f"broker refused {what} (nack)") from exc
         except BROKER_ERRORS as exc:
-            raise TransportError(f"could not publish {service}.{method}: {exc!r}") from exc
+            raise TransportError(f"could not publish {what}: {exc!r}") from exc
+        self.stats.messages_sent += 1
 
     async def _on_reply(self, message: AbstractIncomingMessage) -> None:
         self._resolve(message)
 
     def _resolve(self, message: AbstractIncomingMessage) -> None:
-        correlation_id = message.correlation_id or ""
+        self.stats.reply_messages += 1
+        try:
+            body = json.loads(message.body)
+        except ValueError:
+            body = None
+        if (message.headers or {}).get(names.BATCH_HEADER) is None:
+            self._settle(message.correlation_id or "", body)
+            return
+        replies = body.get("replies") if isinstance(body, dict) else None
+        if not isinstance(replies, list):
+            logger.error("reply.malformed_batch", correlation_id=message.correlation_id)
+            return
+        for reply in replies:
+            if isinstance(reply, dict):
+                self._settle(str(reply.get("correlation_id", "")), reply)
+
+    def _settle(self, correlation_id: str, body: Any) -> None:
         future = self._pending.get(correlation_id)
         if future is None or future.done():
             self.stats.unmatched_replies += 1
             logger.debug("reply.unmatched", correlation_id=correlation_id)
             return
         self.stats.replies += 1
-        try:
-            body = json.loads(message.body)
-        except ValueError:
-            body = None
         if isinstance(body, dict) and isinstance(body.get("error"), dict):
             future.set_exception(RemoteError.from_wire(body["error"]))
         elif isinstance(body, dict) and isinstance(body.get("ok"), dict):

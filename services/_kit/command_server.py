@@ -34,6 +34,20 @@ what an operator needs to judge it (``cloudmart dead-letters list``): the header
 ``x-cloudmart-queue`` (where ``redrive`` puts it back), beside the command's own ``method``,
 ``idempotency_key`` and ``order_id``.
 
+A batch message (header ``x-cloudmart-batch``, several commands in one body: the wire is in
+:mod:`engine.adapters.rabbitmq`) is served command by command, concurrently: each runs under
+its own headers, inbox key and log context and gets its own outcome by the rules above, so one
+command's refusal, fault or crash touches no other. A command that is retried, put back or
+dead-lettered goes alone, as a single-command message with its own delivery count and error
+(the dead-letter queue and ``cloudmart dead-letters`` see only single commands). Each reply
+leaves as soon as its command is done, together with the replies of the batch's other commands
+that finish while the reply publish before it is in flight (nothing waits for a slow one). The
+batch message is acked once every command in it has its outcome; one that comes back
+``redelivered`` (its consumer died) is split into its commands, each counted and re-published
+alone, and the inbox answers those that had already run. Each command has its own transaction,
+as it would alone: a batch shares a round trip, not a commit. A single-command message is
+served as it always was (old clients, re-driven dead letters).
+
 The client's side, and what a command and its reply look like on the wire, is
 :mod:`engine.adapters.rabbitmq`; both ends keep their connection through
 :class:`~engine.adapters.amqp_link.RobustLink`.
@@ -41,6 +55,7 @@ The client's side, and what a command and its reply look like on the wire, is
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import dataclasses
 import json
@@ -98,7 +113,8 @@ class CommandServerStats:
     infrastructure fault (those are waited out, and counted by :class:`Outages`);
     ``retried``: of the failures, sent round again;
     ``dead_lettered``: sent to the dead-letter queue (``malformed`` ones included);
-    ``reconnects``: connections restored after a loss.
+    ``reconnects``: connections restored after a loss; ``batches``: messages received that
+    carried several commands (each command is counted above as if it came alone).
     """
 
     processed: int = 0
@@ -108,6 +124,7 @@ class CommandServerStats:
     dead_lettered: int = 0
     malformed: int = 0
     reconnects: int = 0
+    batches: int = 0
 
 
 class RabbitMQCommandServer(LinkEnd):
@@ -150,6 +167,10 @@ class RabbitMQCommandServer(LinkEnd):
         self._queue: AbstractQueue | None = None
         self._consumer_tag: ConsumerTag | None = None
         self._inflight: set[asyncio.Task[Any]] = set()
+        # Per requester's reply queue: the replies of batched commands waiting for the reply
+        # publish in flight, and the task publishing them.
+        self._reply_outbox: dict[str, list[tuple[asyncio.Future[None], dict[str, Any]]]] = {}
+        self._reply_senders: dict[str, asyncio.Task[None]] = {}
         self._link = RobustLink(
             url,
             name=self.connection_name,
@@ -243,48 +264,66 @@ class RabbitMQCommandServer(LinkEnd):
         task = asyncio.current_task()
         if task is not None:
             self._inflight.add(task)
-        headers = {
-            key: text(value)
-            for key, value in (message.headers or {}).items()
-            if not key.startswith("x-") and value is not None
-        }
-        method = headers.get(names.METHOD_HEADER, "")
-        context = {key: headers[key] for key in _LOG_HEADERS if key in headers}
         try:
-            with structlog.contextvars.bound_contextvars(
-                service=self.service,
-                method=method,
-                idempotency_key=headers.get(names.IDEMPOTENCY_KEY_HEADER),
-                correlation_id=message.correlation_id,
-                **context,
-            ):
-                try:
-                    await self._process(message, method, headers)
-                except BROKER_ERRORS as exc:
-                    # The channel died under us: the broker requeues the unacked command.
-                    # Logged once per outage: every command in flight ends here at once.
-                    self.outages.lost(RABBITMQ, exc, service=self.service)
+            if (message.headers or {}).get(names.BATCH_HEADER) is None:
+                await self._serve(_Single(message), _headers_of(message.headers))
+            else:
+                await self._serve_batch(message)
         finally:
             if task is not None:
                 self._inflight.discard(task)
 
-    async def _process(
-        self, message: AbstractIncomingMessage, method: str, headers: dict[str, str]
-    ) -> None:
-        failed_before = _deliveries(message)
-        if message.redelivered:
+    async def _serve_batch(self, message: AbstractIncomingMessage) -> None:
+        """Each command of a batch message, concurrently; the message acked once all settled."""
+        body = _decode(message.body)
+        items = body.get("commands") if body is not None else None
+        if not isinstance(items, list) or not items:
+            self.stats.malformed += 1
+            try:
+                await self._dead_letter(
+                    _Single(message), _deliveries(message) + 1, "malformed batch"
+                )
+            except BROKER_ERRORS as exc:
+                self.outages.lost(RABBITMQ, exc, service=self.service)
+            return
+        self.stats.batches += 1
+        batch = _Batch(message, len(items))
+        await asyncio.gather(
+            *(self._serve(_Item(batch, item), _item_headers(item)) for item in items)
+        )
+
+    async def _serve(self, command: _Command, headers: dict[str, str]) -> None:
+        method = headers.get(names.METHOD_HEADER, "")
+        context = {key: headers[key] for key in _LOG_HEADERS if key in headers}
+        with structlog.contextvars.bound_contextvars(
+            service=self.service,
+            method=method,
+            idempotency_key=headers.get(names.IDEMPOTENCY_KEY_HEADER),
+            correlation_id=command.correlation_id,
+            **context,
+        ):
+            try:
+                await self._process(command, method, headers)
+            except BROKER_ERRORS as exc:
+                # The channel died under us: the broker requeues the unacked command.
+                # Logged once per outage: every command in flight ends here at once.
+                self.outages.lost(RABBITMQ, exc, service=self.service)
+
+    async def _process(self, command: _Command, method: str, headers: dict[str, str]) -> None:
+        failed_before = command.failed_before
+        if command.redelivered:
             # The previous delivery was never settled (its consumer or connection died while
             # the handler ran): count it as failed before running the command again.
             self.stats.failures += 1
-            await self._retry_or_dead_letter(message, failed_before + 1, "consumer lost")
+            await self._retry_or_dead_letter(command, failed_before + 1, "consumer lost")
             return
-        payload = _decode(message.body)
+        payload = command.payload
         if payload is None or not method:
             self.stats.malformed += 1
-            await self._dead_letter(message, failed_before + 1, "malformed command")
+            await self._dead_letter(command, failed_before + 1, "malformed command")
             return
 
-        async def attempt() -> bytes:
+        async def attempt() -> dict[str, Any]:
             try:
                 result = await self._handler(method, payload, headers)
             except Exception as exc:  # the wire mapping: a business answer is a reply
@@ -294,10 +333,10 @@ class RabbitMQCommandServer(LinkEnd):
                 self.stats.errors += 1
                 wire = to_wire()
                 logger.info("command.refused", error_type=wire.get("type"))
-                return encode({"error": wire})
+                return {"error": wire}
             self.stats.processed += 1
             logger.debug("command.processed")
-            return encode({"ok": result})
+            return {"ok": result}
 
         held = False
 
@@ -311,90 +350,129 @@ class RabbitMQCommandServer(LinkEnd):
             reply = await self.outages.wait_out(attempt, on_fault=on_fault, service=self.service)
         except asyncio.CancelledError:
             if held and channel is not None:
-                await self._put_back(channel, message, failed_before)
+                await self._put_back(channel, command, failed_before)
             raise
         except Exception as exc:  # neither an answer nor a fault: a failed delivery
             self.stats.failures += 1
             logger.warning(
                 "command.failed", delivery=failed_before + 1, error=repr(exc), exc_info=exc
             )
-            await self._retry_or_dead_letter(message, failed_before + 1, _describe(exc))
+            await self._retry_or_dead_letter(command, failed_before + 1, _describe(exc))
             return
-        await self._reply(message, reply)
-        await message.ack()
+        await self._reply(command, reply)
+        await command.ack()
 
-    async def _reply(self, message: AbstractIncomingMessage, body: bytes) -> None:
-        replies, commands = self._replies, self._channel
-        if not message.reply_to or not message.correlation_id or commands is None:
+    async def _reply(self, command: _Command, reply: dict[str, Any]) -> None:
+        reply_to = command.reply_to
+        if not reply_to or not command.correlation_id or self._channel is None:
             logger.debug("command.no_reply_to")
             return
-        headers = {k: v for k, v in (message.headers or {}).items() if k in _REPLY_HEADERS}
-        reply = aio_pika.Message(
-            body,
-            content_type="application/json",
-            correlation_id=message.correlation_id,
-            headers=headers,
+        if isinstance(command, _Single):
+            headers = {k: v for k, v in command.headers.items() if k in _REPLY_HEADERS}
+            await self._publish_reply(
+                reply_to,
+                aio_pika.Message(
+                    encode(reply),
+                    content_type="application/json",
+                    correlation_id=command.correlation_id,
+                    headers=headers,
+                ),
+            )
+            return
+        # A command of a batch: its reply leaves with those of the batch's other commands
+        # that finished by the time the reply publish in flight returns, never later.
+        sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._reply_outbox.setdefault(reply_to, []).append(
+            (sent, {"correlation_id": command.correlation_id, **reply})
         )
+        if reply_to not in self._reply_senders:
+            self._reply_senders[reply_to] = asyncio.create_task(self._send_replies(reply_to))
+        await sent
+
+    async def _send_replies(self, reply_to: str) -> None:
+        try:
+            while waiting := self._reply_outbox.pop(reply_to, None):
+                bodies = [body for _sent, body in waiting]
+                if len(bodies) == 1:
+                    correlation_id = bodies[0].pop("correlation_id")
+                    message = aio_pika.Message(
+                        encode(bodies[0]),
+                        content_type="application/json",
+                        correlation_id=correlation_id,
+                    )
+                else:
+                    message = aio_pika.Message(
+                        encode({"replies": bodies}),
+                        content_type="application/json",
+                        headers={names.BATCH_HEADER: len(bodies)},
+                    )
+                try:
+                    await self._publish_reply(reply_to, message)
+                except BROKER_ERRORS as exc:
+                    for sent, _body in waiting:
+                        if not sent.done():
+                            sent.set_exception(exc)
+                    continue
+                for sent, _body in waiting:
+                    if not sent.done():
+                        sent.set_result(None)
+        finally:
+            del self._reply_senders[reply_to]
+
+    async def _publish_reply(self, reply_to: str, reply: aio_pika.Message) -> None:
+        replies, commands = self._replies, self._channel
         # mandatory=False: a requester that went away simply misses the reply (it re-sends).
         if replies is not None and not replies.is_closed:
             try:
-                await replies.default_exchange.publish(
-                    reply, routing_key=message.reply_to, mandatory=False
-                )
+                await replies.default_exchange.publish(reply, routing_key=reply_to, mandatory=False)
                 return
             except BROKER_ERRORS as exc:
                 logger.info("command.reply_channel_down", error=repr(exc))
+        if commands is None:  # closing: the requester re-sends with the same key
+            logger.info("command.reply_not_sent", reason="closing")
+            return
         # After a reconnect the channels come back in no set order: the reply channel may not
         # be up yet when the command channel delivers again. The channel that delivered the
         # command is up, so the reply goes there (confirmed, which costs only time).
-        await commands.default_exchange.publish(
-            reply, routing_key=message.reply_to, mandatory=False
-        )
+        await commands.default_exchange.publish(reply, routing_key=reply_to, mandatory=False)
 
-    async def _put_back(
-        self, channel: AbstractChannel, message: AbstractIncomingMessage, failed: int
-    ) -> None:
-        """``message`` to the tail of the queue as it came (no delivery counted), then acked."""
+    async def _put_back(self, channel: AbstractChannel, command: _Command, failed: int) -> None:
+        """``command`` to the tail of the queue as it came (no delivery counted), then acked."""
         try:
-            copy = _copy(message, {names.DELIVERIES_HEADER: failed})
+            copy = command.copy({names.DELIVERIES_HEADER: failed})
             await channel.default_exchange.publish(
                 copy, routing_key=self.queue_name, mandatory=True
             )
-            await message.ack()
+            await command.ack()
         except BROKER_ERRORS as exc:  # the broker requeues it itself, as redelivered
             logger.info("command.put_back_failed", error=repr(exc))
             return
         logger.info("command.put_back", reason="closing while waiting on a fault")
 
-    async def _retry_or_dead_letter(
-        self, message: AbstractIncomingMessage, failed: int, reason: str
-    ) -> None:
+    async def _retry_or_dead_letter(self, command: _Command, failed: int, reason: str) -> None:
         channel = self._channel
         if channel is None:  # closing: back to the queue (counted when it is redelivered)
-            await message.nack(requeue=True)
+            await command.requeue()
             return
         if failed >= self.max_deliveries:
-            await self._dead_letter(message, failed, reason)
+            await self._dead_letter(command, failed, reason)
             return
         delay = min(self._retry_backoff * 2 ** (failed - 1), self._retry_backoff_max)
         if delay > 0:
             await asyncio.sleep(delay)
-        copy = _copy(message, {names.DELIVERIES_HEADER: failed, ERROR_HEADER: reason})
+        copy = command.copy({names.DELIVERIES_HEADER: failed, ERROR_HEADER: reason})
         # Confirmed before the ack: a crash in between duplicates the command, never loses it.
         await channel.default_exchange.publish(copy, routing_key=self.queue_name, mandatory=True)
-        await message.ack()
+        await command.ack()
         self.stats.retried += 1
         logger.info("command.retry", failed_deliveries=failed, reason=reason)
 
-    async def _dead_letter(
-        self, message: AbstractIncomingMessage, failed: int, reason: str
-    ) -> None:
+    async def _dead_letter(self, command: _Command, failed: int, reason: str) -> None:
         channel = self._channel
         if channel is None:  # closing: the broker's own dead-lettering, without our headers
-            await message.reject(requeue=False)
+            await command.reject()
         else:
-            copy = _copy(
-                message,
+            copy = command.copy(
                 {
                     DEAD_ID_HEADER: uuid.uuid4().hex[:12],
                     names.DELIVERIES_HEADER: failed,
@@ -406,7 +484,7 @@ class RabbitMQCommandServer(LinkEnd):
             exchange = await channel.get_exchange(names.dead_letter_exchange(self.namespace))
             # Confirmed before the ack, like a retry: never lost, at worst dead twice.
             await exchange.publish(copy, routing_key=self.service, mandatory=True)
-            await message.ack()
+            await command.ack()
         self.stats.dead_lettered += 1
         logger.error(
             "command.dead_lettered",
@@ -414,6 +492,136 @@ class RabbitMQCommandServer(LinkEnd):
             deliveries=failed,
             dead_letter_queue=self.dead_letter_queue,
         )
+
+
+class _Command(abc.ABC):
+    """One command as the server settles it: alone in its message, or one of a batch.
+
+    ``copy(headers)`` is the command as a single-command message (persistent), what a retry,
+    a put-back or a dead letter publishes; ``ack``/``requeue``/``reject`` settle it.
+    """
+
+    correlation_id: str | None
+    reply_to: str | None
+    headers: dict[str, Any]
+    payload: dict[str, Any] | None
+    failed_before: int
+    redelivered: bool
+
+    @abc.abstractmethod
+    def copy(self, headers: dict[str, Any]) -> aio_pika.Message: ...
+
+    @abc.abstractmethod
+    async def ack(self) -> None: ...
+
+    @abc.abstractmethod
+    async def requeue(self) -> None: ...
+
+    @abc.abstractmethod
+    async def reject(self) -> None: ...
+
+
+class _Single(_Command):
+    """A single-command message: settling the command settles the message."""
+
+    def __init__(self, message: AbstractIncomingMessage) -> None:
+        self.message = message
+        self.correlation_id = message.correlation_id
+        self.reply_to = message.reply_to
+        self.headers = dict(message.headers or {})
+        self.failed_before = _deliveries(message)
+        self.redelivered = bool(message.redelivered)
+        self.payload = _decode(message.body)
+
+    def copy(self, headers: dict[str, Any]) -> aio_pika.Message:
+        return _copy(self.message, headers)
+
+    async def ack(self) -> None:
+        await self.message.ack()
+
+    async def requeue(self) -> None:
+        await self.message.nack(requeue=True)
+
+    async def reject(self) -> None:
+        await self.message.reject(requeue=False)
+
+
+class _Batch:
+    """A batch message, acked once every command in it has its outcome.
+
+    A command that could not be settled on its own (the server closing) leaves the whole
+    message to the broker: requeued, and each command counted when it comes back.
+    """
+
+    def __init__(self, message: AbstractIncomingMessage, size: int) -> None:
+        self.message = message
+        self.left = size
+        self.unsettled = False
+
+    async def settled(self, *, unsettled: bool = False) -> None:
+        self.left -= 1
+        self.unsettled = self.unsettled or unsettled
+        if self.left == 0:
+            if self.unsettled:
+                await self.message.nack(requeue=True)
+            else:
+                await self.message.ack()
+
+
+class _Item(_Command):
+    """One command of a batch message: re-published alone when it is retried or dead."""
+
+    def __init__(self, batch: _Batch, item: Any) -> None:
+        self.batch = batch
+        message = batch.message
+        entry = item if isinstance(item, dict) else {}
+        self.correlation_id = _str_or_none(entry.get("correlation_id"))
+        self.reply_to = message.reply_to
+        self.headers = entry["headers"] if isinstance(entry.get("headers"), dict) else {}
+        payload = entry.get("payload")
+        self.payload = payload if isinstance(payload, dict) else None
+        self.failed_before = _deliveries(message)
+        self.redelivered = bool(message.redelivered)
+        self._entry = entry
+
+    def copy(self, headers: dict[str, Any]) -> aio_pika.Message:
+        body = encode(self.payload) if self.payload is not None else encode(self._entry)
+        key = self.headers.get(names.IDEMPOTENCY_KEY_HEADER)
+        return aio_pika.Message(
+            body,
+            headers={**self.headers, **headers},
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            correlation_id=self.correlation_id,
+            reply_to=self.reply_to,
+            message_id=key if isinstance(key, str) else None,
+        )
+
+    async def ack(self) -> None:
+        await self.batch.settled()
+
+    async def requeue(self) -> None:
+        await self.batch.settled(unsettled=True)
+
+    async def reject(self) -> None:
+        await self.batch.settled(unsettled=True)
+
+
+def _headers_of(raw: Any) -> dict[str, str]:
+    """The string headers a handler sees (not the ``x-`` ones of this server)."""
+    return {
+        key: text(value)
+        for key, value in (raw or {}).items()
+        if not key.startswith("x-") and value is not None
+    }
+
+
+def _item_headers(item: Any) -> dict[str, str]:
+    return _headers_of(item.get("headers") if isinstance(item, dict) else None)
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def _copy(message: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika.Message:

@@ -132,6 +132,14 @@ class Settings(BaseSettings):
         description="Orchestration: failed deliveries before a command is dead-lettered "
         "(a database, broker or network fault is waited out and never counts).",
     )
+    command_batch_max: int = Field(
+        default=32,
+        ge=1,
+        le=1000,
+        description="Orchestration: commands for one service that may leave in one message "
+        "(those queued while the previous publish to it awaited its confirm; nothing waits "
+        "for a batch to fill); 1 sends every command alone.",
+    )
     event_trim_interval: float = Field(
         default=60.0,
         gt=0,

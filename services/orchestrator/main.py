@@ -29,6 +29,7 @@ from orchestration_pattern.orchestrator import (
 from services._kit import Settings, create_app, failpoints, get_settings
 from services._kit.app import LATENCY_BUCKETS
 from services._kit.console import static_router
+from services._kit.metrics import gauge
 from services.orchestrator import console
 from services.orchestrator.api import router
 
@@ -67,7 +68,11 @@ def build_app(settings: Settings | None = None, *, database: Database | None = N
             if settings.in_process or not settings.rabbitmq_url:
                 transport = in_process_transport(db, served_countries=settings.served_countries)
             else:
-                rabbit = RabbitMQTransport(settings.rabbitmq_url, namespace=settings.namespace)
+                rabbit = RabbitMQTransport(
+                    settings.rabbitmq_url,
+                    namespace=settings.namespace,
+                    max_batch=settings.command_batch_max,
+                )
                 await stack.enter_async_context(rabbit)
                 transport = rabbit
 
@@ -75,6 +80,25 @@ def build_app(settings: Settings | None = None, *, database: Database | None = N
                     return rabbit.connected
 
                 app.state.health_checks["rabbitmq"] = broker_up
+
+                async def messages() -> list[Metric]:
+                    stats = rabbit.stats
+                    return [
+                        gauge(
+                            "cloudmart_transport_messages",
+                            "Commands sent and replies received, and the RabbitMQ messages "
+                            "that carried them (a batch is one), since the process started.",
+                            {
+                                "commands": stats.requests,
+                                "command_messages": stats.messages_sent,
+                                "replies": stats.replies,
+                                "reply_messages": stats.reply_messages,
+                            },
+                            "kind",
+                        )
+                    ]
+
+                app.state.telemetry.add_probe("transport", messages)
             observer = PrometheusSagaObserver(app.state.metrics, buckets=LATENCY_BUCKETS)
             engine = engine_for(settings, db, transport, observer=observer)
             observer.track_running(lambda: engine.running, lambda: engine.waiting)

@@ -7,6 +7,7 @@ Each test gets its own namespace and deletes its queues and exchanges at the end
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 from collections.abc import AsyncIterator
@@ -506,3 +507,293 @@ async def _get_one(queue: str) -> aio_pika.abc.AbstractIncomingMessage:
         message = await declared.get(no_ack=True, fail=True)
         assert message is not None
         return message
+
+
+# Batches: commands of several sagas in one message, each with its own outcome -----------------
+
+
+def _batched_requests(
+    transport: RabbitMQTransport, methods: list[str], *, timeout: float = 10
+) -> list[asyncio.Task[dict[str, Any]]]:
+    """One request per method, all made at once: they queue behind the first publish."""
+    return [
+        asyncio.create_task(
+            transport.request(
+                SERVICE,
+                method,
+                {"n": n},
+                timeout=timeout,
+                idempotency_key=f"saga-{n}:1",
+                headers={"saga_id": f"saga-{n}"},
+            )
+        )
+        for n, method in enumerate(methods)
+    ]
+
+
+async def test_commands_of_concurrent_sagas_leave_in_one_message_and_come_back_together(
+    namespace: str, transport: RabbitMQTransport
+) -> None:
+    entered: list[dict[str, str]] = []
+    release = asyncio.Event()
+
+    async def handler(
+        method: str, payload: dict[str, Any], headers: dict[str, str]
+    ) -> dict[str, Any]:
+        entered.append(headers)
+        await release.wait()  # every command of the batch runs at once, none after another
+        return {"n": payload["n"], "key": headers["idempotency_key"]}
+
+    async with server(namespace, handler) as srv:
+        requests = _batched_requests(transport, ["reserve_stock"] * 20)
+        await until(lambda: len(entered) == 20)
+        release.set()  # they all finish at the same time: their replies share one message
+        replies = await asyncio.gather(*requests)
+
+    assert [reply["n"] for reply in replies] == list(range(20))
+    assert [reply["key"] for reply in replies] == [f"saga-{n}:1" for n in range(20)]
+    assert sorted(headers["saga_id"] for headers in entered) == sorted(
+        f"saga-{n}" for n in range(20)
+    )
+    assert (transport.stats.requests, transport.stats.replies) == (20, 20)
+    assert (transport.stats.messages_sent, srv.stats.batches) == (1, 1)
+    assert transport.stats.reply_messages == 1
+    assert srv.stats.processed == 20
+    assert await message_count(URL, names.command_queue(namespace, SERVICE)) == 0  # acked
+
+
+async def test_at_one_request_in_flight_every_command_leaves_at_once_alone(
+    namespace: str, transport: RabbitMQTransport
+) -> None:
+    async with server(namespace, echo_n) as srv:
+        replies = [
+            await transport.request(SERVICE, "echo", {"n": n}, timeout=5, idempotency_key=f"k{n}")
+            for n in range(10)
+        ]
+
+    assert replies == [{"ok": n} for n in range(10)]
+    assert (transport.stats.messages_sent, transport.stats.reply_messages) == (10, 10)
+    assert srv.stats.batches == 0  # single-command messages, as without batching
+
+
+async def test_max_batch_1_sends_every_command_alone(namespace: str) -> None:
+    async with (
+        server(namespace, echo_n) as srv,
+        RabbitMQTransport(URL, namespace=namespace, max_batch=1) as alone,
+    ):
+        replies = await asyncio.gather(*_batched_requests(alone, ["echo"] * 8))
+
+    assert replies == [{"ok": n} for n in range(8)]
+    assert (alone.stats.messages_sent, srv.stats.batches) == (8, 0)
+
+
+async def test_a_refusal_a_fault_and_a_poison_in_one_batch_touch_no_other_command(
+    namespace: str, transport: RabbitMQTransport
+) -> None:
+    calls: dict[str, int] = {}
+
+    async def handler(
+        method: str, payload: dict[str, Any], headers: dict[str, str]
+    ) -> dict[str, Any]:
+        calls[method] = calls.get(method, 0) + 1
+        if method == "refuse":
+            raise StockUnavailable("out of stock", book_id=1, requested=2, available=0)
+        if method == "fault" and calls[method] <= 3:
+            raise sa_exc.OperationalError("SELECT 1", {}, Exception("Can't connect to MySQL"))
+        if method == "explode":
+            raise RuntimeError("poisoned")
+        return {"n": payload["n"], "method": method}
+
+    outages = Outages(backoff=Backoff(initial=0.01, maximum=0.05))
+    async with server(
+        namespace, handler, max_deliveries=3, retry_backoff=0.02, outages=outages
+    ) as srv:
+        methods = ["ok", "refuse", "ok", "fault", "explode", "ok"]
+        requests = _batched_requests(transport, methods, timeout=3)
+        dead = names.dead_letter_queue(namespace, SERVICE)
+        await until(lambda: message_count(URL, dead))
+        outcomes = await asyncio.gather(*requests, return_exceptions=True)
+
+    assert outcomes[0] == {"n": 0, "method": "ok"}
+    assert isinstance(outcomes[1], RemoteError) and outcomes[1].type == "StockUnavailable"
+    assert outcomes[2] == {"n": 2, "method": "ok"}
+    assert outcomes[3] == {"n": 3, "method": "fault"}  # held through the fault, uncounted
+    assert isinstance(outcomes[4], StepTimeout)  # dead-lettered: never answered
+    assert outcomes[5] == {"n": 5, "method": "ok"}
+    assert srv.stats.batches == 1
+    assert calls == {"ok": 3, "refuse": 1, "fault": 4, "explode": 3}
+    assert (srv.stats.failures, srv.stats.retried, srv.stats.dead_lettered) == (3, 2, 1)
+    assert outages.retries[DATABASE] == 3
+    # The poison went round and died alone, as a single-command message of its own.
+    assert await message_count(URL, dead) == 1
+    dead_message = await _get_one(dead)
+    assert names.BATCH_HEADER not in dead_message.headers
+    assert dead_message.headers[names.METHOD_HEADER] == "explode"
+    assert dead_message.headers[names.IDEMPOTENCY_KEY_HEADER] == "saga-4:1"
+    assert dead_message.headers["saga_id"] == "saga-4"
+    assert dead_message.headers[names.DELIVERIES_HEADER] == 3
+    assert dead_message.headers[ERROR_HEADER] == "RuntimeError: poisoned"
+    assert json.loads(dead_message.body) == {"n": 4}
+    assert await message_count(URL, names.command_queue(namespace, SERVICE)) == 0
+
+
+async def test_a_batch_is_held_through_an_infrastructure_fault_without_counting_a_delivery(
+    namespace: str, transport: RabbitMQTransport
+) -> None:
+    database_up = asyncio.Event()
+    attempts = 0
+
+    async def handler(
+        method: str, payload: dict[str, Any], headers: dict[str, str]
+    ) -> dict[str, Any]:
+        nonlocal attempts
+        if not database_up.is_set():
+            attempts += 1
+            raise sa_exc.OperationalError("SELECT 1", {}, Exception("Can't connect to MySQL"))
+        return {"n": payload["n"]}
+
+    outages = Outages(backoff=Backoff(initial=0.01, maximum=0.05))
+    async with server(namespace, handler, max_deliveries=1, outages=outages) as srv:
+        requests = _batched_requests(transport, ["reserve_stock"] * 6)
+        await until(lambda: attempts >= 6 * 3)  # every command met the fault, several times
+        assert outages.waiting[DATABASE] == 6
+        database_up.set()
+        replies = await asyncio.gather(*requests)
+
+    assert replies == [{"n": n} for n in range(6)]
+    assert srv.stats.batches == 1
+    assert (srv.stats.failures, srv.stats.retried, srv.stats.dead_lettered) == (0, 0, 0)
+    assert outages.waiting[DATABASE] == 0
+    assert await message_count(URL, names.dead_letter_queue(namespace, SERVICE)) == 0
+
+
+async def test_a_batch_redelivered_after_its_consumer_died_runs_each_command_once(
+    namespace: str, transport: RabbitMQTransport
+) -> None:
+    # The inbox, as the activities keep it: a key that committed is answered from its record.
+    inbox: dict[str, dict[str, Any]] = {}
+    effects: list[str] = []
+    never = asyncio.Event()
+
+    async def first_handler(
+        method: str, payload: dict[str, Any], headers: dict[str, str]
+    ) -> dict[str, Any]:
+        if payload["n"] % 2:
+            await never.wait()  # the consumer dies before these commit
+        return commit(payload, headers)
+
+    def commit(payload: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
+        key = headers["idempotency_key"]
+        if key not in inbox:
+            effects.append(key)
+            inbox[key] = {"n": payload["n"]}
+        return inbox[key]
+
+    async def second_handler(
+        method: str, payload: dict[str, Any], headers: dict[str, str]
+    ) -> dict[str, Any]:
+        return commit(payload, headers)
+
+    first = server(namespace, first_handler)
+    await first.start()
+    requests = _batched_requests(transport, ["reserve_stock"] * 6, timeout=15)
+    await until(lambda: len(inbox) == 3)
+    await first.close(drain_timeout=0)  # dies holding the batch: half its commands committed
+
+    async with server(namespace, second_handler) as second:
+        replies = await asyncio.gather(*requests)
+
+    assert replies == [{"n": n} for n in range(6)]
+    assert first.stats.batches == 1
+    assert sorted(effects) == sorted(f"saga-{n}:1" for n in range(6))  # each effect once
+    # The redelivered batch was split: each command counted once and re-published alone.
+    assert (second.stats.batches, second.stats.failures, second.stats.retried) == (1, 6, 6)
+    assert second.stats.processed == 6
+    assert await message_count(URL, names.dead_letter_queue(namespace, SERVICE)) == 0
+
+
+async def test_a_malformed_command_in_a_batch_is_dead_lettered_alone_and_the_others_answered(
+    namespace: str,
+) -> None:
+    seen: list[int] = []
+
+    async def handler(
+        method: str, payload: dict[str, Any], headers: dict[str, str]
+    ) -> dict[str, Any]:
+        seen.append(payload["n"])
+        return {"n": payload["n"]}
+
+    commands = [
+        {"correlation_id": "c0", "headers": {"method": "echo", "idempotency_key": "k0"},
+         "payload": {"n": 0}},
+        {"correlation_id": "c1", "headers": {"idempotency_key": "k1"}, "payload": {"n": 1}},
+        {"correlation_id": "c2", "headers": {"method": "echo", "idempotency_key": "k2"},
+         "payload": {"n": 2}},
+    ]  # fmt: skip
+    async with server(namespace, handler) as srv:
+        connection = await aio_pika.connect(URL)
+        async with connection:
+            channel = await connection.channel()
+            replies = await channel.declare_queue(exclusive=True)
+            exchange = await channel.get_exchange(names.commands_exchange(namespace))
+            await exchange.publish(
+                aio_pika.Message(
+                    json.dumps({"commands": commands}).encode(),
+                    headers={names.BATCH_HEADER: len(commands)},
+                    reply_to=replies.name,
+                ),
+                routing_key=SERVICE,
+            )
+            dead = names.dead_letter_queue(namespace, SERVICE)
+            await until(lambda: message_count(URL, dead))
+            answered: dict[str, Any] = {}
+            async with asyncio.timeout(10), replies.iterator() as incoming:
+                async for reply in incoming:
+                    await reply.ack()
+                    body = json.loads(reply.body)
+                    for one in body.get(
+                        "replies", [{**body, "correlation_id": reply.correlation_id}]
+                    ):
+                        answered[one["correlation_id"]] = one["ok"]
+                    if len(answered) == 2:
+                        break
+
+    assert answered == {"c0": {"n": 0}, "c2": {"n": 2}}
+    assert sorted(seen) == [0, 2]
+    assert (srv.stats.batches, srv.stats.malformed, srv.stats.dead_lettered) == (1, 1, 1)
+    dead_message = await _get_one(dead)
+    assert names.BATCH_HEADER not in dead_message.headers
+    assert dead_message.headers[names.IDEMPOTENCY_KEY_HEADER] == "k1"
+    assert dead_message.headers[ERROR_HEADER] == "malformed command"
+    assert json.loads(dead_message.body) == {"n": 1}
+    assert await message_count(URL, names.command_queue(namespace, SERVICE)) == 0
+
+
+async def test_in_a_batch_each_request_keeps_its_timeout_and_no_reply_waits_for_a_slow_one(
+    namespace: str, transport: RabbitMQTransport
+) -> None:
+    release = asyncio.Event()
+
+    async def handler(
+        method: str, payload: dict[str, Any], headers: dict[str, str]
+    ) -> dict[str, Any]:
+        if method == "slow":
+            await release.wait()
+        return {"n": payload["n"]}
+
+    async with server(namespace, handler) as srv:
+        slow = asyncio.create_task(
+            transport.request(SERVICE, "slow", {"n": 0}, timeout=2, idempotency_key="slow")
+        )
+        fast = _batched_requests(transport, ["echo"] * 4)
+        replies = await asyncio.gather(*fast)
+        assert not slow.done()  # the fast replies did not wait for the slow command
+        with pytest.raises(StepTimeout):
+            await slow
+        release.set()
+        await until(lambda: transport.stats.unmatched_replies == 1)  # its late reply, dropped
+        await until(lambda: srv.stats.processed == 5)
+
+    assert replies == [{"n": n} for n in range(4)]
+    assert (transport.stats.messages_sent, srv.stats.batches) == (1, 1)
+    assert transport.stats.timeouts == 1
