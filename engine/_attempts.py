@@ -76,14 +76,7 @@ async def send(
             )
             observer.step_attempted(target, outcome, time.perf_counter() - began)
             if business:
-                run.projection.failed_step = target
-                run.emit(
-                    ET.STEP_FAILED,
-                    position=position,
-                    step=target,
-                    attempt=attempt,
-                    payload={"error": wire, "took_effect": False},
-                )
+                _failed(run, call, attempt, wire, took_effect=False)
                 if comp is not None and comp in run.stack:
                     run.stack.remove(comp)
                 log.info("step.failed", attempt=attempt, error=wire["type"])
@@ -94,14 +87,7 @@ async def send(
                 not forward_only and run.deadline is not None and retry_at >= run.deadline
             )
             if not policy.allows(attempt + 1) or past_deadline:
-                run.projection.failed_step = target
-                run.emit(
-                    ET.STEP_FAILED,
-                    position=position,
-                    step=target,
-                    attempt=attempt,
-                    payload={"error": wire, "took_effect": True},
-                )
+                _failed(run, call, attempt, wire, took_effect=True)
                 log.warning("step.gave_up", attempt=attempt, error=wire["type"])
                 if past_deadline:
                     raise _Stop("abort", "deadline exceeded") from None
@@ -141,3 +127,17 @@ async def send(
         run.reached(call)
         run.counters.steps_completed += 1
         return result
+
+
+def _failed(
+    run: RunState, call: StepCall, attempt: int, wire: dict[str, Any], *, took_effect: bool
+) -> None:
+    """Record that ``call`` failed for good at ``attempt`` (``took_effect``: it may have run)."""
+    run.projection.failed_step = call.target
+    run.emit(
+        ET.STEP_FAILED,
+        position=call.position,
+        step=call.target,
+        attempt=attempt,
+        payload={"error": wire, "took_effect": took_effect},
+    )
