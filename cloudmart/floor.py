@@ -4,7 +4,8 @@ Three primitives, with the clients and settings the system itself uses:
 
 ``rabbitmq_round_trip``
     A command and its reply through :class:`~engine.adapters.rabbitmq.RabbitMQTransport`
-    (transient message, publisher confirms, reply queue) to a
+    (transient message, publisher confirms, reply queue; one message per command, never
+    batched: the naive ceiling) to a
     :class:`~services._kit.command_server.RabbitMQCommandServer` whose handler echoes the payload,
     served by a separate process (``python -m cloudmart.floor_primitives``), as the services are.
 ``mariadb_commit``
