@@ -653,18 +653,11 @@ async def test_following_pages_yields_every_matching_saga_once_in_order(
 async def test_claimable_sagas_come_in_the_order_their_lease_ran_out_then_were_started(
     store: HistoryStore,
 ) -> None:
-    # saga-1 is leased to "a" and saga-2 finished; saga-3's lease ran out first; saga-4 and
+    # saga-1 finished and saga-2 is leased to "a"; saga-3's lease ran out first; saga-4 and
     # saga-5 ran out at one instant (saga-5 written first, saga-4 started first).
     await started(store, 1)
+    await appended(store, ev(1), projection=Projection(status="COMPLETED", finished=True))
     await started(store, 2)
-    await store.append(
-        "saga-2",
-        [ev(1)],
-        expected_seq=1,
-        version=1,
-        owner="a",
-        projection=Projection(status="COMPLETED", finished=True),
-    )
     for n, lease in ((3, T0 - LEASE), (5, T0), (4, T0)):
         stale = dataclasses.replace(record(n), lease_expires_at=lease)
         assert (await store.create(stale, [ev(0, "WorkflowStarted")]))[1]
