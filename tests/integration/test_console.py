@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-from browser import CHROMIUM, accessible, browser_page, press, type_into
+from browser import accessible, browser_page, press, require_chromium, type_into
 from conftest import until
 from playwright.async_api import expect
 from processes import Deployment, deployed
@@ -36,8 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: scripts/ensure-browser.sh installs it")
+    require_chromium()
     with deployed(
         "orchestration",
         "console_browser",

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
-from browser import CHROMIUM, accessible, browser_page, press
+from browser import accessible, browser_page, press, require_chromium
 from choreography_support import choreography_deployment, finished, start
 from conftest import until
 from playwright.async_api import expect
@@ -22,8 +21,7 @@ pytestmark = [pytest.mark.mysql, pytest.mark.redis, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: scripts/ensure-browser.sh installs it")
+    require_chromium()
     with choreography_deployment(
         "console_choreography",
         tmp_path_factory.mktemp("console-choreography"),
