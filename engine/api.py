@@ -156,11 +156,14 @@ class Engine:
             else json.loads(json.dumps(input))
         )
         workflow_id = workflow_id or str(uuid.uuid4())
-        admitted = self.worker.room != 0 and not self.worker.waiting  # first come, first run
-        if not admitted and self.max_queued is not None:
-            waiting = self.worker.waiting
-            if waiting >= self.max_queued and await self.store.get(workflow_id) is None:
-                raise SagaQueueFull(waiting, retry_after=max(1.0, self.poll_interval))
+        waiting = self.worker.waiting
+        if (
+            self.max_queued is not None
+            and self.worker.full
+            and waiting >= self.max_queued
+            and await self.store.get(workflow_id) is None
+        ):
+            raise SagaQueueFull(waiting, retry_after=max(1.0, self.poll_interval))
         now = self.clock.now()
         saga_id = str(uuid.uuid4())
         deadline = (
@@ -199,10 +202,7 @@ class Engine:
             return SagaHandle(stored.saga_id, workflow_id, stored.status, created=False)
         self.counters.sagas_started += 1
         self.observer.saga_started(name)
-        if admitted:
-            self.worker.spawn(wf, stored, [started], 1)
-        else:
-            self.worker.queue(wf, stored, [started])
+        self.worker.admit(wf, stored, [started])
         return SagaHandle(saga_id, workflow_id, STARTED, created=True)
 
     async def cancel(self, workflow_id: str) -> SagaStatus:

@@ -200,9 +200,18 @@ class Worker:
         """Sagas started here that wait for a slot."""
         return len(self._queued)
 
-    def queue(self, wf: Workflow, record: SagaRecord, events: builtins.list[Event]) -> None:
-        """``record`` was just written, ours under its first lease, with no room to drive it:
-        it waits its turn here (driven as soon as a slot is free)."""
+    @property
+    def full(self) -> bool:
+        """Whether a saga started now would wait: no room, or others wait already (first
+        come, first run)."""
+        return self.room == 0 or bool(self._queued)
+
+    def admit(self, wf: Workflow, record: SagaRecord, events: builtins.list[Event]) -> None:
+        """``record`` was just written, ours under its first lease: drive it now, or, when
+        :attr:`full`, let it wait its turn here (driven as soon as a slot is free)."""
+        if not self.full:
+            self.spawn(wf, record, events, record.version)
+            return
         self._queued[record.saga_id] = (wf, record, events)
         self._fill_soon()
 
