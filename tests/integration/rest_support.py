@@ -105,6 +105,24 @@ def json_request(method: str, body: bytes | str) -> dict[str, Any]:
     return {"method": method, "content": content, "headers": {"content-type": "application/json"}}
 
 
+async def refused_without_writes(
+    client: httpx.AsyncClient,
+    db: Database,
+    path: str,
+    raw: bytes,
+    status: int | Callable[[int], bool] = is_client_error,
+) -> dict[str, Any]:
+    """POST ``raw`` to ``path``: a JSON error with ``status``, and every table as it was.
+
+    Returns the error body.
+    """
+    before = await snapshot(db)
+    response = await client.request(url=path, **json_request("POST", raw))
+    body = assert_error(response, status)
+    assert await snapshot(db) == before
+    return body
+
+
 @asynccontextmanager
 async def prepared_database(url: str) -> AsyncIterator[Database]:
     """The schema, emptied and filled with tests/domain_data.py's catalogue."""

@@ -11,8 +11,7 @@ from rest_support import (
     GENERIC_HOSTILE,
     HOSTILE_ORDER_IDS,
     assert_error,
-    is_client_error,
-    json_request,
+    refused_without_writes,
     rest_fixtures,
     snapshot,
     variant,
@@ -189,22 +188,15 @@ CASES = [("/inventory/reserve", case, raw) for case, raw in RESERVE_HOSTILE] + [
 async def test_hostile_inventory_body_is_a_4xx_json_error_and_writes_nothing(
     client: httpx.AsyncClient, db: Database, path: str, case: str, raw: bytes
 ) -> None:
-    before = await snapshot(db)
-
-    response = await client.request(url=path, **json_request("POST", raw))
-
-    assert_error(response, is_client_error)
-    assert await snapshot(db) == before
+    await refused_without_writes(client, db, path, raw)
 
 
 async def test_ten_megabyte_reserve_body_is_413(client: httpx.AsyncClient, db: Database) -> None:
-    before = await snapshot(db)
     raw = variant(RESERVE, "order_id", "o" * 10_000_000)
 
-    response = await client.request(url="/inventory/reserve", **json_request("POST", raw))
+    body = await refused_without_writes(client, db, "/inventory/reserve", raw, 413)
 
-    assert assert_error(response, 413)["error"] == "payload_too_large"
-    assert await snapshot(db) == before
+    assert body["error"] == "payload_too_large"
 
 
 async def test_restock_adds_available_units_and_the_ledger_agrees(
