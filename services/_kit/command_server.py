@@ -3,10 +3,8 @@
 It consumes ``<ns>.<service>.commands`` (durable, bound with the service's routing key,
 dead-lettering to ``<ns>.dlx`` → ``<ns>.<service>.dead``) with a bounded prefetch and manual
 acks. Per message: decode (malformed → dead-letter at once), call ``handler(method, payload,
-headers)``, publish the reply and only then ack, so a command is acked only after its activity
-committed. Replies go unconfirmed, on a channel of their own (the command channel while that
-one is down after a reconnect): they live in the requester's exclusive queue, which no confirm
-makes durable. What the handler raises decides the rest:
+headers)``, publish the reply (:mod:`services._kit.command_replies`) and only then ack, so a
+command is acked only after its activity committed. What the handler raises decides the rest:
 
 - an exception with ``to_wire()`` (a ``DomainError`` or ``SagaError``) is an answer: error
   reply + ack;
@@ -39,10 +37,9 @@ A batch message (header ``x-cloudmart-batch``, several commands in one body: the
 its own headers, inbox key and log context and gets its own outcome by the rules above, so one
 command's refusal, fault or crash touches no other. A command that is retried, put back or
 dead-lettered goes alone, as a single-command message with its own delivery count and error
-(the dead-letter queue and ``cloudmart dead-letters`` see only single commands). Each reply
-leaves as soon as its command is done, together with the replies of the batch's other commands
-that finish while the reply publish before it is in flight (nothing waits for a slow one). The
-batch message is acked once every command in it has its outcome; one that comes back
+(the dead-letter queue and ``cloudmart dead-letters`` see only single commands); the replies
+are batched too (:mod:`services._kit.command_replies`). The batch message is acked once every
+command in it has its outcome (:mod:`services._kit.command_messages`); one that comes back
 ``redelivered`` (its consumer died) is split into its commands, each counted and re-published
 alone, and the inbox answers those that had already run. Each command has its own transaction,
 as it would alone: a batch shares a round trip, not a commit. A single-command message is
@@ -73,7 +70,7 @@ from aio_pika.abc import (
 
 from activities.faults import RABBITMQ, Outages
 from engine.adapters import amqp_names as names
-from engine.adapters.amqp_link import BROKER_ERRORS, LinkEnd, RobustLink, encode
+from engine.adapters.amqp_link import BROKER_ERRORS, LinkEnd, RobustLink
 from engine.errors import TransportError
 from services._kit.command_messages import (
     Batch,
@@ -85,6 +82,7 @@ from services._kit.command_messages import (
     headers_of,
     item_headers,
 )
+from services._kit.command_replies import Replies
 from services._kit.metrics import CommandHandler
 
 __all__ = [
@@ -101,8 +99,6 @@ logger = structlog.get_logger(__name__)
 
 # Headers rebound into the log context on receipt (STYLE.md, Logging).
 _LOG_HEADERS = ("saga_id", "workflow_id", "order_id", "step", "attempt")
-# Headers a reply carries back from its command, so both ends log the same ids.
-_REPLY_HEADERS = ("saga_id", "workflow_id", "order_id")
 # What a dead letter carries besides the command's own headers (see the module docstring).
 ERROR_HEADER = "x-cloudmart-error"
 DEAD_ID_HEADER = "x-cloudmart-dead-id"
@@ -175,10 +171,7 @@ class RabbitMQCommandServer(LinkEnd):
         self._queue: AbstractQueue | None = None
         self._consumer_tag: ConsumerTag | None = None
         self._inflight: set[asyncio.Task[Any]] = set()
-        # Per requester's reply queue: the replies of batched commands waiting for the reply
-        # publish in flight, and the task publishing them.
-        self._reply_outbox: dict[str, list[tuple[asyncio.Future[None], dict[str, Any]]]] = {}
-        self._reply_senders: dict[str, asyncio.Task[None]] = {}
+        self._reply = Replies(lambda: (self._replies, self._channel))
         self._link = RobustLink(
             url,
             name=self.connection_name,
@@ -365,82 +358,8 @@ class RabbitMQCommandServer(LinkEnd):
             )
             await self._retry_or_dead_letter(command, failed_before + 1, _describe(exc))
             return
-        await self._reply(command, reply)
+        await self._reply.send(command, reply)
         await command.ack()
-
-    async def _reply(self, command: Command, reply: dict[str, Any]) -> None:
-        reply_to = command.reply_to
-        if not reply_to or not command.correlation_id or self._channel is None:
-            logger.debug("command.no_reply_to")
-            return
-        if isinstance(command, Single):
-            headers = {k: v for k, v in command.headers.items() if k in _REPLY_HEADERS}
-            await self._publish_reply(
-                reply_to,
-                aio_pika.Message(
-                    encode(reply),
-                    content_type="application/json",
-                    correlation_id=command.correlation_id,
-                    headers=headers,
-                ),
-            )
-            return
-        # A command of a batch: its reply leaves with those of the batch's other commands
-        # that finished by the time the reply publish in flight returns, never later.
-        sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._reply_outbox.setdefault(reply_to, []).append(
-            (sent, {"correlation_id": command.correlation_id, **reply})
-        )
-        if reply_to not in self._reply_senders:
-            self._reply_senders[reply_to] = asyncio.create_task(self._send_replies(reply_to))
-        await sent
-
-    async def _send_replies(self, reply_to: str) -> None:
-        try:
-            while waiting := self._reply_outbox.pop(reply_to, None):
-                bodies = [body for _sent, body in waiting]
-                if len(bodies) == 1:
-                    correlation_id = bodies[0].pop("correlation_id")
-                    message = aio_pika.Message(
-                        encode(bodies[0]),
-                        content_type="application/json",
-                        correlation_id=correlation_id,
-                    )
-                else:
-                    message = aio_pika.Message(
-                        encode({"replies": bodies}),
-                        content_type="application/json",
-                        headers={names.BATCH_HEADER: len(bodies)},
-                    )
-                try:
-                    await self._publish_reply(reply_to, message)
-                except BROKER_ERRORS as exc:
-                    for sent, _body in waiting:
-                        if not sent.done():
-                            sent.set_exception(exc)
-                    continue
-                for sent, _body in waiting:
-                    if not sent.done():
-                        sent.set_result(None)
-        finally:
-            del self._reply_senders[reply_to]
-
-    async def _publish_reply(self, reply_to: str, reply: aio_pika.Message) -> None:
-        replies, commands = self._replies, self._channel
-        # mandatory=False: a requester that went away simply misses the reply (it re-sends).
-        if replies is not None and not replies.is_closed:
-            try:
-                await replies.default_exchange.publish(reply, routing_key=reply_to, mandatory=False)
-                return
-            except BROKER_ERRORS as exc:
-                logger.info("command.reply_channel_down", error=repr(exc))
-        if commands is None:  # closing: the requester re-sends with the same key
-            logger.info("command.reply_not_sent", reason="closing")
-            return
-        # After a reconnect the channels come back in no set order: the reply channel may not
-        # be up yet when the command channel delivers again. The channel that delivered the
-        # command is up, so the reply goes there (confirmed, which costs only time).
-        await commands.default_exchange.publish(reply, routing_key=reply_to, mandatory=False)
 
     async def _put_back(self, channel: AbstractChannel, command: Command, failed: int) -> None:
         """``command`` to the tail of the queue as it came (no delivery counted), then acked."""
