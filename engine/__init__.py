@@ -56,7 +56,9 @@ Modules
 :mod:`engine.api`          :class:`Engine`, the client half: start, cancel, status, wait,
                            history, list; it drives sagas through its worker
 :mod:`engine.worker`       the worker half: recovery, leases and their renewal, the background
-                           loop, admission control (``max_running``)
+                           loop, admission control (``max_running``), through:
+``engine._admission``      the sagas that wait for a slot, oldest first, and the task that drives
+                           them as slots free up
 :mod:`engine.replay`       a recorded history replayed offline against today's workflow code
 :mod:`engine.listing`      listing and counting sagas: ``SagaFilter``, keyset pages, cursors
 :mod:`engine.views`        what it answers: ``SagaHandle``, ``SagaStatus``, ``StepStatus``

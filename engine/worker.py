@@ -10,11 +10,11 @@ it finished so that the client half (:class:`~engine.api.Engine`) answers ``stat
 
 Admission control: with ``max_running`` a worker drives at most that many sagas at once. A
 saga started beyond it is written as usual (ours, under its first lease: durable) and waits in
-a queue of records, not of tasks, until a run ends; then the oldest waiting one is driven
-with nothing more to write. Its lease is not renewed while it waits, so one that waited
-longer than a lease becomes claimable by any worker with room (the same leases recovery
-takes); taking it then costs this worker one write, and a worker that lost it to another
-skips it.
+a queue of records, not of tasks (``engine._admission``), until a run ends; then the oldest
+waiting one is driven with nothing more to write. Its lease is not renewed while it waits, so
+one that waited longer than a lease becomes claimable by any worker with room (the same leases
+recovery takes); taking it then costs this worker one write, and a worker that lost it to
+another skips it.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from typing import Any
 
 import structlog
 
+from engine._admission import AdmissionQueue
 from engine._runtime import RunConfig, RunDeps, _Run
 from engine.errors import StoreUnavailable, WorkflowDefinitionError
 from engine.history import Event, SagaRecord
@@ -89,13 +90,10 @@ class Worker:
             collections.OrderedDict()
         )
         self._supervisor: asyncio.Task[None] | None = None
-        # Admission control: the sagas started here that wait for a slot, oldest first; the
-        # task driving them as slots free up, and whether it should look once more.
-        self._queued: collections.OrderedDict[
-            str, tuple[Workflow, SagaRecord, builtins.list[Event]]
-        ] = collections.OrderedDict()
-        self._filling: asyncio.Task[None] | None = None
-        self._fill_again = False
+        # Admission control: the sagas started here that wait for a slot (engine._admission).
+        self._admission = AdmissionQueue(
+            take=self._take, room=lambda: self.room, owner=self.config.owner
+        )
         self._stopping = False
         # saga_id -> resolved when this worker starts driving it (for Engine.wait)
         self._driven: dict[str, asyncio.Future[None]] = {}
@@ -138,7 +136,7 @@ class Worker:
         the others. Returns how many were claimed."""
         now = self.clock.now()
         known = list(self._workflows)
-        claimed = await self._fill_slots()
+        claimed = await self._admission.fill_slots()
         room = self.room
         limit = self.claim_batch if room is None else min(room, self.claim_batch)
         if limit:
@@ -158,7 +156,7 @@ class Worker:
         if (
             row.saga_id in self._runs
             or row.saga_id in self._starting
-            or row.saga_id in self._queued
+            or row.saga_id in self._admission
         ):
             return False
         with self.starting(row.saga_id):  # a slot taken while the claim is in flight
@@ -198,13 +196,13 @@ class Worker:
     @property
     def waiting(self) -> int:
         """Sagas started here that wait for a slot."""
-        return len(self._queued)
+        return len(self._admission)
 
     @property
     def full(self) -> bool:
         """Whether a saga started now would wait: no room, or others wait already (first
         come, first run)."""
-        return self.room == 0 or bool(self._queued)
+        return self.room == 0 or bool(self._admission)
 
     def admit(self, wf: Workflow, record: SagaRecord, events: builtins.list[Event]) -> None:
         """``record`` was just written, ours under its first lease: drive it now, or, when
@@ -212,8 +210,7 @@ class Worker:
         if not self.full:
             self.spawn(wf, record, events, record.version)
             return
-        self._queued[record.saga_id] = (wf, record, events)
-        self._fill_soon()
+        self._admission.push(wf, record, events)
 
     async def until_driven(self, saga_id: str, *, timeout: float) -> None:
         """Return once this worker drives ``saga_id``, or after ``timeout`` seconds."""
@@ -225,42 +222,6 @@ class Worker:
         await asyncio.wait([driven], timeout=timeout)
         if not driven.done() and self._driven.get(saga_id) is driven:
             del self._driven[saga_id]  # driven elsewhere, perhaps: the caller reads the store
-
-    def _fill_soon(self) -> None:
-        if self._filling is not None and not self._filling.done():
-            self._fill_again = True  # it looks once more before it ends
-            return
-        self._filling = asyncio.get_running_loop().create_task(
-            self._fill(), name=f"engine-admission:{self.config.owner}"
-        )
-
-    async def _fill(self) -> None:
-        again = True
-        while again:
-            self._fill_again = False
-            try:
-                await self._fill_slots()
-            except StoreUnavailable as exc:  # the background loop's next round tries again
-                _log.debug("engine.admission_deferred", error=str(exc))
-                return
-            except Exception:  # a bug: say it; the saga waits on, the next run's end retries
-                _log.exception("engine.admission_failed", owner=self.config.owner)
-                return
-            again = self._fill_again
-
-    async def _fill_slots(self) -> int:
-        """Drive the sagas waiting here, oldest first, while there is room; returns how many
-        it took."""
-        taken = 0
-        while self._queued and self.room != 0:
-            saga_id, entry = self._queued.popitem(last=False)
-            try:
-                taken += await self._take(*entry)
-            except BaseException:
-                self._queued[saga_id] = entry  # still its turn next
-                self._queued.move_to_end(saga_id, last=False)
-                raise
-        return taken
 
     async def _take(self, wf: Workflow, record: SagaRecord, events: builtins.list[Event]) -> bool:
         """Drive a saga that waited here: at once while most of its first lease is left, else
@@ -293,7 +254,7 @@ class Worker:
         """An operator's action was just written on ``record``'s row: hand it to the run that
         drives the saga here, or claim the parked saga it wakes."""
         entry = self._runs.get(record.saga_id)
-        waiting = self._queued.pop(record.saga_id, None)
+        waiting = self._admission.pop(record.saga_id)
         if entry is not None and record.operator_request is not None:
             entry[0].poke(record.operator_request)
         elif waiting is not None:  # an operator's action does not wait for a slot
@@ -326,8 +287,8 @@ class Worker:
                 del self._local[entry[0].record.workflow_id]
         if not task.cancelled() and task.exception() is not None:
             _log.error("saga.crashed", saga_id=saga_id, error=repr(task.exception()))
-        if self._queued and not self._stopping:
-            self._fill_soon()  # a slot is free: the oldest waiting saga takes it
+        if self._admission and not self._stopping:
+            self._admission.fill_soon()  # a slot is free: the oldest waiting saga takes it
 
     def _remember(self, record: SagaRecord, events: builtins.list[Event]) -> None:
         """Keep a saga this worker just finished (COMPLETED or FAILED: final states), so that
@@ -366,11 +327,7 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._supervisor
             self._supervisor = None
-        if self._filling is not None:
-            self._filling.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._filling
-            self._filling = None
+        await self._admission.stop()
         runs = list(self._runs.values())
         for _, task in runs:
             task.cancel()

@@ -3,10 +3,8 @@
 It consumes ``<ns>.<service>.commands`` (durable, bound with the service's routing key,
 dead-lettering to ``<ns>.dlx`` → ``<ns>.<service>.dead``) with a bounded prefetch and manual
 acks. Per message: decode (malformed → dead-letter at once), call ``handler(method, payload,
-headers)``, publish the reply and only then ack, so a command is acked only after its activity
-committed. Replies go unconfirmed, on a channel of their own (the command channel while that
-one is down after a reconnect): they live in the requester's exclusive queue, which no confirm
-makes durable. What the handler raises decides the rest:
+headers)``, publish the reply (:mod:`services._kit.command_replies`) and only then ack, so a
+command is acked only after its activity committed. What the handler raises decides the rest:
 
 - an exception with ``to_wire()`` (a ``DomainError`` or ``SagaError``) is an answer: error
   reply + ack;
@@ -39,10 +37,9 @@ A batch message (header ``x-cloudmart-batch``, several commands in one body: the
 its own headers, inbox key and log context and gets its own outcome by the rules above, so one
 command's refusal, fault or crash touches no other. A command that is retried, put back or
 dead-lettered goes alone, as a single-command message with its own delivery count and error
-(the dead-letter queue and ``cloudmart dead-letters`` see only single commands). Each reply
-leaves as soon as its command is done, together with the replies of the batch's other commands
-that finish while the reply publish before it is in flight (nothing waits for a slow one). The
-batch message is acked once every command in it has its outcome; one that comes back
+(the dead-letter queue and ``cloudmart dead-letters`` see only single commands); the replies
+are batched too (:mod:`services._kit.command_replies`). The batch message is acked once every
+command in it has its outcome (:mod:`services._kit.command_messages`); one that comes back
 ``redelivered`` (its consumer died) is split into its commands, each counted and re-published
 alone, and the inbox answers those that had already run. Each command has its own transaction,
 as it would alone: a batch shares a round trip, not a commit. A single-command message is
@@ -55,10 +52,8 @@ The client's side, and what a command and its reply look like on the wire, is
 
 from __future__ import annotations
 
-import abc
 import asyncio
 import dataclasses
-import json
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -75,8 +70,19 @@ from aio_pika.abc import (
 
 from activities.faults import RABBITMQ, Outages
 from engine.adapters import amqp_names as names
-from engine.adapters.amqp_link import BROKER_ERRORS, LinkEnd, RobustLink, encode, text
+from engine.adapters.amqp_link import BROKER_ERRORS, LinkEnd, RobustLink
 from engine.errors import TransportError
+from services._kit.command_messages import (
+    Batch,
+    Command,
+    Item,
+    Single,
+    decode,
+    deliveries,
+    headers_of,
+    item_headers,
+)
+from services._kit.command_replies import Replies
 from services._kit.metrics import CommandHandler
 
 __all__ = [
@@ -93,8 +99,6 @@ logger = structlog.get_logger(__name__)
 
 # Headers rebound into the log context on receipt (STYLE.md, Logging).
 _LOG_HEADERS = ("saga_id", "workflow_id", "order_id", "step", "attempt")
-# Headers a reply carries back from its command, so both ends log the same ids.
-_REPLY_HEADERS = ("saga_id", "workflow_id", "order_id")
 # What a dead letter carries besides the command's own headers (see the module docstring).
 ERROR_HEADER = "x-cloudmart-error"
 DEAD_ID_HEADER = "x-cloudmart-dead-id"
@@ -167,10 +171,7 @@ class RabbitMQCommandServer(LinkEnd):
         self._queue: AbstractQueue | None = None
         self._consumer_tag: ConsumerTag | None = None
         self._inflight: set[asyncio.Task[Any]] = set()
-        # Per requester's reply queue: the replies of batched commands waiting for the reply
-        # publish in flight, and the task publishing them.
-        self._reply_outbox: dict[str, list[tuple[asyncio.Future[None], dict[str, Any]]]] = {}
-        self._reply_senders: dict[str, asyncio.Task[None]] = {}
+        self._reply = Replies(lambda: (self._replies, self._channel))
         self._link = RobustLink(
             url,
             name=self.connection_name,
@@ -266,7 +267,7 @@ class RabbitMQCommandServer(LinkEnd):
             self._inflight.add(task)
         try:
             if (message.headers or {}).get(names.BATCH_HEADER) is None:
-                await self._serve(_Single(message), _headers_of(message.headers))
+                await self._serve(Single(message), headers_of(message.headers))
             else:
                 await self._serve_batch(message)
         finally:
@@ -275,24 +276,22 @@ class RabbitMQCommandServer(LinkEnd):
 
     async def _serve_batch(self, message: AbstractIncomingMessage) -> None:
         """Each command of a batch message, concurrently; the message acked once all settled."""
-        body = _decode(message.body)
+        body = decode(message.body)
         items = body.get("commands") if body is not None else None
         if not isinstance(items, list) or not items:
             self.stats.malformed += 1
             try:
-                await self._dead_letter(
-                    _Single(message), _deliveries(message) + 1, "malformed batch"
-                )
+                await self._dead_letter(Single(message), deliveries(message) + 1, "malformed batch")
             except BROKER_ERRORS as exc:
                 self.outages.lost(RABBITMQ, exc, service=self.service)
             return
         self.stats.batches += 1
-        batch = _Batch(message, len(items))
+        batch = Batch(message, len(items))
         await asyncio.gather(
-            *(self._serve(_Item(batch, item), _item_headers(item)) for item in items)
+            *(self._serve(Item(batch, item), item_headers(item)) for item in items)
         )
 
-    async def _serve(self, command: _Command, headers: dict[str, str]) -> None:
+    async def _serve(self, command: Command, headers: dict[str, str]) -> None:
         method = headers.get(names.METHOD_HEADER, "")
         context = {key: headers[key] for key in _LOG_HEADERS if key in headers}
         with structlog.contextvars.bound_contextvars(
@@ -309,7 +308,7 @@ class RabbitMQCommandServer(LinkEnd):
                 # Logged once per outage: every command in flight ends here at once.
                 self.outages.lost(RABBITMQ, exc, service=self.service)
 
-    async def _process(self, command: _Command, method: str, headers: dict[str, str]) -> None:
+    async def _process(self, command: Command, method: str, headers: dict[str, str]) -> None:
         failed_before = command.failed_before
         if command.redelivered:
             # The previous delivery was never settled (its consumer or connection died while
@@ -359,84 +358,10 @@ class RabbitMQCommandServer(LinkEnd):
             )
             await self._retry_or_dead_letter(command, failed_before + 1, _describe(exc))
             return
-        await self._reply(command, reply)
+        await self._reply.send(command, reply)
         await command.ack()
 
-    async def _reply(self, command: _Command, reply: dict[str, Any]) -> None:
-        reply_to = command.reply_to
-        if not reply_to or not command.correlation_id or self._channel is None:
-            logger.debug("command.no_reply_to")
-            return
-        if isinstance(command, _Single):
-            headers = {k: v for k, v in command.headers.items() if k in _REPLY_HEADERS}
-            await self._publish_reply(
-                reply_to,
-                aio_pika.Message(
-                    encode(reply),
-                    content_type="application/json",
-                    correlation_id=command.correlation_id,
-                    headers=headers,
-                ),
-            )
-            return
-        # A command of a batch: its reply leaves with those of the batch's other commands
-        # that finished by the time the reply publish in flight returns, never later.
-        sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._reply_outbox.setdefault(reply_to, []).append(
-            (sent, {"correlation_id": command.correlation_id, **reply})
-        )
-        if reply_to not in self._reply_senders:
-            self._reply_senders[reply_to] = asyncio.create_task(self._send_replies(reply_to))
-        await sent
-
-    async def _send_replies(self, reply_to: str) -> None:
-        try:
-            while waiting := self._reply_outbox.pop(reply_to, None):
-                bodies = [body for _sent, body in waiting]
-                if len(bodies) == 1:
-                    correlation_id = bodies[0].pop("correlation_id")
-                    message = aio_pika.Message(
-                        encode(bodies[0]),
-                        content_type="application/json",
-                        correlation_id=correlation_id,
-                    )
-                else:
-                    message = aio_pika.Message(
-                        encode({"replies": bodies}),
-                        content_type="application/json",
-                        headers={names.BATCH_HEADER: len(bodies)},
-                    )
-                try:
-                    await self._publish_reply(reply_to, message)
-                except BROKER_ERRORS as exc:
-                    for sent, _body in waiting:
-                        if not sent.done():
-                            sent.set_exception(exc)
-                    continue
-                for sent, _body in waiting:
-                    if not sent.done():
-                        sent.set_result(None)
-        finally:
-            del self._reply_senders[reply_to]
-
-    async def _publish_reply(self, reply_to: str, reply: aio_pika.Message) -> None:
-        replies, commands = self._replies, self._channel
-        # mandatory=False: a requester that went away simply misses the reply (it re-sends).
-        if replies is not None and not replies.is_closed:
-            try:
-                await replies.default_exchange.publish(reply, routing_key=reply_to, mandatory=False)
-                return
-            except BROKER_ERRORS as exc:
-                logger.info("command.reply_channel_down", error=repr(exc))
-        if commands is None:  # closing: the requester re-sends with the same key
-            logger.info("command.reply_not_sent", reason="closing")
-            return
-        # After a reconnect the channels come back in no set order: the reply channel may not
-        # be up yet when the command channel delivers again. The channel that delivered the
-        # command is up, so the reply goes there (confirmed, which costs only time).
-        await commands.default_exchange.publish(reply, routing_key=reply_to, mandatory=False)
-
-    async def _put_back(self, channel: AbstractChannel, command: _Command, failed: int) -> None:
+    async def _put_back(self, channel: AbstractChannel, command: Command, failed: int) -> None:
         """``command`` to the tail of the queue as it came (no delivery counted), then acked."""
         try:
             copy = command.copy({names.DELIVERIES_HEADER: failed})
@@ -449,7 +374,7 @@ class RabbitMQCommandServer(LinkEnd):
             return
         logger.info("command.put_back", reason="closing while waiting on a fault")
 
-    async def _retry_or_dead_letter(self, command: _Command, failed: int, reason: str) -> None:
+    async def _retry_or_dead_letter(self, command: Command, failed: int, reason: str) -> None:
         channel = self._channel
         if channel is None:  # closing: back to the queue (counted when it is redelivered)
             await command.requeue()
@@ -467,7 +392,7 @@ class RabbitMQCommandServer(LinkEnd):
         self.stats.retried += 1
         logger.info("command.retry", failed_deliveries=failed, reason=reason)
 
-    async def _dead_letter(self, command: _Command, failed: int, reason: str) -> None:
+    async def _dead_letter(self, command: Command, failed: int, reason: str) -> None:
         channel = self._channel
         if channel is None:  # closing: the broker's own dead-lettering, without our headers
             await command.reject()
@@ -494,166 +419,5 @@ class RabbitMQCommandServer(LinkEnd):
         )
 
 
-class _Command(abc.ABC):
-    """One command as the server settles it: alone in its message, or one of a batch.
-
-    ``copy(headers)`` is the command as a single-command message (persistent), what a retry,
-    a put-back or a dead letter publishes; ``ack``/``requeue``/``reject`` settle it.
-    """
-
-    correlation_id: str | None
-    reply_to: str | None
-    headers: dict[str, Any]
-    payload: dict[str, Any] | None
-    failed_before: int
-    redelivered: bool
-
-    @abc.abstractmethod
-    def copy(self, headers: dict[str, Any]) -> aio_pika.Message: ...
-
-    @abc.abstractmethod
-    async def ack(self) -> None: ...
-
-    @abc.abstractmethod
-    async def requeue(self) -> None: ...
-
-    @abc.abstractmethod
-    async def reject(self) -> None: ...
-
-
-class _Single(_Command):
-    """A single-command message: settling the command settles the message."""
-
-    def __init__(self, message: AbstractIncomingMessage) -> None:
-        self.message = message
-        self.correlation_id = message.correlation_id
-        self.reply_to = message.reply_to
-        self.headers = dict(message.headers or {})
-        self.failed_before = _deliveries(message)
-        self.redelivered = bool(message.redelivered)
-        self.payload = _decode(message.body)
-
-    def copy(self, headers: dict[str, Any]) -> aio_pika.Message:
-        return _copy(self.message, headers)
-
-    async def ack(self) -> None:
-        await self.message.ack()
-
-    async def requeue(self) -> None:
-        await self.message.nack(requeue=True)
-
-    async def reject(self) -> None:
-        await self.message.reject(requeue=False)
-
-
-class _Batch:
-    """A batch message, acked once every command in it has its outcome.
-
-    A command that could not be settled on its own (the server closing) leaves the whole
-    message to the broker: requeued, and each command counted when it comes back.
-    """
-
-    def __init__(self, message: AbstractIncomingMessage, size: int) -> None:
-        self.message = message
-        self.left = size
-        self.unsettled = False
-
-    async def settled(self, *, unsettled: bool = False) -> None:
-        self.left -= 1
-        self.unsettled = self.unsettled or unsettled
-        if self.left == 0:
-            if self.unsettled:
-                await self.message.nack(requeue=True)
-            else:
-                await self.message.ack()
-
-
-class _Item(_Command):
-    """One command of a batch message: re-published alone when it is retried or dead."""
-
-    def __init__(self, batch: _Batch, item: Any) -> None:
-        self.batch = batch
-        message = batch.message
-        entry = item if isinstance(item, dict) else {}
-        self.correlation_id = _str_or_none(entry.get("correlation_id"))
-        self.reply_to = message.reply_to
-        self.headers = entry["headers"] if isinstance(entry.get("headers"), dict) else {}
-        payload = entry.get("payload")
-        self.payload = payload if isinstance(payload, dict) else None
-        self.failed_before = _deliveries(message)
-        self.redelivered = bool(message.redelivered)
-        self._entry = entry
-
-    def copy(self, headers: dict[str, Any]) -> aio_pika.Message:
-        body = encode(self.payload) if self.payload is not None else encode(self._entry)
-        key = self.headers.get(names.IDEMPOTENCY_KEY_HEADER)
-        return aio_pika.Message(
-            body,
-            headers={**self.headers, **headers},
-            content_type="application/json",
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            correlation_id=self.correlation_id,
-            reply_to=self.reply_to,
-            message_id=key if isinstance(key, str) else None,
-        )
-
-    async def ack(self) -> None:
-        await self.batch.settled()
-
-    async def requeue(self) -> None:
-        await self.batch.settled(unsettled=True)
-
-    async def reject(self) -> None:
-        await self.batch.settled(unsettled=True)
-
-
-def _headers_of(raw: Any) -> dict[str, str]:
-    """The string headers a handler sees (not the ``x-`` ones of this server)."""
-    return {
-        key: text(value)
-        for key, value in (raw or {}).items()
-        if not key.startswith("x-") and value is not None
-    }
-
-
-def _item_headers(item: Any) -> dict[str, str]:
-    return _headers_of(item.get("headers") if isinstance(item, dict) else None)
-
-
-def _str_or_none(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
-
-
-def _copy(message: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika.Message:
-    """``message`` again (persistent), its headers updated with ``headers``."""
-    return aio_pika.Message(
-        message.body,
-        headers={**(message.headers or {}), **headers},
-        content_type=message.content_type,
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        correlation_id=message.correlation_id,
-        reply_to=message.reply_to,
-        message_id=message.message_id,
-    )
-
-
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:_MAX_ERROR_CHARS]
-
-
-def _deliveries(message: AbstractIncomingMessage) -> int:
-    """Failed deliveries recorded on the message (0 when absent or garbled)."""
-    value = (message.headers or {}).get(names.DELIVERIES_HEADER)
-    if isinstance(value, int):
-        return max(value, 0)
-    if isinstance(value, (str, bytes)) and value.isdigit():
-        return int(value)
-    return 0
-
-
-def _decode(body: bytes) -> dict[str, Any] | None:
-    try:
-        payload = json.loads(body)
-    except ValueError:
-        return None
-    return payload if isinstance(payload, dict) else None

@@ -4,9 +4,10 @@
   the recent failures grouped by failed step and error type;
 - ``/ui/sagas``: the sagas, newest first, with the filters and cursor of ``GET /saga``, and
   bulk retry or compensate of a selection (``POST /ui/bulk``, confirmed with the count);
-- ``/ui/sagas/{order_id}``: the forward steps and the compensations as two lanes, the operator
-  actions that apply (``POST /ui/sagas/{order_id}/{action}``), the order's rows as the services
-  see them and the raw history.
+- ``/ui/sagas/{order_id}``: the forward steps and the compensations as two lanes
+  (:mod:`services.orchestrator.console_lanes`), the operator actions that apply
+  (``POST /ui/sagas/{order_id}/{action}``), the order's rows as the services see them and the
+  raw history.
 
 Every page reads through :class:`~orchestration_pattern.orchestrator.Orchestrator` (the engine's
 store) and the business operations' own reads; every action goes through the same
@@ -31,7 +32,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from activities import get_order, get_payment, get_reservations, get_shipment
 from activities.errors import InvalidCommand, NotFound, OrderNotFound
 from engine.adapters import amqp_names
-from engine.history import CANCEL, COMPENSATE, RESUME, RETRY, Event, EventType
+from engine.history import CANCEL, COMPENSATE, RESUME, RETRY
 from engine.listing import CURSOR_PATTERN, SagaFilter
 from engine.views import SagaStatus
 from orchestration_pattern.orchestrator import Orchestrator, SagaActionRefused
@@ -40,16 +41,16 @@ from services._kit import console as kit
 from services._kit.dead_letters import Pattern, gather_dead_letters
 from services._kit.roster import DOMAIN_SERVICES
 from services.orchestrator.api import OrchestratorDep, SagaState
+from services.orchestrator.console_lanes import lanes
 from services.orchestrator.listing import (
     NAME_PATTERN,
     ORDER_ID_PREFIX_PATTERN,
     parse_rfc3339,
 )
 
-__all__ = ["Box", "Lanes", "lanes", "router"]
+__all__ = ["router"]
 
 log = structlog.get_logger("services.console")
-ET = EventType
 
 router = APIRouter(prefix=kit.UI_PREFIX, include_in_schema=False)
 
@@ -303,93 +304,6 @@ def _reason(form: dict[str, list[str]]) -> str:
 
 
 # one saga -------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Box:
-    """One box of a lane: a forward step or a compensation, in its column (its step's)."""
-
-    name: str
-    column: int
-    state: str
-    attempts: int
-    duration: str
-    last_error: str
-    pivot: bool = False
-    undoes: str = ""
-
-
-@dataclasses.dataclass(frozen=True)
-class Lanes:
-    forward: tuple[Box, ...]
-    compensations: tuple[Box, ...]  # in the order they run (right to left)
-
-
-def lanes(history: Sequence[Event]) -> Lanes:
-    """The saga's steps and compensations as the console draws them, from its history.
-
-    A compensation sits in its step's column; the compensation lane lists them in the order
-    the compensation runs them (the reverse of their steps), those not begun yet as PENDING.
-    The pivot is the step whose ``StepScheduled`` says so; in a history recorded before
-    that was written, the last step with a compensation that a step without one followed
-    (marked once it is passed).
-    """
-    groups: dict[int, list[Event]] = {}
-    for event in history:
-        if event.position is not None:
-            groups.setdefault(event.position, []).append(event)
-    steps = [(pos, g) for pos, g in sorted(groups.items()) if g[0].type == ET.STEP_SCHEDULED]
-    forward: list[Box] = []
-    undo: dict[int, Box] = {}
-    begun: list[tuple[int, int]] = []  # (seq, position) of each compensation scheduled
-    for column, (position, group) in enumerate(steps, start=1):
-        first = group[0]
-        compensation = (first.payload.get("compensation") or {}).get("target")
-        state, attempts, error, finished = "SCHEDULED", first.attempt, None, None
-        c_state, c_attempts, c_error = "PENDING", 0, None
-        c_started: datetime | None = None
-        c_finished: datetime | None = None
-        for event in group:
-            if event.type in (ET.STEP_RETRYING, ET.STEP_TIMED_OUT):
-                state, error = "RETRYING", event.payload.get("error")
-                attempts = max(attempts, event.attempt + 1)
-            elif event.type in (ET.STEP_COMPLETED, ET.STEP_FAILED):
-                state = "COMPLETED" if event.type == ET.STEP_COMPLETED else "FAILED"
-                finished, attempts = event.created_at, max(attempts, event.attempt)
-                if event.type == ET.STEP_FAILED:
-                    error = event.payload.get("error")
-            elif event.type == ET.COMPENSATION_SCHEDULED:
-                c_state, c_attempts, c_started = "COMPENSATING", 1, event.created_at
-                begun.append((event.seq, position))
-            elif event.type == ET.COMPENSATION_RETRYING:
-                c_error = event.payload.get("error")
-                c_attempts = max(c_attempts, event.attempt + 1)
-            elif event.type == ET.COMPENSATION_COMPLETED:
-                c_state, c_finished = "COMPENSATED", event.created_at
-                c_attempts = max(c_attempts, event.attempt)
-        duration = kit.duration(first.created_at, finished)
-        forward.append(
-            Box(first.step or "", column, state, attempts, duration, kit.error_line(error))
-        )
-        if compensation:
-            undo[position] = Box(
-                compensation,
-                column,
-                c_state,
-                c_attempts,
-                kit.duration(c_started, c_finished),
-                kit.error_line(c_error),
-                undoes=first.step or "",
-            )
-    marked = [i for i, (_, g) in enumerate(steps) if g[0].payload.get("pivot")]
-    has_undo = [bool((g[0].payload.get("compensation") or {}).get("target")) for _, g in steps]
-    inferred = [i for i in range(len(forward) - 1) if has_undo[i] and not has_undo[i + 1]]
-    for i in (marked or inferred)[:1]:
-        forward[i] = dataclasses.replace(forward[i], pivot=True)
-    started = [e for e in history if e.type == ET.COMPENSATION_STARTED]
-    planned = [int(p) for p in started[-1].payload.get("steps", [])] if started else []
-    order = list(dict.fromkeys([*(p for _, p in sorted(begun)), *planned]))
-    return Lanes(tuple(forward), tuple(undo[p] for p in order if p in undo))
 
 
 def applicable_actions(saga: SagaStatus) -> dict[str, Any]:

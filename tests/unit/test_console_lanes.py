@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from engine.replay import read_history_file
-from services.orchestrator.console import Lanes, lanes
+from services.orchestrator.console_lanes import Lanes, lanes
 
 CORPUS = Path(__file__).parent / "durable_engine" / "corpus"
 
