@@ -513,16 +513,23 @@ async def _get_one(queue: str) -> aio_pika.abc.AbstractIncomingMessage:
 
 
 def _batched_requests(
-    transport: RabbitMQTransport, methods: list[str], *, timeout: float = 10
+    transport: RabbitMQTransport,
+    methods: list[str],
+    *,
+    timeout: float = 10,
+    timeouts: dict[str, float] | None = None,
 ) -> list[asyncio.Task[dict[str, Any]]]:
-    """One request per method, all made at once: they queue behind the first publish."""
+    """One request per method, all made at once: they queue behind the first publish.
+
+    Each waits ``timeout`` seconds for its reply, or its method's entry in ``timeouts``.
+    """
     return [
         asyncio.create_task(
             transport.request(
                 SERVICE,
                 method,
                 {"n": n},
-                timeout=timeout,
+                timeout=(timeouts or {}).get(method, timeout),
                 idempotency_key=f"saga-{n}:1",
                 headers={"saga_id": f"saga-{n}"},
             )
@@ -609,7 +616,9 @@ async def test_a_refusal_a_fault_and_a_poison_in_one_batch_touch_no_other_comman
         namespace, handler, max_deliveries=3, retry_backoff=0.02, outages=outages
     ) as srv:
         methods = ["ok", "refuse", "ok", "fault", "explode", "ok"]
-        requests = _batched_requests(transport, methods, timeout=3)
+        # The poison is never answered, so its request must time out; the others have room
+        # for four deliveries of the fault and publisher confirms slowed by a loaded host.
+        requests = _batched_requests(transport, methods, timeout=60, timeouts={"explode": 10})
         dead = names.dead_letter_queue(namespace, SERVICE)
         await until(lambda: message_count(URL, dead))
         outcomes = await asyncio.gather(*requests, return_exceptions=True)
