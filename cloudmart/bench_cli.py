@@ -163,7 +163,6 @@ def bench_console(
     import httpx
 
     from cloudmart.bench import console_pages
-    from cloudmart.bench.catalogue import seed_catalogue
     from cloudmart.bench.deployment import deployment
 
     settings = get_settings(pattern=Pattern.orchestration.value)
@@ -175,9 +174,8 @@ def bench_console(
     database_url = settings.effective_database_url
 
     async def go() -> list[console_pages.PageTiming]:
-        await seed_catalogue(database_url)
         async with httpx.AsyncClient(base_url=target, timeout=30) as client:
-            templates = await console_pages.run_templates(client)
+            templates = await console_pages.run_templates(client, database_url)
             added = await console_pages.fill(database_url, templates, sagas)
             typer.echo(f"{added} sagas copied from {len(templates)} run", err=True)
             return await console_pages.measure(client, templates, requests=requests)
