@@ -62,11 +62,21 @@ def bench(
         help="The deployment runs every service in one process, messaging in-process "
         "(`cloudmart up --colocated`; with --start, the bench starts it so).",
     ),
+    preload: int = typer.Option(
+        0,
+        min=0,
+        help=(
+            "First write this many finished sagas into the database, in bulk (copies of a few "
+            "real ones, in the mix's shares, on customers and books of their own, every "
+            "invariant kept), so the run is measured against a history; its time is reported."
+        ),
+    ),
 ) -> None:
     """Drive sagas through a deployment's REST API; report throughput, latency and invariants.
 
     Needs CLOUDMART_DATABASE_URL (the deployment's database): the bench adds its catalogue
-    there and checks every invariant after the run. Subcommands: floor, report.
+    there and checks every invariant after the run. With --preload N, N finished sagas are
+    added first (not measured). Subcommands: floor, report, console.
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -108,16 +118,19 @@ def bench(
                     "namespace": settings.namespace,
                     "started_deployment": start,
                     "colocated": colocated,
+                    "preload": preload,
                 },
                 progress=sys.stderr,
                 watch=watch,
+                preload=preload,
             )
         )
 
+    if (start or preload) and settings.embedded:
+        needs = "--start" if start else "--preload"
+        typer.echo(f"cloudmart bench {needs} needs CLOUDMART_DATABASE_URL", err=True)
+        raise typer.Exit(2)
     if start:
-        if settings.embedded:
-            typer.echo("cloudmart bench --start needs CLOUDMART_DATABASE_URL", err=True)
-            raise typer.Exit(2)
         asyncio.run(prepare_database(settings, seed=False, reset=False))
         log_path = f"bench-{pattern.value}.log"
         typer.echo(
