@@ -187,7 +187,8 @@ CREATE TABLE IF NOT EXISTS payments (
 	CONSTRAINT ck_payments_amount CHECK (amount >= 0),
 	CONSTRAINT ck_payments_status CHECK (status IN ('COMPLETED', 'FAILED', 'CANCELLED', 'REFUNDED')),
 	FOREIGN KEY(customer_id) REFERENCES customers (customer_id),
-	FOREIGN KEY(order_id) REFERENCES orders (order_id)
+	FOREIGN KEY(order_id) REFERENCES orders (order_id),
+	INDEX ix_payments_screening (customer_id, status, created_at, amount)
 )ENGINE=InnoDB CHARSET=utf8mb4 COLLATE utf8mb4_bin;
 
 CREATE TABLE IF NOT EXISTS shipments (

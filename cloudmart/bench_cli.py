@@ -62,11 +62,21 @@ def bench(
         help="The deployment runs every service in one process, messaging in-process "
         "(`cloudmart up --colocated`; with --start, the bench starts it so).",
     ),
+    preload: int = typer.Option(
+        0,
+        min=0,
+        help=(
+            "First write this many finished sagas into the database, in bulk (copies of a few "
+            "real ones, in the mix's shares, on customers and books of their own, every "
+            "invariant kept), so the run is measured against a history; its time is reported."
+        ),
+    ),
 ) -> None:
     """Drive sagas through a deployment's REST API; report throughput, latency and invariants.
 
     Needs CLOUDMART_DATABASE_URL (the deployment's database): the bench adds its catalogue
-    there and checks every invariant after the run. Subcommands: floor, report.
+    there and checks every invariant after the run. With --preload N, N finished sagas are
+    added first (not measured). Subcommands: floor, report, console.
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -108,16 +118,19 @@ def bench(
                     "namespace": settings.namespace,
                     "started_deployment": start,
                     "colocated": colocated,
+                    "preload": preload,
                 },
                 progress=sys.stderr,
                 watch=watch,
+                preload=preload,
             )
         )
 
+    if (start or preload) and settings.embedded:
+        needs = "--start" if start else "--preload"
+        typer.echo(f"cloudmart bench {needs} needs CLOUDMART_DATABASE_URL", err=True)
+        raise typer.Exit(2)
     if start:
-        if settings.embedded:
-            typer.echo("cloudmart bench --start needs CLOUDMART_DATABASE_URL", err=True)
-            raise typer.Exit(2)
         asyncio.run(prepare_database(settings, seed=False, reset=False))
         log_path = f"bench-{pattern.value}.log"
         typer.echo(
@@ -163,7 +176,6 @@ def bench_console(
     import httpx
 
     from cloudmart.bench import console_pages
-    from cloudmart.bench.catalogue import seed_catalogue
     from cloudmart.bench.deployment import deployment
 
     settings = get_settings(pattern=Pattern.orchestration.value)
@@ -175,9 +187,8 @@ def bench_console(
     database_url = settings.effective_database_url
 
     async def go() -> list[console_pages.PageTiming]:
-        await seed_catalogue(database_url)
         async with httpx.AsyncClient(base_url=target, timeout=30) as client:
-            templates = await console_pages.run_templates(client)
+            templates = await console_pages.run_templates(client, database_url)
             added = await console_pages.fill(database_url, templates, sagas)
             typer.echo(f"{added} sagas copied from {len(templates)} run", err=True)
             return await console_pages.measure(client, templates, requests=requests)

@@ -4,7 +4,8 @@ Modules: :mod:`~cloudmart.bench.load` (the run), :mod:`~cloudmart.bench.mix` (th
 mix and order bodies), :mod:`~cloudmart.bench.catalogue` (the bench's catalogue),
 :mod:`~cloudmart.bench.figures` (the result and its statistics),
 :mod:`~cloudmart.bench.output` (text and JSON), :mod:`~cloudmart.bench.where` (machine and
-versions), :mod:`~cloudmart.bench.deployment` (``--start``).
+versions), :mod:`~cloudmart.bench.deployment` (``--start``), :mod:`~cloudmart.bench.preload`
+(``--preload``: a history of finished sagas written in bulk before the run).
 
 Two ways to load it:
 
@@ -56,11 +57,14 @@ from cloudmart.bench.figures import (
 from cloudmart.bench.load import PROBE_PER_SECOND, TERMINAL, run
 from cloudmart.bench.mix import (
     ADDRESS,
+    BENCH,
     BENCH_BOOKS,
     BENCH_CUSTOMER,
     BROKE_CUSTOMER,
     FAILURES,
+    HISTORY,
     SOLD_OUT_BOOK,
+    Catalogue,
     order_body,
     parse_mix,
     plan,
@@ -70,14 +74,17 @@ from cloudmart.bench.where import database_version, machine
 
 __all__ = [
     "ADDRESS",
+    "BENCH",
     "BENCH_BOOKS",
     "BENCH_CUSTOMER",
     "BROKE_CUSTOMER",
     "FAILURES",
+    "HISTORY",
     "PROBE_PER_SECOND",
     "SOLD_OUT_BOOK",
     "TERMINAL",
     "BenchResult",
+    "Catalogue",
     "ceiling_per_second",
     "database_version",
     "deployment",

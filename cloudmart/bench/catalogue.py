@@ -1,5 +1,6 @@
-"""The bench's own catalogue (customers and books from 900001), added through the database so
-that every saga that is meant to complete can."""
+"""The bench's own catalogues (customers and books from 900001 for the live run, from 910001
+for a preloaded history), added through the database so that every saga that is meant to
+complete can."""
 
 from __future__ import annotations
 
@@ -11,48 +12,54 @@ import sqlalchemy as sa
 
 from activities.db import create_engine
 from activities.tables import books, customers, inventory, ledger_entries
-from cloudmart.bench.mix import BENCH_BOOKS, BENCH_CUSTOMER, BROKE_CUSTOMER, SOLD_OUT_BOOK
+from cloudmart.bench.mix import BENCH, Catalogue
 
 
-async def seed_catalogue(database_url: str) -> None:
+async def seed_catalogue(database_url: str, catalogue: Catalogue = BENCH) -> None:
     """The bench's own customers and books: one rich customer and ten well-stocked books that
     every saga can complete with, one customer with nothing and one book out of stock."""
     engine = create_engine(database_url, pool_size=1, max_overflow=0)
     try:
         async with engine.begin() as conn:
-            await seed(conn)
+            await seed(conn, catalogue)
     finally:
         await engine.dispose()
 
 
-async def seed(conn: Any) -> None:
-    people = {BENCH_CUSTOMER: "Bench", BROKE_CUSTOMER: "Bench (broke)"}
+async def seed(conn: Any, catalogue: Catalogue = BENCH) -> None:
+    """:func:`seed_catalogue` in the caller's transaction; the rich customer's balance and the
+    books' stock are filled up again each time."""
+    cat = catalogue
+    people = {cat.customer: cat.label, cat.broke_customer: f"{cat.label} (broke)"}
     have = set(
         await conn.scalars(
             sa.select(customers.c.customer_id).where(customers.c.customer_id.in_(people))
         )
     )
-    missing = [c for c in people if c not in have]
+    missing = [customer for customer in people if customer not in have]
     if missing:
         await conn.execute(
             customers.insert(),
             [
                 {
-                    "customer_id": c,
-                    "name": people[c],
-                    "email": f"bench-{c}@example.invalid",
+                    "customer_id": customer,
+                    "name": people[customer],
+                    "email": f"bench-{customer}@example.invalid",
                     "balance": Decimal(0),
                 }
-                for c in missing
+                for customer in missing
             ],
         )
-    titles = [*BENCH_BOOKS, SOLD_OUT_BOOK]
+    titles = [*cat.books, cat.sold_out_book]
     have = set(await conn.scalars(sa.select(books.c.book_id).where(books.c.book_id.in_(titles))))
     missing = [b for b in titles if b not in have]
     if missing:
         await conn.execute(
             books.insert(),
-            [{"book_id": b, "title": f"Bench {b}", "price": Decimal("1.00")} for b in missing],
+            [
+                {"book_id": b, "title": f"{cat.label} {b}", "price": Decimal("1.00")}
+                for b in missing
+            ],
         )
         await conn.execute(
             inventory.insert(), [{"book_id": b, "available": 0, "reserved": 0} for b in missing]
@@ -62,23 +69,23 @@ async def seed(conn: Any) -> None:
     rich, stocked = Decimal("9999999999.00"), 10_000_000
     held = await conn.scalar(
         sa.select(customers.c.balance)
-        .where(customers.c.customer_id == BENCH_CUSTOMER)
+        .where(customers.c.customer_id == cat.customer)
         .with_for_update()
     )
     moves: list[tuple[str, int, str, Decimal | int]] = [
-        ("customer", BENCH_CUSTOMER, "balance", rich - Decimal(str(held)))
+        ("customer", cat.customer, "balance", rich - Decimal(str(held)))
     ]
     stock = await conn.execute(
         sa.select(inventory.c.book_id, inventory.c.available)
-        .where(inventory.c.book_id.in_(BENCH_BOOKS))
+        .where(inventory.c.book_id.in_(cat.books))
         .with_for_update()
     )
     moves += [("book", int(b), "available", stocked - int(a)) for b, a in stock]
     await conn.execute(
-        customers.update().where(customers.c.customer_id == BENCH_CUSTOMER).values(balance=rich)
+        customers.update().where(customers.c.customer_id == cat.customer).values(balance=rich)
     )
     await conn.execute(
-        inventory.update().where(inventory.c.book_id.in_(BENCH_BOOKS)).values(available=stocked)
+        inventory.update().where(inventory.c.book_id.in_(cat.books)).values(available=stocked)
     )
     at = datetime.now(UTC).replace(tzinfo=None)
     entries = [

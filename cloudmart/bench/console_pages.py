@@ -1,12 +1,12 @@
 """``cloudmart bench console``: how fast the operator console's pages answer with many sagas.
 
-1. A few real sagas run through the orchestrator's REST API, one of each ending (completed,
-   refused at stock, at payment, at shipping), with the bench's catalogue.
-2. Their rows (``saga_instances`` and every ``saga_step_logs`` event) are copied in bulk under
-   new ids until the database holds ``sagas`` sagas, their times spread over the past
-   :data:`SPREAD` (newest first is the console's order). The copies are finished sagas, so no
-   orchestrator drives them; the order, payment and shipment rows stay the originals' only, so
-   a copy's page reads no such rows (a lookup by primary key that finds nothing).
+1. A few real sagas run through the orchestrator's REST API, a few of each ending (completed,
+   refused at stock, at payment, at shipping), on the history's catalogue.
+2. Every row of theirs is copied in bulk under new ids (:mod:`cloudmart.bench.preload`) until
+   the database holds ``sagas`` sagas, their times spread over the past
+   :data:`~cloudmart.bench.preload.SPREAD` (newest first is the console's order), the endings
+   in equal shares. The copies are finished sagas, so no orchestrator drives them, and whole:
+   a copy's page reads its order, payment and shipment as an original's does.
 3. Each page is fetched ``requests`` times, one at a time, after a warm-up: the overview, the
    list (first page, a filter by status, by failed step, by operator flag, by order id prefix,
    a page deep in the cursor) and saga pages of copies and originals. Reported per page: p50,
@@ -15,27 +15,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import time
-import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import sqlalchemy as sa
 
 from activities.db import create_engine
-from cloudmart.bench.mix import order_body
-from engine.adapters.sql_tables import saga_instances, saga_step_logs
+from cloudmart.bench import preload
+from engine.adapters.sql_tables import saga_instances
 
 __all__ = ["PageTiming", "fill", "measure", "render", "run_templates"]
 
-SPREAD = timedelta(days=7)
 KINDS = ("ok", "stock", "payment", "shipping")
-TEMPLATES_PER_KIND = 3
-CHUNK = 500  # sagas per INSERT batch
 DEEP = 5000  # the deep page starts after this many sagas
 
 
@@ -49,76 +43,28 @@ class PageTiming:
     max_ms: float
 
 
-async def run_templates(client: httpx.AsyncClient) -> list[str]:
-    """One saga per ending (a few of each), run to their end through the REST API."""
-
-    async def one(i: int, kind: str) -> str:
-        started = await client.post("/saga/start", json=order_body(i, kind))
-        started.raise_for_status()
-        oid = str(started.json()["order_id"])
-        while True:
-            status = await client.get(f"/saga/{oid}/status", params={"wait": 10})
-            if status.json()["status"] in ("COMPLETED", "FAILED"):
-                return oid
-
-    jobs = [one(i, kind) for i, kind in enumerate(KINDS * TEMPLATES_PER_KIND)]
-    return list(await asyncio.gather(*jobs))
+async def run_templates(client: httpx.AsyncClient, database_url: str) -> list[str]:
+    """A few sagas of each ending, run to their end through the REST API; their order ids."""
+    templates = await preload.run_templates(client, database_url, KINDS)
+    return [oid for kind in KINDS for oid in templates[kind]]
 
 
 async def fill(database_url: str, templates: Sequence[str], sagas: int) -> int:
-    """Copy the sagas of ``templates`` (order ids) until the database holds ``sagas``; how
-    many were added."""
+    """Copies of ``templates`` (order ids of :func:`run_templates`, the endings taken in
+    turn) until the database holds ``sagas``; how many were added."""
     engine = create_engine(database_url, pool_size=1, max_overflow=0)
     try:
         async with engine.connect() as conn:
             held = int(
                 await conn.scalar(sa.select(sa.func.count()).select_from(saga_instances)) or 0
             )
-            rows = (
-                await conn.execute(
-                    sa.select(saga_instances).where(saga_instances.c.order_id.in_(templates))
-                )
-            ).mappings()
-            originals = [dict(row) for row in rows]
-            logs: dict[str, list[dict[str, Any]]] = {}
-            for log in (
-                await conn.execute(
-                    sa.select(saga_step_logs).where(
-                        saga_step_logs.c.saga_id.in_([o["saga_id"] for o in originals])
-                    )
-                )
-            ).mappings():
-                logs.setdefault(log["saga_id"], []).append(dict(log))
-        wanted = max(0, sagas - held)
-        newest = datetime.now(UTC).replace(tzinfo=None)
-        for first in range(0, wanted, CHUNK):
-            instances: list[dict[str, Any]] = []
-            events: list[dict[str, Any]] = []
-            for i in range(first, min(first + CHUNK, wanted)):
-                original = originals[i % len(originals)]
-                created = newest - SPREAD * (i + 1) / wanted
-                shift = created - original["created_at"]
-                saga_id = str(uuid.uuid4())
-                instances.append(
-                    {
-                        **original,
-                        "saga_id": saga_id,
-                        "order_id": str(uuid.uuid4()),
-                        "created_at": created,
-                        "updated_at": original["updated_at"] + shift,
-                        "lease_expires_at": None,
-                    }
-                )
-                events += [
-                    {**log, "saga_id": saga_id, "created_at": log["created_at"] + shift}
-                    for log in logs[original["saga_id"]]
-                ]
-            async with engine.begin() as conn:
-                await conn.execute(saga_instances.insert(), instances)
-                await conn.execute(saga_step_logs.insert(), events)
-        return wanted
     finally:
         await engine.dispose()
+    wanted = max(0, sagas - held)
+    by_kind = {str(i): [oid] for i, oid in enumerate(templates)}
+    return await preload.copy(
+        database_url, by_kind, [str(i % len(templates)) for i in range(wanted)]
+    )
 
 
 async def _pages(client: httpx.AsyncClient, templates: Sequence[str]) -> list[tuple[str, str]]:

@@ -18,7 +18,8 @@ class BenchResult:
     ``cpu``: :func:`cloudmart.costs.per_unit` per ended saga; ``database``: the database's
     counters per ended saga (:data:`cloudmart.costs.DATABASE_COUNTERS`); ``messages``: the
     orchestrator's RabbitMQ commands and replies per ended saga, and the messages that carried
-    them (``cloudmart_transport_messages``; absent when it exports none)."""
+    them (``cloudmart_transport_messages``; absent when it exports none); ``preload``: the
+    history written before the run (:meth:`cloudmart.bench.preload.Preloaded.as_dict`)."""
 
     pattern: str
     sagas: int
@@ -53,6 +54,7 @@ class BenchResult:
     cpu: dict[str, Any] | None = None
     database: dict[str, float] | None = None
     messages: dict[str, float] | None = None
+    preload: dict[str, Any] | None = None
 
 
 def quantile(ordered: Sequence[float], q: float) -> float:

@@ -24,6 +24,9 @@ from cloudmart.bench import where
 from cloudmart.bench.catalogue import seed
 from cloudmart.bench.figures import BenchResult, floor_ms, percentiles, quantiles, rollback_success
 from cloudmart.bench.mix import order_body, plan
+from cloudmart.bench.output import preloaded_line
+from cloudmart.bench.preload import Preloaded
+from cloudmart.bench.preload import preload as preload_sagas
 
 TERMINAL = ("COMPLETED", "FAILED")
 PROBE_PER_SECOND = 2
@@ -140,6 +143,7 @@ async def run(
     saga_timeout: float = 120.0,
     transport: httpx.AsyncBaseTransport | None = None,
     watch: Mapping[str, int | None] | None = None,
+    preload: int = 0,
 ) -> BenchResult:
     """Run ``sagas`` sagas through ``url``'s REST API and measure them (module docstring).
 
@@ -150,10 +154,16 @@ async def run(
     ``progress``: a stream for a ``\\r`` progress line (stderr on the command line).
     ``transport``: an httpx transport to use instead of the network (an app in process).
     ``watch``: ``{name: port}`` of the processes whose CPU to measure (:mod:`cloudmart.costs`);
-    the bench's own process is always watched.
+    the bench's own process is always watched. ``preload``: that many finished sagas written
+    into ``database_url`` first (:mod:`cloudmart.bench.preload`), not measured.
     """
     mix = dict(mix or {})
     kinds = plan(sagas, mix)
+    preloaded = None
+    if preload:
+        if database_url is None:
+            raise ValueError("a preload needs the deployment's database")
+        preloaded = await _preload(url, database_url, preload, pattern, mix, transport, progress)
     engine = create_engine(database_url, pool_size=1, max_overflow=1) if database_url else None
     try:
         baseline = None
@@ -190,7 +200,28 @@ async def run(
         tally, kinds, wall, pattern=pattern, concurrency=concurrency, rate=rate, mix=mix,
         verdict=verdict, rollback=rollback, versions=versions, settings=settings, floor=floor,
         cpu=cpu, database=database, messages=messages,
+        preloaded=preloaded.as_dict() if preloaded is not None else None,
     )  # fmt: skip
+
+
+async def _preload(
+    url: str,
+    database_url: str,
+    sagas: int,
+    pattern: str,
+    mix: Mapping[str, float],
+    transport: httpx.AsyncBaseTransport | None,
+    progress: TextIO | None,
+) -> Preloaded:
+    if progress is not None:
+        progress.write(f"  preloading {sagas} finished sagas...\n")
+        progress.flush()
+    async with httpx.AsyncClient(base_url=url, transport=transport, timeout=60) as client:
+        done = await preload_sagas(client, database_url, sagas, pattern=pattern, mix=mix)
+    if progress is not None:
+        progress.write(f"  {preloaded_line(done.as_dict())}\n")
+        progress.flush()
+    return done
 
 
 async def _transport_messages(
@@ -391,6 +422,7 @@ def _result(
     cpu: dict[str, Any] | None = None,
     database: dict[str, float] | None = None,
     messages: dict[str, float] | None = None,
+    preloaded: dict[str, Any] | None = None,
 ) -> BenchResult:
     completed, failed = tally.count("COMPLETED"), tally.count("FAILED")
     errors = len(kinds) - completed - failed
@@ -448,4 +480,5 @@ def _result(
         cpu=cpu,
         database=database,
         messages=messages,
+        preload=preloaded,
     )

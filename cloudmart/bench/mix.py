@@ -5,12 +5,33 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
-BENCH_CUSTOMER = 900_001
-BROKE_CUSTOMER = 900_002
-BENCH_BOOKS = list(range(900_001, 900_011))
-SOLD_OUT_BOOK = 900_011
+
+@dataclass(frozen=True)
+class Catalogue:
+    """The customers and books a bench's orders name: one rich customer and ten well-stocked
+    books that every saga can complete with, one customer with nothing, one book out of
+    stock (:mod:`cloudmart.bench.catalogue` adds them)."""
+
+    label: str
+    customer: int
+    broke_customer: int
+    books: tuple[int, ...]
+    sold_out_book: int
+
+
+BENCH = Catalogue("Bench", 900_001, 900_002, tuple(range(900_001, 900_011)), 900_011)
+"""The live run's catalogue."""
+HISTORY = Catalogue("History", 910_001, 910_002, tuple(range(910_001, 910_011)), 910_011)
+"""The preloaded sagas' own (:mod:`cloudmart.bench.preload`), so a history never moves the
+balance or the stock the live run reads."""
+
+BENCH_CUSTOMER = BENCH.customer
+BROKE_CUSTOMER = BENCH.broke_customer
+BENCH_BOOKS = list(BENCH.books)
+SOLD_OUT_BOOK = BENCH.sold_out_book
 ADDRESS = {
     "name": "Bench",
     "line1": "1-1",
@@ -56,11 +77,12 @@ def plan(sagas: int, mix: Mapping[str, float]) -> list[str]:
     return kinds
 
 
-def order_body(i: int, kind: str) -> dict[str, Any]:
+def order_body(i: int, kind: str, catalogue: Catalogue = BENCH) -> dict[str, Any]:
     """The order body of saga ``i`` meant to end as ``kind`` (see :func:`plan`)."""
-    book = SOLD_OUT_BOOK if kind == "stock" else BENCH_BOOKS[i % len(BENCH_BOOKS)]
+    shelf = catalogue.books
+    book = catalogue.sold_out_book if kind == "stock" else shelf[i % len(shelf)]
     return {
-        "customer_id": BROKE_CUSTOMER if kind == "payment" else BENCH_CUSTOMER,
+        "customer_id": catalogue.broke_customer if kind == "payment" else catalogue.customer,
         "items": [{"book_id": book, "quantity": 1}],
         "shipping_address": {**ADDRESS, "country": "US" if kind == "shipping" else "JP"},
     }

@@ -66,6 +66,8 @@ def report(result: BenchResult) -> str:
             f"  {result.sagas_per_second} sagas/s is {result.sagas_per_second / ceiling:.0%} "
             f"of the floor's ceiling of {ceiling} sagas/s"
         )
+    if result.preload is not None:
+        lines.append(f"  {preloaded_line(result.preload)}")
     if result.check is not None:
         verdict = "ok" if result.check["ok"] else "VIOLATED"
         rollback = (
@@ -79,6 +81,15 @@ def report(result: BenchResult) -> str:
         )
         lines += [f"    {shown}" for shown in result.check["shown"][:5]]
     return "\n".join(lines)
+
+
+def preloaded_line(preload: Mapping[str, Any]) -> str:
+    """What a preload wrote, and how long it took."""
+    return (
+        f"preloaded {preload['sagas']} finished sagas first in {preload['seconds']}s "
+        f"(templates {preload['templates_seconds']}s, bulk copy {preload['copy_seconds']}s: "
+        f"{preload['copied_per_second']} sagas/s)"
+    )
 
 
 def to_json(result: BenchResult) -> str:

@@ -83,6 +83,44 @@ def test_order_bodies_fail_where_the_business_rules_say() -> None:
     assert bench.order_body(3, "shipping")["shipping_address"]["country"] == "US"
 
 
+def test_a_history_orders_from_a_catalogue_of_its_own() -> None:
+    live, history = bench.BENCH, bench.HISTORY
+    ids = {live.customer, live.broke_customer, *live.books, live.sold_out_book}
+    assert ids.isdisjoint({history.customer, history.broke_customer, *history.books})
+    assert history.sold_out_book not in ids
+    for kind in ("ok", "stock", "payment", "shipping"):
+        body = bench.order_body(3, kind, history)
+        assert body["customer_id"] in (history.customer, history.broke_customer)
+        assert body["items"][0]["book_id"] in (*history.books, history.sold_out_book)
+    assert bench.order_body(3, "payment", history)["customer_id"] == history.broke_customer
+    assert bench.order_body(3, "stock", history)["items"][0]["book_id"] == history.sold_out_book
+
+
+def test_the_report_gives_a_preloads_own_time_apart_from_the_run() -> None:
+    run = bench.BenchResult(
+        pattern="orchestration", sagas=10, concurrency=4, wall_seconds=1.0, completed=10,
+        failed=0, errors=0, sagas_per_second=10.0, latency_ms={"p50": 50.0},
+        start_response_ms={},
+    )  # fmt: skip
+    assert "preloaded" not in bench.report(run)
+    run.preload = {
+        "sagas": 2000, "templates": 3, "templates_seconds": 1.5, "copy_seconds": 2.0,
+        "seconds": 3.5, "copied_per_second": 1000,
+    }  # fmt: skip
+    assert (
+        "preloaded 2000 finished sagas first in 3.5s (templates 1.5s, bulk copy 2.0s: "
+        "1000 sagas/s)" in bench.report(run)
+    )
+    assert json.loads(bench.to_json(run))["preload"]["sagas"] == 2000
+
+
+def test_a_preload_needs_the_deployments_database(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CLOUDMART_DATABASE_URL", raising=False)
+    done = CliRunner().invoke(app, ["bench", "--preload", "10", "--sagas", "1"])
+    assert done.exit_code == 2
+    assert "cloudmart bench --preload needs CLOUDMART_DATABASE_URL" in done.output
+
+
 def test_rollback_success_counts_each_broken_saga_once() -> None:
     assert bench.rollback_success(0, []) is None
     assert bench.rollback_success(4, []) == 1.0
