@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import uuid
 from typing import Any
 
@@ -63,7 +62,7 @@ from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, AbstractRobu
 from aio_pika.exceptions import DeliveryError, PublishError
 
 from engine.adapters import amqp_names as names
-from engine.adapters.amqp_link import BROKER_ERRORS, LinkEnd, RobustLink, encode
+from engine.adapters.amqp_link import BROKER_ERRORS, LinkEnd, RobustLink, decode, encode
 from engine.errors import RemoteError, StepTimeout, TransportError
 
 __all__ = ["RabbitMQTransport", "TransportStats"]
@@ -324,7 +323,7 @@ class RabbitMQTransport(LinkEnd):
     def _resolve(self, message: AbstractIncomingMessage) -> None:
         self.stats.reply_messages += 1
         try:
-            body = json.loads(message.body)
+            body = decode(message.body)
         except ValueError:
             body = None
         if (message.headers or {}).get(names.BATCH_HEADER) is None:
