@@ -111,7 +111,8 @@ def event_row(saga_id: str, event: Event) -> dict[str, Any]:
     }
 
 
-def event_of(row: sa.Row[Any]) -> Event:
+def event_of(row: Any) -> Event:
+    """The event of a ``saga_step_logs`` row (anything with its columns as attributes)."""
     return Event(
         seq=row.seq,
         type=row.event_type,
@@ -125,7 +126,8 @@ def event_of(row: sa.Row[Any]) -> Event:
     )
 
 
-def record_of(row: sa.Row[Any]) -> SagaRecord:
+def record_of(row: Any) -> SagaRecord:
+    """The record of a ``saga_instances`` row (anything with its columns as attributes)."""
     return SagaRecord(
         saga_id=row.saga_id,
         workflow_id=row.order_id,

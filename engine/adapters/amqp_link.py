@@ -11,25 +11,27 @@ reconnect callbacks last, after the channels.
 :class:`LinkEnd` is what both ends are to their users: started by ``await start()`` or
 ``async with``, closed by ``close()``, usable while ``connected``.
 
-Messages are compact JSON objects (:func:`encode`); header values are read back as text
-(:func:`text`). :data:`BROKER_ERRORS` is what a dropped connection or channel raises.
+Messages are compact JSON objects, written by :func:`encode` and read by :func:`decode` through
+orjson (the same JSON as the standard library's, several times faster, and a message body is
+encoded and decoded on every hop); header values are read back as text (:func:`text`).
+:data:`BROKER_ERRORS` is what a dropped connection or channel raises.
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
-import json
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Self
 
 import aio_pika
+import orjson
 import structlog
 from aio_pika.abc import AbstractRobustConnection
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 
-__all__ = ["BROKER_ERRORS", "LinkEnd", "RobustLink", "encode", "text"]
+__all__ = ["BROKER_ERRORS", "LinkEnd", "RobustLink", "decode", "encode", "text"]
 
 logger = structlog.get_logger(__name__)
 
@@ -42,7 +44,13 @@ BROKER_ERRORS: tuple[type[BaseException], ...] = (
 
 
 def encode(data: dict[str, Any]) -> bytes:
-    return json.dumps(data, separators=(",", ":")).encode()
+    """``data`` as compact JSON (UTF-8); TypeError for what JSON cannot hold."""
+    return orjson.dumps(data)
+
+
+def decode(body: bytes) -> Any:
+    """The JSON value of ``body``; ValueError when it is not JSON (or not UTF-8)."""
+    return orjson.loads(body)
 
 
 def text(value: Any) -> str:

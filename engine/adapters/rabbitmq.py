@@ -1,13 +1,17 @@
 """RabbitMQ request/reply: the engine's :class:`~engine.ports.Transport`.
 
 :class:`RabbitMQTransport`: one robust connection and one channel with publisher
-confirms. A request is a transient JSON message on the durable direct exchange
-``<ns>.commands``, routing key = service, published ``mandatory`` (an unknown service fails at
-once instead of timing out), with a fresh ``correlation_id``, the headers ``idempotency_key``,
-``method`` and the caller's own (``saga_id``...), and ``reply_to`` = the transport's exclusive
-reply queue ``<ns>.replies.<instance>``. A named queue rather than direct reply-to: the robust
-channel re-declares it under the same name after a reconnect, it carries the namespace like
-every other name, and FLOOR.md measured both at the same cost.
+confirms. aio-pika keeps the connection and the channel (and restores them, with the reply
+queue, after a reconnect); the hot path publishes and consumes on aiormq's channel underneath,
+without aio-pika's per-message objects.
+
+A request is a transient JSON message on the durable direct exchange ``<ns>.commands``, routing
+key = service, published ``mandatory`` (an unknown service fails at once instead of timing
+out), with a fresh ``correlation_id``, the headers ``idempotency_key``, ``method`` and the
+caller's own (``saga_id``...), and ``reply_to`` = the transport's exclusive reply queue
+``<ns>.replies.<instance>``. A named queue rather than direct reply-to: the robust channel
+re-declares it under the same name after a reconnect, it carries the namespace like every
+other name, and FLOOR.md measured both at the same cost.
 
 Why transient: the durable record of a command is the saga's history, not the message (as in
 Temporal, whose activity tasks are re-created from history, not kept by the queue). A broker
@@ -53,17 +57,18 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import uuid
 from typing import Any
 
 import aio_pika
 import structlog
-from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from aio_pika.exceptions import DeliveryError, PublishError
+from aiormq.abc import DeliveredMessage
+from pamqp.commands import Basic
 
 from engine.adapters import amqp_names as names
-from engine.adapters.amqp_link import BROKER_ERRORS, LinkEnd, RobustLink, encode
+from engine.adapters.amqp_link import BROKER_ERRORS, LinkEnd, RobustLink, decode, encode
 from engine.errors import RemoteError, StepTimeout, TransportError
 
 __all__ = ["RabbitMQTransport", "TransportStats"]
@@ -127,7 +132,8 @@ class RabbitMQTransport(LinkEnd):
         self.reply_queue = names.reply_queue(namespace, self.instance)
         self.connection_name = f"{namespace}.client.{self.instance}"
         self.stats = TransportStats()
-        self._exchange: AbstractExchange | None = None
+        self._channel: AbstractRobustChannel | None = None
+        self._exchange_name = names.commands_exchange(namespace)
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
         # Per service: the commands waiting for the publish in flight, and the task publishing.
         self._outbox: dict[str, list[_Command]] = {}
@@ -151,18 +157,28 @@ class RabbitMQTransport(LinkEnd):
     async def _declare(self, connection: AbstractRobustConnection) -> None:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         await channel.set_qos(prefetch_count=self._prefetch)
-        self._exchange = await channel.declare_exchange(
-            names.commands_exchange(self.namespace), aio_pika.ExchangeType.DIRECT, durable=True
+        await channel.declare_exchange(
+            self._exchange_name, aio_pika.ExchangeType.DIRECT, durable=True
         )
         # Exclusive: deleted with the connection; the robust channel re-declares it (same
-        # name) and re-consumes after a reconnect. Consumed without acks: a reply lives only as
-        # long as this connection whether it is acked or not, so an ack per reply would be a
-        # frame each way for nothing.
-        queue = await channel.declare_queue(self.reply_queue, exclusive=True, auto_delete=True)
-        await queue.consume(self._on_reply, no_ack=True)
+        # name) after a reconnect. Consumed without acks: a reply lives only as long as this
+        # connection whether it is acked or not, so an ack per reply would be a frame each way
+        # for nothing.
+        await channel.declare_queue(self.reply_queue, exclusive=True, auto_delete=True)
+        # Consumed on aiormq's channel itself: aio-pika would wrap every reply in an
+        # IncomingMessage and a task of its own on top of aiormq's. The robust channel runs
+        # its reopen callbacks once it re-declared the queue, before the link is up again.
+        channel.reopen_callbacks.add(self._consume_replies)
+        await self._consume_replies(channel)
+        self._channel = channel
+
+    async def _consume_replies(self, channel: AbstractRobustChannel | None, /) -> None:
+        if channel is not None:
+            underlay = await channel.get_underlay_channel()
+            await underlay.basic_consume(self.reply_queue, self._on_reply, no_ack=True)
 
     async def close(self) -> None:
-        self._exchange = None
+        self._channel = None
         self._fail_pending("transport closed")
         senders = list(self._senders.values())
         for sender in senders:
@@ -181,8 +197,7 @@ class RabbitMQTransport(LinkEnd):
         headers: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """Send ``method`` to ``service`` and wait for its reply (see the module docstring)."""
-        exchange = self._exchange
-        if exchange is None:
+        if self._channel is None:
             raise RuntimeError("RabbitMQTransport.start() has not been awaited")
         correlation_id = uuid.uuid4().hex
         log = logger.bind(
@@ -252,11 +267,11 @@ class RabbitMQTransport(LinkEnd):
                     del self._outbox[service]
                 if not batch:
                     continue
-                exchange = self._exchange
+                channel = self._channel
                 try:
-                    if exchange is None:
+                    if channel is None:
                         raise TransportError("transport closed")
-                    await self._publish(exchange, self._message(batch), service, batch)
+                    await self._publish(channel, service, batch)
                 except TransportError as exc:
                     for command in batch:
                         if not command.reply.done():
@@ -264,44 +279,42 @@ class RabbitMQTransport(LinkEnd):
         finally:
             del self._senders[service]
 
-    def _message(self, batch: list[_Command]) -> aio_pika.Message:
+    def _message(self, batch: list[_Command]) -> tuple[bytes, Basic.Properties]:
+        """The body and properties of the message carrying ``batch`` (aiormq's own, built
+        once: no aio-pika ``Message`` in between)."""
         if len(batch) == 1:
             command = batch[0]
-            return aio_pika.Message(
-                encode(command.payload),
+            return encode(command.payload), Basic.Properties(
                 content_type="application/json",
-                delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,  # see the module docstring
+                delivery_mode=1,  # transient: see the module docstring
                 correlation_id=command.correlation_id,
                 reply_to=self.reply_queue,
                 message_id=command.idempotency_key,
                 headers=command.headers,
             )
-        return aio_pika.Message(
-            encode(
-                {
-                    "commands": [
-                        {
-                            "correlation_id": command.correlation_id,
-                            "headers": command.headers,
-                            "payload": command.payload,
-                        }
-                        for command in batch
-                    ]
-                }
-            ),
+        body = encode(
+            {
+                "commands": [
+                    {
+                        "correlation_id": command.correlation_id,
+                        "headers": command.headers,
+                        "payload": command.payload,
+                    }
+                    for command in batch
+                ]
+            }
+        )
+        return body, Basic.Properties(
             content_type="application/json",
-            delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
+            delivery_mode=1,
             correlation_id=uuid.uuid4().hex,
             reply_to=self.reply_queue,
+            message_id=uuid.uuid4().hex,
             headers={names.BATCH_HEADER: len(batch)},
         )
 
     async def _publish(
-        self,
-        exchange: AbstractExchange,
-        message: aio_pika.Message,
-        service: str,
-        batch: list[_Command],
+        self, channel: AbstractRobustChannel, service: str, batch: list[_Command]
     ) -> None:
         what = (
             f"{service}.{batch[0].method}"
@@ -309,7 +322,17 @@ class RabbitMQTransport(LinkEnd):
             else f"a batch of {len(batch)} commands to {service}"
         )
         try:
-            await exchange.publish(message, routing_key=service, mandatory=True)
+            body, properties = self._message(batch)
+            underlay = await channel.get_underlay_channel()
+            # Publisher confirms: aiormq raises DeliveryError on a nack and, the channel
+            # being opened with on_return_raises, PublishError on a return.
+            await underlay.basic_publish(
+                body,
+                exchange=self._exchange_name,
+                routing_key=service,
+                properties=properties,
+                mandatory=True,
+            )
         except PublishError as exc:
             raise TransportError(f"no queue for service {service!r}: message returned") from exc
         except DeliveryError as exc:
@@ -318,21 +341,22 @@ class RabbitMQTransport(LinkEnd):
             raise TransportError(f"could not publish {what}: {exc!r}") from exc
         self.stats.messages_sent += 1
 
-    async def _on_reply(self, message: AbstractIncomingMessage) -> None:
+    async def _on_reply(self, message: DeliveredMessage) -> None:
         self._resolve(message)
 
-    def _resolve(self, message: AbstractIncomingMessage) -> None:
+    def _resolve(self, message: DeliveredMessage) -> None:
         self.stats.reply_messages += 1
         try:
-            body = json.loads(message.body)
+            body = decode(message.body)
         except ValueError:
             body = None
-        if (message.headers or {}).get(names.BATCH_HEADER) is None:
-            self._settle(message.correlation_id or "", body)
+        properties = message.header.properties
+        if (properties.headers or {}).get(names.BATCH_HEADER) is None:
+            self._settle(properties.correlation_id or "", body)
             return
         replies = body.get("replies") if isinstance(body, dict) else None
         if not isinstance(replies, list):
-            logger.error("reply.malformed_batch", correlation_id=message.correlation_id)
+            logger.error("reply.malformed_batch", correlation_id=properties.correlation_id)
             return
         for reply in replies:
             if isinstance(reply, dict):

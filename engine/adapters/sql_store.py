@@ -19,6 +19,7 @@ the write's outcome is unknown).
 from __future__ import annotations
 
 import builtins
+import collections
 import dataclasses
 from collections.abc import Sequence
 from datetime import datetime
@@ -42,6 +43,7 @@ from engine.adapters.sql_tables import metadata, saga_instances, saga_step_logs
 from engine.errors import ConcurrencyConflict, SagaNotFound
 from engine.history import Event, Projection, SagaRecord, operator_request, plan_action
 from engine.listing import SagaCounts, SagaFilter, SagaPosition
+from prepared_sql import Prepared, run_together
 
 __all__ = ["SqlHistoryStore"]
 
@@ -157,23 +159,27 @@ class SqlHistoryStore:
     # -- reads and lease management -----------------------------------------------------
 
     async def load(self, saga_id: str) -> tuple[SagaRecord, list[Event]]:
+        # Both reads in one packet (one round trip on MySQL/MariaDB), on statements compiled
+        # once: a status read of a running saga comes this way.
         try:
             async with self._engine.connect() as conn:
-                row = (await conn.execute(sa.select(_si).where(_si.c.saga_id == saga_id))).first()
-                if row is None:
-                    raise SagaNotFound(saga_id)
-                events = (
-                    await conn.execute(
-                        sa.select(_sl).where(_sl.c.saga_id == saga_id).order_by(_sl.c.seq)
-                    )
-                ).all()
+                row, events = await run_together(
+                    conn,
+                    [(_LOAD_RECORD, {"saga_id": saga_id}), (_LOAD_EVENTS, {"saga_id": saga_id})],
+                )
         except DBAPIError as exc:
             raise map_error(exc) from exc
-        return record_of(row), [event_of(r) for r in events]
+        if not row.rows:
+            raise SagaNotFound(saga_id)
+        return record_of(_SagaRow(*row.rows[0])), [event_of(_EventRow(*r)) for r in events.rows]
 
     async def get(self, workflow_id: str) -> SagaRecord | None:
-        rows = await self._select(sa.select(_si).where(_si.c.order_id == workflow_id))
-        return record_of(rows[0]) if rows else None
+        try:
+            async with self._engine.connect() as conn:
+                rows = await _GET_RECORD.rows(conn, {"order_id": workflow_id})
+        except DBAPIError as exc:
+            raise map_error(exc) from exc
+        return record_of(_SagaRow(*rows[0])) if rows else None
 
     async def list(
         self,
@@ -352,3 +358,13 @@ class SqlHistoryStore:
                 return int((await conn.execute(statement)).rowcount)
         except DBAPIError as exc:
             raise map_error(exc) from exc
+
+
+# The reads of a status, compiled once; their rows as the columns' named tuples.
+_LOAD_RECORD = Prepared(sa.select(_si).where(_si.c.saga_id == sa.bindparam("saga_id")))
+_GET_RECORD = Prepared(sa.select(_si).where(_si.c.order_id == sa.bindparam("order_id")))
+_LOAD_EVENTS = Prepared(
+    sa.select(_sl).where(_sl.c.saga_id == sa.bindparam("saga_id")).order_by(_sl.c.seq)
+)
+_SagaRow = collections.namedtuple("_SagaRow", [c.name for c in _si.columns])  # type: ignore[misc]
+_EventRow = collections.namedtuple("_EventRow", [c.name for c in _sl.columns])  # type: ignore[misc]

@@ -11,13 +11,13 @@ reading of a message's body and headers (:func:`decode`, :func:`headers_of`,
 from __future__ import annotations
 
 import abc
-import json
 from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
 from engine.adapters import amqp_names as names
+from engine.adapters.amqp_link import decode as decode_json
 from engine.adapters.amqp_link import encode, text
 
 __all__ = [
@@ -186,8 +186,9 @@ def deliveries(message: AbstractIncomingMessage) -> int:
 
 
 def decode(body: bytes) -> dict[str, Any] | None:
+    """The JSON object of ``body``; None when it is not one."""
     try:
-        payload = json.loads(body)
+        payload = decode_json(body)
     except ValueError:
         return None
     return payload if isinstance(payload, dict) else None

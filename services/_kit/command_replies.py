@@ -7,7 +7,8 @@ replies of the batch's other commands that finish while the reply publish before
 flight (one ``{"replies": [...]}`` message, header ``x-cloudmart-batch``), so nothing waits for
 a slow one. Replies go unconfirmed, on a channel of their own (the command channel while that
 one is down after a reconnect): they live in the requester's exclusive queue, which no confirm
-makes durable.
+makes durable. They are published on aiormq's channel under aio-pika's, without an aio-pika
+``Message`` per reply.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-import aio_pika
 import structlog
 from aio_pika.abc import AbstractChannel
+from pamqp.commands import Basic
 
 from engine.adapters import amqp_names as names
 from engine.adapters.amqp_link import BROKER_ERRORS, encode
@@ -58,8 +59,8 @@ class Replies:
             headers = {k: v for k, v in command.headers.items() if k in _REPLY_HEADERS}
             await self._publish(
                 reply_to,
-                aio_pika.Message(
-                    encode(reply),
+                encode(reply),
+                Basic.Properties(
                     content_type="application/json",
                     correlation_id=command.correlation_id,
                     headers=headers,
@@ -82,19 +83,18 @@ class Replies:
                 bodies = [body for _sent, body in waiting]
                 if len(bodies) == 1:
                     correlation_id = bodies[0].pop("correlation_id")
-                    message = aio_pika.Message(
-                        encode(bodies[0]),
-                        content_type="application/json",
-                        correlation_id=correlation_id,
+                    body = encode(bodies[0])
+                    properties = Basic.Properties(
+                        content_type="application/json", correlation_id=correlation_id
                     )
                 else:
-                    message = aio_pika.Message(
-                        encode({"replies": bodies}),
+                    body = encode({"replies": bodies})
+                    properties = Basic.Properties(
                         content_type="application/json",
                         headers={names.BATCH_HEADER: len(bodies)},
                     )
                 try:
-                    await self._publish(reply_to, message)
+                    await self._publish(reply_to, body, properties)
                 except BROKER_ERRORS as exc:
                     for sent, _body in waiting:
                         if not sent.done():
@@ -106,12 +106,12 @@ class Replies:
         finally:
             del self._senders[reply_to]
 
-    async def _publish(self, reply_to: str, reply: aio_pika.Message) -> None:
+    async def _publish(self, reply_to: str, body: bytes, properties: Basic.Properties) -> None:
         replies, commands = self._channels()
         # mandatory=False: a requester that went away simply misses the reply (it re-sends).
         if replies is not None and not replies.is_closed:
             try:
-                await replies.default_exchange.publish(reply, routing_key=reply_to, mandatory=False)
+                await _publish_on(replies, reply_to, body, properties)
                 return
             except BROKER_ERRORS as exc:
                 logger.info("command.reply_channel_down", error=repr(exc))
@@ -121,4 +121,15 @@ class Replies:
         # After a reconnect the channels come back in no set order: the reply channel may not
         # be up yet when the command channel delivers again. The channel that delivered the
         # command is up, so the reply goes there (confirmed, which costs only time).
-        await commands.default_exchange.publish(reply, routing_key=reply_to, mandatory=False)
+        await _publish_on(commands, reply_to, body, properties)
+
+
+async def _publish_on(
+    channel: AbstractChannel, reply_to: str, body: bytes, properties: Basic.Properties
+) -> None:
+    """Publish a reply on aiormq's channel under ``channel``, through the default exchange:
+    aio-pika's ``Message`` would only be turned into these properties again."""
+    underlay = await channel.get_underlay_channel()
+    await underlay.basic_publish(
+        body, exchange="", routing_key=reply_to, properties=properties, mandatory=False
+    )
