@@ -200,10 +200,9 @@ def shop(sql: sa.Engine, deployment: Deployment) -> Shop:
 
 @pytest.fixture
 async def api(deployment: Deployment) -> AsyncIterator[httpx.AsyncClient]:
-    entry = "orchestrator" if deployment.pattern == "orchestration" else "order"
     limits = httpx.Limits(max_connections=64)
     async with httpx.AsyncClient(
-        base_url=deployment.url(entry), timeout=30, limits=limits
+        base_url=deployment.url(deployment.entry), timeout=30, limits=limits
     ) as client:
         yield client
 

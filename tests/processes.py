@@ -66,6 +66,12 @@ class Deployment:
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.port(name)}"
 
+    @property
+    def entry(self) -> str:
+        """The process a client starts sagas at: the orchestrator, or in the choreography the
+        order service."""
+        return "orchestrator" if self.pattern == "orchestration" else "order"
+
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDMART_")}
         env.update(
