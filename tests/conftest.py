@@ -48,34 +48,59 @@ def mysql_database_url(name: str) -> str:
     return base.set(database=name).render_as_string(hide_password=False)
 
 
+class _Deadline:
+    """When a wait of ``timeout`` seconds started now gives up, and what it says then: ``what``
+    was awaited, and ``describe()`` (a process's log...) read at that moment."""
+
+    def __init__(self, timeout: float, what: str, describe: Callable[[], str] | None) -> None:
+        self.timeout, self.what, self.describe = timeout, what, describe
+        self.at = time.monotonic() + timeout
+
+    def check(self) -> None:
+        """Fail the test once the deadline has passed."""
+        if time.monotonic() > self.at:
+            said = f"{self.what or 'condition'} not met within {self.timeout}s"
+            pytest.fail(f"{said}:\n{self.describe()}" if self.describe else said)
+
+
 async def until(
-    predicate: Callable[[], Awaitable[T] | T], *, timeout: float = 10.0, interval: float = 0.02
+    predicate: Callable[[], Awaitable[T] | T],
+    *,
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    what: str = "",
+    describe: Callable[[], str] | None = None,
 ) -> T:
-    """Poll ``predicate`` until it returns something truthy; fail the test past ``timeout``."""
-    deadline = time.monotonic() + timeout
+    """Poll ``predicate`` until it returns something truthy and return that; fail the test past
+    ``timeout``, saying ``what`` was awaited and, when given, ``describe()``. An exception the
+    predicate raises ends the wait at once (a process that died need not be waited for)."""
+    deadline = _Deadline(timeout, what, describe)
     while True:
         value = predicate()
         if asyncio.iscoroutine(value) or isinstance(value, Awaitable):
             value = await value  # type: ignore[misc]
         if value:
             return value  # type: ignore[return-value]
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout}s")
+        deadline.check()
         await asyncio.sleep(interval)
 
 
 def until_sync(
-    predicate: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.02, what: str = ""
+    predicate: Callable[[], T],
+    *,
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    what: str = "",
+    describe: Callable[[], str] | None = None,
 ) -> T:
-    """:func:`until` for a test that is not async: poll ``predicate`` until it returns something
-    truthy; fail the test past ``timeout``, saying ``what`` was awaited."""
-    deadline = time.monotonic() + timeout
+    """:func:`until` for code that is not async (a fixture, a thread): the same deadline and
+    failure, blocking between polls."""
+    deadline = _Deadline(timeout, what, describe)
     while True:
         value = predicate()
         if value:
             return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what or 'condition'} not met within {timeout}s")
+        deadline.check()
         time.sleep(interval)
 
 
@@ -175,10 +200,9 @@ def shop(sql: sa.Engine, deployment: Deployment) -> Shop:
 
 @pytest.fixture
 async def api(deployment: Deployment) -> AsyncIterator[httpx.AsyncClient]:
-    entry = "orchestrator" if deployment.pattern == "orchestration" else "order"
     limits = httpx.Limits(max_connections=64)
     async with httpx.AsyncClient(
-        base_url=deployment.url(entry), timeout=30, limits=limits
+        base_url=deployment.url(deployment.entry), timeout=30, limits=limits
     ) as client:
         yield client
 

@@ -25,14 +25,13 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import uuid
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
+from conftest import TEST_RABBITMQ_URL, TEST_REDIS_URL, answers_200, fresh_database, until_sync
 
 PORT_OFFSETS = {"order": 1, "inventory": 2, "payment": 3, "shipping": 4, "orchestrator": 5}
 _live: weakref.WeakSet[Deployment] = weakref.WeakSet()
@@ -66,6 +65,12 @@ class Deployment:
 
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.port(name)}"
+
+    @property
+    def entry(self) -> str:
+        """The process a client starts sagas at: the orchestrator, or in the choreography the
+        order service."""
+        return "orchestrator" if self.pattern == "orchestration" else "order"
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDMART_")}
@@ -114,18 +119,22 @@ class Deployment:
         return proc
 
     def wait_healthy(self, name: str, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
+        """Return once ``name`` answers ``/health``; fail with its log if it exits first or
+        is not healthy within ``timeout``."""
         proc = self.processes[name]
-        while time.monotonic() < deadline:
+
+        def healthy() -> bool:
             if proc.poll() is not None:
                 raise RuntimeError(f"{name} exited with {proc.returncode}:\n{self.log(name)}")
-            try:
-                if httpx.get(f"{self.url(name)}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise TimeoutError(f"{name} not healthy within {timeout}s:\n{self.log(name)}")
+            return answers_200(f"{self.url(name)}/health")
+
+        until_sync(
+            healthy,
+            timeout=timeout,
+            interval=0.05,
+            what=f"{name} healthy",
+            describe=lambda: self.log(name),
+        )
 
     def alive(self, name: str) -> bool:
         proc = self.processes.get(name)
@@ -216,7 +225,6 @@ def deployed(
     """Every process of ``pattern``, started and healthy, on a fresh database ``database``
     (schema created) and a broker namespace of their own (RabbitMQ for the orchestration, Redis
     for the choreography), cleaned before (what a crashed run left) and after."""
-    from conftest import TEST_RABBITMQ_URL, TEST_REDIS_URL, fresh_database
     from rabbitmq_support import delete_topology
 
     services = SERVICES_OF[pattern]

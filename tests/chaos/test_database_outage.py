@@ -15,13 +15,14 @@ dependency going and coming back — not a line or a traceback per retry.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,18 +35,10 @@ from conftest import (
     fresh_database,
     until,
 )
-from faults.load import Load
 from faults.proxy import FaultProxy
-from faults.scenario import (
-    all_healthy,
-    all_terminal,
-    baseline,
-    invariants_hold,
-    scenario,
-)
+from faults.scenario import Run, Step, run_scenario
 from processes import Deployment, delete_redis_namespace
 from rabbitmq_support import delete_topology
-from shop import sync_engine
 
 from services._kit.roster import DOMAIN_SERVICES
 
@@ -93,12 +86,6 @@ def orchestration_proxy() -> Iterator[FaultProxy]:
         yield proxy
 
 
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=64)) as http:
-        yield http
-
-
 def log_lines(deployment: Deployment, name: str) -> int:
     return deployment.log(name, tail=None).count("\n")
 
@@ -137,35 +124,59 @@ async def waiting_on_database(http: httpx.AsyncClient, deployment: Deployment, n
     return 0.0
 
 
-async def outage(
-    proxy: FaultProxy,
-    load: Load,
-    *,
-    held: Callable[[], Awaitable[bool]],
-    deployment: Deployment,
-) -> tuple[float, dict[str, int]]:
-    """Run ``load``, cut the database once ``CUT_AFTER`` starts were accepted, keep it cut for
-    :data:`OUTAGE` seconds and until ``held()`` says messages are being waited out, heal.
+def outage(
+    proxy: FaultProxy, *, held: Callable[[Run], Awaitable[bool]], grown: dict[str, int]
+) -> Step:
+    """The fault: the database cut (every connection reset) for :data:`OUTAGE` seconds and
+    until ``held(run)`` says messages are being waited out, then healed; ``grown`` gets how
+    many lines each process's log grew by while the database was away."""
 
-    Returns when every start was answered: the time of the heal, and how many lines each
-    process's log grew by while the database was away."""
-    running = asyncio.create_task(load.run())
-    try:
-        await until(lambda: len(load.accepted) >= CUT_AFTER or running.done(), timeout=60)
-        assert not running.done(), "the load ended before the fault"
+    async def fault(run: Run) -> None:
+        deployment = run.deployment
         before = {name: log_lines(deployment, name) for name in deployment.processes}
         proxy.reset()
         cut = time.monotonic()
-        await until(held, timeout=OUTAGE + 30, interval=0.5)
+        await until(lambda: held(run), timeout=OUTAGE + 30, interval=0.5)
         # The outage's length is the fault under test: it must outlast the old window.
         await until(lambda: time.monotonic() - cut >= OUTAGE, timeout=OUTAGE + 5, interval=0.2)
-        grown = {name: log_lines(deployment, name) - before[name] for name in before}
+        grown.update({name: log_lines(deployment, name) - before[name] for name in before})
         proxy.pass_through()
-        healed = time.monotonic()
-        await running
+
+    return fault
+
+
+@contextlib.contextmanager
+def behind_proxy(
+    pattern: str, database_url: str, proxy: FaultProxy, directory: Path, *, base_port: int
+) -> Iterator[Deployment]:
+    """``pattern``'s processes, the services reaching ``database_url`` through ``proxy`` (the
+    orchestrator's history store stays direct: only the services' connections are cut)."""
+    deployment = Deployment(
+        database_url=proxy.through(database_url),
+        namespace=f"infra-{uuid.uuid4().hex[:8]}",
+        directory=directory,
+        base_port=base_port,
+        pattern=pattern,
+        rabbitmq_url=TEST_RABBITMQ_URL if pattern == "orchestration" else None,
+        redis_url=TEST_REDIS_URL if pattern == "choreography" else None,
+        extra_env=LIMITS,
+    )
+    try:
+        for name in DOMAIN_SERVICES:
+            deployment.start(name, wait=False)
+        if pattern == "orchestration":
+            deployment.start(
+                "orchestrator", wait=False, env={"CLOUDMART_DATABASE_URL": database_url}
+            )
+        for name in deployment.processes:
+            deployment.wait_healthy(name)
+        yield deployment
     finally:
-        running.cancel()
-    return healed, grown
+        deployment.stop_all()
+        if pattern == "orchestration":
+            asyncio.run(delete_topology(TEST_RABBITMQ_URL, deployment.namespace, DOMAIN_SERVICES))
+        else:
+            delete_redis_namespace(TEST_REDIS_URL, deployment.namespace)
 
 
 # choreography -----------------------------------------------------------------------------------
@@ -182,61 +193,48 @@ def choreography(
     choreography_proxy: FaultProxy,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Deployment]:
-    deployment = Deployment(
-        database_url=choreography_proxy.through(choreography_db),
-        namespace=f"infra-{uuid.uuid4().hex[:8]}",
-        directory=Path(tmp_path_factory.mktemp("outage-choreography")),
+    with behind_proxy(
+        "choreography",
+        choreography_db,
+        choreography_proxy,
+        tmp_path_factory.mktemp("outage-choreography"),
         base_port=29200,
-        pattern="choreography",
-        redis_url=TEST_REDIS_URL,
-        extra_env=LIMITS,
-    )
-    try:
-        for name in DOMAIN_SERVICES:
-            deployment.start(name, wait=False)
-        for name in DOMAIN_SERVICES:
-            deployment.wait_healthy(name)
+    ) as deployment:
         yield deployment
-    finally:
-        deployment.stop_all()
-        delete_redis_namespace(TEST_REDIS_URL, deployment.namespace)
 
 
 @pytest.mark.redis
 async def test_choreography_waits_out_a_database_outage_and_dead_letters_nothing(
-    choreography: Deployment,
-    choreography_db: str,
-    choreography_proxy: FaultProxy,
-    client: httpx.AsyncClient,
+    choreography: Deployment, choreography_db: str, choreography_proxy: FaultProxy
 ) -> None:
-    sql = sync_engine(choreography_db)
-    try:
-        _, bodies = scenario(sql, pattern="choreography", count=SAGAS)
-        before = baseline(sql)
-        load = Load(client, f"{choreography.url('order')}/orders", bodies, PACE)
+    grown: dict[str, int] = {}
 
-        async def held() -> bool:
-            # Whichever service had an event in hand when the database went holds it until it is
-            # back (which one depends on the moment of the cut; the order service's own log is
-            # not measured: the load's requests add access lines to it).
-            waiting = [waiting_on_database(client, choreography, n) for n in DOMAIN_SERVICES]
-            return any(w > 0 for w in await asyncio.gather(*waiting))
+    async def held(run: Run) -> bool:
+        # Whichever service had an event in hand when the database went holds it until it is
+        # back (which one depends on the moment of the cut; the order service's own log is
+        # not measured: the load's requests add access lines to it).
+        waiting = [waiting_on_database(run.http, choreography, n) for n in DOMAIN_SERVICES]
+        return any(w > 0 for w in await asyncio.gather(*waiting))
 
-        healed, grown = await outage(choreography_proxy, load, held=held, deployment=choreography)
-        assert load.refused == [] and len(load.accepted) == SAGAS, load.refused
-        assert load.answers.unexpected == []  # during the outage: 503 with a JSON body, or 202
-        assert load.answers.unavailable, "no start met the outage"
-        assert {body["error"] for body in load.answers.unavailable} == {"unavailable"}
-        await all_terminal(sql, load.accepted, "choreography", healed)
+    async def checks(run: Run) -> None:
+        answers = run.load.answers  # during the outage: 503 with a JSON body, or 202
+        assert answers.unavailable, "no start met the outage"
+        assert {body["error"] for body in answers.unavailable} == {"unavailable"}
         assert await asyncio.to_thread(dead_letters, choreography, "choreography") == []
-        await invariants_hold(sql, before)
         for name in ("inventory", "payment", "shipping"):
             assert grown[name] < LOG_LINES, (name, grown[name], choreography.log(name))
         said = choreography.log("inventory", tail=None)  # the outage, in two lines
         assert "dependency.lost" in said and "dependency.restored" in said
-        await all_healthy(client, choreography)
-    finally:
-        sql.dispose()
+
+    await run_scenario(
+        choreography,
+        fault=outage(choreography_proxy, held=held, grown=grown),
+        sagas=SAGAS,
+        pace=PACE,
+        fault_after=CUT_AFTER,
+        checks=checks,
+        database_url=choreography_db,
+    )
 
 
 # orchestration ----------------------------------------------------------------------------------
@@ -253,55 +251,37 @@ def orchestration(
     orchestration_proxy: FaultProxy,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Deployment]:
-    deployment = Deployment(
-        database_url=orchestration_proxy.through(orchestration_db),
-        namespace=f"infra-{uuid.uuid4().hex[:8]}",
-        directory=Path(tmp_path_factory.mktemp("outage-orchestration")),
+    with behind_proxy(
+        "orchestration",
+        orchestration_db,
+        orchestration_proxy,
+        tmp_path_factory.mktemp("outage-orchestration"),
         base_port=29300,
-        pattern="orchestration",
-        rabbitmq_url=TEST_RABBITMQ_URL,
-        extra_env=LIMITS,
-    )
-    try:
-        for name in DOMAIN_SERVICES:
-            deployment.start(name, wait=False)
-        # Only the services' connections are cut: the orchestrator's history store stays direct.
-        deployment.start(
-            "orchestrator", wait=False, env={"CLOUDMART_DATABASE_URL": orchestration_db}
-        )
-        for name in (*DOMAIN_SERVICES, "orchestrator"):
-            deployment.wait_healthy(name)
+    ) as deployment:
         yield deployment
-    finally:
-        deployment.stop_all()
-        asyncio.run(delete_topology(TEST_RABBITMQ_URL, deployment.namespace, DOMAIN_SERVICES))
 
 
 @pytest.mark.rabbitmq
 async def test_orchestration_waits_out_a_database_outage_and_dead_letters_nothing(
-    orchestration: Deployment,
-    orchestration_db: str,
-    orchestration_proxy: FaultProxy,
-    client: httpx.AsyncClient,
+    orchestration: Deployment, orchestration_db: str, orchestration_proxy: FaultProxy
 ) -> None:
-    sql = sync_engine(orchestration_db)
-    try:
-        _, bodies = scenario(sql, pattern="orchestration", count=SAGAS)
-        before = baseline(sql)
-        load = Load(client, f"{orchestration.url('orchestrator')}/saga/start", bodies, PACE)
+    grown: dict[str, int] = {}
 
-        async def held() -> bool:
-            # Every saga starts with the order service's create_order: it holds commands.
-            return await waiting_on_database(client, orchestration, "order") > 0
+    async def held(run: Run) -> bool:
+        # Every saga starts with the order service's create_order: it holds commands.
+        return await waiting_on_database(run.http, orchestration, "order") > 0
 
-        healed, grown = await outage(orchestration_proxy, load, held=held, deployment=orchestration)
-        assert load.refused == [] and len(load.accepted) == SAGAS, load.refused
-        assert load.answers.unexpected == []
-        await all_terminal(sql, load.accepted, "orchestration", healed)
+    async def checks(run: Run) -> None:
         assert await asyncio.to_thread(dead_letters, orchestration, "orchestration") == []
-        await invariants_hold(sql, before)
         for name in DOMAIN_SERVICES:  # the order service's includes a few /metrics requests
             assert grown[name] < LOG_LINES, (name, grown[name], orchestration.log(name))
-        await all_healthy(client, orchestration)
-    finally:
-        sql.dispose()
+
+    await run_scenario(
+        orchestration,
+        fault=outage(orchestration_proxy, held=held, grown=grown),
+        sagas=SAGAS,
+        pace=PACE,
+        fault_after=CUT_AFTER,
+        checks=checks,
+        database_url=orchestration_db,
+    )

@@ -3,41 +3,32 @@ again on the same port and data directory while orders keep coming (SPEC §6.6: 
 server costs time, not data).
 
 Every server here is the module's own (:mod:`faults.servers`), never the machine's shared
-one. Each scenario ends with every saga terminal within 60 s of the server's return and SPEC
-§6's invariants holding over the module's database (:mod:`cloudmart.check`); REST calls made while the database is down
-are answered 503 with a JSON body, never 500.
+one. Each scenario is run by :func:`faults.scenario.run_scenario` and so ends with every saga
+terminal within 60 s of the server's return and SPEC §6's invariants holding over the module's
+database (:mod:`cloudmart.check`); REST calls made while the database is down are answered 503
+with a JSON body, never 500.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import tempfile
-import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pymysql
 import pytest
 import sqlalchemy as sa
 from conftest import until, with_schema
-from faults.load import Answers, Load
-from faults.scenario import (
-    all_healthy,
-    all_terminal,
-    baseline,
-    invariants_hold,
-    retried_steps,
-    scenario,
-)
-from faults.servers import OwnMariaDB, OwnRabbitMQ, OwnRedis
-from processes import Deployment
-from shop import US, sync_engine
-
-from services._kit.roster import DOMAIN_SERVICES, SERVICE_NAMES
+from faults.load import Answers
+from faults.scenario import Run, Step, retried_steps, run_scenario
+from faults.servers import OwnMariaDB, OwnRabbitMQ, OwnRedis, OwnServer
+from processes import SERVICES_OF, Deployment
+from shop import US
 
 pytestmark = [
     pytest.mark.chaos,
@@ -47,10 +38,9 @@ pytestmark = [
     pytest.mark.redis,
 ]
 
-ORCHESTRATION = SERVICE_NAMES
-CHOREOGRAPHY = DOMAIN_SERVICES
 SAGAS = 60
 PACE = 10.0 / SAGAS  # 60 orders over about 10 s
+FAULT_AFTER = 15  # orders accepted before the server is killed
 
 
 # own servers and deployments -----------------------------------------------------------------
@@ -94,16 +84,15 @@ def fresh_database(server: OwnMariaDB, name: str) -> str:
     return with_schema(server.database_url(name))
 
 
-def deploy(
-    directory: Path,
-    names: tuple[str, ...],
-    *,
-    database_url: str,
-    base_port: int,
-    pattern: str,
-    **urls: str,
-) -> Deployment:
-    deployed = Deployment(
+@contextlib.contextmanager
+def deployed(
+    workdir: Path, pattern: str, *, database_url: str, base_port: int, **urls: str
+) -> Iterator[Deployment]:
+    """Every process of ``pattern`` on the module's own servers (``urls``), each started and
+    healthy in turn; all stopped afterwards."""
+    directory = workdir / pattern
+    directory.mkdir()
+    deployment = Deployment(
         database_url=database_url,
         namespace=f"infra-{uuid.uuid4().hex[:8]}",
         directory=directory,
@@ -118,58 +107,39 @@ def deploy(
         **urls,
     )
     try:
-        for name in names:
-            deployed.start(name)
-    except BaseException:
-        deployed.stop_all()
-        raise
-    return deployed
+        for name in SERVICES_OF[pattern]:
+            deployment.start(name)
+        yield deployment
+    finally:
+        deployment.stop_all()
 
 
 @pytest.fixture(scope="module")
 def orchestration(
     workdir: Path, mariadb: OwnMariaDB, rabbitmq: OwnRabbitMQ
 ) -> Iterator[Deployment]:
-    directory = workdir / "orchestration"
-    directory.mkdir()
-    deployed = deploy(
-        directory,
-        ORCHESTRATION,
+    with deployed(
+        workdir,
+        "orchestration",
         database_url=fresh_database(mariadb, "cloudmart_test_infra"),
         base_port=28300,
-        pattern="orchestration",
         rabbitmq_url=rabbitmq.url,
-    )
-    try:
-        yield deployed
-    finally:
-        deployed.stop_all()
+    ) as deployment:
+        yield deployment
 
 
 @pytest.fixture(scope="module")
 def choreography(
     workdir: Path, mariadb: OwnMariaDB, redis_server: OwnRedis
 ) -> Iterator[Deployment]:
-    directory = workdir / "choreography"
-    directory.mkdir()
-    deployed = deploy(
-        directory,
-        CHOREOGRAPHY,
+    with deployed(
+        workdir,
+        "choreography",
         database_url=fresh_database(mariadb, "cloudmart_test_infra_choreo"),
         base_port=28400,
-        pattern="choreography",
         redis_url=redis_server.url,
-    )
-    try:
-        yield deployed
-    finally:
-        deployed.stop_all()
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=64)) as http:
-        yield http
+    ) as deployment:
+        yield deployment
 
 
 # helpers -------------------------------------------------------------------------------------
@@ -183,103 +153,73 @@ def failed_sagas(sql: sa.Engine, order_ids: list[str]) -> int:
         return int(conn.scalar(statement, {"ids": order_ids}) or 0)
 
 
-async def crash_mid_load(load: Load, server: Any, *, after: int = 15) -> float:
-    """Run ``load``; once ``after`` orders were accepted SIGKILL ``server`` and start it again.
+def crashed(server: OwnServer) -> Step:
+    """The fault of SIGKILLing ``server`` mid-load; healed once it is started again."""
 
-    Returns when every start was answered; the time the server was back (monotonic)."""
-    running = asyncio.create_task(load.run())
-    try:
-        await until(lambda: len(load.accepted) >= after or running.done(), timeout=60)
-        assert not running.done(), "the load ended before the fault"
+    async def fault(run: Run) -> None:
         await asyncio.to_thread(server.restart)
-        healed = time.monotonic()
-        await running
-    finally:
-        running.cancel()
-    return healed
+
+    return fault
 
 
 # scenarios -----------------------------------------------------------------------------------
 
 
 async def test_orchestration_survives_a_rabbitmq_crash_under_load(
-    orchestration: Deployment, rabbitmq: OwnRabbitMQ, client: httpx.AsyncClient
+    orchestration: Deployment, rabbitmq: OwnRabbitMQ
 ) -> None:
-    sql = sync_engine(orchestration.database_url)
-    try:
-        _, bodies = scenario(sql, pattern="orchestration", count=SAGAS)
-        before = baseline(sql)
-        load = Load(client, f"{orchestration.url('orchestrator')}/saga/start", bodies, PACE)
-        healed = await crash_mid_load(load, rabbitmq)
-        assert load.refused == [] and len(load.accepted) == SAGAS
-        await all_terminal(sql, load.accepted, "orchestration", healed)
-        await invariants_hold(sql, before)
-        assert retried_steps(sql, load.accepted) > 0  # the crash hit sagas in flight
+    async def checks(run: Run) -> None:
+        assert retried_steps(run.sql, run.accepted) > 0  # the crash hit sagas in flight
         # time lost, nothing else: the only sagas that failed are those that cannot ship
-        assert failed_sagas(sql, load.accepted) == sum(b["shipping_address"] == US for b in bodies)
-        assert load.answers.unexpected == []
-        await all_healthy(client, orchestration)  # every consumer is back on the broker
-    finally:
-        sql.dispose()
+        cannot_ship = sum(b["shipping_address"] == US for b in run.bodies)
+        assert failed_sagas(run.sql, run.accepted) == cannot_ship
+
+    await run_scenario(
+        orchestration,
+        fault=crashed(rabbitmq),
+        sagas=SAGAS,
+        pace=PACE,
+        fault_after=FAULT_AFTER,
+        checks=checks,
+    )
 
 
 async def test_orchestration_survives_a_mariadb_crash_under_load_answering_503(
-    orchestration: Deployment, mariadb: OwnMariaDB, client: httpx.AsyncClient
+    orchestration: Deployment, mariadb: OwnMariaDB
 ) -> None:
-    sql = sync_engine(orchestration.database_url)
-    try:
-        shop, bodies = scenario(sql, pattern="orchestration", count=SAGAS)
-        book = next(iter(shop.stock))
-        before = baseline(sql)
-        load = Load(client, f"{orchestration.url('orchestrator')}/saga/start", bodies, PACE)
-        running = asyncio.create_task(load.run())
-        probes = Answers()
-        try:
-            await until(lambda: len(load.accepted) >= 15, timeout=60)
-            known = load.accepted[0]
-            await asyncio.to_thread(mariadb.kill)
+    probes = Answers()
 
-            async def refused_with_503() -> bool:
-                for url in (
-                    f"{orchestration.url('inventory')}/inventory/{book}",
-                    f"{orchestration.url('order')}/orders/{known}",
-                    f"{orchestration.url('orchestrator')}/saga/{known}/status",
-                ):
-                    try:
-                        probes.record(await client.get(url, timeout=10))
-                    except httpx.TransportError:
-                        probes.transport_errors += 1
-                return len(probes.unavailable) >= 3
+    async def fault(run: Run) -> None:
+        book, known = next(iter(run.shop.stock)), run.accepted[0]
+        await asyncio.to_thread(mariadb.kill)
 
-            await until(refused_with_503, timeout=30, interval=0.2)
-            await asyncio.to_thread(mariadb.start)
-            healed = time.monotonic()
-            await running
-        finally:
-            running.cancel()
+        async def refused_with_503() -> bool:
+            for url in (
+                f"{orchestration.url('inventory')}/inventory/{book}",
+                f"{orchestration.url('order')}/orders/{known}",
+                f"{orchestration.url('orchestrator')}/saga/{known}/status",
+            ):
+                try:
+                    probes.record(await run.http.get(url, timeout=10))
+                except httpx.TransportError:
+                    probes.transport_errors += 1
+            return len(probes.unavailable) >= 3
+
+        await until(refused_with_503, timeout=30, interval=0.2)
+        await asyncio.to_thread(mariadb.start)
+
+    async def checks(run: Run) -> None:
         assert {body["error"] for body in probes.unavailable} == {"unavailable"}
-        assert probes.unexpected == [] and load.answers.unexpected == []
-        assert load.refused == [] and len(load.accepted) == SAGAS
-        await all_terminal(sql, load.accepted, "orchestration", healed)
-        await invariants_hold(sql, before)
-        await all_healthy(client, orchestration)
-    finally:
-        sql.dispose()
+        assert probes.unexpected == []
+
+    await run_scenario(
+        orchestration, fault=fault, sagas=SAGAS, pace=PACE, fault_after=FAULT_AFTER, checks=checks
+    )
 
 
 async def test_choreography_survives_a_redis_crash_under_load(
-    choreography: Deployment, redis_server: OwnRedis, client: httpx.AsyncClient
+    choreography: Deployment, redis_server: OwnRedis
 ) -> None:
-    sql = sync_engine(choreography.database_url)
-    try:
-        _, bodies = scenario(sql, pattern="choreography", count=SAGAS)
-        before = baseline(sql)
-        load = Load(client, f"{choreography.url('order')}/orders", bodies, PACE)
-        healed = await crash_mid_load(load, redis_server)
-        assert load.refused == [] and len(load.accepted) == SAGAS
-        await all_terminal(sql, load.accepted, "choreography", healed)
-        await invariants_hold(sql, before)
-        assert load.answers.unexpected == []
-        await all_healthy(client, choreography)
-    finally:
-        sql.dispose()
+    await run_scenario(
+        choreography, fault=crashed(redis_server), sagas=SAGAS, pace=PACE, fault_after=FAULT_AFTER
+    )

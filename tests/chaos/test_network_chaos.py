@@ -10,27 +10,17 @@ copies included); every saga is terminal within 60 s of the link healing; SPEC ย
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 import sqlalchemy as sa
 from conftest import TEST_RABBITMQ_URL, fresh_database, until
-from faults.load import Load
 from faults.proxy import FaultProxy
-from faults.scenario import (
-    all_healthy,
-    all_terminal,
-    baseline,
-    invariants_hold,
-    scenario,
-)
+from faults.scenario import Run, run_scenario
 from processes import Deployment
 from rabbitmq_support import delete_topology
-from shop import sync_engine
 
 from services._kit.roster import SERVICE_NAMES
 
@@ -76,12 +66,6 @@ def deployment(proxy: FaultProxy, tmp_path_factory: pytest.TempPathFactory) -> I
         asyncio.run(delete_topology(TEST_RABBITMQ_URL, deployed.namespace, SERVICES[:-1]))
 
 
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=64)) as http:
-        yield http
-
-
 def history_count(sql: sa.Engine, order_ids: list[str], condition: str) -> int:
     statement = sa.text(
         "SELECT COUNT(*) FROM saga_step_logs l JOIN saga_instances i ON i.saga_id = l.saga_id "
@@ -103,43 +87,30 @@ def timeouts(sql: sa.Engine, order_ids: list[str]) -> int:
 
 
 async def test_slow_then_dead_then_healed_link_retries_with_the_same_keys_and_no_double_effects(
-    deployment: Deployment, proxy: FaultProxy, client: httpx.AsyncClient
+    deployment: Deployment, proxy: FaultProxy
 ) -> None:
-    sql = sync_engine(deployment.database_url)
-    try:
-        _, bodies = scenario(sql, pattern="orchestration", count=SAGAS)
-        before = baseline(sql)
-        load = Load(client, f"{deployment.url('orchestrator')}/saga/start", bodies, PACE)
-        running = asyncio.create_task(load.run())
-        try:
-            await until(lambda: len(load.accepted) >= 5, timeout=60)
-            # 1. slower than the step timeout: steps time out and are sent again
-            proxy.delay(DELAY)
-            await until(lambda: timeouts(sql, load.accepted) >= 3, timeout=60)
-            # 2. a black hole: nothing gets through either way
-            proxy.blackhole()
-            silenced = timeouts(sql, load.accepted)
-            await until(lambda: timeouts(sql, load.accepted) >= silenced + 3, timeout=60)
-            assert proxy.stats.bytes_swallowed > 0
-            # 3. healed: connections cut by the black hole are reset and reconnect
-            proxy.pass_through()
-            healed = time.monotonic()
-            await running
-        finally:
-            running.cancel()
-        assert load.refused == [] and len(load.accepted) == SAGAS
-        assert load.answers.unexpected == []
-        await all_terminal(sql, load.accepted, "orchestration", healed)
-        # every saga's steps and compensations took effect once (the checker's "twice",
-        # "completed", "failed", stock and money rules), though many were sent more than once
-        await invariants_hold(sql, before)
-        # steps that completed only after being sent again: each has one inbox record, under
-        # the one key every copy of its command carried
-        resent = history_count(sql, load.accepted, RESENT_AND_COMPLETED)
+    async def fault(run: Run) -> None:
+        # 1. slower than the step timeout: steps time out and are sent again
+        proxy.delay(DELAY)
+        await until(lambda: timeouts(run.sql, run.accepted) >= 3, timeout=60)
+        # 2. a black hole: nothing gets through either way
+        proxy.blackhole()
+        silenced = timeouts(run.sql, run.accepted)
+        await until(lambda: timeouts(run.sql, run.accepted) >= silenced + 3, timeout=60)
+        assert proxy.stats.bytes_swallowed > 0
+        # 3. healed: connections cut by the black hole are reset and reconnect
+        proxy.pass_through()
+
+    async def checks(run: Run) -> None:
+        # The common checks' SPEC ยง6 (the checker's "twice", "completed", "failed", stock and
+        # money rules) says every step and compensation took effect once, though many were
+        # sent more than once. Steps that completed only after being sent again: each has
+        # one inbox record, under the one key every copy of its command carried.
+        resent = history_count(run.sql, run.accepted, RESENT_AND_COMPLETED)
         assert resent > 0, "no step completed after a resend"
-        assert (
-            history_count(sql, load.accepted, f"{RESENT_AND_COMPLETED} AND {ONE_RECORD}") == resent
-        )
-        await all_healthy(client, deployment)
-    finally:
-        sql.dispose()
+        once = history_count(run.sql, run.accepted, f"{RESENT_AND_COMPLETED} AND {ONE_RECORD}")
+        assert once == resent
+
+    await run_scenario(
+        deployment, fault=fault, sagas=SAGAS, pace=PACE, fault_after=5, checks=checks
+    )

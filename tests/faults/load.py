@@ -2,9 +2,10 @@
 
 :class:`Load` starts one order per ``interval`` seconds, each with an ``Idempotency-Key`` of
 its own, and retries a start with the same key while the system answers 503 or 409 or the
-connection fails — so an outage delays an order but never duplicates or drops it. Every
-answer is recorded: :attr:`Load.unavailable` keeps the 503 bodies, :attr:`Load.unexpected`
-every answer a client must never get (a 500, a 503 without a JSON error body...).
+connection fails — so an outage delays an order but never duplicates or drops it (a start
+still unanswered after ``give_up_after`` seconds fails the test). Every answer is recorded:
+:attr:`Load.unavailable` keeps the 503 bodies, :attr:`Load.unexpected` every answer a client
+must never get (a 500, a 503 without a JSON error body...).
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
-import time
 import uuid
 from typing import Any
 
 import httpx
+from conftest import until
 
 
 @dataclasses.dataclass
@@ -70,21 +71,27 @@ class Load:
 
     async def _start(self, body: dict[str, Any]) -> None:
         key = f"infra-{uuid.uuid4()}"
-        deadline = time.monotonic() + self.give_up_after
-        while time.monotonic() < deadline:
+
+        async def answered() -> bool:
+            """One attempt: whether the start got its final answer (a back-off follows if not)."""
             try:
                 response = await self.api.post(
                     self.path, json=body, headers={"Idempotency-Key": key}
                 )
             except httpx.TransportError:
                 self.answers.transport_errors += 1
-            else:
-                self.answers.record(response)
-                if response.status_code in (200, 202):
-                    self.accepted.append(str(response.json()["order_id"]))
-                    return
-                if response.status_code not in (409, 503):
-                    self.refused.append(f"{response.status_code} {response.text[:200]}")
-                    return
-            await asyncio.sleep(0.25)  # a client's back-off before it retries
-        self.refused.append(f"not accepted within {self.give_up_after}s")
+                return False
+            self.answers.record(response)
+            if response.status_code in (200, 202):
+                self.accepted.append(str(response.json()["order_id"]))
+            elif response.status_code not in (409, 503):
+                self.refused.append(f"{response.status_code} {response.text[:200]}")
+            return response.status_code not in (409, 503)
+
+        # a client's back-off of 0.25 s between attempts
+        await until(
+            answered,
+            timeout=self.give_up_after,
+            interval=0.25,
+            what=f"start {key} answered",
+        )

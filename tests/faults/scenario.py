@@ -1,21 +1,103 @@
-"""What the infrastructure and network fault scenarios share: their orders, and the checks
-that end every scenario — each saga terminal within :data:`HEAL_DEADLINE` of the fault
-healing, every process healthy again, SPEC §6 holding (:mod:`cloudmart.check`)."""
+"""One chaos scenario runner, :func:`run_scenario`: load → fault → heal → check.
+
+A scenario states only what differs — which fault, on which deployment (its pattern), what to
+assert beyond the common checks. The runner starts a steady order load (:class:`faults.load.Load`;
+every 10th order cannot ship), lets the fault break something once enough orders were accepted,
+and, once the fault has healed and every start was answered, checks what every scenario must
+end with: every start accepted and never answered as a client must not be, each saga terminal
+within :data:`HEAL_DEADLINE` of the heal, SPEC §6 holding (:mod:`cloudmart.check`), every
+process healthy again.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
 import sqlalchemy as sa
 from conftest import until
 from processes import Deployment
-from shop import JP, US, Shop, order
+from shop import JP, US, Shop, order, sync_engine
 
 from cloudmart.check import Baseline, CheckReport, check_connection, snapshot_connection
+from faults.load import Load
 
 HEAL_DEADLINE = 60.0  # every saga terminal within this long after the last fault healed
+
+
+@dataclasses.dataclass
+class Run:
+    """One scenario as it runs: what its fault and its own checks read. ``healed`` is when the
+    fault returned (monotonic), once it has."""
+
+    deployment: Deployment
+    http: httpx.AsyncClient
+    sql: sa.Engine
+    shop: Shop
+    bodies: list[dict[str, Any]]
+    load: Load
+    healed: float = 0.0
+
+    @property
+    def accepted(self) -> list[str]:
+        """The order ids accepted so far."""
+        return self.load.accepted
+
+
+Step = Callable[[Run], Awaitable[None]]
+
+
+async def run_scenario(
+    deployment: Deployment,
+    *,
+    fault: Step,
+    sagas: int,
+    pace: float,
+    fault_after: int,
+    checks: Step | None = None,
+    database_url: str | None = None,
+) -> None:
+    """Load ``sagas`` orders ``pace`` s apart into ``deployment``'s entry service; once
+    ``fault_after`` were accepted, ``fault(run)`` breaks something and returns when it has
+    healed; then the common checks (see the module doc), and ``checks(run)`` before the last
+    of them (every process healthy). The database is read at ``database_url`` (default: the
+    deployment's own, which may run through a fault proxy)."""
+    sql = sync_engine(database_url or deployment.database_url)
+    limits = httpx.Limits(max_connections=64)
+    try:
+        async with httpx.AsyncClient(timeout=30, limits=limits) as http:
+            shop, bodies = scenario(sql, pattern=deployment.pattern, count=sagas)
+            before = baseline(sql)
+            entry = deployment.url(deployment.entry)
+            path = "/saga/start" if deployment.pattern == "orchestration" else "/orders"
+            load = Load(http, f"{entry}{path}", bodies, pace)
+            run = Run(deployment, http, sql, shop, bodies, load)
+            running = asyncio.create_task(load.run())
+            try:
+                await until(
+                    lambda: len(load.accepted) >= fault_after or running.done(),
+                    timeout=60,
+                    what=f"{fault_after} starts accepted",
+                )
+                assert not running.done(), "the load ended before the fault"
+                await fault(run)
+                run.healed = time.monotonic()
+                await running
+            finally:
+                running.cancel()
+            assert load.refused == [] and len(load.accepted) == sagas, load.refused
+            assert load.answers.unexpected == []
+            await all_terminal(sql, load.accepted, deployment.pattern, run.healed)
+            await invariants_hold(sql, before)
+            if checks is not None:
+                await checks(run)
+            await all_healthy(http, deployment)
+    finally:
+        sql.dispose()
 
 
 def scenario(sql: sa.Engine, *, pattern: str, count: int) -> tuple[Shop, list[dict[str, Any]]]:

@@ -2,8 +2,8 @@
 
 The machine's shared servers are never touched: each :class:`OwnServer` runs from its own
 data directory on its own port, as a child process in a process group of its own, and keeps
-its log in that directory. ``start()`` waits until the server answers its protocol (or raises
-past ``ready_timeout``); ``stop()`` is graceful (SIGTERM), ``kill()`` is SIGKILL (a crash), and
+its log in that directory. ``start()`` waits until the server answers its protocol (or fails
+the test past ``ready_timeout``); ``stop()`` is graceful (SIGTERM), ``kill()`` is SIGKILL (a crash), and
 ``restart(kill=...)`` brings it back on the same port and data directory, so durable data
 written before is there again.
 
@@ -18,11 +18,11 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 from types import TracebackType
 
 import pytest
+from conftest import until_sync
 
 _FALLBACK_DIRS = ("/usr/sbin", "/usr/bin", "/usr/lib/rabbitmq/bin")
 
@@ -117,17 +117,23 @@ class OwnServer:
             raise
 
     def wait_ready(self) -> None:
-        deadline = time.monotonic() + self.ready_timeout
-        while not self.ready():
+        """Return once the server answers; fail with its log if it exits first or is not
+        ready within ``ready_timeout``."""
+
+        def ready() -> bool:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(
                     f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}"
                 )
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"{self.name} not ready within {self.ready_timeout}s:\n{self.log_tail()}"
-                )
-            time.sleep(0.1)  # polling the server, not synchronising a test
+            return self.ready()
+
+        until_sync(
+            ready,
+            timeout=self.ready_timeout,
+            interval=0.1,
+            what=f"{self.name} ready",
+            describe=self.log_tail,
+        )
 
     def stop(self, timeout: float = 30.0) -> None:
         """Graceful stop (SIGTERM to the group); SIGKILL if it outlives ``timeout``."""
@@ -164,9 +170,12 @@ class OwnServer:
         process.wait(timeout=timeout)
         # the group's other members (erl_child_setup, epmd children...) go with the leader;
         # wait for the port to be free so a restart can bind it again
-        deadline = time.monotonic() + timeout
-        while _port_open(self.port) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        until_sync(
+            lambda: not _port_open(self.port),
+            timeout=timeout,
+            interval=0.05,
+            what=f"{self.name}'s port {self.port} free",
+        )
 
     def log_tail(self, size: int = 4000) -> str:
         return self.log_path.read_text(errors="replace")[-size:] if self.log_path.exists() else ""
