@@ -78,12 +78,15 @@ class Deps:
 
     ``events_written`` counts the events the handlers wrote to the outbox (in transactions
     that may still roll back); the runtime wakes the relay only when it grew.
+    ``orders_written`` holds (service, order id) of those events until the runtime has woken
+    the order's readers.
     """
 
     db: Database
     served_countries: Collection[str] = DEFAULT_SERVED_COUNTRIES
     stats: dict[str, HandlerStats] = field(default_factory=dict)
     events_written: int = 0
+    orders_written: set[tuple[str, str]] = field(default_factory=set)
 
     def stats_of(self, service: str) -> HandlerStats:
         return self.stats.setdefault(service, HandlerStats())
@@ -108,6 +111,7 @@ async def _run(
         if caused is not None:
             writes.append(outbox_rows([caused]))
             deps.events_written += 1
+            deps.orders_written.add((service, event.order_id))
         # The event and the processed mark, with the COMMIT: one round trip.
         await run_together(conn, [*writes, processed_mark(service, event)], commit=True)
         marked = True

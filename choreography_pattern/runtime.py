@@ -112,14 +112,17 @@ class Choreography:
             await handle(self.deps, service, events[0])
         else:
             await handle_together(self.deps, service, events)
-        if self.deps.events_written == written:
-            return  # nothing new to publish (another handler's write also counts)
-        self.relay.notify()
-        if service == "order":
-            for event in events:
-                waiting = self._handled_for.pop(event.order_id, None)
-                if waiting is not None:
-                    waiting.set()
+        if self.deps.events_written != written:  # another handler's write also counts
+            self.relay.notify()
+        # Readers of an order wait for the order service to write one of its events: woken
+        # for those orders only, not for every order of a batch.
+        for event in events:
+            if (service, event.order_id) not in self.deps.orders_written:
+                continue
+            self.deps.orders_written.discard((service, event.order_id))
+            waiting = self._handled_for.pop(event.order_id, None) if service == "order" else None
+            if waiting is not None:
+                waiting.set()
 
     async def __aenter__(self) -> Choreography:
         await self._stack.__aenter__()
