@@ -38,7 +38,7 @@ from activities.faults import Outages, dependency_of
 from activities.tables import outbox
 from choreography_pattern.bus import EventBus
 from choreography_pattern.events import PRODUCER, Event
-from prepared_sql import Prepared, PreparedIn
+from prepared_sql import PreparedIn
 
 log = structlog.get_logger("choreography.relay")
 
@@ -80,8 +80,7 @@ class OutboxRelay:
         self.published = 0
         self.lag = 0
         self._wake = asyncio.Event()
-        # Built once, run on the driver's cursor (prepared_sql): a pass runs for nearly every
-        # batch of events the process writes.
+        # Built once: a pass runs for nearly every event the process writes.
         # Which rows to lock is read first, without locking; they are then locked by primary
         # key. A locking range scan also locks, for an instant, the first index entry past
         # its range: another service's row. That service's relay, finding its own row locked
@@ -90,34 +89,27 @@ class OutboxRelay:
         # More candidates than a batch, so that relays of one service running at the same time
         # each find rows the others have not locked. (SQLite has one writer and no row locks:
         # it compiles the lock away.)
-        self._types = {f"type{i}": t for i, t in enumerate(self.types)}
-        self._candidates = Prepared(
+        self._candidates = (
             sa.select(outbox.c.id)
-            .where(
-                outbox.c.published_at.is_(None),
-                outbox.c.event_type.in_([sa.bindparam(name) for name in self._types]),
-            )
+            .where(outbox.c.published_at.is_(None), outbox.c.event_type.in_(self.types))
             .order_by(outbox.c.id)
             .limit(self.batch * 4)
         )
-        self._lock = PreparedIn(
-            "id",
-            lambda ids: (
-                sa.select(
-                    outbox.c.id,
-                    outbox.c.order_id,
-                    outbox.c.event_type,
-                    outbox.c.payload,
-                    outbox.c.created_at,
-                    outbox.c.published_at,
-                )
-                # By primary key alone: a condition on published_at would let the optimizer
-                # scan (and lock) the unpublished rows of every type instead.
-                .where(outbox.c.id.in_(ids))
-                .order_by(outbox.c.id)
-                .limit(self.batch)
-                .with_for_update(skip_locked=True)
-            ),
+        self._lock = (
+            sa.select(
+                outbox.c.id,
+                outbox.c.order_id,
+                outbox.c.event_type,
+                outbox.c.payload,
+                outbox.c.created_at,
+                outbox.c.published_at,
+            )
+            # By primary key alone: a condition on published_at would let the optimizer
+            # scan (and lock) the unpublished rows of every type instead.
+            .where(outbox.c.id.in_(sa.bindparam("ids", expanding=True)))
+            .order_by(outbox.c.id)
+            .limit(self.batch)
+            .with_for_update(skip_locked=True)
         )
 
     def notify(self) -> None:
@@ -128,22 +120,21 @@ class OutboxRelay:
         """One pass: publish up to ``batch`` rows; how many were published."""
 
         async def work(conn: AsyncConnection) -> int:
-            ids = [row[0] for row in await self._candidates.rows(conn, self._types)]
+            ids = (await conn.execute(self._candidates)).scalars().all()
             if not ids:
                 return 0
             # Rows another relay of this service holds are skipped: it publishes them.
-            locked = await self._lock.of(len(ids)).rows(conn, self._lock.params(ids))
-            rows = [r for r in locked if r[5] is None]  # not published meanwhile
+            locked = (await conn.execute(self._lock, {"ids": list(ids)})).all()
+            rows = [r for r in locked if r.published_at is None]  # not published meanwhile
             if not rows:
                 return 0
             events = [
-                Event(event_type, order_id, json.loads(payload), created_at)
-                for _, order_id, event_type, payload, created_at, _ in rows
+                Event(r.event_type, r.order_id, json.loads(r.payload), r.created_at) for r in rows
             ]
             if self.before_publish is not None:
                 self.before_publish(events)
             await self.bus.publish(events)
-            marks = {**_PUBLISHED.params([r[0] for r in rows]), "stamp": now()}
+            marks = {**_PUBLISHED.params([r.id for r in rows]), "stamp": now()}
             await _PUBLISHED.of(len(rows)).run(conn, marks, commit=True)
             return len(rows)
 

@@ -147,7 +147,7 @@ async def test_events_of_different_orders_read_together_are_handled_in_one_trans
     async with redis_bus() as bus:
         await bus.publish(events)  # before the consumer starts: its first read takes them all
         async with Choreography(db, bus, ["inventory"]) as running:
-            await until(lambda: running.consumers["inventory"].handled == ORDERS, timeout=30)
+            await until(lambda: running.consumers["inventory"].handled == ORDERS)
     assert db.shared == [ORDERS]  # one transaction, committed once, for the six
     assert db.handlers_alone() == []  # and none of their own
     await reserved_once_each(mysql_db, events)
