@@ -425,9 +425,14 @@ def _skipped(deps: Deps, service: str, event: Event) -> bool:
 
 
 async def _apply(deps: Deps, service: str, event: Event, step: Step) -> bool:
-    """Run ``step`` and record ``event`` processed; False when the step found it processed."""
-    structlog.contextvars.bind_contextvars(order_id=event.order_id)
-    try:
+    """Run ``step`` and record ``event`` processed; False when the step found it processed.
+
+    Every line logged meanwhile names the event (as the consumer's own lines do), also when
+    it is one of several handled together.
+    """
+    with structlog.contextvars.bound_contextvars(
+        order_id=event.order_id, event_type=event.type, event_id=event.event_id
+    ):
         marked = await step(deps, event)
         if marked is None:
             return False
@@ -437,8 +442,6 @@ async def _apply(deps: Deps, service: str, event: Event, step: Step) -> bool:
                 await mark_processed(conn, service, event)
 
             await deps.db.transaction(record)
-    finally:
-        structlog.contextvars.unbind_contextvars("order_id")
     return True
 
 
