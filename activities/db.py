@@ -29,7 +29,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from prepared_sql import skip_commits_already_sent
+from prepared_sql import share_transaction, skip_commits_already_sent
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
@@ -201,6 +201,20 @@ class Database:
                     return await work(conn)
         raise AssertionError("unreachable")  # pragma: no cover
 
+    async def together(self, work: Callable[[Database], Awaitable[T]]) -> T:
+        """Run ``work(shared)`` in one transaction, committed once at the end, where every
+        unit of work ``shared.transaction(...)`` runs (the operations, a handler's own) joins
+        that transaction instead of committing one of its own.
+
+        Nothing is retried here: the first error of any unit of work rolls the whole
+        transaction back and is raised as :class:`SharedTransactionFailed` (even a lock
+        conflict, or the race a unit would otherwise retry), so the caller can run each unit
+        in a transaction of its own instead, where it retries as usual.
+        """
+        async with self.engine.begin() as conn:
+            await share_transaction(conn)
+            return await work(_Joined(self, conn))
+
     async def ping(self) -> bool:
         """True when the database answers; used by ``/health``."""
         try:
@@ -212,3 +226,27 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+class SharedTransactionFailed(Exception):
+    """A unit of work failed inside :meth:`Database.together`; the shared transaction was
+    rolled back whole (the unit's own error is the ``__cause__``)."""
+
+
+class _Joined(Database):
+    """The database as :meth:`Database.together`'s units of work see it: their transactions
+    are the one shared transaction."""
+
+    def __init__(self, owner: Database, conn: AsyncConnection) -> None:
+        super().__init__(owner.engine, lock_retries=1)
+        self.inbox_repeats = owner.inbox_repeats
+        self._conn = conn
+
+    async def transaction(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        try:
+            return await work(self._conn)
+        except Exception as exc:
+            raise SharedTransactionFailed(f"{type(exc).__name__}: {exc}") from exc
+
+    async def together(self, work: Callable[[Database], Awaitable[T]]) -> T:
+        return await work(self)

@@ -6,6 +6,7 @@
     EventBus.consumer(group, handler, ...)   async context manager: while open, every event
                                              published reaches ``handler`` in this group
                                              (once per group, however many consumers it has)
+                                             or, several at once, ``batch_handler``
     EventBus.dead_letters(group)             what the group gave up on
 
 Delivery is at least once: an entry is acknowledged only after ``handler`` returned (so after
@@ -18,6 +19,12 @@ entry unacknowledged and it is delivered again, up to ``max_deliveries`` times, 
 the group's dead-letter list. An entry that does not decode as an event
 (:class:`MalformedEvent`) is dead-lettered at once; the consumer carries on. Handlers must
 therefore be idempotent — the choreography's are (see :mod:`choreography_pattern.handlers`).
+
+A consumer given a ``batch_handler`` may hand it several events of *different orders* at
+once (the Redis bus: those of one read): it handles them all, or raises and has done none of
+them; the events are then handed to ``handler`` one by one, as without it, so a failing event
+fails (and is dead-lettered) alone. Events of one order reach it in separate calls, in the order
+they were read. The in-process bus hands every event to ``handler``.
 
 A dead letter is the entry's fields plus ``dead_entry_id``, ``dead_group``, ``dead_reason``
 (the last failure), ``dead_deliveries`` and ``dead_at`` (:func:`dead_letter_fields`);
@@ -47,6 +54,7 @@ from choreography_pattern.events import Event, MalformedEvent
 log = structlog.get_logger("choreography.bus")
 
 Handler = Callable[[Event], Awaitable[None]]
+BatchHandler = Callable[[Sequence[Event]], Awaitable[None]]
 BeforeAck = Callable[[Event], None]
 DEFAULT_MAX_DELIVERIES = 5
 
@@ -78,6 +86,7 @@ class EventBus(Protocol):
         *,
         types: Collection[str] | None = None,
         before_ack: BeforeAck | None = None,
+        batch_handler: BatchHandler | None = None,
     ) -> AbstractAsyncContextManager[ConsumerStats]: ...
 
     async def dead_letters(self, group: str) -> list[dict[str, str]]: ...
@@ -146,6 +155,20 @@ async def deliver(
         return Verdict.RETRY, event, f"{type(exc).__name__}: {exc}"
     stats.handled += 1
     return Verdict.DONE, event, ""
+
+
+def rounds(events: Sequence[tuple[str, Event]]) -> list[list[tuple[str, Event]]]:
+    """``events`` (with their entry ids) in rounds of different orders: round k holds each
+    order's k-th event, so that an order's events stay in the order they came in."""
+    out: list[list[tuple[str, Event]]] = []
+    seen: dict[str, int] = {}
+    for entry in events:
+        k = seen.get(entry[1].order_id, 0)
+        seen[entry[1].order_id] = k + 1
+        if k == len(out):
+            out.append([])
+        out[k].append(entry)
+    return out
 
 
 DEAD_LETTER_FIELDS = ("dead_entry_id", "dead_group", "dead_reason", "dead_deliveries", "dead_at")
@@ -254,6 +277,7 @@ class InMemoryEventBus:
         *,
         types: Collection[str] | None = None,
         before_ack: BeforeAck | None = None,
+        batch_handler: BatchHandler | None = None,  # this bus hands every event to handler
     ) -> AsyncIterator[ConsumerStats]:
         state = self._group(group)
         stats = ConsumerStats()

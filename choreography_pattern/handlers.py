@@ -20,7 +20,8 @@ processed (``processed_events``). The record is written in the same transaction 
 event's effect: by the operation's ``emit``, or by the handler's own state transaction when no
 operation follows; otherwise (the operation had already run) right after. A crash before the
 record leaves the event unacknowledged; on redelivery the operations' own inbox makes the
-repeat harmless.
+repeat harmless. :func:`handle_together` does the same for several events of different
+orders in one transaction (one ``COMMIT``), reading whether they were processed once for all.
 
 Order across producers is not relied on; state guards it: a compensation that arrives first
 leaves a tombstone so the late forward operation does nothing (e.g. StockUnavailable before
@@ -31,8 +32,8 @@ seen in ``shipping_prerequisites``; the order service decides under a lock on th
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Collection
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -52,6 +53,7 @@ from choreography_pattern.outbox import (
     insert_ignoring_duplicates,
     mark_processed,
     outbox_rows,
+    processed_among,
     processed_check,
     processed_mark,
     was_processed,
@@ -76,12 +78,15 @@ class Deps:
 
     ``events_written`` counts the events the handlers wrote to the outbox (in transactions
     that may still roll back); the runtime wakes the relay only when it grew.
+    ``orders_written`` holds (service, order id) of those events until the runtime has woken
+    the order's readers.
     """
 
     db: Database
     served_countries: Collection[str] = DEFAULT_SERVED_COUNTRIES
     stats: dict[str, HandlerStats] = field(default_factory=dict)
     events_written: int = 0
+    orders_written: set[tuple[str, str]] = field(default_factory=set)
 
     def stats_of(self, service: str) -> HandlerStats:
         return self.stats.setdefault(service, HandlerStats())
@@ -106,6 +111,7 @@ async def _run(
         if caused is not None:
             writes.append(outbox_rows([caused]))
             deps.events_written += 1
+            deps.orders_written.add((service, event.order_id))
         # The event and the processed mark, with the COMMIT: one round trip.
         await run_together(conn, [*writes, processed_mark(service, event)], commit=True)
         marked = True
@@ -358,39 +364,84 @@ def types_of(service: str) -> frozenset[str]:
 
 async def handle(deps: Deps, service: str, event: Event) -> bool:
     """Let ``service`` react to ``event``; False when it was a duplicate and was skipped."""
-    stats = deps.stats_of(service)
     step = HANDLERS[service].get(event.type)
     if step is None:
         return True
-
-    def skipped() -> bool:
-        stats.duplicates += 1
-        log.info(
-            "event.duplicate_skipped",
-            service=service,
-            event_type=event.type,
-            order_id=event.order_id,
-        )
-        return False
-
     if step not in _CHECK_THEMSELVES:
         async with deps.db.engine.connect() as conn:
             if await was_processed(conn, service, event.event_id):
-                return skipped()
-    structlog.contextvars.bind_contextvars(order_id=event.order_id)
-    try:
+                return _skipped(deps, service, event)
+    new = await _apply(deps, service, event, step)
+    if not new:
+        return _skipped(deps, service, event)
+    deps.stats_of(service).handled += 1
+    return True
+
+
+async def handle_together(deps: Deps, service: str, events: Sequence[Event]) -> list[bool]:
+    """Let ``service`` react to ``events`` (of different orders) in one transaction, with one
+    ``COMMIT``: each as :func:`handle` would, its effect, inbox row, outbox rows and processed
+    mark in that transaction; for each, False when it was a duplicate and was skipped.
+
+    Whether each was processed before is read once for all of them. Any error rolls every
+    one of them back and is raised as :class:`~activities.db.SharedTransactionFailed`: the
+    caller then handles each on its own (:func:`handle`), where a failing one fails alone.
+    """
+    written = 0
+
+    async def work(shared: Database) -> list[bool]:
+        nonlocal written
+        joined = replace(deps, db=shared, events_written=0)
+        ids = [event.event_id for event in events]
+        done = await shared.transaction(lambda conn: processed_among(conn, service, ids))
+        new = []
+        for event in events:
+            step = HANDLERS[service].get(event.type)
+            if step is None:
+                new.append(True)
+            elif event.event_id in done:
+                new.append(False)
+            else:
+                new.append(await _apply(joined, service, event, step))
+        written = joined.events_written
+        return new
+
+    new = await deps.db.together(work)
+    deps.events_written += written
+    for event, fresh in zip(events, new, strict=True):
+        if fresh:
+            deps.stats_of(service).handled += 1
+        else:
+            _skipped(deps, service, event)
+    return new
+
+
+def _skipped(deps: Deps, service: str, event: Event) -> bool:
+    deps.stats_of(service).duplicates += 1
+    log.info(
+        "event.duplicate_skipped", service=service, event_type=event.type, order_id=event.order_id
+    )
+    return False
+
+
+async def _apply(deps: Deps, service: str, event: Event, step: Step) -> bool:
+    """Run ``step`` and record ``event`` processed; False when the step found it processed.
+
+    Every line logged meanwhile names the event (as the consumer's own lines do), also when
+    it is one of several handled together.
+    """
+    with structlog.contextvars.bound_contextvars(
+        order_id=event.order_id, event_type=event.type, event_id=event.event_id
+    ):
         marked = await step(deps, event)
         if marked is None:
-            return skipped()
+            return False
         if not marked:
 
             async def record(conn: AsyncConnection) -> None:
                 await mark_processed(conn, service, event)
 
             await deps.db.transaction(record)
-    finally:
-        structlog.contextvars.unbind_contextvars("order_id")
-    stats.handled += 1
     return True
 
 

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from activities._inbox import now
 from activities.tables import outbox, processed_events
 from choreography_pattern.events import Event
-from prepared_sql import Prepared, Statement, run_together
+from prepared_sql import Prepared, PreparedIn, Statement, run_together
 
 TOPIC = "events"
 
@@ -90,6 +90,26 @@ async def mark_processed(conn: AsyncConnection, service: str, event: Event) -> N
 def processed_check(service: str, event_id: str) -> Statement:
     """The read of ``service``'s record of ``event_id`` (a row when it was processed)."""
     return _PROCESSED, {"service": service, "event_id": event_id}
+
+
+_PROCESSED_AMONG = PreparedIn(
+    "event_id",
+    lambda ids: sa.select(processed_events.c.event_id).where(
+        processed_events.c.service == sa.bindparam("service"),
+        processed_events.c.event_id.in_(ids),
+    ),
+)
+
+
+async def processed_among(
+    conn: AsyncConnection, service: str, event_ids: Sequence[str]
+) -> set[str]:
+    """Which of ``event_ids`` ``service`` processed already: one read for a batch."""
+    if not event_ids:
+        return set()
+    params = {**_PROCESSED_AMONG.params(list(event_ids)), "service": service}
+    rows = await _PROCESSED_AMONG.of(len(event_ids)).rows(conn, params)
+    return {event_id for (event_id,) in rows}
 
 
 async def was_processed(conn: AsyncConnection, service: str, event_id: str) -> bool:

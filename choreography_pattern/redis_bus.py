@@ -12,7 +12,10 @@ stream cost each entry four reads, far below the database work per event.
 
 Each consumer (one per service process, named ``<group>-<host>-<pid>-<random>``) reads new
 entries with XREADGROUP ``>`` and acknowledges (XACK) each after its handler returned — after
-the handler's transaction committed. Entries left pending by a consumer that died (or by a
+the handler's transaction committed. With a batch handler, the events of one read go to it
+together, a round of different orders at a time (one transaction each), and each round is
+acknowledged in one XACK; a round that fails, and those after it, are handled one event at a
+time as without it. Entries left pending by a consumer that died (or by a
 handler that raised) are taken over with XAUTOCLAIM once idle for ``claim_idle`` seconds;
 the entry's delivery count (XPENDING ``times_delivered``) decides when it has failed often
 enough (``max_deliveries``) to be dead-lettered. A dead-lettered entry is XADDed to the dead
@@ -52,6 +55,7 @@ from activities.faults import Outages, dependency_of
 from choreography_pattern.bus import (
     DEFAULT_MAX_DELIVERIES,
     Backlog,
+    BatchHandler,
     BeforeAck,
     ConsumerStats,
     Handler,
@@ -59,8 +63,9 @@ from choreography_pattern.bus import (
     dead_letter_fields,
     deliver,
     redriven_fields,
+    rounds,
 )
-from choreography_pattern.events import EVENT_TYPES, Event
+from choreography_pattern.events import EVENT_TYPES, Event, MalformedEvent
 
 log = structlog.get_logger("choreography.redis")
 
@@ -243,9 +248,10 @@ class RedisEventBus:
         *,
         types: Collection[str] | None = None,
         before_ack: BeforeAck | None = None,
+        batch_handler: BatchHandler | None = None,
     ) -> AsyncIterator[ConsumerStats]:
         await self.ensure_group(group)
-        runner = _Consumer(self, group, handler, types, before_ack)
+        runner = _Consumer(self, group, handler, types, before_ack, batch_handler)
         tasks = [
             asyncio.create_task(runner.read()),
             asyncio.create_task(runner.claim()),
@@ -267,8 +273,10 @@ class _Consumer:
         handler: Handler,
         types: Collection[str] | None,
         before_ack: BeforeAck | None,
+        batch_handler: BatchHandler | None = None,
     ) -> None:
         self.bus = bus
+        self.batch_handler = batch_handler
         self.client = bus.client
         self.group = group
         self.handler = handler
@@ -351,20 +359,85 @@ class _Consumer:
             for _stream, entries in response or []:
                 # Taken now, handled as slots free up: the claimer must not take them too.
                 self.in_flight.update(_text(entry_id) for entry_id, _ in entries)
-                ignored = []
+                ignored: list[str] = []
+                alone: list[tuple[str, dict[bytes, bytes]]] = []
+                together: list[tuple[str, Event]] = []
                 for entry_id, raw in entries:
                     if self._ignores(raw):
                         ignored.append(_text(entry_id))
-                        continue
-                    await self.slots.acquire()
-                    self._spawn(_text(entry_id), raw)
+                    elif (event := self._batchable(raw)) is None:
+                        alone.append((_text(entry_id), raw))
+                    else:
+                        together.append((_text(entry_id), event))
                 if ignored:  # one XACK for all of them; if it fails, they are claimed later
                     try:
                         await self.client.xack(self.bus.stream, self.group, *ignored)
                     finally:
                         self.in_flight.difference_update(ignored)
+                for one_id, one_raw in alone:
+                    await self.slots.acquire()
+                    self._spawn(one_id, one_raw)
+                if together:
+                    await self._handle_together(together, {_text(i): raw for i, raw in entries})
 
         await self._resilient("read", step)
+
+    def _batchable(self, raw: dict[bytes, bytes]) -> Event | None:
+        """The event of an entry this consumer may hand to its batch handler: well formed,
+        of a type it handles; None for any other (it goes through :meth:`_process`)."""
+        if self.batch_handler is None:
+            return None
+        fields, readable = _decode(raw)
+        if not readable:
+            return None
+        try:
+            event = Event.from_fields(fields)
+        except MalformedEvent:
+            return None
+        return event if self.types is None or event.type in self.types else None
+
+    async def _handle_together(
+        self, events: list[tuple[str, Event]], raw: dict[str, dict[bytes, bytes]]
+    ) -> None:
+        """Hand ``events`` to the batch handler, a round of different orders at a time, and
+        acknowledge each round in one XACK. A round that fails (none of it done) and every
+        round after it go through :meth:`_process` one event at a time instead."""
+        assert self.batch_handler is not None
+        left = rounds(events)
+        try:
+            while left:
+                batch = left[0]
+                try:
+                    await self.batch_handler([event for _, event in batch])
+                except Exception as exc:
+                    log.info(
+                        "events.batch_failed",
+                        group=self.group,
+                        events=len(batch),
+                        error_type=type(exc).__name__,
+                        error=str(exc),
+                    )
+                    break
+                left.pop(0)
+                self.stats.handled += len(batch)
+                done = [entry_id for entry_id, _ in batch]
+                try:
+                    if self.before_ack is not None:
+                        for _, event in batch:
+                            self.before_ack(event)
+                    await self.client.xack(self.bus.stream, self.group, *done)
+                finally:
+                    self.in_flight.difference_update(done)
+        except BaseException:
+            # Redis failed under the XACK, or the consumer stops: what is left stays pending
+            # and is claimed again (what was done is then skipped as a duplicate).
+            for batch in left:
+                self.in_flight.difference_update(entry_id for entry_id, _ in batch)
+            raise
+        for batch in left:  # one at a time, as a delivery without a batch handler
+            for entry_id, _ in batch:
+                await self.slots.acquire()
+                self._spawn(entry_id, raw[entry_id])
 
     def _ignores(self, raw: dict[bytes, bytes]) -> bool:
         """A well-named event of a type this group does not handle (nothing to run)."""

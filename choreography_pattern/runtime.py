@@ -3,7 +3,9 @@
 :class:`Choreography` is an async context manager. While open it runs, on the given bus, one
 consumer per service in ``services`` (a real service process runs its own; the embedded
 process runs all four on the in-process bus) and one relay for the events those services
-produce. Every handled event wakes the relay, so an event written by a handler goes out at
+produce. A bus that reads several events at once hands them over together
+(:func:`~choreography_pattern.handlers.handle_together`: one transaction). Every handled
+event (or batch) that wrote one wakes the relay, so an event written by a handler goes out at
 once instead of at the next poll. ``before_ack`` and ``before_handle`` (per service) are hooks
 for failure points; ``outages`` is the process's :class:`activities.faults.Outages`, shared by
 the relay (the consumers share the bus's).
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Awaitable, Callable, Collection, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from contextlib import AsyncExitStack
 from types import TracebackType
 
@@ -27,7 +29,7 @@ from activities.shipping import DEFAULT_SERVED_COUNTRIES
 from activities.tables import outbox
 from choreography_pattern.bus import BeforeAck, ConsumerStats, EventBus, ReportsBacklog
 from choreography_pattern.events import Event
-from choreography_pattern.handlers import Deps, handle, types_of
+from choreography_pattern.handlers import Deps, handle, handle_together, types_of
 from choreography_pattern.relay import BeforePublish, OutboxRelay
 
 
@@ -87,22 +89,40 @@ class Choreography:
         return change
 
     def _handler(self, service: str) -> Callable[[Event], Awaitable[None]]:
-        before = self._before_handle.get(service)
-
         async def on_event(event: Event) -> None:
-            if before is not None:
-                before(event)
-            written = self.deps.events_written
-            await handle(self.deps, service, event)
-            if self.deps.events_written == written:
-                return  # nothing new to publish (another handler's write also counts)
-            self.relay.notify()
-            if service == "order":
-                waiting = self._handled_for.pop(event.order_id, None)
-                if waiting is not None:
-                    waiting.set()
+            await self._handled(service, [event], alone=True)
 
         return on_event
+
+    def _batch_handler(self, service: str) -> Callable[[Sequence[Event]], Awaitable[None]]:
+        async def on_events(events: Sequence[Event]) -> None:
+            await self._handled(service, events, alone=False)
+
+        return on_events
+
+    async def _handled(self, service: str, events: Sequence[Event], *, alone: bool) -> None:
+        """Handle ``events`` (one alone, or several in one transaction), then wake the relay
+        and the order's readers once if they wrote an event."""
+        before = self._before_handle.get(service)
+        if before is not None:
+            for event in events:
+                before(event)
+        written = self.deps.events_written
+        if alone:
+            await handle(self.deps, service, events[0])
+        else:
+            await handle_together(self.deps, service, events)
+        if self.deps.events_written != written:  # another handler's write also counts
+            self.relay.notify()
+        # Readers of an order wait for the order service to write one of its events: woken
+        # for those orders only, not for every order of a batch.
+        for event in events:
+            if (service, event.order_id) not in self.deps.orders_written:
+                continue
+            self.deps.orders_written.discard((service, event.order_id))
+            waiting = self._handled_for.pop(event.order_id, None) if service == "order" else None
+            if waiting is not None:
+                waiting.set()
 
     async def __aenter__(self) -> Choreography:
         await self._stack.__aenter__()
@@ -112,6 +132,7 @@ class Choreography:
                     service,
                     self._handler(service),
                     types=types_of(service),
+                    batch_handler=self._batch_handler(service),
                     before_ack=self._before_ack.get(service),
                 )
             )

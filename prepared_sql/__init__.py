@@ -23,6 +23,10 @@ nothing after it; :func:`skip_commits_already_sent` has the engine then skip the
 SQLAlchemy would send. If the write fails, the ``COMMIT`` never runs and the transaction rolls
 back as usual.
 
+A transaction that several units of work share (:func:`share_transaction`: the events of
+one batch, each handled as if alone) gets no ``COMMIT`` from them: its owner commits it once,
+after the last.
+
 Statements whose replies the caller needs together (a read and the writes it guards, or a
 transaction's last writes) can go in one packet with :func:`run_together`.
 """
@@ -44,6 +48,8 @@ __all__ = [
     "Reply",
     "Statement",
     "run_together",
+    "share_transaction",
+    "shares_transaction",
     "skip_commits_already_sent",
 ]
 
@@ -200,6 +206,7 @@ async def run_together(
             values.extend(these)
     if not parts:
         return [_NOTHING for _ in statements]
+    commit = commit and not shares_transaction(conn)
     alone = not commit and not conn.in_transaction()
     together = "; ".join(parts) + (_AND_COMMIT if commit else _AND_ROLLBACK if alone else "")
     answers: list[Reply] = []
@@ -256,6 +263,22 @@ def _packed(
     head, one_row, tail = insert.groups()
     many = head + ",".join([one_row] * len(params)) + tail
     return many, [value for row in params for value in _values(order, row)]
+
+
+_SHARED = "cloudmart_shared_transaction"
+
+
+async def share_transaction(conn: AsyncConnection) -> None:
+    """Mark ``conn``'s transaction as shared: the ``commit=True`` of the units of work run in
+    it send no ``COMMIT``; the caller commits once, when the last is done. The mark lasts
+    as long as this checkout of the connection (an execution option)."""
+    await conn.execution_options(**{_SHARED: True})
+
+
+def shares_transaction(conn: AsyncConnection) -> bool:
+    """Whether ``conn``'s transaction is shared (:func:`share_transaction`)."""
+    sync = conn.sync_connection
+    return sync is not None and bool(sync.get_execution_options().get(_SHARED))
 
 
 _AND_COMMIT = "; COMMIT"
