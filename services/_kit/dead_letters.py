@@ -202,7 +202,8 @@ async def _redis(
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
-    from choreography_pattern.redis_bus import RedisEventBus, dead_letter_key
+    from choreography_pattern.redis_bus import RedisEventBus
+    from choreography_pattern.redis_entries import dead_letter_key
 
     bus = RedisEventBus.from_url(settings.redis_url or "", settings.namespace)
     found: list[DeadLetter] = []

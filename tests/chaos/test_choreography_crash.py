@@ -25,7 +25,7 @@ from shop import Shop, order
 
 from activities.orders import order_id_for
 from choreography_pattern import events as ev
-from choreography_pattern.redis_bus import stream_key
+from choreography_pattern.redis_entries import stream_key
 
 pytestmark = [pytest.mark.mysql, pytest.mark.redis, pytest.mark.slow, pytest.mark.chaos]
 

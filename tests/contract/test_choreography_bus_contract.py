@@ -239,7 +239,9 @@ async def test_redis_keeps_an_entry_held_through_a_fault_at_its_first_delivery(
         async def stalled(self: object) -> None:
             await asyncio.Event().wait()
 
-        monkeypatch.setattr("choreography_pattern.redis_bus._Consumer.keep_claimed", stalled)
+        monkeypatch.setattr(
+            "choreography_pattern.redis_consumer.StreamConsumer.keep_claimed", stalled
+        )
     deliveries_seen: list[int] = []
 
     async with redis_bus_and_client() as (redis_bus, client):

@@ -19,7 +19,7 @@ import redis
 from conftest import TEST_REDIS_URL, answers_200, until_sync
 
 from choreography_pattern.events import Event
-from choreography_pattern.redis_bus import stream_key
+from choreography_pattern.redis_entries import stream_key
 
 ORDER = {
     "customer_id": 1,

@@ -21,7 +21,8 @@ from shop import US, Shop, order
 from activities.orders import order_id_for
 from choreography_pattern import Event
 from choreography_pattern import events as ev
-from choreography_pattern.redis_bus import RedisEventBus, dead_letter_key, stream_key
+from choreography_pattern.redis_bus import RedisEventBus
+from choreography_pattern.redis_entries import dead_letter_key, stream_key
 
 pytestmark = [pytest.mark.mysql, pytest.mark.redis, pytest.mark.slow]
 

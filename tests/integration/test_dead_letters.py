@@ -27,7 +27,8 @@ from processes import Deployment, delete_redis_namespace
 from rabbitmq_support import delete_topology
 from shop import Shop, order, sync_engine
 
-from choreography_pattern.redis_bus import RedisEventBus, dead_letter_key
+from choreography_pattern.redis_bus import RedisEventBus
+from choreography_pattern.redis_entries import dead_letter_key
 from engine.adapters import amqp_names as names
 
 pytestmark = [pytest.mark.mysql, pytest.mark.slow]

@@ -17,7 +17,8 @@ from metrics_samples import Samples, scrape
 from processes import Deployment, deployed
 from shop import US, Shop, order, sync_engine
 
-from choreography_pattern.redis_bus import RedisEventBus, dead_letter_key
+from choreography_pattern.redis_bus import RedisEventBus
+from choreography_pattern.redis_entries import dead_letter_key
 
 pytestmark = [pytest.mark.mysql, pytest.mark.redis, pytest.mark.slow]
 
