@@ -1,6 +1,7 @@
 """``cloudmart bench``: real sagas through the public REST API of a running deployment.
 
-Modules: :mod:`~cloudmart.bench.load` (the run), :mod:`~cloudmart.bench.mix` (the failure
+Modules: :mod:`~cloudmart.bench.load` (the run), :mod:`~cloudmart.bench.tally` (what it
+counts and the result it adds up to), :mod:`~cloudmart.bench.mix` (the failure
 mix and order bodies), :mod:`~cloudmart.bench.catalogue` (the bench's catalogue),
 :mod:`~cloudmart.bench.figures` (the result and its statistics),
 :mod:`~cloudmart.bench.output` (text and JSON), :mod:`~cloudmart.bench.where` (machine and
@@ -54,7 +55,7 @@ from cloudmart.bench.figures import (
     quantiles,
     rollback_success,
 )
-from cloudmart.bench.load import PROBE_PER_SECOND, TERMINAL, run
+from cloudmart.bench.load import PROBE_PER_SECOND, run
 from cloudmart.bench.mix import (
     ADDRESS,
     BENCH,
@@ -70,6 +71,7 @@ from cloudmart.bench.mix import (
     plan,
 )
 from cloudmart.bench.output import ports_beside, report, to_json, watched
+from cloudmart.bench.tally import TERMINAL
 from cloudmart.bench.where import database_version, machine
 
 __all__ = [

@@ -10,8 +10,6 @@ import ssl
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import httpx
@@ -22,36 +20,20 @@ from activities.db import create_engine
 from cloudmart import costs
 from cloudmart.bench import where
 from cloudmart.bench.catalogue import seed
-from cloudmart.bench.figures import BenchResult, floor_ms, percentiles, quantiles, rollback_success
+from cloudmart.bench.figures import BenchResult, rollback_success
 from cloudmart.bench.mix import order_body, plan
 from cloudmart.bench.output import preloaded_line
 from cloudmart.bench.preload import Preloaded
 from cloudmart.bench.preload import preload as preload_sagas
+from cloudmart.bench.tally import TERMINAL, Tally, result_of
 
-TERMINAL = ("COMPLETED", "FAILED")
 PROBE_PER_SECOND = 2
 """Status reads per second the bench sends while it runs, to time REST under the load: few
 enough to add little (at concurrency 1, ten a second added a read to almost every saga)."""
 
 
-@dataclass
-class _Tally:
-    latencies: list[float] = field(default_factory=list)
-    by_kind: dict[str, list[float]] = field(default_factory=dict)
-    outcomes: dict[str, Counter[str]] = field(default_factory=dict)
-    starts: list[float] = field(default_factory=list)
-    reads: list[float] = field(default_factory=list)
-    polls: list[float] = field(default_factory=list)
-    http_errors: int = 0
-    order_ids: list[str] = field(default_factory=list)
-    done: int = 0
-
-    def count(self, outcome: str) -> int:
-        return sum(c[outcome] for c in self.outcomes.values())
-
-
 async def _one(
-    client: httpx.AsyncClient, pattern: str, body: dict[str, Any], tally: _Tally, deadline: float
+    client: httpx.AsyncClient, pattern: str, body: dict[str, Any], tally: Tally, deadline: float
 ) -> str:
     """Start one saga and wait for its end: COMPLETED, FAILED, or ``"error"``."""
     path, status_path = _paths(pattern)
@@ -111,7 +93,7 @@ class _Clients:
             await client.aclose()
 
 
-async def _probe(clients: _Clients, pattern: str, tally: _Tally) -> None:
+async def _probe(clients: _Clients, pattern: str, tally: Tally) -> None:
     """Read the status of the latest saga started, :data:`PROBE_PER_SECOND` times a second,
     until cancelled; the hooks time each read."""
     status_path = _paths(pattern)[1]
@@ -178,7 +160,7 @@ async def run(
         sent = await _transport_messages(url, transport)
         meter.start()
         tally, wall = await _drive(
-            url, pattern, kinds, concurrency, rate, tally=_Tally(), progress=progress,
+            url, pattern, kinds, concurrency, rate, tally=Tally(), progress=progress,
             saga_timeout=saga_timeout, transport=transport,
         )  # fmt: skip
         used = meter.stop()
@@ -196,7 +178,7 @@ async def run(
     finally:
         if engine is not None:
             await engine.dispose()
-    return _result(
+    return result_of(
         tally, kinds, wall, pattern=pattern, concurrency=concurrency, rate=rate, mix=mix,
         verdict=verdict, rollback=rollback, versions=versions, settings=settings, floor=floor,
         cpu=cpu, database=database, messages=messages,
@@ -258,11 +240,11 @@ async def _drive(
     concurrency: int,
     rate: float | None,
     *,
-    tally: _Tally,
+    tally: Tally,
     progress: TextIO | None,
     saga_timeout: float,
     transport: httpx.AsyncBaseTransport | None,
-) -> tuple[_Tally, float]:
+) -> tuple[Tally, float]:
     async def timed(request: httpx.Request) -> None:
         request.extensions["began"] = time.perf_counter()
 
@@ -346,7 +328,7 @@ async def _open_loop(saga: Any, sagas: int, rate: float, began: float) -> None:
     await asyncio.gather(*tasks)
 
 
-async def _show(tally: _Tally, total: int, stream: TextIO) -> None:
+async def _show(tally: Tally, total: int, stream: TextIO) -> None:
     """The progress line: redrawn four times a second on a terminal, else (a log file) a line
     every five seconds."""
     live = stream.isatty()
@@ -355,7 +337,7 @@ async def _show(tally: _Tally, total: int, stream: TextIO) -> None:
         await asyncio.sleep(0.25 if live else 5.0)
 
 
-def _progress_line(tally: _Tally, total: int, stream: TextIO | None, end: str = "") -> None:
+def _progress_line(tally: Tally, total: int, stream: TextIO | None, end: str = "") -> None:
     if stream is None:
         return
     redraw = "\r" if stream.isatty() else ""
@@ -403,82 +385,3 @@ def _failed_orders(report: Any) -> int:
     if report.sagas:
         return int(report.sagas.get("FAILED", 0))
     return int(report.orders.get("CANCELLED", 0))
-
-
-def _result(
-    tally: _Tally,
-    kinds: list[str],
-    wall: float,
-    *,
-    pattern: str,
-    concurrency: int,
-    rate: float | None,
-    mix: dict[str, float],
-    verdict: dict[str, Any] | None,
-    rollback: float | None,
-    versions: dict[str, str],
-    settings: Mapping[str, Any] | None,
-    floor: Mapping[str, Any] | None,
-    cpu: dict[str, Any] | None = None,
-    database: dict[str, float] | None = None,
-    messages: dict[str, float] | None = None,
-    preloaded: dict[str, Any] | None = None,
-) -> BenchResult:
-    completed, failed = tally.count("COMPLETED"), tally.count("FAILED")
-    errors = len(kinds) - completed - failed
-    expected = {"ok": "COMPLETED"}
-    unexpected = sum(
-        n
-        for kind, counts in tally.outcomes.items()
-        for outcome, n in counts.items()
-        if outcome in TERMINAL and outcome != expected.get(kind, "FAILED")
-    )
-    latency = percentiles(tally.latencies)
-    multiple = None
-    if floor is not None and latency:
-        floor_p50 = floor_ms(floor, pattern)
-        if floor_p50:
-            multiple = round(latency["p50"] / floor_p50, 2)
-    return BenchResult(
-        pattern=pattern,
-        sagas=len(kinds),
-        concurrency=concurrency,
-        wall_seconds=round(wall, 3),
-        completed=completed,
-        failed=failed,
-        errors=errors,
-        sagas_per_second=round(completed / wall, 1) if wall else 0.0,
-        latency_ms=latency,
-        start_response_ms=percentiles(tally.starts),
-        machine=where.machine(),
-        rate=rate,
-        mix=mix,
-        terminal_per_second=round((completed + failed) / wall, 1) if wall else 0.0,
-        error_rate=round(errors / len(kinds), 4) if kinds else 0.0,
-        unexpected=unexpected,
-        http_errors=tally.http_errors,
-        rest_ms=percentiles(tally.starts + tally.reads),
-        status_read_ms=percentiles(tally.reads),
-        long_poll_ms=percentiles(tally.polls),
-        latency_quantiles=quantiles(tally.latencies),
-        latency_by_kind={k: percentiles(v) for k, v in sorted(tally.by_kind.items())},
-        outcomes_by_kind={k: dict(v) for k, v in sorted(tally.outcomes.items())},
-        rollback_success=rollback,
-        check=verdict,
-        versions=versions,
-        settings={
-            "pattern": pattern,
-            "sagas": len(kinds),
-            "concurrency": None if rate else concurrency,
-            "rate": rate,
-            "mix": mix,
-            **(settings or {}),
-        },
-        timestamp=datetime.now(UTC).isoformat(timespec="seconds"),
-        floor=dict(floor) if floor is not None else None,
-        latency_vs_floor=multiple,
-        cpu=cpu,
-        database=database,
-        messages=messages,
-        preload=preloaded,
-    )

@@ -16,6 +16,7 @@ import pytest
 
 from cloudmart import bench, costs, floor
 from cloudmart.bench import load
+from cloudmart.bench.tally import Tally
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 
@@ -184,7 +185,7 @@ async def test_the_probe_reads_the_latest_saga_without_waiting() -> None:
         async def aclose(self) -> None:
             pass
 
-    tally = load._Tally(order_ids=["first", "latest"])
+    tally = Tally(order_ids=["first", "latest"])
     async with load._Clients(Client) as clients:  # type: ignore[arg-type]
         probe = asyncio.create_task(load._probe(clients, "orchestration", tally))
         async with asyncio.timeout(5):
@@ -202,7 +203,7 @@ def test_the_progress_line_is_redrawn_on_a_terminal_and_a_line_each_in_a_log() -
         def isatty(self) -> bool:
             return True
 
-    tally = load._Tally(done=3, outcomes={"ok": Counter({"COMPLETED": 2, "error": 1})})
+    tally = Tally(done=3, outcomes={"ok": Counter({"COMPLETED": 2, "error": 1})})
     log, terminal = io.StringIO(), Terminal()
     load._progress_line(tally, 10, log, end="\n")
     load._progress_line(tally, 10, terminal)
