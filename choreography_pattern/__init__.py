@@ -4,9 +4,9 @@ Events (:mod:`.events`) are written to the outbox in the transaction of the chan
 them (:mod:`.outbox`), published by a relay (:mod:`.relay`) onto an event bus — Redis Streams
 with a consumer group per service (:mod:`.redis_bus`; each group's consumer in
 :mod:`.redis_consumer`, the keys and entries in :mod:`.redis_entries`), or in process
-(:mod:`.bus`) — and
-handled by each service (:mod:`.handlers`) through the same business operations the REST API
-and the orchestration call. :mod:`.runtime` runs it in a process; :mod:`.saga` starts one.
+(:mod:`.bus`) — and handled by each service (:mod:`.handlers`, running :mod:`.steps`) through
+the same business operations the REST API and the orchestration call. :mod:`.runtime` runs
+it in a process; :mod:`.saga` starts one.
 """
 
 from __future__ import annotations

@@ -29,8 +29,9 @@ from activities.shipping import DEFAULT_SERVED_COUNTRIES
 from activities.tables import outbox
 from choreography_pattern.bus import BeforeAck, ConsumerStats, EventBus, ReportsBacklog
 from choreography_pattern.events import Event
-from choreography_pattern.handlers import Deps, handle, handle_together, types_of
+from choreography_pattern.handlers import handle, handle_together, types_of
 from choreography_pattern.relay import BeforePublish, OutboxRelay
+from choreography_pattern.steps import Deps
 
 
 class Choreography:

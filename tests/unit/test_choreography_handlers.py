@@ -18,8 +18,8 @@ from activities.orders import complete_order
 from activities.registry import invoke
 from choreography_pattern import Choreography, Event, InMemoryEventBus, start_order
 from choreography_pattern import events as ev
-from choreography_pattern.handlers import decide
 from choreography_pattern.saga import cancel_choreographed_order, order_events
+from choreography_pattern.steps import decide
 from cloudmart.check import Baseline, check_connection
 from cloudmart.schema import create_schema
 from contracts.commands import OrderItem, OrderRef, PlaceOrder
@@ -315,9 +315,9 @@ async def test_an_event_logged_but_not_decided_is_decided_when_it_comes_again(
 ) -> None:
     # The order service logs ShippingArranged and commits, then fails before completing the
     # order (a crash there): the redelivery finds the event logged, not processed, and decides.
-    from choreography_pattern import handlers
+    from choreography_pattern import steps
 
-    run, failures = handlers._run, []
+    run, failures = steps.run_operation, []
 
     async def fails_once(deps: Any, service: str, operation: str, *args: Any) -> bool:
         if service == "order" and operation == "complete_order" and not failures:
@@ -325,7 +325,7 @@ async def test_an_event_logged_but_not_decided_is_decided_when_it_comes_again(
             raise RuntimeError("the order service died before complete_order")
         return await run(deps, service, operation, *args)
 
-    monkeypatch.setattr(handlers, "_run", fails_once)
+    monkeypatch.setattr(steps, "run_operation", fails_once)
     oid = await shop.place(1, (1, 1))
     await shop.settle()
     assert failures == ["complete_order"]
