@@ -88,6 +88,21 @@ class Deployment:
         env.update(self.extra_env)  # may override the defaults above (CLOUDMART_ENV=prod)
         return env
 
+    def cli(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        """``cloudmart ARGS`` run to its end against this deployment (its environment plus
+        ``env``, in its directory); a non-zero exit fails the test with what it printed."""
+        done = subprocess.run(
+            [sys.executable, "-m", "cloudmart", *args],
+            env={**self.env(), **env},
+            cwd=self.directory,
+            capture_output=True,
+            text=True,
+            timeout=240,
+            check=False,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done
+
     def start(
         self, name: str, *, wait: bool = True, env: dict[str, str] | None = None
     ) -> subprocess.Popen[bytes]:

@@ -5,8 +5,6 @@ and the notebook over results the test produced."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,26 +33,12 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         redis_url=TEST_REDIS_URL,
     )
     try:
-        _cloudmart(system, "db", "init")
+        system.cli("db", "init")
         for name in SERVICE_NAMES:
             system.start(name)
         yield system
     finally:
         system.stop_all()
-
-
-def _cloudmart(system: Deployment, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        [sys.executable, "-m", "cloudmart", *args],
-        env={**system.env(), **env},
-        cwd=system.directory,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done
 
 
 def test_bench_with_a_mix_reports_failures_fully_compensated(
@@ -63,8 +47,7 @@ def test_bench_with_a_mix_reports_failures_fully_compensated(
     floor_file = tmp_path / "floor.json"
     floor_file.write_text(json.dumps({"sagas": {"orchestration": {"p50_ms": 10.0}}}))
     out = tmp_path / "mix.json"
-    done = _cloudmart(
-        deployment,
+    done = deployment.cli(
         "bench", "--base-port", str(BASE_PORT), "--sagas", "30", "--concurrency", "4",
         "--mix", "stock=0.1,payment=0.1,shipping=0.1", "--floor", str(floor_file),
         "--out", str(out),
@@ -112,8 +95,7 @@ def test_a_colocated_deployment_runs_the_same_sagas_in_one_process(
     pattern: str, deployment: Deployment, tmp_path: Path
 ) -> None:
     out = tmp_path / "colocated.json"
-    done = _cloudmart(
-        deployment,
+    done = deployment.cli(
         "bench", "--start", "--colocated", "--pattern", pattern, "--base-port", "31100",
         "--sagas", "20", "--concurrency", "4", "--mix", "stock=0.2,payment=0.2",
         "--out", str(out),
@@ -131,8 +113,7 @@ def test_a_colocated_deployment_runs_the_same_sagas_in_one_process(
 
 def test_open_loop_starts_at_the_rate_asked(deployment: Deployment, tmp_path: Path) -> None:
     out = tmp_path / "open.json"
-    _cloudmart(
-        deployment,
+    deployment.cli(
         "bench", "--url", deployment.url("orchestrator"), "--sagas", "12", "--rate", "40",
         "--out", str(out),
     )  # fmt: skip
@@ -151,8 +132,7 @@ def test_bench_measures_the_floor_now_and_reports_against_it(
     deployment: Deployment, tmp_path: Path
 ) -> None:
     out = tmp_path / "now.json"
-    done = _cloudmart(
-        deployment,
+    done = deployment.cli(
         "bench", "--base-port", str(BASE_PORT), "--sagas", "8", "--concurrency", "4",
         "--floor", "now", "--out", str(out),
     )  # fmt: skip
@@ -170,8 +150,8 @@ def test_bench_measures_the_floor_now_and_reports_against_it(
 
 def test_floor_measures_the_three_primitives(deployment: Deployment, tmp_path: Path) -> None:
     out = tmp_path / "floor.json"
-    done = _cloudmart(
-        deployment, "bench", "floor", "--samples", "30", "--warmup", "3",
+    done = deployment.cli(
+        "bench", "floor", "--samples", "30", "--warmup", "3",
         "--load", "200", "--concurrency", "8", "--out", str(out),
     )  # fmt: skip
     figures = json.loads(out.read_text())
@@ -220,8 +200,8 @@ def test_report_and_notebook_over_results_of_a_real_run(
         assert result.completed == 10
         (results / f"c{concurrency}.json").write_text(bench.to_json(result))
 
-    done = _cloudmart(
-        deployment, "bench", "report", *map(str, sorted(results.glob("*.json"))),
+    done = deployment.cli(
+        "bench", "report", *map(str, sorted(results.glob("*.json"))),
         "--out-dir", str(tmp_path / "report"),
     )  # fmt: skip
     assert (tmp_path / "report" / "latency_cdf.png").exists()

@@ -6,8 +6,6 @@ the first."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,24 +23,9 @@ MIX = "stock=0.1,payment=0.1,shipping=0.1"
 RICH = 9_999_999_999  # what the seed fills the history's customer up to
 
 
-def _cloudmart(system: Deployment, *args: str) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        [sys.executable, "-m", "cloudmart", *args],
-        env=system.env(),
-        cwd=system.directory,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done
-
-
 def _bench(system: Deployment, pattern: str, out: Path) -> dict[str, Any]:
     entry = "orchestrator" if pattern == "orchestration" else "order"
-    _cloudmart(
-        system,
+    system.cli(
         "bench", "--url", system.url(entry), "--pattern", pattern, "--sagas", "12",
         "--concurrency", "4", "--mix", MIX, "--preload", "300", "--out", str(out),
     )  # fmt: skip
@@ -105,7 +88,7 @@ def test_a_preload_writes_whole_sagas_that_every_invariant_holds_over(
             assert held["paid"] == held["shipped"] == held["consumed"] == 210 + 3
             assert held["balance"] == RICH - 213
             assert held["unpublished"] == 0  # a copy's events are never relayed
-            done = _cloudmart(system, "check")  # the whole database, not the run's orders
+            done = system.cli("check")  # the whole database, not the run's orders
             assert "every invariant holds" in done.stdout
 
             second = _bench(system, pattern, tmp_path / "second.json")
@@ -116,6 +99,6 @@ def test_a_preload_writes_whole_sagas_that_every_invariant_holds_over(
             assert again["sagas"] == again["sagas with history"] == 2 * orchestrated
             # The seed filled the balance up again before the second preload's templates.
             assert again["balance"] == RICH - 213
-            assert "every invariant holds" in _cloudmart(system, "check").stdout
+            assert "every invariant holds" in system.cli("check").stdout
         finally:
             engine.dispose()
