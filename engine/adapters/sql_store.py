@@ -21,13 +21,13 @@ from __future__ import annotations
 import builtins
 import collections
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from engine.adapters._group_commit import UPDATES, GroupCommit, Write
 from engine.adapters._sql_rows import (
@@ -46,6 +46,8 @@ from engine.listing import SagaCounts, SagaFilter, SagaPosition
 from prepared_sql import Prepared, run_together
 
 __all__ = ["SqlHistoryStore"]
+
+T = TypeVar("T")
 
 _si = saga_instances
 _sl = saga_step_logs
@@ -161,24 +163,16 @@ class SqlHistoryStore:
     async def load(self, saga_id: str) -> tuple[SagaRecord, list[Event]]:
         # Both reads in one packet (one round trip on MySQL/MariaDB), on statements compiled
         # once: a status read of a running saga comes this way.
-        try:
-            async with self._engine.connect() as conn:
-                row, events = await run_together(
-                    conn,
-                    [(_LOAD_RECORD, {"saga_id": saga_id}), (_LOAD_EVENTS, {"saga_id": saga_id})],
-                )
-        except DBAPIError as exc:
-            raise map_error(exc) from exc
+        params = {"saga_id": saga_id}
+        row, events = await self._read(
+            lambda conn: run_together(conn, [(_LOAD_RECORD, params), (_LOAD_EVENTS, params)])
+        )
         if not row.rows:
             raise SagaNotFound(saga_id)
         return record_of(_SagaRow(*row.rows[0])), [event_of(_EventRow(*r)) for r in events.rows]
 
     async def get(self, workflow_id: str) -> SagaRecord | None:
-        try:
-            async with self._engine.connect() as conn:
-                rows = await _GET_RECORD.rows(conn, {"order_id": workflow_id})
-        except DBAPIError as exc:
-            raise map_error(exc) from exc
+        rows = await self._read(lambda conn: _GET_RECORD.rows(conn, {"order_id": workflow_id}))
         return record_of(_SagaRow(*rows[0])) if rows else None
 
     async def list(
@@ -346,9 +340,17 @@ class SqlHistoryStore:
         return record_of(rows[0])
 
     async def _select(self, query: sa.Select[Any]) -> builtins.list[sa.Row[Any]]:
+        async def rows(conn: AsyncConnection) -> builtins.list[sa.Row[Any]]:
+            return list((await conn.execute(query)).all())
+
+        return await self._read(rows)
+
+    async def _read(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """``work`` on a connection outside a transaction; a driver error mapped as every
+        store call maps it."""
         try:
             async with self._engine.connect() as conn:
-                return list((await conn.execute(query)).all())
+                return await work(conn)
         except DBAPIError as exc:
             raise map_error(exc) from exc
 
