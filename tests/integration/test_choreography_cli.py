@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -16,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
-from conftest import TEST_REDIS_URL, answers_200, until_sync
+from conftest import TEST_REDIS_URL, answers_200, port_free, until_sync
 
 from choreography_pattern.events import Event
 from choreography_pattern.redis_entries import stream_key
@@ -34,11 +33,6 @@ ORDER = {
 }
 
 
-def _free(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) != 0
-
-
 def _lines(proc: subprocess.Popen[str]) -> queue.Queue[str]:
     lines: queue.Queue[str] = queue.Queue()
 
@@ -53,7 +47,7 @@ def _lines(proc: subprocess.Popen[str]) -> queue.Queue[str]:
 
 @pytest.mark.slow
 def test_up_embedded_choreography_completes_an_order_and_stops_on_ctrl_c(tmp_path: Path) -> None:
-    if not all(_free(p) for p in (8001, 8002, 8003, 8004)):
+    if not all(port_free(p) for p in (8001, 8002, 8003, 8004)):
         pytest.skip("ports 8001-8004 are taken by a running CloudMart")
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDMART_")}
     env["CLOUDMART_SQLITE_PATH"] = str(tmp_path / "choreo.db")
@@ -73,7 +67,7 @@ def test_up_embedded_choreography_completes_an_order_and_stops_on_ctrl_c(tmp_pat
             return answers_200("http://127.0.0.1:8001/health")
 
         until_sync(healthy, timeout=30, interval=0.05, what="the order service healthy")
-        assert _free(8005), "no orchestrator in the choreography"
+        assert port_free(8005), "no orchestrator in the choreography"
         placed = httpx.post("http://127.0.0.1:8001/orders", json=ORDER, timeout=5)
         assert placed.status_code == 202, placed.text
         order_id = placed.json()["order_id"]

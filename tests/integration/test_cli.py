@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 import sqlalchemy as sa
-from conftest import answers_200, mysql_database_url, until_sync
+from conftest import answers_200, mysql_database_url, port_free, until_sync
 from typer.testing import CliRunner
 
 from cloudmart.cli import app
@@ -65,11 +64,6 @@ def test_serve_without_infrastructure_says_so(monkeypatch: pytest.MonkeyPatch) -
     assert "CLOUDMART_DATABASE_URL" in result.output
 
 
-def _free(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) != 0
-
-
 def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
     def healthy() -> bool:
         assert proc.poll() is None, "cloudmart up exited early"
@@ -99,7 +93,7 @@ def _saga_status(order_id: str) -> str:
 
 @pytest.mark.slow
 def test_up_embedded_runs_sagas_on_all_five_ports_and_stops_on_ctrl_c(tmp_path: Path) -> None:
-    if not all(_free(p) for p in (8001, 8002, 8003, 8004, 8005)):
+    if not all(port_free(p) for p in (8001, 8002, 8003, 8004, 8005)):
         pytest.skip("ports 8001-8005 are taken by a running CloudMart")
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDMART_")}
     env["CLOUDMART_SQLITE_PATH"] = str(tmp_path / "up.db")
@@ -160,7 +154,7 @@ def test_up_embedded_runs_sagas_on_all_five_ports_and_stops_on_ctrl_c(tmp_path: 
 @pytest.mark.slow
 @pytest.mark.rabbitmq
 def test_up_on_real_servers_supervises_five_processes_and_stops_them_all(tmp_path: Path) -> None:
-    if not all(_free(p) for p in (8001, 8002, 8003, 8004, 8005)):
+    if not all(port_free(p) for p in (8001, 8002, 8003, 8004, 8005)):
         pytest.skip("ports 8001-8005 are taken by a running CloudMart")
     url = mysql_database_url("cloudmart_test_cli_up")
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDMART_")}
@@ -198,4 +192,4 @@ def test_up_on_real_servers_supervises_five_processes_and_stops_them_all(tmp_pat
         output = proc.communicate(timeout=30)[0].decode(errors="replace")
     assert proc.returncode == 0, output
     assert "orchestrator |" in output  # every process's lines are prefixed with its name
-    assert all(_free(p) for p in (8001, 8002, 8003, 8004, 8005))
+    assert all(port_free(p) for p in (8001, 8002, 8003, 8004, 8005))

@@ -10,14 +10,13 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import answers_200, until_sync
+from conftest import answers_200, port_free, until_sync
 
 from services._kit.roster import SERVICE_PORTS
 
@@ -27,14 +26,9 @@ PORTS = SERVICE_PORTS
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 
 
-def _free(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) != 0
-
-
 @pytest.fixture(scope="module")
 def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    if not all(_free(p) for p in PORTS.values()):
+    if not all(port_free(p) for p in PORTS.values()):
         pytest.skip("ports 8001-8005 are taken by a running CloudMart")
     directory = tmp_path_factory.mktemp("fuzz")
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDMART_")}
