@@ -72,11 +72,19 @@ def load(pattern: str) -> list[Result]:
     return load_results(sorted(glob.glob(pattern)))
 
 
+def deployment(result: Result) -> str:
+    """The pattern, and whether every service ran in one process: ``"orchestration"``,
+    ``"orchestration co-located"``... (runs of the two deployments are told apart)."""
+    colocated = bool((result.get("settings") or {}).get("colocated"))
+    return f"{result['pattern']} co-located" if colocated else str(result["pattern"])
+
+
 def label(result: Result) -> str:
-    """``"orchestration c=32"``, ``"choreography 50/s mix 0.3"``..."""
+    """``"orchestration c=32"``, ``"choreography 50/s mix 0.3"``,
+    ``"orchestration co-located c=1"``..."""
     load_ = f"{result['rate']:g}/s" if result.get("rate") else f"c={result['concurrency']}"
     share = failure_share(result)
-    return f"{result['pattern']} {load_}" + (f" mix {share:g}" if share else "")
+    return f"{deployment(result)} {load_}" + (f" mix {share:g}" if share else "")
 
 
 def failure_share(result: Result) -> float:
@@ -125,7 +133,7 @@ def _closed_clean(results: Sequence[Result]) -> list[Result]:
 def throughput(results: Sequence[Result]) -> Figure:
     by_pattern: dict[str, dict[int, float]] = {}
     for r in _closed_clean(results):
-        by_pattern.setdefault(r["pattern"], {})[r["concurrency"]] = _rate(r)
+        by_pattern.setdefault(deployment(r), {})[r["concurrency"]] = _rate(r)
     if not any(len(points) >= 2 for points in by_pattern.values()):
         raise NoData("needs closed-loop runs without a mix at two or more concurrencies")
     figure, ax = _figure()
@@ -148,7 +156,8 @@ def _rate(r: Result) -> float:
 def patterns(results: Sequence[Result]) -> Figure:
     table: dict[int, dict[str, Result]] = {}
     for r in _closed_clean(results):
-        table.setdefault(r["concurrency"], {})[r["pattern"]] = r  # the latest run wins
+        if deployment(r) == r["pattern"]:  # the split deployments, one process per service
+            table.setdefault(r["concurrency"], {})[r["pattern"]] = r  # the latest run wins
     both = {c: runs for c, runs in sorted(table.items()) if len(runs) == 2}
     if not both:
         raise NoData("needs an orchestration and a choreography run at the same concurrency")
@@ -177,7 +186,7 @@ def failure_mix(results: Sequence[Result]) -> Figure:
     by_pattern: dict[str, dict[float, Result]] = {}
     for r in results:
         if not r.get("rate") and r.get("latency_ms"):
-            by_pattern.setdefault(r["pattern"], {})[failure_share(r)] = r
+            by_pattern.setdefault(deployment(r), {})[failure_share(r)] = r
     if not any(len(points) >= 2 for points in by_pattern.values()):
         raise NoData("needs runs of one pattern with two or more failure shares")
     figure, (left, right) = _figure(2)
@@ -308,7 +317,7 @@ def markdown_table(results: Sequence[Result]) -> str:
         mix = ", ".join(f"{k} {v:g}" for k, v in (r.get("mix") or {}).items()) or "–"
         load_ = f"{r['rate']:g}/s open" if r.get("rate") else f"c={r['concurrency']}"
         lines.append(
-            f"| {r.get('_file', '')} | {r.get('timestamp', '')} | {r['pattern']} | {load_} | "
+            f"| {r.get('_file', '')} | {r.get('timestamp', '')} | {deployment(r)} | {load_} | "
             f"{mix} | {r['sagas']} | {r['completed']} | {r['failed']} | {r['errors']} | "
             f"{_rate(r)} | {_cell(lat.get('p50'))} | {_cell(lat.get('p99'))} | "
             f"{_cell(rest.get('p50'))}/{_cell(rest.get('p99'))} | {_cell(_cpu_total(r))} | "

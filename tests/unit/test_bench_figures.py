@@ -235,6 +235,27 @@ def test_charts_draw_when_the_runs_are_there() -> None:
         assert figure.axes, name
 
 
+def test_a_co_located_run_is_its_own_line_and_not_a_pattern_of_the_split_deployment() -> None:
+    split = [_result(concurrency=c, terminal_per_second=10.0 * c) for c in (1, 32)]
+    colocated = [
+        _result(concurrency=c, terminal_per_second=20.0 * c, settings={"colocated": True})
+        for c in (1, 32)
+    ]
+    choreography = _result(pattern="choreography", concurrency=32, terminal_per_second=99.0)
+    runs = [*split, *colocated, choreography]
+    assert report.label(colocated[1]) == "orchestration co-located c=32"
+    assert report.label(split[1]) == "orchestration c=32"
+    (ax,) = report.throughput(runs).axes
+    lines = {line.get_label(): list(line.get_ydata()) for line in ax.get_lines()}
+    assert lines["orchestration"] == [10.0, 320.0]
+    assert lines["orchestration co-located"] == [20.0, 640.0]
+    # Side by side are the two patterns of the split deployment, never a co-located run.
+    left, _ = report.patterns(runs).axes
+    heights = sorted(bar.get_height() for bar in left.patches)
+    assert heights == [99.0, 320.0]
+    assert "| orchestration co-located | c=32 |" in report.markdown_table(runs)
+
+
 def test_cpu_per_saga_stacks_each_process_and_ends_in_the_total() -> None:
     choreography = {
         "ms": {"order": 5.0, "mariadb": 3.0, "redis": 2.0, "bench": 1.0},
