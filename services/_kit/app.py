@@ -26,6 +26,7 @@ from urllib.parse import unquote, urlsplit
 import structlog
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from fastapi.telemetry import TelemetryConfig
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from pydantic import BaseModel
 from starlette.middleware import Middleware
@@ -101,6 +102,12 @@ class _ServiceApp(FastAPI):
         openapi = integral_bounds(super().openapi())
         return document_kit_responses(openapi, bearer=settings.env == "prod")
 
+
+# The kit measures with Prometheus (/metrics) and logs with structlog. FastAPI's native
+# OpenTelemetry, on by default, asks OpenTelemetry's global registry and the environment
+# whether anyone configured a provider on every request: 2% of the co-located process's CPU at
+# 32 sagas in flight, for nothing.
+_NO_OPENTELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 
 DatabaseDep = Annotated[Database, Depends(db_of)]
 SettingsDep = Annotated[Settings, Depends(settings_of)]
@@ -197,6 +204,7 @@ def create_app(
         version="0.1.0",
         lifespan=run,
         middleware=middleware,
+        telemetry=_NO_OPENTELEMETRY,
     )
     app.state.service = service
     app.state.settings = settings
