@@ -1,11 +1,15 @@
 """The SQL history store's group commit (private; see :mod:`engine.adapters.sql_store`).
 
 Concurrent writers queue a :class:`Write`; whoever finds no write in flight becomes the leader
-and writes everything queued in one transaction: every saga's row in one round trip (the insert
-of a create, the fenced ``UPDATE`` of an append), then all the events with the ``COMMIT`` in
-another. A refused fence is told apart (cancel, fenced, gone) and answered to its writer alone;
-a failed batch insert is retried item by item so the offender alone is refused; a lock
-conflict runs the batch again.
+and writes everything queued in one transaction. On MySQL/MariaDB that is one round trip: each
+saga's row (the insert of a create, the fenced ``UPDATE`` of an append) followed by a check
+that it matched, then all the events and the ``COMMIT``, in one packet; a check that finds its
+row unmatched raises an error there, so the server runs nothing after it and the transaction
+rolls back with nothing written. The batch then goes the two-packet way (on SQLite, the only
+way): every row first, then the events of the rows that matched with the ``COMMIT``, so that a
+refused fence is told apart (cancel, fenced, gone; a create whose saga exists) and answered to
+its writer alone. A failed batch insert is retried item by item so the offender alone is
+refused; a lock conflict runs the batch again.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from engine.adapters._sql_rows import event_row, loads, map_error
 from engine.adapters.sql_tables import saga_instances, saga_step_logs
 from engine.errors import CancelRequested, ConcurrencyConflict, SagaError, SagaNotFound
 from engine.history import Event
-from prepared_sql import Prepared, run_together
+from prepared_sql import Prepared, Statement, run_together
 
 __all__ = ["UPDATES", "GroupCommit", "Write"]
 
@@ -78,6 +82,10 @@ INSERT_INSTANCE = Prepared(
     .prefix_with("OR IGNORE", dialect="sqlite")
 )
 INSERT_EVENTS = Prepared(sa.insert(_sl))
+# After a row's write, in the same packet: an error (a scalar subquery of two rows) unless it
+# matched one row, so that nothing after it runs. MySQL and MariaDB alike.
+MATCHED_ONE = Prepared(sa.text("SELECT IF(ROW_COUNT() = 1, 1, (SELECT 1 UNION ALL SELECT 2))"))
+_UNMATCHED = 1242  # ER_SUBQUERY_NO_1_ROW: MATCHED_ONE found its row's write unmatched
 
 
 @dataclasses.dataclass(eq=False)
@@ -109,6 +117,7 @@ class GroupCommit:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        self._one_packet = engine.dialect.name in ("mysql", "mariadb")
         self._queue: list[Write] = []
         self._busy = False
         self._batch_done = asyncio.Event()
@@ -177,6 +186,8 @@ class GroupCommit:
                 await asyncio.sleep(random.uniform(0, 0.002 * attempt))
 
     async def _write_together(self, batch: list[Write]) -> None:
+        if self._one_packet and await self._write_in_one_packet(batch):
+            return
         rows: list[dict[str, Any]] = []
         outcomes: list[tuple[Write, bool, BaseException | None]] = []
         async with self._engine.begin() as conn:
@@ -195,6 +206,28 @@ class GroupCommit:
             item.done = True
             item.created = ok and item.instance is not None
             item.error = refusal
+
+    async def _write_in_one_packet(self, batch: list[Write]) -> bool:
+        """Write ``batch`` in one round trip when every row matches; False (nothing written)
+        when one did not, for the two-packet way to tell which and why."""
+        statements: list[Statement] = []
+        for item in batch:
+            statements += [item.row_write(), (MATCHED_ONE, {})]
+        statements.append(
+            (INSERT_EVENTS, [event_row(i.saga_id, e) for i in batch for e in i.events])
+        )
+        try:
+            async with self._engine.begin() as conn:
+                await run_together(conn, statements, commit=True)
+        except DBAPIError as exc:
+            if _error_code(exc) == _UNMATCHED:
+                return False
+            raise
+        self.commits += 1
+        self.writes += len(batch)
+        for item in batch:
+            item.done, item.created, item.error = True, item.instance is not None, None
+        return True
 
     async def _why(self, conn: AsyncConnection, item: Write) -> SagaError:
         assert item.params is not None
@@ -225,8 +258,14 @@ _LOCK_RETRIES = 8
 _LOCK_CONFLICT_CODES = frozenset({1205, 1213})  # lock-wait timeout, deadlock (MySQL/MariaDB)
 
 
-def _is_lock_conflict(exc: DBAPIError) -> bool:
+def _error_code(exc: DBAPIError) -> int | None:
+    """The server's error number of a MySQL/MariaDB driver error, else None."""
     args = getattr(exc.orig, "args", ())
-    if args and isinstance(args[0], int):
-        return args[0] in _LOCK_CONFLICT_CODES
+    return args[0] if args and isinstance(args[0], int) else None
+
+
+def _is_lock_conflict(exc: DBAPIError) -> bool:
+    code = _error_code(exc)
+    if code is not None:
+        return code in _LOCK_CONFLICT_CODES
     return "database is locked" in str(exc.orig)

@@ -4,8 +4,9 @@ Writes (saga creation and history appends) go through a *group commit*: concurre
 their write; whoever finds no write in flight becomes the leader and writes everything queued
 in one transaction — per item a conditional ``UPDATE saga_instances … WHERE version AND owner
 AND next_seq [AND NOT cancel_requested]`` (the fence), then one multi-row ``INSERT`` of all the
-items' events, then one ``COMMIT``. At concurrency 1 the leader writes at once (no added
-latency); at concurrency N one commit carries up to N sagas' steps. An item whose fence fails
+items' events, then one ``COMMIT``, on MySQL/MariaDB all in one packet (one round trip) as
+long as every fence holds. At concurrency 1 the leader writes at once (no added latency); at
+concurrency N one commit carries up to N sagas' steps. An item whose fence fails
 gets ``ConcurrencyConflict``/``CancelRequested`` without affecting the others; if the batch
 insert itself fails (a duplicate ``(saga_id, seq)``), the batch is retried item by item so the
 offender alone is refused. No connection is held while the caller awaits anything else.

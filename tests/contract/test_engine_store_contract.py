@@ -14,8 +14,10 @@ import pytest
 from conftest import mysql_database_url
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy.ext.asyncio import create_async_engine
+from round_trips import count_round_trips
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from activities.db import create_engine
 from engine.adapters import InMemoryHistoryStore, SqlHistoryStore
 from engine.errors import (
     ActionRefused,
@@ -423,6 +425,52 @@ async def test_concurrent_appends_commit_together_and_a_stale_one_is_refused_alo
     for n in range(1, 9):
         _, events = await store.load(f"saga-{n}")
         assert len(events) == (1 if n == 5 else 3)
+
+
+@pytest.fixture
+async def mariadb_store() -> AsyncIterator[tuple[SqlHistoryStore, AsyncEngine]]:
+    db = create_engine(mysql_database_url("cloudmart_test_engine_packets"))  # as a process's
+    store = SqlHistoryStore(db)
+    await store.create_tables()
+    try:
+        yield store, db
+    finally:
+        await db.dispose()
+
+
+@pytest.mark.mysql
+async def test_a_group_commit_of_matching_appends_is_one_round_trip_on_mariadb(
+    mariadb_store: tuple[SqlHistoryStore, AsyncEngine],
+) -> None:
+    store, db = mariadb_store
+    for n in range(1, 5):
+        await started(store, n)
+    await store.load("saga-1")  # the pool's connection is open
+    sent = count_round_trips(db)
+    commits = store.commits
+
+    async def append(n: int, version: int = 1) -> None:
+        await store.append(
+            f"saga-{n}",
+            [ev(1), ev(2)],
+            expected_seq=1,
+            version=version,
+            owner="a",
+            projection=Projection(status="ORDER_CREATED"),
+        )
+
+    # The first append is written alone; the three queued behind it share one packet.
+    await asyncio.gather(*(append(n) for n in range(1, 4)))
+    assert (len(sent), store.commits - commits) == (2, 2), sent
+    # A stale row in the packet: nothing of it is written, and the two-packet way answers it.
+    del sent[:]
+    with pytest.raises(ConcurrencyConflict):
+        await append(4, version=9)
+    # The packet and its ROLLBACK, then the two-packet way: the row, the read of why, COMMIT.
+    assert len(sent) == 5, sent
+    assert sent[1] == "ROLLBACK", sent
+    _, events = await store.load("saga-4")
+    assert len(events) == 1
 
 
 # -- listing: filters, order, keyset pages, counts ----------------------------------------------
