@@ -399,6 +399,18 @@ async def test_the_operator_flag_is_counted_on_every_saga_that_carries_it(
     assert await store.count_needing_operator() == 3
 
 
+async def two_events_appended(store: HistoryStore, n: int, *, version: int = 1) -> None:
+    """Owner ``a`` appends two events to saga ``n`` (:func:`started`), as lease ``version``."""
+    await store.append(
+        f"saga-{n}",
+        [ev(1), ev(2)],
+        expected_seq=1,
+        version=version,
+        owner="a",
+        projection=Projection(status="ORDER_CREATED"),
+    )
+
+
 async def test_concurrent_appends_commit_together_and_a_stale_one_is_refused_alone(
     store: HistoryStore,
 ) -> None:
@@ -406,16 +418,8 @@ async def test_concurrent_appends_commit_together_and_a_stale_one_is_refused_alo
         await started(store, n)
 
     async def append(n: int) -> str:
-        version = 9 if n == 5 else 1  # saga-5's writer is stale
         try:
-            await store.append(
-                f"saga-{n}",
-                [ev(1), ev(2)],
-                expected_seq=1,
-                version=version,
-                owner="a",
-                projection=Projection(status="ORDER_CREATED"),
-            )
+            await two_events_appended(store, n, version=9 if n == 5 else 1)  # saga-5's is stale
         except ConcurrencyConflict:
             return "conflict"
         return "ok"
@@ -448,24 +452,13 @@ async def test_a_group_commit_of_matching_appends_is_one_round_trip_on_mariadb(
     await store.load("saga-1")  # the pool's connection is open
     sent = count_round_trips(db)
     commits = store.commits
-
-    async def append(n: int, version: int = 1) -> None:
-        await store.append(
-            f"saga-{n}",
-            [ev(1), ev(2)],
-            expected_seq=1,
-            version=version,
-            owner="a",
-            projection=Projection(status="ORDER_CREATED"),
-        )
-
     # The first append is written alone; the three queued behind it share one packet.
-    await asyncio.gather(*(append(n) for n in range(1, 4)))
+    await asyncio.gather(*(two_events_appended(store, n) for n in range(1, 4)))
     assert (len(sent), store.commits - commits) == (2, 2), sent
     # A stale row in the packet: nothing of it is written, and the two-packet way answers it.
     del sent[:]
     with pytest.raises(ConcurrencyConflict):
-        await append(4, version=9)
+        await two_events_appended(store, 4, version=9)
     # The packet and its ROLLBACK, then the two-packet way: the row, the read of why, COMMIT.
     assert len(sent) == 5, sent
     assert sent[1] == "ROLLBACK", sent
