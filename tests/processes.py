@@ -35,6 +35,18 @@ from conftest import TEST_RABBITMQ_URL, TEST_REDIS_URL, answers_200, fresh_datab
 
 PORT_OFFSETS = {"order": 1, "inventory": 2, "payment": 3, "shipping": 4, "orchestrator": 5}
 _live: weakref.WeakSet[Deployment] = weakref.WeakSet()
+_MAX_REPLICAS = 3  # the most replicas of one service a test starts (orchestrator-3)
+
+
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out as a client connection's local port."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+_EPHEMERAL_LOW = _ephemeral_low()
 
 
 def service_of(name: str) -> tuple[str, int]:
@@ -57,6 +69,12 @@ class Deployment:
     started: list[subprocess.Popen[bytes]] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
+        # A port of the kernel's ephemeral range may be any client connection's local port at
+        # the moment a service binds it ("address already in use"): deployments stay below.
+        highest = self.base_port + max(PORT_OFFSETS.values()) + 10 * (_MAX_REPLICAS - 1)
+        assert highest < _EPHEMERAL_LOW, (
+            f"ports {self.base_port}..{highest} reach the ephemeral range from {_EPHEMERAL_LOW}"
+        )
         _live.add(self)
 
     def port(self, name: str) -> int:

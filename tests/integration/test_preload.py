@@ -18,7 +18,7 @@ from cloudmart.bench.mix import HISTORY
 
 pytestmark = [pytest.mark.mysql, pytest.mark.rabbitmq, pytest.mark.redis, pytest.mark.slow]
 
-PORTS = {"orchestration": 34100, "choreography": 34200}
+PORTS = {"orchestration": 31400, "choreography": 31500}
 MIX = "stock=0.1,payment=0.1,shipping=0.1"
 RICH = 9_999_999_999  # what the seed fills the history's customer up to
 
