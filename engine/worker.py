@@ -377,6 +377,13 @@ class Worker:
         kept = await self.store.renew(owner=self.config.owner, saga_ids=ids, until=until)
         for saga_id in ids:
             entry = self._runs.get(saga_id)
-            if saga_id not in kept and entry is not None and not entry[1].done():
+            # A run whose last write is under way released the lease itself with it (and,
+            # should another owner hold the row, that write's fence refuses it anyway).
+            if (
+                saga_id not in kept
+                and entry is not None
+                and not entry[1].done()
+                and not entry[0].projection.finished
+            ):
                 _log.warning("saga.lease_lost", saga_id=saga_id)
                 entry[1].cancel()

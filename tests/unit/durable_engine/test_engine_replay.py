@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 from collections.abc import Sequence
 from typing import Any
@@ -117,3 +118,39 @@ async def test_replay_on_mariadb_forced_back_to_pending() -> None:
         assert {e.version for e in history if e.type == EventType.STEP_COMPLETED} == {1, 2}
     finally:
         await db.dispose()
+
+
+class PausingAfterTheLastWrite:
+    """Delegates to a store; the append that finishes a saga is committed, then waits for
+    ``go`` before it returns (``committed`` is set meanwhile)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.committed = asyncio.Event()
+        self.go = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def append(self, saga_id: str, events: Sequence[Event], **kw: Any) -> None:
+        await self.inner.append(saga_id, events, **kw)
+        if kw["projection"].finished:
+            self.committed.set()
+            await self.go.wait()
+
+
+async def test_a_lease_renewal_between_the_last_commit_and_its_return_loses_nothing() -> None:
+    # The last append releases the lease; a renewal that sees the released row before the run
+    # has heard back from its write must not take the saga for lost (and cancel its end).
+    clock = FakeClock()
+    store = PausingAfterTheLastWrite(InMemoryHistoryStore())
+    engine = Engine(store, FakeServices(dict(STEPS)).transport(clock), clock=clock, owner_id="a")
+    await engine.start(counted, {}, workflow_id="renewed")
+    await asyncio.wait_for(store.committed.wait(), timeout=10)
+    run = engine.worker.task_of(workflow_id="renewed")
+    assert run is not None
+    await engine.worker._renew()
+    store.go.set()
+    await asyncio.wait_for(run, timeout=10)
+    assert (await engine.status("renewed")).status == "COMPLETED"
+    assert engine.counters.sagas_completed == 1
