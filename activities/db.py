@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 import structlog
-from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 from tenacity import (
@@ -29,23 +29,10 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from prepared_sql import share_transaction, skip_commits_already_sent
+from prepared_sql import is_lock_conflict, share_transaction, skip_commits_already_sent
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
-
-_RETRYABLE_MYSQL_CODES = frozenset({1205, 1213})
-
-
-def is_lock_conflict(exc: BaseException) -> bool:
-    """True for a deadlock or lock-wait timeout (MySQL/MariaDB) or a busy SQLite database."""
-    if not isinstance(exc, DBAPIError):
-        return False
-    orig = exc.orig
-    args = getattr(orig, "args", ())
-    if args and isinstance(args[0], int):
-        return args[0] in _RETRYABLE_MYSQL_CODES
-    return isinstance(exc, OperationalError) and "database is locked" in str(orig)
 
 
 def create_engine(

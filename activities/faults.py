@@ -43,8 +43,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy import exc as sa_exc
 
-from activities.db import is_lock_conflict
 from activities.errors import DomainError
+from prepared_sql import is_lock_conflict
 
 __all__ = [
     "DATABASE",

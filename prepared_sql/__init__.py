@@ -29,6 +29,11 @@ after the last.
 
 Statements whose replies the caller needs together (a read and the writes it guards, or a
 transaction's last writes) can go in one packet with :func:`run_together`.
+
+:func:`error_code` reads the server's error number off a driver error, and
+:func:`is_lock_conflict` says whether one was a deadlock or a lock-wait timeout (or SQLite's
+busy database): the one test both the activities' transactions and the history store's group
+commit retry on.
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ __all__ = [
     "PreparedIn",
     "Reply",
     "Statement",
+    "error_code",
+    "is_lock_conflict",
     "run_together",
     "share_transaction",
     "shares_transaction",
@@ -54,6 +61,27 @@ __all__ = [
 ]
 
 _DRIVER_DIALECTS = frozenset({"mysql", "mariadb"})
+_LOCK_CONFLICT_CODES = frozenset({1205, 1213})  # lock-wait timeout, deadlock
+
+
+def error_code(exc: BaseException) -> int | None:
+    """The server's error number of a MySQL/MariaDB driver error (as SQLAlchemy raises it),
+    else None."""
+    args = getattr(getattr(exc, "orig", None), "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
+
+
+def is_lock_conflict(exc: BaseException) -> bool:
+    """True for a deadlock or lock-wait timeout (MySQL/MariaDB) or a busy SQLite database: the
+    transaction was rolled back whole and may run again."""
+    if not isinstance(exc, sa.exc.DBAPIError):
+        return False
+    code = error_code(exc)
+    if code is not None:
+        return code in _LOCK_CONFLICT_CODES
+    return isinstance(exc, sa.exc.OperationalError) and "database is locked" in str(exc.orig)
+
+
 # Each positional parameter: its name, its type's bind processor (None: sent as it is) and
 # its value when the statement holds it (else _GIVEN: the caller's parameter of that name).
 _Order = list[tuple[str, Callable[[Any], Any] | None, Any]]

@@ -29,7 +29,7 @@ from engine.adapters._sql_rows import event_row, loads, map_error
 from engine.adapters.sql_tables import saga_instances, saga_step_logs
 from engine.errors import CancelRequested, ConcurrencyConflict, SagaError, SagaNotFound
 from engine.history import Event
-from prepared_sql import Prepared, Statement, run_together
+from prepared_sql import Prepared, Statement, error_code, is_lock_conflict, run_together
 
 __all__ = ["UPDATES", "GroupCommit", "Write"]
 
@@ -180,7 +180,7 @@ class GroupCommit:
                 await self._write_together(batch)
                 return
             except DBAPIError as exc:
-                if attempt >= _LOCK_RETRIES or not _is_lock_conflict(exc):
+                if attempt >= _LOCK_RETRIES or not is_lock_conflict(exc):
                     raise
                 self.lock_retries += 1
                 await asyncio.sleep(random.uniform(0, 0.002 * attempt))
@@ -220,7 +220,7 @@ class GroupCommit:
             async with self._engine.begin() as conn:
                 await run_together(conn, statements, commit=True)
         except DBAPIError as exc:
-            if _error_code(exc) == _UNMATCHED:
+            if error_code(exc) == _UNMATCHED:
                 return False
             raise
         self.commits += 1
@@ -255,17 +255,3 @@ class GroupCommit:
 
 
 _LOCK_RETRIES = 8
-_LOCK_CONFLICT_CODES = frozenset({1205, 1213})  # lock-wait timeout, deadlock (MySQL/MariaDB)
-
-
-def _error_code(exc: DBAPIError) -> int | None:
-    """The server's error number of a MySQL/MariaDB driver error, else None."""
-    args = getattr(exc.orig, "args", ())
-    return args[0] if args and isinstance(args[0], int) else None
-
-
-def _is_lock_conflict(exc: DBAPIError) -> bool:
-    code = _error_code(exc)
-    if code is not None:
-        return code in _LOCK_CONFLICT_CODES
-    return "database is locked" in str(exc.orig)
